@@ -1,0 +1,3 @@
+from faasbox.cli import main
+
+main()

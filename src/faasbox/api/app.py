@@ -1,0 +1,38 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from faasbox import __version__
+from faasbox.api import errors, functions, invoke, system
+from faasbox.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        if deploy is not None:
+            for line in await platform.deploy_stack(deploy):
+                log.info("deployed %s", line)
+        try:
+            yield
+        finally:
+            await platform.close()
+
+    app = FastAPI(title="faasbox", version=__version__, lifespan=lifespan,
+                  description="A self-hosted serverless platform for Python functions and jobs.")
+    app.state.platform = platform
+    errors.install(app)
+    app.include_router(functions.router)
+    app.include_router(invoke.router)
+    app.include_router(system.router)
+    return app

@@ -1,0 +1,77 @@
+"""Synchronous invocation and invocation records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from faasbox import errors
+from faasbox.api.body import read_event
+from faasbox.api.errors import faasbox_error_response
+from faasbox.invoker import new_request_id
+from faasbox.platform import Platform
+
+router = APIRouter(tags=["invoke"])
+
+
+@router.post("/v1/functions/{name}/invoke", summary="Invoke and wait for the result",
+             responses={200: {"description": "the handler's JSON result"}},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": {"description": "the event: any JSON value"}}}}})
+async def invoke(
+    name: str, request: Request,
+    version: str | None = Query(None, description="a version number or 'latest'"),
+) -> Response:
+    p: Platform = request.app.state.platform
+    row = await p.registry.resolve(name, version)
+    event = await read_event(request)
+    request_id = new_request_id()
+    headers = {"X-Faasbox-Request-Id": request_id, "X-Faasbox-Version": str(row.version)}
+    try:
+        outcome = await p.invoker.invoke(row, event, request_id=request_id)
+    except errors.InvocationError as exc:
+        headers.update({
+            "X-Faasbox-Function-Error": exc.code,
+            "X-Faasbox-Duration-Ms": f"{exc.duration_ms:.3f}",
+        })
+        return faasbox_error_response(exc, headers)
+    except errors.FaasboxError as exc:
+        return faasbox_error_response(exc, headers)
+    rec = outcome.record
+    headers.update({
+        "X-Faasbox-Cold-Start": "true" if rec.cold_start else "false",
+        "X-Faasbox-Duration-Ms": f"{rec.duration_ms:.3f}",
+        "X-Faasbox-Billed-Ms": str(rec.billed_ms),
+    })
+    return Response(outcome.payload, media_type="application/json", headers=headers)
+
+
+@router.get("/v1/invocations", summary="Invocation records, newest first")
+async def list_invocations(
+    request: Request,
+    function: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    before: float | None = Query(None, description="cursor: started_at of the last record seen"),
+    since: float | None = Query(None, description="only records started after this time,"
+                                " oldest first (for following)"),
+) -> dict[str, Any]:
+    p: Platform = request.app.state.platform
+    if since is not None:
+        records = await p.store.list_invocations_since(function, since, limit)
+    else:
+        records = await p.store.list_invocations(function, limit, before)
+    body: dict[str, Any] = {"invocations": [r.to_dict() for r in records]}
+    if since is None and len(records) == limit:
+        body["next_before"] = records[-1].started_at
+    return body
+
+
+@router.get("/v1/invocations/{invocation_id}", summary="One invocation record")
+async def get_invocation(invocation_id: str, request: Request) -> dict[str, Any]:
+    p: Platform = request.app.state.platform
+    rec = await p.store.get_invocation(invocation_id)
+    if rec is None:
+        raise errors.InvocationNotFound(f"no invocation {invocation_id!r}")
+    return rec.to_dict()

@@ -1,0 +1,268 @@
+"""The ``faasbox`` command. Talks to the server over HTTP; ``server`` and ``doctor`` run here."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from faasbox import errors
+from faasbox.client import DEFAULT_URL, ApiError, Client
+from faasbox.codestore import zip_folder
+from faasbox.stack import load_stack
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="faasbox: deploy Python functions and invoke them, on your own machines.")
+out = Console()
+err = Console(stderr=True)
+
+UrlOpt = typer.Option(DEFAULT_URL, "--url", envvar="FAASBOX_URL", help="The server's address.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+class CliError(Exception):
+    pass
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _ts(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def server(
+    host: str = typer.Option("127.0.0.1", envvar="FAASBOX_HOST", help="Address to listen on."),
+    port: int = typer.Option(8080, envvar="FAASBOX_PORT", help="Port to listen on."),
+    data: Path = typer.Option(Path(".faasbox"), envvar="FAASBOX_DATA",
+                              help="Data directory (database, code, scratch)."),
+    deploy: Path | None = typer.Option(None, "--deploy", envvar="FAASBOX_DEPLOY",
+                                       help="A stack file to deploy at start."),
+    log_level: str = typer.Option("info", envvar="FAASBOX_LOG_LEVEL"),
+) -> None:
+    """Run the faasbox server (API, scheduler and local node) in this process."""
+    import logging
+
+    import uvicorn
+
+    from faasbox.api import create_app
+    from faasbox.config import Settings
+    from faasbox.platform import Platform
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    settings = Settings.from_env(host=host, port=port, data=data, log_level=log_level)
+    platform = Platform(settings)
+    api = create_app(platform, deploy)
+    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CliError(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _deploy_one(client: Client, name: str, folder: Path, spec: dict[str, Any],
+                check: bool) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise CliError(f"{folder} is not a folder")
+    body = {**spec, "code_zip": base64.b64encode(zip_folder(folder)).decode(), "check": check}
+    result: dict[str, Any] = client.json("PUT", f"/v1/functions/{name}", json=body)
+    return result
+
+
+@app.command()
+def deploy(
+    path: Path | None = typer.Argument(None, help="The function's folder."),
+    file: Path | None = typer.Option(None, "-f", "--file", help="A faasbox.yaml stack file."),
+    name: str | None = typer.Option(None, "--name", help="Function name (default: folder)."),
+    handler: str = typer.Option("main:handler", "--handler", help="module:function"),
+    memory: int | None = typer.Option(None, "--memory", help="Memory in MB (128-10240)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Timeout in seconds."),
+    concurrency: int | None = typer.Option(None, "--concurrency"),
+    min_instances: int | None = typer.Option(None, "--min"),
+    max_instances: int | None = typer.Option(None, "--max"),
+    idle_ttl: float | None = typer.Option(None, "--idle-ttl", help="Seconds idle before stop."),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE, repeatable."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Load-check before deploying."),
+    url: str = UrlOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Deploy a function folder, or every function of a stack file."""
+    client = Client(url)
+    results = []
+    if file is not None:
+        for item in load_stack(file):
+            results.append(_deploy_one(client, item.name, item.path, item.spec, check))
+    elif path is not None:
+        spec: dict[str, Any] = {"handler": handler, "env": _parse_env(env)}
+        for key, value in [("memory_mb", memory), ("timeout_s", timeout),
+                           ("concurrency", concurrency), ("min_instances", min_instances),
+                           ("max_instances", max_instances), ("idle_ttl_s", idle_ttl)]:
+            if value is not None:
+                spec[key] = value
+        results.append(_deploy_one(client, name or path.resolve().name, path, spec, check))
+    else:
+        raise CliError("give a function folder or -f faasbox.yaml")
+    if as_json:
+        _print_json({"functions": results})
+        return
+    for r in results:
+        out.print(f"[green]deployed[/] {r['name']} version {r['latest_version']}"
+                  f" (code {r['code_sha256'][:12]})")
+
+
+@app.command()
+def invoke(
+    name: str,
+    data: str | None = typer.Option(None, "--data", "-d", help="The event as JSON."),
+    file: Path | None = typer.Option(None, "--file", help="Read the event from a file."),
+    version: str | None = typer.Option(None, "--version", help="A version number or latest."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show timing headers."),
+    url: str = UrlOpt,
+) -> None:
+    """Invoke a function and print its JSON result."""
+    if data is not None and file is not None:
+        raise CliError("give --data or --file, not both")
+    payload = file.read_bytes() if file is not None else (data or "null").encode()
+    params = {"version": version} if version else {}
+    client = Client(url)
+    resp = client.request("POST", f"/v1/functions/{name}/invoke", content=payload,
+                          params=params, headers={"content-type": "application/json"})
+    if verbose:
+        for h in ("request-id", "version", "cold-start", "duration-ms", "billed-ms"):
+            value = resp.headers.get(f"x-faasbox-{h}")
+            if value is not None:
+                err.print(f"[dim]{h}: {value}[/]")
+    sys.stdout.write(resp.text + "\n")
+
+
+@app.command("ls")
+def list_functions(url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
+    """List functions."""
+    body = Client(url).json("GET", "/v1/functions")
+    if as_json:
+        _print_json(body)
+        return
+    table = Table("name", "version", "handler", "memory", "timeout", "min/max", "updated")
+    for f in body["functions"]:
+        s = f["spec"]
+        table.add_row(f["name"], str(f["latest_version"]), s["handler"], f"{s['memory_mb']} MB",
+                      f"{s['timeout_s']:g} s", f"{s['min_instances']}/{s['max_instances']}",
+                      _ts(f["updated_at"]))
+    out.print(table)
+
+
+@app.command()
+def describe(name: str, url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
+    """Show a function's spec, versions and instances."""
+    client = Client(url)
+    body = client.json("GET", f"/v1/functions/{name}")
+    body["versions"] = client.json("GET", f"/v1/functions/{name}/versions")["versions"]
+    if as_json:
+        _print_json(body)
+        return
+    out.print(f"[bold]{body['name']}[/]  latest version {body['latest_version']}"
+              f"  code {body['code_sha256'][:12]}")
+    for key, value in body["spec"].items():
+        out.print(f"  {key:<14} {value}")
+    table = Table("instance", "version", "state", "age s", "calls", "rss MB")
+    for i in body["instances"]:
+        table.add_row(i["id"], str(i["version"]), i["state"], f"{i['age_s']:.0f}",
+                      str(i["calls_served"]), str(i["rss_mb"]))
+    out.print(table)
+    out.print("versions: " + ", ".join(str(v["version"]) for v in body["versions"]))
+
+
+def _print_record(r: dict[str, Any]) -> None:
+    status = "[green]ok[/]" if r["status"] == "succeeded" else f"[red]{r['status']}[/]"
+    cold = " cold" if r["cold_start"] else ""
+    out.print(f"[dim]{_ts(r['started_at'])}[/] {r['id'][:12]} v{r['version']} {status}"
+              f" {r['duration_ms']:.1f} ms{cold}"
+              + (f" [red]{r['error_code']}: {r['error_message']}[/]" if r["error_code"] else ""),
+              highlight=False)
+    if r["logs"]:
+        out.print(r["logs"].rstrip("\n"), markup=False, highlight=False)
+
+
+@app.command()
+def logs(
+    name: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new invocations."),
+    limit: int = typer.Option(20, "--limit", "-n"),
+    url: str = UrlOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print recent invocations of a function with their logs."""
+    client = Client(url)
+    client.json("GET", f"/v1/functions/{name}")
+    recent = client.json("GET", "/v1/invocations",
+                         params={"function": name, "limit": limit})["invocations"][::-1]
+    for r in recent:
+        _print_json(r) if as_json else _print_record(r)
+    since = recent[-1]["started_at"] if recent else time.time()
+    while follow:
+        time.sleep(1.0)
+        new = client.json("GET", "/v1/invocations",
+                          params={"function": name, "since": since})["invocations"]
+        for r in new:
+            _print_json(r) if as_json else _print_record(r)
+            since = r["started_at"]
+
+
+@app.command()
+def rm(name: str, url: str = UrlOpt) -> None:
+    """Delete a function and stop its instances."""
+    Client(url).request("DELETE", f"/v1/functions/{name}")
+    out.print(f"deleted {name}")
+
+
+@app.command()
+def doctor(
+    data: Path = typer.Option(Path(".faasbox"), envvar="FAASBOX_DATA"),
+    sandbox: str = typer.Option("auto", envvar="FAASBOX_SANDBOX"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show which isolation features are active on this machine."""
+    from faasbox.node.sandbox import detect
+
+    data.mkdir(parents=True, exist_ok=True)
+    feats = detect(data, sandbox)
+    rows = feats.report()
+    if as_json:
+        _print_json({"sandbox": [{"feature": f, "active": a, "detail": d} for f, a, d in rows]})
+        return
+    table = Table("feature", "active", "detail")
+    for feature, active, detail in rows:
+        table.add_row(feature, "[green]yes[/]" if active else "[yellow]no[/]", detail)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        raise SystemExit(1) from None
+    except (CliError, errors.FaasboxError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
+        raise SystemExit(1) from None

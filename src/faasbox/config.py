@@ -1,0 +1,64 @@
+"""Typed settings for the server: one object, every field also a ``FAASBOX_*`` variable."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _default_node_memory_mb() -> int:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(pages * page / 2**20 * 0.75)
+    except (ValueError, OSError):
+        return 4096
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data: Path = Path(".faasbox")
+    # seconds a call waits for a free instance before 429
+    acquire_timeout_s: float = 10.0
+    # memory the local node may reserve for instances
+    node_memory_mb: int = field(default_factory=_default_node_memory_mb)
+    # sandbox: "auto" uses every isolation feature the machine has; "off" runs plain processes
+    sandbox: str = "auto"
+    # first uid of the range instances run as when the server is root
+    sandbox_uid_base: int = 200000
+    # seconds between lifecycle ticks (idle reaping, min_instances)
+    reap_interval_s: float = 1.0
+    # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``FAASBOX_<FIELD>`` variables, then explicit ``overrides``."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"FAASBOX_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls()
+        for name, raw in values.items():
+            current = getattr(settings, name)
+            setattr(settings, name, _coerce(type(current), raw))
+        return settings
+
+
+def _coerce(kind: type, raw: Any) -> Any:
+    if isinstance(raw, kind):
+        return raw
+    if kind is Path:
+        return Path(raw)
+    if kind is bool:
+        return str(raw).lower() in {"1", "true", "yes", "on"}
+    return kind(raw)

@@ -1,0 +1,151 @@
+"""The exception tree of faasbox.
+
+Every error a caller can see derives from :class:`FaasboxError`. The API maps each class to an
+HTTP status and a stable error ``code``; the CLI prints the message.
+
+::
+
+    FaasboxError                      500 internal
+    ├── InvalidRequest                400 invalid_request
+    │   ├── MalformedJSON             400 malformed_json
+    │   └── UnsafeArchive             400 unsafe_archive
+    ├── NotFound                      404 not_found
+    │   ├── FunctionNotFound          404 function_not_found
+    │   ├── VersionNotFound           404 version_not_found
+    │   └── InvocationNotFound        404 invocation_not_found
+    ├── Conflict                      409 conflict
+    ├── PayloadTooLarge               413 payload_too_large
+    ├── InvalidSpec                   422 invalid_spec
+    │   └── DeployFailed              422 deploy_failed
+    │       ├── DependencyInstallFailed   422 dependency_install_failed
+    │       └── LoadFailed            422 load_error
+    ├── Throttled                     429 throttled          (carries retry_after)
+    ├── InvocationError               500 (a failed execution; code says why)
+    │   ├── FunctionError             500 function_error     (the handler raised)
+    │   ├── InitError                 500 init_error         (import/module code failed)
+    │   ├── OutOfMemory               500 out_of_memory
+    │   ├── InstanceCrashed           500 instance_crashed
+    │   └── InvocationTimeout         504 timeout
+    └── Unavailable                   503 unavailable
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FaasboxError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update({k: v for k, v in self.details.items() if v is not None})
+        return {"error": body}
+
+
+class InvalidRequest(FaasboxError):
+    status = 400
+    code = "invalid_request"
+
+
+class MalformedJSON(InvalidRequest):
+    code = "malformed_json"
+
+
+class UnsafeArchive(InvalidRequest):
+    code = "unsafe_archive"
+
+
+class NotFound(FaasboxError):
+    status = 404
+    code = "not_found"
+
+
+class FunctionNotFound(NotFound):
+    code = "function_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class InvocationNotFound(NotFound):
+    code = "invocation_not_found"
+
+
+class Conflict(FaasboxError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(FaasboxError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidSpec(FaasboxError):
+    status = 422
+    code = "invalid_spec"
+
+
+class DeployFailed(InvalidSpec):
+    code = "deploy_failed"
+
+
+class DependencyInstallFailed(DeployFailed):
+    code = "dependency_install_failed"
+
+
+class LoadFailed(DeployFailed):
+    code = "load_error"
+
+
+class Throttled(FaasboxError):
+    status = 429
+    code = "throttled"
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class InvocationError(FaasboxError):
+    """An execution that did not produce a result. ``duration_ms`` and ``logs`` are what the
+    instance reported, for the invocation record (not part of the error body)."""
+
+    status = 500
+    code = "invocation_error"
+    duration_ms: float = 0.0
+    logs: str = ""
+
+
+class FunctionError(InvocationError):
+    code = "function_error"
+
+
+class InitError(InvocationError):
+    code = "init_error"
+
+
+class OutOfMemory(InvocationError):
+    code = "out_of_memory"
+
+
+class InstanceCrashed(InvocationError):
+    code = "instance_crashed"
+
+
+class InvocationTimeout(InvocationError):
+    status = 504
+    code = "timeout"
+
+
+class Unavailable(FaasboxError):
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,102 @@
+"""Runs one invocation end to end: acquire an instance, run, release, record, count.
+
+Sync invokes come here from the API; async tasks will come from the queue's dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from faasbox import errors
+from faasbox.clock import Clock
+from faasbox.metering import billed_ms, gb_seconds
+from faasbox.metrics import Metrics
+from faasbox.scheduler import Scheduler
+from faasbox.store import InvocationRecord, Store, VersionRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    record: InvocationRecord
+    payload: bytes  # result JSON when the record's status is succeeded
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Invoker:
+    def __init__(
+        self, scheduler: Scheduler, store: Store, metrics: Metrics, clock: Clock,
+    ) -> None:
+        self.scheduler = scheduler
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+
+    async def invoke(
+        self, row: VersionRow, payload: bytes, trigger: str = "sync",
+        request_id: str | None = None, extra: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
+        :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it)."""
+        request_id = request_id or new_request_id()
+        spec = row.spec
+        record = InvocationRecord(
+            id=request_id, function=row.function, version=row.version, trigger=trigger,
+            started_at=self.clock.now(), duration_ms=0.0, billed_ms=0,
+            memory_mb=spec["memory_mb"], gb_s=0.0, cold_start=False, init_ms=None,
+            status="running", trace_id=(extra or {}).get("trace_id"),
+            task_id=(extra or {}).get("task_id"),
+        )
+        t0 = self.clock.monotonic()
+        try:
+            inst, cold = await self.scheduler.acquire(row)
+        except errors.Throttled:
+            self.metrics.throttles.labels(row.function).inc()
+            raise
+        except errors.InvocationError as exc:  # the cold start failed
+            record.cold_start = True
+            self._fail(record, exc, (self.clock.monotonic() - t0) * 1000)
+            raise
+        record.cold_start = cold
+        record.instance_id = inst.id
+        if cold:
+            record.init_ms = inst.init_ms
+            self.metrics.cold_starts.labels(row.function).inc()
+        try:
+            result = await inst.invoke(request_id, payload, spec["timeout_s"], extra or {})
+        except errors.InvocationError as exc:
+            elapsed = (self.clock.monotonic() - t0) * 1000
+            if isinstance(exc, errors.InvocationTimeout):
+                elapsed = spec["timeout_s"] * 1000
+            self._fail(record, exc, exc.duration_ms or elapsed)
+            record.peak_rss_mb = inst.peak_rss_mb or None
+            raise
+        finally:
+            self.scheduler.release(inst)
+        record.status = "succeeded"
+        record.logs = result.logs
+        record.peak_rss_mb = round(result.peak_rss_mb, 2)
+        self._finish(record, result.duration_ms)
+        return Outcome(record, result.payload)
+
+    def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
+        record.status = "timeout" if isinstance(exc, errors.InvocationTimeout) else "failed"
+        record.error_code = exc.code
+        record.error_message = exc.message
+        record.logs = getattr(exc, "logs", "") or exc.details.get("output") or ""
+        self._finish(record, duration_ms)
+
+    def _finish(self, record: InvocationRecord, duration_ms: float) -> None:
+        record.duration_ms = round(duration_ms, 3)
+        record.billed_ms = billed_ms(duration_ms)
+        record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
+        self.store.record_invocation(record)
+        self.metrics.invocations.labels(record.function, record.status).inc()
+        self.metrics.duration.labels(record.function).observe(duration_ms / 1000)

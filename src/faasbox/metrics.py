@@ -1,0 +1,44 @@
+"""Prometheus metrics, on a registry owned by one server (no global state)."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+           300, 900)
+
+
+class _InstanceCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "faasbox_instances", "Instances by function and state", labels=["function", "state"])
+        for (function, state), n in sorted(Tally(self._states()).items()):
+            family.add_metric([function, state], n)
+        yield family
+
+
+class Metrics:
+    def __init__(self, instance_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.invocations = Counter(
+            "faasbox_invocations", "Invocations by function and status",
+            ["function", "status"], registry=self.registry)
+        self.cold_starts = Counter(
+            "faasbox_cold_starts", "Invocations that started an instance",
+            ["function"], registry=self.registry)
+        self.throttles = Counter(
+            "faasbox_throttles", "Invocations refused with 429", ["function"],
+            registry=self.registry)
+        self.duration = Histogram(
+            "faasbox_invocation_duration_seconds", "Handler duration", ["function"],
+            buckets=BUCKETS, registry=self.registry)
+        self.registry.register(_InstanceCollector(instance_states))

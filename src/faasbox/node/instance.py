@@ -1,0 +1,268 @@
+"""One instance: a sandboxed worker process that has loaded one function version.
+
+The node talks to it over a socketpair with :mod:`faasbox.runtime.protocol` frames. One reader
+task per instance resolves the futures of in-flight calls; when the stream ends the instance is
+dead and every in-flight call fails with the reason (out of memory, crash, timeout kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faasbox import errors
+from faasbox.node.sandbox import Cgroup
+from faasbox.runtime import protocol
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+OUTPUT_TAIL = 4096
+
+
+@dataclass
+class InvokeResult:
+    payload: bytes  # the handler's result as JSON bytes
+    duration_ms: float
+    logs: str
+    peak_rss_mb: float
+
+
+class Instance:
+    """States: starting → idle ⇄ busy → stopping → stopped."""
+
+    def __init__(
+        self, function: str, version: int, spec: dict[str, Any], scratch: Path,
+        output_path: Path, cgroup: Cgroup | None, uid: int | None,
+    ) -> None:
+        self.id = f"{function}-{version}-{next(_ids)}-{os.urandom(2).hex()}"
+        self.function = function
+        self.version = version
+        self.spec = spec
+        self.concurrency: int = spec["concurrency"]
+        self.memory_mb: int = spec["memory_mb"]
+        self.scratch = scratch
+        self.output_path = output_path
+        self.cgroup = cgroup
+        self.uid = uid
+        self.state = "starting"
+        self.loop = asyncio.get_running_loop()
+        self.created = self.loop.time()
+        self.last_used = self.created
+        self.calls_served = 0
+        self.leases = 0  # slots handed out by the scheduler
+        self.retired = False  # taken out of service; being or been stopped
+        self.init_ms: float | None = None
+        self.peak_rss_mb: float = 0.0
+        self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._control: asyncio.Future[dict[str, Any]] | None = None
+        self._stop_reason: errors.InvocationError | None = None
+        self.exited = asyncio.Event()
+        self.returncode: int | None = None
+
+    # -- life -------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def free_slots(self) -> int:
+        if self.state not in ("idle", "busy"):
+            return 0
+        return self.concurrency - self.leases
+
+    async def connect(self, proc: subprocess.Popen[bytes], sock: Any) -> None:
+        self.proc = proc
+        reader, self._writer = await asyncio.open_connection(sock=sock, limit=2**16)
+        self._control = self.loop.create_future()
+        self._reader_task = asyncio.create_task(self._read(reader), name=f"reader-{self.id}")
+        pidfd = os.pidfd_open(proc.pid)
+        self.loop.add_reader(pidfd, self._on_exit, pidfd)
+
+    async def expect(self, kind: str, timeout: float) -> dict[str, Any]:
+        """Wait for the next control frame (hello, ready/load_error)."""
+        assert self._control is not None
+        try:
+            header = await asyncio.wait_for(asyncio.shield(self._control), timeout)
+        except TimeoutError:
+            raise errors.InitError(f"the instance did not send {kind} within {timeout:g} s")
+        self._control = self.loop.create_future()
+        return header
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        assert self._writer is not None
+        self._writer.write(protocol.pack(header, payload))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                prefix = await reader.readexactly(4)
+                body = await reader.readexactly(protocol.parse_length(prefix))
+                header, payload = protocol.unpack(body)
+                if header.get("t") == "result":
+                    fut = self.in_flight.pop(header["id"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((header, payload))
+                elif self._control is not None and not self._control.done():
+                    self._control.set_result(header)
+        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
+            pass
+        finally:
+            await self._died()
+
+    def _on_exit(self, pidfd: int) -> None:
+        self.loop.remove_reader(pidfd)
+        os.close(pidfd)
+        assert self.proc is not None
+        self.returncode = self.proc.wait()
+        self.exited.set()
+
+    async def _died(self) -> None:
+        """The stream ended: find out why and fail everything still waiting."""
+        if self.proc is not None:
+            self.kill()
+            await self.exited.wait()
+        reason = self._stop_reason or self._death_reason()
+        self.state = "stopped"
+        for fut in self.in_flight.values():
+            if not fut.done():
+                fut.set_exception(reason)
+        self.in_flight.clear()
+        if self._control is not None and not self._control.done():
+            self._control.set_exception(reason)
+            self._control.exception()  # mark retrieved: nobody may be waiting for it
+        if self._writer is not None:
+            self._writer.close()
+
+    def _death_reason(self) -> errors.InvocationError:
+        if self.cgroup is not None and self.cgroup.oom_killed():
+            return errors.OutOfMemory(
+                f"the instance ran out of memory (limit {self.memory_mb} MB) and was killed"
+            )
+        code = self.returncode
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        tail = self.output_tail()
+        return errors.InstanceCrashed(
+            f"the instance {how} during the invocation", output=tail or None
+        )
+
+    def output_tail(self) -> str:
+        try:
+            with self.output_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - OUTPUT_TAIL))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is None or self.exited.is_set():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    async def stop(self, reason: errors.InvocationError | None = None) -> None:
+        """Kill the process and wait until it is gone and every caller has been told."""
+        if self.state == "stopped":
+            return
+        self._stop_reason = reason or errors.InstanceCrashed("the instance was stopped")
+        self.state = "stopping"
+        self.kill()
+        if self._reader_task is not None:
+            await asyncio.shield(self._reader_task)
+        elif self.proc is not None:
+            await self.exited.wait()
+        self.state = "stopped"
+
+    # -- calls ------------------------------------------------------------------------------
+    async def invoke(
+        self, request_id: str, payload: bytes, timeout_s: float, extra: dict[str, Any],
+    ) -> InvokeResult:
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = self.loop.create_future()
+        self.in_flight[request_id] = fut
+        self.state = "busy"
+        header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
+        self.send(header, payload)
+        try:
+            reply, body = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            self.in_flight.pop(request_id, None)
+            reason = errors.InvocationTimeout(
+                f"the invocation timed out after {timeout_s:g} s; its instance was stopped"
+            )
+            others = errors.InstanceCrashed(
+                "the instance was stopped because a concurrent invocation timed out"
+            )
+            await self.stop(others)
+            raise reason from None
+        finally:
+            self.calls_served += 1
+            self.last_used = self.loop.time()
+            if self.state == "busy" and not self.in_flight:
+                self.state = "idle"
+        return self._result(reply, body)
+
+    def _result(self, reply: dict[str, Any], body: bytes) -> InvokeResult:
+        self.peak_rss_mb = reply.get("peak_rss_kb", 0) / 1024
+        if reply.get("ok"):
+            return InvokeResult(body, reply["duration_ms"], reply.get("logs", ""),
+                                self.peak_rss_mb)
+        err = reply.get("error", {})
+        kind = err.get("type")
+        if kind == "MemoryError":
+            exc: errors.InvocationError = errors.OutOfMemory(
+                f"the handler ran out of memory (limit {self.memory_mb} MB)"
+            )
+            self.state = "stopping"  # not reused: its heap may be in any state
+        elif kind == "ResponseTooLarge":
+            exc = errors.FunctionError(err.get("message", ""), type=kind)
+            exc.status = 413
+            exc.code = "response_too_large"
+        else:
+            exc = errors.FunctionError(
+                err.get("message", ""), type=kind, traceback=err.get("traceback"),
+            )
+        exc.duration_ms = reply.get("duration_ms", 0.0)
+        exc.logs = reply.get("logs", "")
+        raise exc
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "function": self.function,
+            "version": self.version,
+            "state": self.state,
+            "pid": self.pid,
+            "age_s": round(self.loop.time() - self.created, 3),
+            "idle_s": round(self.loop.time() - self.last_used, 3) if not self.in_flight else 0.0,
+            "calls_served": self.calls_served,
+            "in_flight": len(self.in_flight),
+            "rss_mb": round(current_rss_mb(self.pid), 1) if self.pid else None,
+            "init_ms": None if self.init_ms is None else round(self.init_ms, 2),
+            "memory_mb": self.memory_mb,
+        }
+
+
+def current_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0

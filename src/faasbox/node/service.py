@@ -1,0 +1,136 @@
+"""The local node (NodeService): starts, sandboxes and stops instances on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from faasbox import errors
+from faasbox.node.instance import Instance
+from faasbox.node.sandbox import Cgroup, SandboxFeatures, apply_rlimits
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+INIT_TIMEOUT_S = 30.0
+RUNTIME_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class NodeService:
+    def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int) -> None:
+        self.features = features
+        self.scratch_root = data_dir / "scratch"
+        self.output_root = data_dir / "instances"
+        self.uid_base = uid_base
+        self._uids_in_use: set[int] = set()
+        self._next_uid = 0
+        for d in (self.scratch_root, self.output_root):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True, exist_ok=True)
+        self.scratch_root.chmod(0o711)
+
+    def _allocate_uid(self) -> int | None:
+        if not self.features.uid_drop:
+            return None
+        while True:
+            uid = self.uid_base + self._next_uid
+            self._next_uid = (self._next_uid + 1) % 60000
+            if uid not in self._uids_in_use:
+                self._uids_in_use.add(uid)
+                return uid
+
+    async def start(
+        self, function: str, version: int, spec: dict[str, Any], paths: list[str],
+    ) -> Instance:
+        """Start an instance and load the function; raises InitError if it does not load."""
+        uid = self._allocate_uid()
+        cgroup = Cgroup(self.features, "") if self.features.cgroup_dirs else None
+        inst = Instance(function, version, spec, Path(), Path(), cgroup, uid)
+        inst.scratch = self.scratch_root / inst.id
+        inst.output_path = self.output_root / f"{inst.id}.out"
+        if cgroup is not None:
+            inst.cgroup = Cgroup(self.features, inst.id)
+        try:
+            await self._spawn(inst, paths)
+        except BaseException:
+            await self.stop(inst)
+            raise
+        return inst
+
+    async def _spawn(self, inst: Instance, paths: list[str]) -> None:
+        inst.scratch.mkdir(mode=0o700)
+        if inst.uid is not None:
+            os.chown(inst.scratch, inst.uid, inst.uid)
+        if inst.cgroup is not None:
+            inst.cgroup.create(inst.memory_mb)
+        env = {
+            **inst.spec.get("env", {}),
+            **RUNTIME_ENV,
+            "HOME": str(inst.scratch),
+            "TMPDIR": str(inst.scratch),
+            "FAASBOX_FUNCTION_NAME": inst.function,
+            "FAASBOX_FUNCTION_VERSION": str(inst.version),
+            "FAASBOX_FUNCTION_MEMORY_MB": str(inst.memory_mb),
+        }
+        parent, child = socket.socketpair()
+        try:
+            with inst.output_path.open("wb") as out:
+                proc = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                    subprocess.Popen(
+                        [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+                        process_group=0, user=inst.uid, group=inst.uid,
+                        extra_groups=[] if inst.uid is not None else None,
+                    )))
+        finally:
+            child.close()
+        await inst.connect(proc, parent)
+        await inst.expect("hello", HELLO_TIMEOUT_S)
+        # The sandbox closes around the process before it loads any user code.
+        if inst.cgroup is not None:
+            inst.cgroup.add(proc.pid)
+        if self.features.enabled:
+            apply_rlimits(proc.pid, self.features, inst.memory_mb)
+        inst.send({
+            "t": "load", "handler": inst.spec["handler"], "paths": paths,
+            "function": inst.function, "version": inst.version,
+            "memory_mb": inst.memory_mb, "concurrency": inst.concurrency,
+        })
+        try:
+            reply = await inst.expect("ready", INIT_TIMEOUT_S)
+        except errors.InvocationError as exc:
+            raise errors.InitError(f"the instance died while loading the function: {exc}",
+                                   output=inst.output_tail() or None) from None
+        if reply.get("t") == "load_error":
+            raise errors.InitError(
+                f"the function failed to load: {reply.get('type')}: {reply.get('message')}",
+                type=reply.get("type"), traceback=reply.get("traceback"),
+            )
+        inst.init_ms = reply.get("init_ms")
+        inst.state = "idle"
+
+    async def stop(self, inst: Instance, reason: errors.InvocationError | None = None) -> None:
+        await inst.stop(reason)
+        if inst.cgroup is not None:
+            inst.cgroup.kill_all()
+            inst.cgroup.remove()
+        if inst.uid is not None:
+            self._uids_in_use.discard(inst.uid)
+        with contextlib.suppress(OSError):
+            inst.output_path.unlink()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.rmtree(inst.scratch, ignore_errors=True))

@@ -1,0 +1,69 @@
+"""Wires the components of one faasbox server together (what ``faasbox server`` runs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from faasbox.clock import Clock, SystemClock
+from faasbox.codestore import CodeStore
+from faasbox.config import Settings
+from faasbox.invoker import Invoker
+from faasbox.metrics import Metrics
+from faasbox.node import NodeService, SandboxFeatures, detect
+from faasbox.registry import Registry
+from faasbox.resources import Node, ResourceManager
+from faasbox.scheduler import Scheduler
+from faasbox.spec import FunctionSpec
+from faasbox.stack import load_stack
+from faasbox.codestore import zip_folder
+from faasbox.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+class Platform:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        data = settings.data
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o755)
+        self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
+        self.features: SandboxFeatures = detect(data, settings.sandbox)
+        self.node = NodeService(data, self.features, settings.sandbox_uid_base)
+        self.code = CodeStore(data)
+        self.registry = Registry(self.store, self.code, self.node, self.clock)
+        self.resources = ResourceManager(
+            [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])
+        self.scheduler = Scheduler(
+            self.registry, self.node, self.resources,
+            acquire_timeout_s=settings.acquire_timeout_s,
+            reap_interval_s=settings.reap_interval_s,
+        )
+        self.metrics = Metrics(self._instance_states)
+        self.invoker = Invoker(self.scheduler, self.store, self.metrics, self.clock)
+
+    def _instance_states(self) -> list[tuple[str, str]]:
+        return [(p.function, i.state) for p in self.scheduler.pools.values()
+                for i in p.instances]
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.scheduler.start()
+        for name, active, detail in self.features.report():
+            log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.store.close()
+
+    async def deploy_stack(self, path: Path) -> list[str]:
+        """Deploy every function of a stack file (``faasbox server --deploy``)."""
+        done = []
+        for item in load_stack(path):
+            spec = FunctionSpec(**item.spec)
+            result = await self.registry.deploy(item.name, spec, zip_folder(item.path))
+            done.append(f"{item.name} v{result.version.version}")
+        return done

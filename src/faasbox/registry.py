@@ -1,0 +1,141 @@
+"""Functions and their immutable versions.
+
+A deploy stores the code (content-addressed), installs its requirements, checks that it loads
+in a throwaway instance, and only then records a new version and moves ``latest`` to it.
+Versions never change, so they are cached; ``latest`` is cached and moved by deploys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from faasbox import errors
+from faasbox.clock import Clock
+from faasbox.codestore import CodeStore
+from faasbox.node import NodeService
+from faasbox.spec import FunctionSpec, check_name
+from faasbox.store import FunctionRow, Store, VersionRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    version: VersionRow
+    created: bool  # the function is new
+    check_ms: float | None
+
+
+class Registry:
+    def __init__(self, store: Store, code: CodeStore, node: NodeService, clock: Clock) -> None:
+        self.store = store
+        self.code = code
+        self.node = node
+        self.clock = clock
+        self._latest: dict[str, VersionRow] = {}
+        self._versions: dict[tuple[str, int], VersionRow] = {}
+        self._deploy_locks: dict[str, asyncio.Lock] = {}
+
+    async def deploy(
+        self, name: str, spec: FunctionSpec, code_zip: bytes | None, check: bool = True,
+    ) -> Deployed:
+        check_name(name)
+        async with self._deploy_locks.setdefault(name, asyncio.Lock()):
+            current = await self.store.get_function(name)
+            if code_zip is not None:
+                sha = await self.code.put_zip(code_zip)
+            elif current is not None:
+                sha = (await self.resolve(name, None)).code_sha
+            else:
+                raise errors.InvalidSpec(f"function {name!r} is new: its code is required")
+            packages = await self.code.install_requirements(sha)
+            check_ms = await self._load_check(name, spec, sha, packages) if check else None
+            row = await self.store.put_version(
+                name, spec.to_dict(), sha, packages, self.clock.now())
+            self._remember(row)
+            self._latest[name] = row
+            log.info("deployed %s version %d (code %s)", name, row.version, sha[:12])
+            return Deployed(row, current is None, check_ms)
+
+    async def _load_check(
+        self, name: str, spec: FunctionSpec, sha: str, packages: str | None,
+    ) -> float:
+        started = self.clock.monotonic()
+        paths = self._paths(sha, packages)
+        try:
+            inst = await self.node.start(name, 0, spec.to_dict(), paths)
+        except errors.InitError as exc:
+            raise errors.LoadFailed(
+                f"the function does not load: {exc.message}",
+                type=exc.details.get("type"), traceback=exc.details.get("traceback"),
+            ) from None
+        await self.node.stop(inst)
+        return (self.clock.monotonic() - started) * 1000
+
+    def _remember(self, row: VersionRow) -> None:
+        self._versions[(row.function, row.version)] = row
+
+    async def resolve(self, name: str, version: str | int | None) -> VersionRow:
+        """The version row for ``version`` (a number, ``latest`` or None for latest)."""
+        if version is None or version == "latest":
+            row = self._latest.get(name)
+            if row is not None:
+                return row
+            fn = await self.store.get_function(name)
+            if fn is None:
+                raise errors.FunctionNotFound(f"function {name!r} does not exist")
+            row = await self._get_version(name, fn.latest_version)
+            self._latest[name] = row
+            return row
+        try:
+            number = int(version)
+        except ValueError:
+            raise errors.InvalidRequest(
+                f"version must be a number or 'latest', not {version!r}") from None
+        cached = self._versions.get((name, number))
+        if cached is not None and name in self._latest:
+            return cached
+        if await self.store.get_function(name) is None:
+            raise errors.FunctionNotFound(f"function {name!r} does not exist")
+        return await self._get_version(name, number)
+
+    async def _get_version(self, name: str, number: int) -> VersionRow:
+        row = self._versions.get((name, number))
+        if row is None:
+            row = await self.store.get_version(name, number)
+            if row is None:
+                raise errors.VersionNotFound(f"function {name!r} has no version {number}")
+            self._remember(row)
+        return row
+
+    def paths(self, row: VersionRow) -> list[str]:
+        return self._paths(row.code_sha, row.packages_key)
+
+    def _paths(self, sha: str, packages: str | None) -> list[str]:
+        paths = [str(self.code.code_dir(sha).resolve())]
+        if packages:
+            paths.append(str(self.code.packages_dir(packages).resolve()))
+        return paths
+
+    async def get(self, name: str) -> FunctionRow:
+        fn = await self.store.get_function(name)
+        if fn is None:
+            raise errors.FunctionNotFound(f"function {name!r} does not exist")
+        return fn
+
+    async def list(self) -> list[FunctionRow]:
+        return await self.store.list_functions()
+
+    async def versions(self, name: str) -> list[VersionRow]:
+        await self.get(name)
+        return await self.store.list_versions(name)
+
+    async def delete(self, name: str) -> None:
+        async with self._deploy_locks.setdefault(name, asyncio.Lock()):
+            if not await self.store.delete_function(name):
+                raise errors.FunctionNotFound(f"function {name!r} does not exist")
+            self._latest.pop(name, None)
+            for key in [k for k in self._versions if k[0] == name]:
+                del self._versions[key]

@@ -1,0 +1,5 @@
+import sys
+
+from faasbox.runtime.worker import main
+
+main(sys.argv)

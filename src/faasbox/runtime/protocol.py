@@ -1,0 +1,66 @@
+"""Frames between a node and an instance.
+
+A frame is ``<u32 total length><u32 header length><header JSON><payload bytes>``. The header is
+a small JSON object with a ``t`` (type) field; the payload carries an event or a result as raw
+JSON bytes, so that neither side parses what it only passes on.
+
+Node → instance: ``load`` (once), ``invoke``. Instance → node: ``hello``, ``ready`` |
+``load_error`` (once), ``result`` (one per invoke).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import orjson
+
+_HEAD = struct.Struct(">II")
+MAX_FRAME = 64 * 2**20
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = orjson.dumps(header)
+    return _HEAD.pack(4 + len(head) + len(payload), len(head)) + head + payload
+
+
+def unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """Split a frame body (everything after the total length) into header and payload."""
+    (hlen,) = struct.unpack_from(">I", body)
+    header = orjson.loads(body[4 : 4 + hlen])
+    return header, body[4 + hlen :]
+
+
+def parse_length(prefix: bytes) -> int:
+    (total,) = struct.unpack(">I", prefix)
+    if total < 4 or total > MAX_FRAME:
+        raise ProtocolError(f"bad frame length {total}")
+    return total
+
+
+def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
+    """Blocking read of one frame; None at end of stream."""
+    prefix = _recv_exact(sock, 4)
+    if prefix is None:
+        return None
+    body = _recv_exact(sock, parse_length(prefix))
+    if body is None:
+        raise ProtocolError("stream ended inside a frame")
+    return unpack(body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            if buf:
+                raise ProtocolError("stream ended inside a frame")
+            return None
+        buf += chunk
+    return bytes(buf)

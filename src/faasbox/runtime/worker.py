@@ -1,0 +1,186 @@
+"""The instance main loop: ``python -m faasbox.runtime FD``.
+
+The node starts this process with one end of a socketpair as ``FD``. The worker says ``hello``,
+waits for ``load`` (sent once the node has put it in its sandbox), imports the handler and
+answers ``ready`` or ``load_error``; then it serves ``invoke`` frames until the socket closes.
+Sync handlers run on the main thread (or on a pool of ``concurrency`` threads); ``async def``
+handlers run on one event loop thread. The worker enforces no limits: the node does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from faasbox.runtime import protocol
+from faasbox.runtime.context import Context, LogBuffer, current_log, install_routers
+
+MAX_RESULT = 6 * 2**20
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self.handler: Callable[..., Any] | None = None
+        self.is_async = False
+        self.spec: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: Any = None
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        frame = protocol.pack(header, payload)
+        with self._send_lock:
+            self.sock.sendall(frame)
+
+    # -- load -------------------------------------------------------------------------------
+    def load(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        for path in reversed(spec.get("paths", [])):
+            sys.path.insert(0, path)
+        started = time.monotonic()
+        try:
+            module_name, _, attr = spec["handler"].partition(":")
+            module = importlib.import_module(module_name)
+            handler = getattr(module, attr or "handler", None)
+            if handler is None:
+                raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
+            if not callable(handler):
+                raise TypeError(f"{spec['handler']} is not callable")
+        except BaseException as exc:
+            self.send({"t": "load_error", **_describe(exc)})
+            sys.stdout.flush()
+            os._exit(1)
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        concurrency = int(spec.get("concurrency", 1))
+        if self.is_async:
+            self._start_loop()
+        elif concurrency > 1:
+            self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="faasbox-handler")
+        init_ms = (time.monotonic() - started) * 1000
+        self.send({"t": "ready", "init_ms": init_ms})
+
+    def _start_loop(self) -> None:
+        import asyncio
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="faasbox-loop", daemon=True).start()
+
+    # -- invoke -----------------------------------------------------------------------------
+    def dispatch(self, header: dict[str, Any], payload: bytes) -> None:
+        if self.is_async:
+            import asyncio
+
+            asyncio.run_coroutine_threadsafe(self._run_async(header, payload), self._loop)
+        elif self._pool is not None:
+            self._pool.submit(self._run_sync, header, payload)
+        else:
+            self._run_sync(header, payload)
+
+    def _begin(self, header: dict[str, Any]) -> tuple[Context, LogBuffer]:
+        log = LogBuffer()
+        current_log.set(log)
+        deadline = time.monotonic() + header.get("timeout_ms", 3_600_000) / 1000
+        ctx = Context(
+            header["id"], self.spec["function"], self.spec["version"], self.spec["memory_mb"],
+            deadline, header, log,
+        )
+        return ctx, log
+
+    def _run_sync(self, header: dict[str, Any], payload: bytes) -> None:
+        ctx, log = self._begin(header)
+        started = time.perf_counter()
+        try:
+            event = orjson.loads(payload) if payload else None
+            assert self.handler is not None
+            result = self.handler(event, ctx)
+        except BaseException as exc:
+            self._finish(header, started, log, error=exc)
+        else:
+            self._finish(header, started, log, result=result)
+        finally:
+            current_log.set(None)
+
+    async def _run_async(self, header: dict[str, Any], payload: bytes) -> None:
+        ctx, log = self._begin(header)
+        started = time.perf_counter()
+        try:
+            event = orjson.loads(payload) if payload else None
+            assert self.handler is not None
+            result = await self.handler(event, ctx)
+        except BaseException as exc:
+            self._finish(header, started, log, error=exc)
+        else:
+            self._finish(header, started, log, result=result)
+
+    def _finish(
+        self, header: dict[str, Any], started: float, log: LogBuffer,
+        result: Any = None, error: BaseException | None = None,
+    ) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        body = b""
+        reply: dict[str, Any] = {"t": "result", "id": header["id"], "duration_ms": duration_ms}
+        if error is None:
+            try:
+                body = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+            except TypeError as exc:
+                error = TypeError(f"the handler's result is not JSON serializable: {exc}")
+                error.__traceback__ = None
+            else:
+                if len(body) > MAX_RESULT:
+                    reply["error"] = {
+                        "type": "ResponseTooLarge",
+                        "message": f"the result is {len(body)} bytes; the limit is {MAX_RESULT}",
+                    }
+                    body = b""
+        if error is not None:
+            reply["error"] = _describe(error)
+        reply["ok"] = "error" not in reply
+        reply["logs"] = log.getvalue()
+        reply["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.send(reply, body)
+
+    # -- main loop --------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.send({"t": "hello", "pid": os.getpid()})
+        first = protocol.recv_frame(self.sock)
+        if first is None or first[0].get("t") != "load":
+            return
+        self.load(first[0])
+        while True:
+            frame = protocol.recv_frame(self.sock)
+            if frame is None:
+                return
+            header, payload = frame
+            if header.get("t") == "invoke":
+                self.dispatch(header, payload)
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+
+
+def main(argv: list[str]) -> None:
+    sock = socket.socket(fileno=int(argv[1]))
+    install_routers()
+    try:
+        Worker(sock).serve()
+    except (BrokenPipeError, ConnectionResetError, protocol.ProtocolError):
+        pass
+    finally:
+        sys.stdout.flush()
+        os._exit(0)

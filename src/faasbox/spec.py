@@ -1,0 +1,65 @@
+"""The function spec: what a deploy says about code, resources and scaling."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class FunctionSpec(BaseModel):
+    """Immutable per version. Defaults follow what users know from Lambda where it makes sense."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    handler: str = Field(description="module:function inside the code folder")
+    memory_mb: int = Field(128, ge=128, le=10240)
+    timeout_s: float = Field(30.0, gt=0, le=900)
+    concurrency: int = Field(1, ge=1, le=1000, description="invocations at once per instance")
+    min_instances: int = Field(0, ge=0, le=1000)
+    max_instances: int = Field(10, ge=1, le=1000)
+    idle_ttl_s: float = Field(300.0, ge=0, le=86400)
+    env: dict[str, str] = Field(default_factory=dict)
+    description: str = Field("", max_length=256)
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, v: str) -> str:
+        if not HANDLER_RE.match(v):
+            raise ValueError("handler must look like module:function (e.g. main:handler)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_KEY_RE.match(key):
+                raise ValueError(f"env name {key!r} is not a valid variable name")
+            if key.startswith("FAASBOX_"):
+                raise ValueError(f"env name {key!r} is reserved (FAASBOX_ prefix)")
+        return v
+
+    @model_validator(mode="after")
+    def _scaling(self) -> FunctionSpec:
+        if self.min_instances > self.max_instances:
+            raise ValueError("min_instances cannot exceed max_instances")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        from faasbox.errors import InvalidSpec
+
+        raise InvalidSpec(
+            f"invalid function name {name!r}: use 1-63 lowercase letters, digits, '-' or '_',"
+            " starting with a letter or digit"
+        )
+    return name

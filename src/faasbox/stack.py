@@ -1,0 +1,53 @@
+"""The stack file (``faasbox.yaml``): several functions deployed at once.
+
+::
+
+    functions:
+      hello:
+        path: ./hello           # folder, relative to the stack file
+        handler: main:handler
+        memory_mb: 128          # any FunctionSpec field
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faasbox import errors
+
+ALIASES = {"memory": "memory_mb", "timeout": "timeout_s", "min": "min_instances",
+           "max": "max_instances", "idle_ttl": "idle_ttl_s"}
+
+
+@dataclass
+class StackItem:
+    name: str
+    path: Path
+    spec: dict[str, Any]
+
+
+def load_stack(path: Path) -> list[StackItem]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise errors.InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise errors.InvalidRequest(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("functions"), dict):
+        raise errors.InvalidSpec(f"{path}: expected a 'functions:' mapping")
+    items = []
+    for name, body in doc["functions"].items():
+        if not isinstance(body, dict):
+            raise errors.InvalidSpec(f"{path}: function {name!r} must be a mapping")
+        body = {ALIASES.get(k, k): v for k, v in body.items()}
+        folder = (path.parent / str(body.pop("path", name))).resolve()
+        if not folder.is_dir():
+            raise errors.InvalidSpec(f"{path}: function {name!r}: no folder {folder}")
+        if "env" in body and isinstance(body["env"], dict):
+            body["env"] = {str(k): str(v) for k, v in body["env"].items()}
+        items.append(StackItem(str(name), folder, body))
+    return items
