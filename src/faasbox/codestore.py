@@ -47,7 +47,9 @@ class CodeStore:
         self.tmp_root = data_dir / "tmp"
         for d in (self.code_root, self.packages_root, self.tmp_root):
             d.mkdir(parents=True, exist_ok=True)
-            d.chmod(0o755)
+        self.code_root.chmod(0o711)
+        self.packages_root.chmod(0o711)
+        self.tmp_root.chmod(0o700)
         self._pip_locks: dict[str, asyncio.Lock] = {}
 
     def code_dir(self, sha: str) -> Path:

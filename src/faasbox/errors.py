@@ -123,6 +123,7 @@ class InvocationError(FaasboxError):
     code = "invocation_error"
     duration_ms: float = 0.0
     logs: str = ""
+    record: Any = None  # the InvocationRecord written for it, set by the invoker
 
 
 class FunctionError(InvocationError):

@@ -92,6 +92,8 @@ class Invoker:
         record.error_message = exc.message
         record.logs = getattr(exc, "logs", "") or exc.details.get("output") or ""
         self._finish(record, duration_ms)
+        if isinstance(exc, errors.InvocationError):
+            exc.record = record
 
     def _finish(self, record: InvocationRecord, duration_ms: float) -> None:
         record.duration_ms = round(duration_ms, 3)

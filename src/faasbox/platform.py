@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from faasbox.clock import Clock, SystemClock
-from faasbox.codestore import CodeStore
+from faasbox.codestore import CodeStore, zip_folder
 from faasbox.config import Settings
 from faasbox.invoker import Invoker
 from faasbox.metrics import Metrics
@@ -17,7 +17,6 @@ from faasbox.resources import Node, ResourceManager
 from faasbox.scheduler import Scheduler
 from faasbox.spec import FunctionSpec
 from faasbox.stack import load_stack
-from faasbox.codestore import zip_folder
 from faasbox.store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ class Platform:
         self.clock = clock or SystemClock()
         data = settings.data
         data.mkdir(parents=True, exist_ok=True)
-        data.chmod(0o755)
+        data.chmod(0o711)  # instances may traverse to code/, not list
         self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
         self.features: SandboxFeatures = detect(data, settings.sandbox)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base)

@@ -12,6 +12,7 @@ from faasbox.api.body import read_event
 from faasbox.api.errors import faasbox_error_response
 from faasbox.invoker import new_request_id
 from faasbox.platform import Platform
+from faasbox.store import InvocationRecord
 
 router = APIRouter(tags=["invoke"])
 
@@ -32,20 +33,22 @@ async def invoke(
     try:
         outcome = await p.invoker.invoke(row, event, request_id=request_id)
     except errors.InvocationError as exc:
-        headers.update({
-            "X-Faasbox-Function-Error": exc.code,
-            "X-Faasbox-Duration-Ms": f"{exc.duration_ms:.3f}",
-        })
+        headers["X-Faasbox-Function-Error"] = exc.code
+        if exc.record is not None:
+            headers.update(_usage_headers(exc.record))
         return faasbox_error_response(exc, headers)
     except errors.FaasboxError as exc:
         return faasbox_error_response(exc, headers)
-    rec = outcome.record
-    headers.update({
+    headers.update(_usage_headers(outcome.record))
+    return Response(outcome.payload, media_type="application/json", headers=headers)
+
+
+def _usage_headers(rec: InvocationRecord) -> dict[str, str]:
+    return {
         "X-Faasbox-Cold-Start": "true" if rec.cold_start else "false",
         "X-Faasbox-Duration-Ms": f"{rec.duration_ms:.3f}",
         "X-Faasbox-Billed-Ms": str(rec.billed_ms),
-    })
-    return Response(outcome.payload, media_type="application/json", headers=headers)
+    }
 
 
 @router.get("/v1/invocations", summary="Invocation records, newest first")

@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from faasbox import errors
 from faasbox.spec import FunctionSpec

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import signal
 import stat
 import sys
@@ -142,8 +141,9 @@ def _detect_uid(feats: SandboxFeatures, data_dir: Path) -> None:
     if os.geteuid() != 0:
         feats.reasons["uid"] = "the server is not root, so instances run as its own uid"
         return
-    import faasbox
     import orjson
+
+    import faasbox
 
     needed = [
         Path(sys.executable).resolve(),
@@ -243,12 +243,12 @@ class Cgroup:
                 d.rmdir()
 
 
-def apply_rlimits(pid: int, feats: SandboxFeatures, memory_mb: int) -> None:
-    """Limits set from outside with prlimit(2) before the instance loads user code."""
-    resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+def rlimits(feats: SandboxFeatures, memory_mb: int) -> dict[str, int]:
+    """The resource limits an instance sets on itself before it loads user code (hard and
+    soft alike, so the code cannot raise them again)."""
+    limits = {"RLIMIT_CORE": 0, "RLIMIT_NOFILE": NOFILE}
     if not feats.memory_limit:
-        data = (memory_mb + 64) * 2**20
-        resource.prlimit(pid, resource.RLIMIT_DATA, (data, data))
+        limits["RLIMIT_DATA"] = (memory_mb + 64) * 2**20
     if not feats.pids_limit and feats.uid_drop:
-        resource.prlimit(pid, resource.RLIMIT_NPROC, (PIDS_MAX, PIDS_MAX))
+        limits["RLIMIT_NPROC"] = PIDS_MAX
+    return limits

@@ -15,7 +15,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.node.instance import Instance
-from faasbox.node.sandbox import Cgroup, SandboxFeatures, apply_rlimits
+from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class NodeService:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
         self.scratch_root.chmod(0o711)
+        self.output_root.chmod(0o700)
 
     def _allocate_uid(self) -> int | None:
         if not self.features.uid_drop:
@@ -103,9 +104,9 @@ class NodeService:
         # The sandbox closes around the process before it loads any user code.
         if inst.cgroup is not None:
             inst.cgroup.add(proc.pid)
-        if self.features.enabled:
-            apply_rlimits(proc.pid, self.features, inst.memory_mb)
+        limits = rlimits(self.features, inst.memory_mb) if self.features.enabled else {}
         inst.send({
+            "rlimits": limits,
             "t": "load", "handler": inst.spec["handler"], "paths": paths,
             "function": inst.function, "version": inst.version,
             "memory_mb": inst.memory_mb, "concurrency": inst.concurrency,

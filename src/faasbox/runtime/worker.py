@@ -48,6 +48,8 @@ class Worker:
     # -- load -------------------------------------------------------------------------------
     def load(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        for name, value in spec.get("rlimits", {}).items():
+            resource.setrlimit(getattr(resource, name), (value, value))
         for path in reversed(spec.get("paths", [])):
             sys.path.insert(0, path)
         started = time.monotonic()

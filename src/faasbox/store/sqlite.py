@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -125,6 +126,9 @@ class SqliteStore(Store):
     # -- plumbing ---------------------------------------------------------------------------
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # private to the server: SQLite gives the -wal and -shm files the same mode
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.path.chmod(0o600)
         conn = _connect(self.path, self.synchronous)
         migrate(conn)
         self._writer = _Writer(conn, asyncio.get_running_loop())

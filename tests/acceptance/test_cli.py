@@ -1,0 +1,118 @@
+"""The real ``faasbox`` command, run as a subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Server, write_function
+
+FAASBOX = [sys.executable, "-m", "faasbox"]
+
+
+def run(server: Server | None, *args: str, input: str | None = None,
+        ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    if server is not None:
+        env["FAASBOX_URL"] = server.url
+    proc = subprocess.run([*FAASBOX, *args], capture_output=True, text=True, env=env,
+                          input=input, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0, proc.stdout
+    return proc
+
+
+def test_deploy_invoke_ls_describe_logs_rm(server: Server, tmp_path: Path) -> None:
+    folder = write_function(tmp_path / "greeter", {"main.py": """
+        def handler(event, context):
+            print("greeting", event["name"])
+            return {"greeting": "hello " + event["name"]}
+    """})
+    out = run(server, "deploy", str(folder), "--memory", "256", "--env", "A=1").stdout
+    assert "deployed greeter version 1" in out
+    result = run(server, "invoke", "greeter", "--data", '{"name": "ada"}').stdout
+    assert json.loads(result) == {"greeting": "hello ada"}
+    event = tmp_path / "event.json"
+    event.write_text('{"name": "bob"}')
+    verbose = run(server, "invoke", "greeter", "--file", str(event), "-v")
+    assert json.loads(verbose.stdout) == {"greeting": "hello bob"}
+    assert "cold-start: false" in verbose.stderr
+    listed = json.loads(run(server, "ls", "--json").stdout)
+    fn = next(f for f in listed["functions"] if f["name"] == "greeter")
+    assert fn["spec"]["memory_mb"] == 256 and fn["spec"]["env"] == {"A": "1"}
+    assert "greeter" in run(server, "ls").stdout
+    described = json.loads(run(server, "describe", "greeter", "--json").stdout)
+    assert described["latest_version"] == 1 and len(described["instances"]) == 1
+    assert [v["version"] for v in described["versions"]] == [1]
+    logs = run(server, "logs", "greeter").stdout
+    assert "greeting ada" in logs and "greeting bob" in logs
+    assert "deleted greeter" in run(server, "rm", "greeter").stdout
+    gone = run(server, "invoke", "greeter", "--data", "{}", ok=False)
+    assert "does not exist" in gone.stderr
+
+
+def test_deploy_stack_file(server: Server, tmp_path: Path) -> None:
+    write_function(tmp_path / "a", {"main.py": "def handler(e, c):\n    return 'a'\n"})
+    write_function(tmp_path / "b", {"app.py": "def run(e, c):\n    return 'b'\n"})
+    stack = tmp_path / "faasbox.yaml"
+    stack.write_text("functions:\n  stack-a:\n    path: a\n    handler: main:handler\n"
+                     "  stack-b:\n    path: b\n    handler: app:run\n    timeout: 5\n")
+    out = json.loads(run(server, "deploy", "-f", str(stack), "--json").stdout)
+    assert {f["name"] for f in out["functions"]} == {"stack-a", "stack-b"}
+    assert json.loads(run(server, "invoke", "stack-b").stdout) == "b"
+
+
+def test_errors_are_messages_not_tracebacks(server: Server, tmp_path: Path) -> None:
+    broken = write_function(tmp_path / "broken", {"main.py": "import nope_nope\n"})
+    failed = run(server, "deploy", str(broken), ok=False)
+    assert "error:" in failed.stderr and "nope_nope" in failed.stderr
+    bad_json = run(server, "invoke", "x", "--data", "{", ok=False)
+    assert "does not exist" in bad_json.stderr or "JSON" in bad_json.stderr
+    missing = run(server, "deploy", str(tmp_path / "missing"), ok=False)
+    assert "not a folder" in missing.stderr
+    bad_env = run(server, "deploy", str(broken), "--env", "NOEQUALS", ok=False)
+    assert "KEY=VALUE" in bad_env.stderr
+    nofile = run(server, "deploy", "-f", str(tmp_path / "nope.yaml"), ok=False)
+    assert "cannot read" in nofile.stderr
+
+
+def test_unreachable_server_is_a_clear_message() -> None:
+    env_url = "http://127.0.0.1:9"  # discard port: nothing listens
+    proc = subprocess.run([*FAASBOX, "ls", "--url", env_url], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "cannot reach the faasbox server" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_doctor_reports_features(tmp_path: Path) -> None:
+    out = json.loads(run(None, "doctor", "--json", "--data", str(tmp_path / "d")).stdout)
+    features = {f["feature"]: f for f in out["sandbox"]}
+    assert {"memory limit", "cpu weight", "pids limit", "unprivileged uid",
+            "private scratch dir"} <= set(features)
+    off = json.loads(run(None, "doctor", "--json", "--data", str(tmp_path / "d"),
+                         "--sandbox", "off").stdout)
+    assert not any(f["active"] for f in off["sandbox"] if f["feature"] == "memory limit")
+    table = run(None, "doctor", "--data", str(tmp_path / "d")).stdout
+    assert "memory limit" in table
+
+
+def test_server_deploys_a_stack_at_start(make_server: object, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    stack = repo / "examples" / "faasbox.yaml"
+    text = stack.read_text()
+    assert "hello" in text
+    # the examples that need no network: hello and primes
+    local = tmp_path / "stack.yaml"
+    local.write_text(
+        f"functions:\n  hello:\n    path: {repo / 'examples/hello'}\n    handler: main:handler\n"
+        f"  primes:\n    path: {repo / 'examples/primes'}\n    handler: main:handler\n")
+    srv = make_server(env={"FAASBOX_DEPLOY": str(local)})  # type: ignore[operator]
+    assert srv.invoke("hello", {"name": "ada"}).json()["hello"] == "ada"
+    assert srv.invoke("primes", {"n": 100}).json() == {"n": 100, "primes": 25}

@@ -1,0 +1,165 @@
+"""Fixtures that start the real faasbox server on a free loopback port.
+
+The server is a real subprocess (``python -m faasbox server``) with its own data directory;
+functions are real folders; instances are real processes. Nothing of faasbox is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from faasbox.codestore import zip_folder
+
+READY_TIMEOUT_S = 30.0
+
+
+def open_tempdir() -> Path:
+    """A temp dir other uids may traverse (pytest's own is 0700), so that sandboxed instances
+    running under their own uids can reach code in a server's data dir."""
+    path = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
+    path.chmod(0o711)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_function(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+class Server:
+    """A running ``faasbox server`` and a client for it."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        # data dirs may be reused by a restarted server; the log sits beside them
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "FAASBOX_REAP_INTERVAL_S": "0.2", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"server-{self.port}.log"
+        self.http = httpx.Client(base_url=self.url, timeout=120)
+        self.functions_root = data.parent / "functions"
+
+    def start(self) -> Server:
+        self.data.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "faasbox", "server", "--port", str(self.port),
+                 "--data", str(self.data), "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server not ready:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.http.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def folder(self, name: str, files: dict[str, str]) -> Path:
+        return write_function(self.functions_root / name, files)
+
+    def deploy(self, name: str, files: dict[str, str] | None = None, *,
+               folder: Path | None = None, expect: int | None = None,
+               **spec: Any) -> httpx.Response:
+        body: dict[str, Any] = {"handler": "main:handler", **spec}
+        if files is not None or folder is not None:
+            folder = folder or self.folder(name, files or {})
+            body["code_zip"] = base64.b64encode(zip_folder(folder)).decode()
+        resp = self.http.put(f"/v1/functions/{name}", json=body)
+        if expect is None:
+            assert resp.status_code in (200, 201), resp.text
+        else:
+            assert resp.status_code == expect, resp.text
+        return resp
+
+    def invoke(self, name: str, event: Any = None, **params: Any) -> httpx.Response:
+        return self.http.post(f"/v1/functions/{name}/invoke", json=event, params=params)
+
+    def instances(self, name: str) -> list[dict[str, Any]]:
+        resp = self.http.get(f"/v1/functions/{name}/instances")
+        assert resp.status_code == 200, resp.text
+        return list(resp.json()["instances"])
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+        """Poll the server until ``predicate()`` is truthy (a bounded wait on server state)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def node(self) -> dict[str, Any]:
+        return dict(self.http.get("/v1/node").json())
+
+    def feature(self, name: str) -> bool:
+        return any(f["feature"] == name and f["active"] for f in self.node()["sandbox"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by a test module; tests use their own function names."""
+    root = open_tempdir()
+    srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "3"}).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Any]:
+    """Start servers with their own settings: ``make_server(env={...})``."""
+    root = open_tempdir()
+    started: list[Server] = []
+
+    def make(env: dict[str, str] | None = None, data: Path | None = None) -> Server:
+        srv = Server(data or root / f"data{len(started)}", env).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+    shutil.rmtree(root, ignore_errors=True)

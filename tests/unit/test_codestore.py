@@ -1,0 +1,78 @@
+"""Code packages: safe extraction, content addressing, the deploy archive."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from faasbox import errors
+from faasbox.codestore import CodeStore, tree_hash, zip_folder
+
+
+def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["../x.py", "/etc/x.py", "a/../../x.py", "C:\\x.py", "a\\..\\x"])
+def test_escaping_entries_are_refused(tmp_path: Path, name: str) -> None:
+    store = CodeStore(tmp_path)
+    with pytest.raises(errors.UnsafeArchive):
+        asyncio.run(store.put_zip(_zip({"main.py": b"", name: b"x"})))
+
+
+def test_symlinks_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(errors.UnsafeArchive, match="symbolic link"):
+        asyncio.run(CodeStore(tmp_path).put_zip(_zip({"main.py": b""}, symlink="link")))
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(errors.InvalidRequest, match="not a valid zip"):
+        asyncio.run(CodeStore(tmp_path).put_zip(b"hello"))
+
+
+def test_same_content_same_address(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    a = asyncio.run(store.put_zip(_zip({"main.py": b"A", "pkg/mod.py": b"B"})))
+    b = asyncio.run(store.put_zip(_zip({"pkg/mod.py": b"B", "main.py": b"A"})))
+    c = asyncio.run(store.put_zip(_zip({"main.py": b"A", "pkg/mod.py": b"C"})))
+    assert a == b != c
+    assert (store.code_dir(a) / "pkg" / "mod.py").read_bytes() == b"B"
+    assert tree_hash(store.code_dir(a)) == a
+    mode = (store.code_dir(a) / "main.py").stat().st_mode
+    assert mode & stat.S_IROTH  # readable by instances running under other uids
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_zip_folder_skips_caches(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("x = 1\n")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref")
+    names = zipfile.ZipFile(io.BytesIO(zip_folder(tmp_path))).namelist()
+    assert names == ["main.py"]
+
+
+def test_requirements_key(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    none = asyncio.run(store.put_zip(_zip({"main.py": b"", "requirements.txt": b"# nothing\n"})))
+    assert store.requirements_key(none) is None
+    a = asyncio.run(store.put_zip(_zip({"main.py": b"1", "requirements.txt": b"six\n"})))
+    b = asyncio.run(store.put_zip(_zip({"main.py": b"2", "requirements.txt": b"six\n"})))
+    assert store.requirements_key(a) == store.requirements_key(b)  # shared by content
+    c = asyncio.run(store.put_zip(_zip({"main.py": b"1", "requirements.txt": b"./w.whl\n"})))
+    d = asyncio.run(store.put_zip(_zip({"main.py": b"2", "requirements.txt": b"./w.whl\n"})))
+    assert store.requirements_key(c) != store.requirements_key(d)  # local paths: per code

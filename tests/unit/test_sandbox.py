@@ -1,0 +1,58 @@
+"""Sandbox feature detection, including the degraded paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from tests.conftest import open_tempdir
+
+from faasbox.node.sandbox import SandboxFeatures, detect, first_inaccessible, rlimits
+
+
+def test_sandbox_off_reports_every_feature_off(tmp_path: Path) -> None:
+    feats = detect(tmp_path, "off")
+    assert not feats.enabled and not feats.memory_limit and not feats.uid_drop
+    rows = {name: (active, detail) for name, active, detail in feats.report()}
+    assert rows["memory limit"][0] is False
+    assert "disabled" in rows["unprivileged uid"][1]
+
+
+def test_first_inaccessible_finds_a_closed_directory() -> None:
+    tmp_path = open_tempdir()
+    closed = tmp_path / "closed"
+    inner = closed / "inner"
+    inner.mkdir(parents=True)
+    (inner / "f.py").write_text("")
+    (inner / "f.py").chmod(0o644)
+    tmp_path.chmod(0o755)
+    closed.chmod(0o700)
+    assert first_inaccessible(inner / "f.py") == closed
+    closed.chmod(0o711)
+    inner.chmod(0o755)
+    assert first_inaccessible(inner / "f.py") is None
+    (inner / "f.py").chmod(0o600)
+    assert first_inaccessible(inner / "f.py") == inner / "f.py"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid drop needs root")
+def test_uid_drop_is_refused_when_the_data_dir_is_closed() -> None:
+    closed = open_tempdir() / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    feats = detect(closed / "data", "auto")
+    assert feats.uid_drop is False
+    assert str(closed) in feats.reasons["uid"] and "chmod o+x" in feats.reasons["uid"]
+
+
+def test_rlimits_fall_back_when_cgroups_are_missing() -> None:
+    bare = SandboxFeatures(uid_drop=True)
+    limits = rlimits(bare, 256)
+    assert limits["RLIMIT_DATA"] == (256 + 64) * 2**20
+    assert limits["RLIMIT_NPROC"] > 0
+    with_cgroups = SandboxFeatures(cgroup_version=1, cgroup_dirs={
+        "memory": Path("/x"), "pids": Path("/y")})
+    assert "RLIMIT_DATA" not in rlimits(with_cgroups, 256)
+    assert "RLIMIT_NPROC" not in rlimits(with_cgroups, 256)
+    assert rlimits(with_cgroups, 256)["RLIMIT_CORE"] == 0

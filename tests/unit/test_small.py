@@ -1,0 +1,125 @@
+"""Small pure pieces: spec validation, billing, frames, clock, stack files, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from faasbox import errors
+from faasbox.clock import VirtualClock
+from faasbox.config import Settings
+from faasbox.metering import billed_ms, gb_seconds
+from faasbox.runtime import protocol
+from faasbox.runtime.context import LOG_LIMIT, LogBuffer
+from faasbox.spec import FunctionSpec, check_name
+from faasbox.stack import load_stack
+
+
+def test_spec_defaults_match_the_docs() -> None:
+    spec = FunctionSpec(handler="main:handler")
+    assert (spec.memory_mb, spec.timeout_s, spec.concurrency) == (128, 30.0, 1)
+    assert (spec.min_instances, spec.max_instances, spec.idle_ttl_s) == (0, 10, 300.0)
+
+
+@pytest.mark.parametrize("bad", [
+    {"handler": "main"}, {"handler": "main:handler", "memory_mb": 127},
+    {"handler": "main:handler", "timeout_s": 0}, {"handler": "main:handler", "concurrency": 0},
+    {"handler": "main:handler", "env": {"FAASBOX_X": "1"}},
+])
+def test_spec_rejects(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        FunctionSpec(**bad)  # type: ignore[arg-type]
+
+
+def test_names() -> None:
+    assert check_name("ok-name_1") == "ok-name_1"
+    for bad in ("", "Upper", "-lead", "a" * 64, "sp ace"):
+        with pytest.raises(errors.InvalidSpec):
+            check_name(bad)
+
+
+def test_billing_rounds_up_to_the_millisecond() -> None:
+    assert billed_ms(0.01) == 1
+    assert billed_ms(1.0) == 1
+    assert billed_ms(1.001) == 2
+    assert gb_seconds(1000, 1024) == 1.0
+    assert gb_seconds(500, 128) == 0.0625
+
+
+def test_frames_round_trip_over_a_socket() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(protocol.pack({"t": "invoke", "id": "x"}, b'{"k": [1]}'))
+        a.sendall(protocol.pack({"t": "empty"}))
+        assert protocol.recv_frame(b) == ({"t": "invoke", "id": "x"}, b'{"k": [1]}')
+        assert protocol.recv_frame(b) == ({"t": "empty"}, b"")
+        a.close()
+        assert protocol.recv_frame(b) is None
+
+
+def test_bad_frame_length_is_refused() -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_length((2**31).to_bytes(4, "big"))
+
+
+def test_log_buffer_truncates() -> None:
+    buf = LogBuffer()
+    buf.write("a" * (LOG_LIMIT - 1))
+    buf.write("bcd")
+    text = buf.getvalue()
+    assert text.startswith("a" * (LOG_LIMIT - 1) + "b")
+    assert "truncated" in text and buf.truncated
+
+
+def test_virtual_clock_wakes_sleepers_in_order() -> None:
+    async def main() -> list[str]:
+        clock = VirtualClock(100.0)
+        woke: list[str] = []
+
+        async def sleeper(name: str, dt: float) -> None:
+            await clock.sleep(dt)
+            woke.append(f"{name}@{clock.now():g}")
+
+        tasks = [asyncio.create_task(sleeper("b", 5)), asyncio.create_task(sleeper("a", 2))]
+        await asyncio.sleep(0)
+        clock.advance(3)
+        await asyncio.sleep(0)
+        assert woke == ["a@103"]
+        clock.advance(10)
+        await asyncio.gather(*tasks)
+        with pytest.raises(ValueError):
+            clock.advance(-1)
+        return woke
+
+    assert asyncio.run(main()) == ["a@103", "b@113"]
+
+
+def test_stack_file(tmp_path: Path) -> None:
+    (tmp_path / "fn").mkdir()
+    stack = tmp_path / "faasbox.yaml"
+    stack.write_text("functions:\n  one:\n    path: fn\n    handler: main:h\n    memory: 256\n"
+                     "    env: {N: 3}\n")
+    [item] = load_stack(stack)
+    assert item.name == "one" and item.path == (tmp_path / "fn").resolve()
+    assert item.spec == {"handler": "main:h", "memory_mb": 256, "env": {"N": "3"}}
+    stack.write_text("functions: [1, 2]\n")
+    with pytest.raises(errors.InvalidSpec):
+        load_stack(stack)
+    stack.write_text("functions:\n  two:\n    path: missing\n")
+    with pytest.raises(errors.InvalidSpec, match="no folder"):
+        load_stack(stack)
+    stack.write_text(":\n  - [")
+    with pytest.raises(errors.InvalidRequest, match="not valid YAML"):
+        load_stack(stack)
+
+
+def test_settings_from_env_and_overrides(tmp_path: Path) -> None:
+    s = Settings.from_env({"FAASBOX_PORT": "9000", "FAASBOX_ACQUIRE_TIMEOUT_S": "2.5",
+                           "FAASBOX_DATA": str(tmp_path)}, host="0.0.0.0")
+    assert s.port == 9000 and s.acquire_timeout_s == 2.5 and s.data == tmp_path
+    assert s.host == "0.0.0.0"
+    assert Settings.from_env({}, port=1234).port == 1234

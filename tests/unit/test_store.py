@@ -1,0 +1,116 @@
+"""The SQLite store: migrations, group commit, read-your-writes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from faasbox.store import InvocationRecord, SqliteStore
+from faasbox.store.sqlite import migrate, migrations
+
+
+def _schema(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return sorted(conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall())
+
+
+def test_migrating_twice_is_a_no_op_and_matches_a_fresh_schema(tmp_path: Path) -> None:
+    a = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    assert migrate(a) == migrations()[-1][0]
+    before = _schema(a)
+    assert migrate(a) == migrations()[-1][0]
+    assert _schema(a) == before
+    fresh = sqlite3.connect(":memory:", isolation_level=None)
+    for _, sql in migrations():
+        fresh.executescript(sql)
+    fresh_tables = {n for n, _ in _schema(fresh)}
+    assert fresh_tables == {n for n, _ in before} - {"schema_migrations"}
+
+
+def _record(i: int, function: str = "f") -> InvocationRecord:
+    return InvocationRecord(
+        id=f"r{i}", function=function, version=1, trigger="sync", started_at=1000.0 + i,
+        duration_ms=1.5, billed_ms=2, memory_mb=128, gb_s=0.00025, cold_start=i == 0,
+        init_ms=None, status="succeeded")
+
+
+def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    async def main() -> tuple[list[int], int]:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        rows = await asyncio.gather(*[
+            store.put_version("f", {"n": i}, "sha", None, float(i)) for i in range(200)])
+        commits = store.commits
+        await store.close()
+        return sorted(r.version for r in rows), commits
+
+    versions, commits = asyncio.run(main())
+    assert versions == list(range(1, 201))
+    assert commits < 20  # grouped, not one commit per write
+
+
+def test_records_are_readable_right_after_recording(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        for i in range(50):
+            store.record_invocation(_record(i))
+        got = await store.get_invocation("r49")
+        assert got is not None and got.cold_start is False
+        first = await store.get_invocation("r0")
+        assert first is not None and first.cold_start is True
+        newest = await store.list_invocations("f", limit=3)
+        assert [r.id for r in newest] == ["r49", "r48", "r47"]
+        older = await store.list_invocations("f", limit=2, before=newest[-1].started_at)
+        assert [r.id for r in older] == ["r46", "r45"]
+        since = await store.list_invocations_since("f", 1047.0)
+        assert [r.id for r in since] == ["r48", "r49"]
+        assert await store.list_invocations("other") == []
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_write_does_not_fail_its_group(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        store.record_invocation(_record(1))
+        dup = store.submit(lambda c: c.execute(
+            "INSERT INTO invocations (id, function, version, trigger, started_at, duration_ms,"
+            " billed_ms, memory_mb, gb_s, cold_start, status) VALUES"
+            " ('r1', 'f', 1, 's', 0, 0, 0, 0, 0, 0, 'x')"))
+        ok = store.put_version("g", {}, "sha", None, 1.0)
+        results = await asyncio.gather(dup, ok, return_exceptions=True)
+        assert isinstance(results[0], sqlite3.IntegrityError)
+        assert results[1].version == 1
+        assert await store.get_function("g") is not None
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
+    async def write() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        await store.put_version("f", {"handler": "m:h"}, "abc", None, 5.0)
+        store.record_invocation(_record(7))
+        await store.close()
+
+    async def read() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        fn = await store.get_function("f")
+        assert fn is not None and fn.latest_version == 1
+        v = await store.get_version("f", 1)
+        assert v is not None and v.spec == {"handler": "m:h"}
+        assert await store.get_invocation("r7") is not None
+        assert await store.delete_function("f") is True
+        assert await store.delete_function("f") is False
+        await store.close()
+
+    asyncio.run(write())
+    assert (tmp_path / "s.db").stat().st_mode & 0o077 == 0
+    asyncio.run(read())
