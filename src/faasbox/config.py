@@ -33,6 +33,10 @@ class Settings:
     sandbox_uid_base: int = 200000
     # seconds between lifecycle ticks (idle reaping, min_instances)
     reap_interval_s: float = 1.0
+    # a second task with the same Idempotency-Key within this window returns the first
+    idempotency_window_s: float = 86400.0
+    # finished tasks are queryable this long
+    task_retention_s: float = 7 * 86400.0
     # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"

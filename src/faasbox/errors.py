@@ -25,6 +25,7 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     │   ├── InitError                 500 init_error         (import/module code failed)
     │   ├── OutOfMemory               500 out_of_memory
     │   ├── InstanceCrashed           500 instance_crashed
+    │   ├── Cancelled                 409 cancelled          (a task cancelled while running)
     │   └── InvocationTimeout         504 timeout
     └── Unavailable                   503 unavailable
 """
@@ -140,6 +141,11 @@ class OutOfMemory(InvocationError):
 
 class InstanceCrashed(InvocationError):
     code = "instance_crashed"
+
+
+class Cancelled(InvocationError):
+    status = 409
+    code = "cancelled"
 
 
 class InvocationTimeout(InvocationError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.metering import billed_ms, gb_seconds
 from faasbox.metrics import Metrics
+from faasbox.node import Instance
 from faasbox.scheduler import Scheduler
 from faasbox.store import InvocationRecord, Store, VersionRow
 
@@ -42,6 +44,7 @@ class Invoker:
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
+        on_start: Callable[[Instance], None] | None = None,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it)."""
@@ -66,6 +69,8 @@ class Invoker:
             raise
         record.cold_start = cold
         record.instance_id = inst.id
+        if on_start is not None:
+            on_start(inst)
         if cold:
             record.init_ms = inst.init_ms
             self.metrics.cold_starts.labels(row.function).inc()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
 
+from faasbox import errors
 from faasbox.clock import Clock, SystemClock
 from faasbox.codestore import CodeStore, zip_folder
 from faasbox.config import Settings
+from faasbox.dispatcher import Dispatcher
 from faasbox.invoker import Invoker
 from faasbox.metrics import Metrics
 from faasbox.node import NodeService, SandboxFeatures, detect
@@ -18,6 +21,7 @@ from faasbox.scheduler import Scheduler
 from faasbox.spec import FunctionSpec
 from faasbox.stack import load_stack
 from faasbox.store import SqliteStore
+from faasbox.store.sqlite_queue import SqliteTaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +47,46 @@ class Platform:
         )
         self.metrics = Metrics(self._instance_states)
         self.invoker = Invoker(self.scheduler, self.store, self.metrics, self.clock)
+        self.queue = SqliteTaskQueue(self.store)
+        self.dispatcher = Dispatcher(
+            self.queue, self.registry, self.scheduler, self.invoker, self.clock,
+            dedup_window_s=settings.idempotency_window_s,
+            retention_s=settings.task_retention_s,
+            sweep_interval_s=settings.reap_interval_s,
+        )
+        self._lock_fd: int | None = None
 
     def _instance_states(self) -> list[tuple[str, str]]:
         return [(p.function, i.state) for p in self.scheduler.pools.values()
                 for i in p.instances]
 
     async def start(self) -> None:
+        self._lock_data_dir()
         await self.store.open()
         self.scheduler.start()
+        await self.dispatcher.start()
         for name, active, detail in self.features.report():
             log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
 
     async def close(self) -> None:
+        await self.dispatcher.close()
         await self.scheduler.close()
         await self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock_data_dir(self) -> None:
+        """One server per data dir: the queue's leases assume it."""
+        path = self.settings.data / "server.lock"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise errors.Unavailable(
+                f"another faasbox server is using {self.settings.data}") from None
+        self._lock_fd = fd
 
     async def deploy_stack(self, path: Path) -> list[str]:
         """Deploy every function of a stack file (``faasbox server --deploy``)."""

@@ -125,7 +125,7 @@ class Registry:
             raise errors.FunctionNotFound(f"function {name!r} does not exist")
         return fn
 
-    async def list(self) -> list[FunctionRow]:
+    async def functions(self) -> list[FunctionRow]:
         return await self.store.list_functions()
 
     async def versions(self, name: str) -> list[VersionRow]:

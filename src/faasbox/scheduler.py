@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class Scheduler:
         self._lifecycle: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.cold_starts = 0
+        # called with a function name whenever a slot of it is released (the dispatcher)
+        self.on_release: Callable[[str], None] | None = None
 
     def pool(self, function: str) -> Pool:
         pool = self.pools.get(function)
@@ -154,6 +157,15 @@ class Scheduler:
         if inst.state not in ("idle", "busy"):
             self._retire(pool, inst)
         self._pump(pool)
+        if self.on_release is not None:
+            self.on_release(inst.function)
+
+    def slots_in_use(self, function: str) -> tuple[int, int, bool]:
+        """``(slots held, instances starting, sync callers waiting)`` for a function."""
+        pool = self.pools.get(function)
+        if pool is None:
+            return 0, 0, False
+        return sum(i.leases for i in pool.instances), pool.starting, bool(pool.waiters)
 
     def _pump(self, pool: Pool) -> None:
         """Give freed capacity to waiters, first come first served."""
@@ -261,7 +273,7 @@ class Scheduler:
 
     async def _function_names(self) -> list[str]:
         names = set(self.pools)
-        names.update(f.name for f in await self.registry.list())
+        names.update(f.name for f in await self.registry.functions())
         return sorted(names)
 
     def _reap(self, pool: Pool, latest: VersionRow, now: float) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import errors, functions, invoke, system
+from faasbox.api import errors, functions, invoke, system, tasks
 from faasbox.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -34,5 +34,6 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(functions.router)
     app.include_router(invoke.router)
+    app.include_router(tasks.router)
     app.include_router(system.router)
     return app

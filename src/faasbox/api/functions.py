@@ -66,7 +66,7 @@ async def create(request: Request) -> dict[str, Any]:
 async def list_functions(request: Request) -> dict[str, Any]:
     p = platform(request)
     out = []
-    for fn in await p.registry.list():
+    for fn in await p.registry.functions():
         latest = await p.registry.resolve(fn.name, None)
         out.append(function_view(fn, latest))
     return {"functions": out}

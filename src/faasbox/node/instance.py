@@ -96,7 +96,8 @@ class Instance:
         try:
             header = await asyncio.wait_for(asyncio.shield(self._control), timeout)
         except TimeoutError:
-            raise errors.InitError(f"the instance did not send {kind} within {timeout:g} s")
+            raise errors.InitError(
+                f"the instance did not send {kind} within {timeout:g} s") from None
         self._control = self.loop.create_future()
         return header
 

@@ -186,7 +186,12 @@ class Cgroup:
 
     def create(self, memory_mb: int) -> None:
         for d in set(self.dirs.values()):
-            d.mkdir(exist_ok=True)
+            if self.version == 2 and not d.parent.is_dir():
+                d.parent.mkdir(parents=True)
+                for c in self.dirs:  # a v2 scope must pass its controllers down
+                    with contextlib.suppress(OSError):
+                        (d.parent / "cgroup.subtree_control").write_text(f"+{c}")
+            d.mkdir(parents=True, exist_ok=True)
         limit = memory_mb * 2**20
         if self.version == 2:
             self._write("memory", "memory.max", str(limit))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -35,13 +36,30 @@ class NodeService:
         self.scratch_root = data_dir / "scratch"
         self.output_root = data_dir / "instances"
         self.uid_base = uid_base
+        # instances of this server live under faasbox/<scope>/, one scope per data dir
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        self.cgroup_scope = f"srv-{digest}"
         self._uids_in_use: set[int] = set()
         self._next_uid = 0
         for d in (self.scratch_root, self.output_root):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_cgroups()
         self.scratch_root.chmod(0o711)
         self.output_root.chmod(0o700)
+
+    def _clear_stale_cgroups(self) -> None:
+        """Kill and remove instance groups that a server on this data dir left behind when it
+        died without stopping them. Only this data dir's scope is touched."""
+        for parent in set(self.features.cgroup_dirs.values()):
+            scope = parent / self.cgroup_scope
+            if not scope.is_dir():
+                continue
+            for child in scope.iterdir():
+                if child.is_dir():
+                    stale = Cgroup(self.features, f"{self.cgroup_scope}/{child.name}")
+                    stale.kill_all()
+                    stale.remove()
 
     def _allocate_uid(self) -> int | None:
         if not self.features.uid_drop:
@@ -63,7 +81,7 @@ class NodeService:
         inst.scratch = self.scratch_root / inst.id
         inst.output_path = self.output_root / f"{inst.id}.out"
         if cgroup is not None:
-            inst.cgroup = Cgroup(self.features, inst.id)
+            inst.cgroup = Cgroup(self.features, f"{self.cgroup_scope}/{inst.id}")
         try:
             await self._spawn(inst, paths)
         except BaseException:

@@ -37,7 +37,7 @@ def unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def parse_length(prefix: bytes) -> int:
-    (total,) = struct.unpack(">I", prefix)
+    total: int = struct.unpack(">I", prefix)[0]
     if total < 4 or total > MAX_FRAME:
         raise ProtocolError(f"bad frame length {total}")
     return total

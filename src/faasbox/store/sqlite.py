@@ -281,7 +281,8 @@ class SqliteStore(Store):
     async def list_invocations(
         self, function: str | None = None, limit: int = 50, before: float | None = None,
     ) -> list[InvocationRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if function is not None:
             where.append("function = ?")
             args.append(function)

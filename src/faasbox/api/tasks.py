@@ -1,0 +1,167 @@
+"""Asynchronous tasks: submit (one or a batch), status with long-poll, list, cancel, policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from faasbox import errors
+from faasbox.api.body import read_capped
+from faasbox.platform import Platform
+from faasbox.queue import STATUSES, TaskPolicy
+
+router = APIRouter(tags=["tasks"])
+
+MAX_TASK_EVENT = 6 * 2**20
+MAX_BATCH = 1000
+MAX_BATCH_BODY = 64 * 2**20
+MAX_WAIT_S = 60.0
+KEY_MAX = 256
+
+
+def _platform(request: Request) -> Platform:
+    p: Platform = request.app.state.platform
+    return p
+
+
+async def _version(p: Platform, name: str, version: str | None) -> int | None:
+    row = await p.registry.resolve(name, version)  # 404 for an unknown function or version
+    return None if version in (None, "latest") else row.version
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is not None and not 0 < len(key) <= KEY_MAX:
+        raise errors.InvalidRequest(f"Idempotency-Key must be 1-{KEY_MAX} characters")
+    return key
+
+
+def _trace(traceparent: str | None) -> str | None:
+    """The trace id of a W3C traceparent header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if traceparent is None:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) != 4 or len(parts[1]) != 32:
+        raise errors.InvalidRequest("traceparent must be a W3C trace context header")
+    return parts[1]
+
+
+@router.post("/v1/functions/{name}/tasks", status_code=202,
+             summary="Submit an async task (202 once it is durably queued)",
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": {"description": "the event: any JSON value"}}}}})
+async def submit(
+    name: str, request: Request, response: Response,
+    version: str | None = Query(None, description="pin a version; default: latest at run time"),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    traceparent: str | None = Header(None),
+) -> dict[str, Any]:
+    p = _platform(request)
+    pinned = await _version(p, name, version)
+    body = await read_capped(request, MAX_TASK_EVENT, "event")
+    event = _validate(body)
+    [(row, created)] = await p.dispatcher.submit(
+        name, [event], [_check_key(idempotency_key)], pinned, _trace(traceparent))
+    if not created:
+        response.status_code = 200
+    return {"task_id": row.id, "status": row.status, "created": created}
+
+
+@router.post("/v1/functions/{name}/tasks:batch", status_code=202,
+             summary="Submit up to 1000 tasks in one transaction",
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": {"type": "array", "maxItems": MAX_BATCH}}}}})
+async def submit_batch(
+    name: str, request: Request,
+    version: str | None = Query(None),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", description="each task gets '<key>:<index>'"),
+    traceparent: str | None = Header(None),
+) -> dict[str, Any]:
+    p = _platform(request)
+    pinned = await _version(p, name, version)
+    body = await read_capped(request, MAX_BATCH_BODY, "batch")
+    try:
+        events = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.MalformedJSON(f"the batch is not valid JSON: {exc}") from None
+    if not isinstance(events, list) or not events:
+        raise errors.InvalidRequest("the batch must be a non-empty JSON array of events")
+    if len(events) > MAX_BATCH:
+        raise errors.PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events")
+    key = _check_key(idempotency_key)
+    keys = [f"{key}:{i}" if key else None for i in range(len(events))]
+    rows = await p.dispatcher.submit(
+        name, [orjson.dumps(e) for e in events], keys, pinned, _trace(traceparent))
+    return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
+
+
+def _validate(body: bytes) -> bytes:
+    if not body.strip():
+        return b"null"
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.MalformedJSON(f"the event is not valid JSON: {exc}") from None
+    return body
+
+
+@router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state")
+async def get_task(
+    task_id: str, request: Request,
+    wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the end"),
+) -> dict[str, Any]:
+    p = _platform(request)
+    row = await p.dispatcher.wait(task_id, wait) if wait > 0 else await p.queue.get(task_id)
+    if row is None:
+        raise errors.NotFound(f"no task {task_id!r}")
+    return p.queue.to_view(row)
+
+
+@router.get("/v1/tasks", summary="Tasks, newest first")
+async def list_tasks(
+    request: Request,
+    function: str | None = None,
+    status: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+) -> dict[str, Any]:
+    p = _platform(request)
+    if status is not None and status not in STATUSES:
+        raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(STATUSES))}")
+    rows = await p.queue.list(function, status, limit, cursor)
+    body: dict[str, Any] = {"tasks": [p.queue.to_view(r) for r in rows]}
+    if len(rows) == limit:
+        body["next_cursor"] = rows[-1].id
+    return body
+
+
+@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
+async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
+    p = _platform(request)
+    row = await p.dispatcher.cancel(task_id)
+    return p.queue.to_view(row)
+
+
+@router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy")
+async def get_policy(name: str, request: Request) -> dict[str, Any]:
+    p = _platform(request)
+    await p.registry.get(name)
+    return (await p.dispatcher.policy(name)).model_dump()
+
+
+@router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)")
+async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[str, Any]:
+    p = _platform(request)
+    await p.registry.get(name)
+    await p.dispatcher.set_policy(name, policy)
+    return policy.model_dump()
+
+
+@router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status")
+async def queue_depth(name: str, request: Request) -> dict[str, Any]:
+    p = _platform(request)
+    await p.registry.get(name)
+    return {"function": name, "counts": await p.queue.counts(name),
+            **p.dispatcher.stats(name)}

@@ -1,0 +1,205 @@
+"""Durable asynchronous tasks: the queue contract, task rows and retry policy.
+
+Contract of every :class:`TaskQueue` backend (``sqlite`` now; a PostgreSQL one must keep it):
+
+- ``enqueue``/``enqueue_batch`` return only after the tasks are committed. A batch is one
+  transaction: all of it or none.
+- Idempotency: at most one task per ``(function, idempotency_key)`` within the dedup window;
+  a second enqueue returns the first task with ``created=False``, also when both race.
+- ``lease`` atomically moves runnable tasks (``queued`` or ``retry_wait`` whose ``run_at`` has
+  come) to ``running``, increments ``attempts`` and sets ``lease_until``; a task is never leased
+  twice at once. Tasks past ``expires_at`` are moved to ``expired`` instead of being leased.
+- ``finish`` is fenced by the attempt number: a late report from an attempt whose lease was
+  taken back changes nothing.
+- ``recover`` returns tasks whose lease ran out (or whose owner is known dead) to the runnable
+  set, or to ``dead`` when that was their last attempt. Guarantee: at-least-once execution.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
+STATUSES = frozenset({"queued", "running", "retry_wait"}) | TERMINAL
+RetryOn = Literal["function_error", "timeout", "oom", "crash"]
+
+# invocation error codes -> the retry_on category they belong to
+ERROR_CATEGORY = {
+    "function_error": "function_error",
+    "response_too_large": "function_error",
+    "timeout": "timeout",
+    "out_of_memory": "oom",
+    "instance_crashed": "crash",
+    "init_error": "crash",
+}
+
+
+class TaskPolicy(BaseModel):
+    """How a function's async tasks are retried and limited; changeable without a deploy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_base_s: float = Field(1.0, ge=0, le=3600)
+    backoff_cap_s: float = Field(300.0, ge=0, le=86400)
+    max_event_age_s: float = Field(21600.0, ge=1, le=7 * 86400)
+    retry_on: list[RetryOn] = Field(
+        default_factory=lambda: ["function_error", "timeout", "oom", "crash"])
+    async_concurrency: int | None = Field(
+        None, ge=1, le=10000, description="most tasks of this function running at once;"
+        " default: max_instances x concurrency")
+
+    @model_validator(mode="after")
+    def _cap(self) -> TaskPolicy:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s cannot be below backoff_base_s")
+        return self
+
+
+def backoff_s(policy: TaskPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before the attempt after ``attempt`` (1-based): exponential with "equal jitter"
+    (half fixed, half random), so retries spread out but never fire at once."""
+    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (attempt - 1))
+    r = (rng or random).random()
+    return ceiling / 2 + ceiling / 2 * r
+
+
+@dataclass
+class TaskRow:
+    id: str
+    function: str
+    version: int | None
+    status: str
+    event: bytes
+    idempotency_key: str | None
+    attempts: int
+    max_attempts: int
+    created_at: float
+    run_at: float
+    expires_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_until: float | None = None
+    lease_owner: str | None = None
+    result: bytes | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    invocation_ids: list[str] = field(default_factory=list)
+    trace_id: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class NewTask:
+    id: str
+    event: bytes
+    idempotency_key: str | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How an attempt ended badly, and what happens next."""
+
+    code: str
+    message: str
+    retry_at: float | None  # None: no more attempts
+    final_status: str = "failed"  # when retry_at is None: failed | dead | cancelled | expired
+
+
+class TaskQueue(abc.ABC):
+    @abc.abstractmethod
+    async def enqueue(
+        self, function: str, tasks: list[NewTask], version: int | None, policy: TaskPolicy,
+        now: float, dedup_window_s: float,
+    ) -> list[tuple[TaskRow, bool]]:
+        """Commit ``tasks`` in one transaction; ``[(row, created)]`` in the same order."""
+
+    @abc.abstractmethod
+    async def lease(
+        self, function: str, limit: int, now: float, lease_s: float, owner: str,
+    ) -> list[TaskRow]:
+        """Take up to ``limit`` runnable tasks of ``function``, oldest ``run_at`` first."""
+
+    @abc.abstractmethod
+    async def succeed(
+        self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
+    ) -> bool:
+        """Record a successful attempt; False when the attempt no longer holds the task."""
+
+    @abc.abstractmethod
+    async def fail(
+        self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
+        now: float,
+    ) -> bool:
+        """Record a failed attempt: back to ``retry_wait`` or to its final status."""
+
+    @abc.abstractmethod
+    async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:
+        """Return a leased task unrun (no capacity after all); the attempt is not counted."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str, now: float) -> TaskRow | None:
+        """Cancel a queued task now; mark a running one ``cancel_requested``. None if unknown."""
+
+    @abc.abstractmethod
+    async def recover(self, now: float, dead_owner: str | None = None) -> int:
+        """Make tasks with an ended lease (or held by ``dead_owner``) runnable again."""
+
+    @abc.abstractmethod
+    async def expire(self, now: float) -> int:
+        """Move runnable tasks past their ``expires_at`` to ``expired``."""
+
+    @abc.abstractmethod
+    async def purge(self, before: float) -> int:
+        """Delete terminal tasks finished before ``before`` (retention)."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRow | None: ...
+
+    @abc.abstractmethod
+    async def list(
+        self, function: str | None, status: str | None, limit: int, before: str | None,
+    ) -> list[TaskRow]:
+        """Newest first; ``before`` is a task id cursor (exclusive)."""
+
+    @abc.abstractmethod
+    async def runnable_functions(self, now: float) -> dict[str, float]:
+        """Functions with runnable or waiting tasks -> earliest ``run_at``."""
+
+    @abc.abstractmethod
+    async def counts(self, function: str) -> dict[str, int]:
+        """Tasks of a function by status."""
+
+    @abc.abstractmethod
+    async def get_policy(self, function: str) -> TaskPolicy: ...
+
+    @abc.abstractmethod
+    async def put_policy(self, function: str, policy: TaskPolicy, now: float) -> None: ...
+
+    def to_view(self, row: TaskRow) -> dict[str, Any]:
+        """The API's view of a task."""
+        import orjson
+
+        view: dict[str, Any] = {
+            "task_id": row.id, "function": row.function, "version": row.version,
+            "status": row.status, "attempts": row.attempts, "max_attempts": row.max_attempts,
+            "created_at": row.created_at, "started_at": row.started_at,
+            "finished_at": row.finished_at, "run_at": row.run_at, "expires_at": row.expires_at,
+            "idempotency_key": row.idempotency_key, "invocation_ids": row.invocation_ids,
+            "trace_id": row.trace_id,
+        }
+        if row.status == "succeeded" and row.result is not None:
+            view["result"] = orjson.loads(row.result)
+        if row.error_code is not None:
+            view["error"] = {"code": row.error_code, "message": row.error_message}
+        return view

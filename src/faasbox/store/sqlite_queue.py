@@ -1,0 +1,245 @@
+"""The task queue on the embedded SQLite store (see :mod:`faasbox.queue` for the contract).
+
+Every mutation runs on the store's writer thread, so enqueues, leases and completions issued
+together share one commit (group commit), and the idempotency check and insert of one enqueue
+can never interleave with another's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+
+from faasbox.queue import Failure, NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.store.sqlite import SqliteStore
+
+_COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
+_RUNNABLE = "('queued', 'retry_wait')"
+
+
+def _row(r: sqlite3.Row) -> TaskRow:
+    task = TaskRow(*r)
+    task.invocation_ids = orjson.loads(r["invocation_ids"])
+    task.cancel_requested = bool(task.cancel_requested)
+    return task
+
+
+class SqliteTaskQueue(TaskQueue):
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    async def enqueue(
+        self, function: str, tasks: list[NewTask], version: int | None, policy: TaskPolicy,
+        now: float, dedup_window_s: float,
+    ) -> list[tuple[TaskRow, bool]]:
+        expires = now + policy.max_event_age_s
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[TaskRow, bool]]:
+            out: list[tuple[TaskRow, bool]] = []
+            for t in tasks:
+                if t.idempotency_key is not None:
+                    seen = conn.execute(
+                        f"SELECT {_COLUMNS} FROM tasks WHERE function = ?"
+                        " AND idempotency_key = ?", (function, t.idempotency_key)).fetchone()
+                    if seen is not None and seen["created_at"] > now - dedup_window_s:
+                        out.append((_row(seen), False))
+                        continue
+                    if seen is not None:  # outside the window: the key is free again
+                        conn.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?",
+                                     (seen["id"],))
+                row = TaskRow(
+                    id=t.id, function=function, version=version, status="queued",
+                    event=t.event, idempotency_key=t.idempotency_key, attempts=0,
+                    max_attempts=policy.max_attempts, created_at=now, run_at=now,
+                    expires_at=expires, trace_id=t.trace_id)
+                conn.execute(
+                    "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
+                    " max_attempts, created_at, run_at, expires_at, trace_id)"
+                    " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                    (row.id, function, version, row.event, row.idempotency_key,
+                     row.max_attempts, now, now, expires, row.trace_id))
+                out.append((row, True))
+            return out
+
+        return await self.store.write(tx)
+
+    async def lease(
+        self, function: str, limit: int, now: float, lease_s: float, owner: str,
+    ) -> list[TaskRow]:
+        def tx(conn: sqlite3.Connection) -> list[TaskRow]:
+            rows = conn.execute(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+                " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
+                " WHERE id IN (SELECT id FROM tasks WHERE function = ?"
+                f" AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
+                " ORDER BY run_at LIMIT ?)"
+                f" RETURNING {_COLUMNS}",
+                (now + lease_s, owner, now, function, now, now, limit)).fetchall()
+            return sorted((_row(r) for r in rows), key=lambda t: t.run_at)
+
+        return await self.store.write(tx)
+
+    async def succeed(
+        self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
+    ) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ?,"
+                " lease_until = NULL, error_code = NULL, error_message = NULL,"
+                " invocation_ids = json_insert(invocation_ids, '$[#]', ?)"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (result, now, invocation_id, task_id, attempt)).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def fail(
+        self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
+        now: float,
+    ) -> bool:
+        ids = "json_insert(invocation_ids, '$[#]', ?)" if invocation_id else "invocation_ids"
+        id_args: tuple[Any, ...] = (invocation_id,) if invocation_id else ()
+        if failure.retry_at is not None:
+            sets = "status = 'retry_wait', run_at = ?"
+            args: tuple[Any, ...] = (failure.retry_at,)
+        else:
+            sets = "status = ?, finished_at = ?"
+            args = (failure.final_status, now)
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                f"UPDATE tasks SET {sets}, lease_until = NULL, error_code = ?,"
+                f" error_message = ?, invocation_ids = {ids}"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (*args, failure.code, failure.message, *id_args, task_id, attempt),
+            ).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE tasks SET status = CASE WHEN attempts > 1 THEN 'retry_wait'"
+                " ELSE 'queued' END, attempts = attempts - 1, run_at = ?, lease_until = NULL"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (run_at, task_id, attempt)).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def cancel(self, task_id: str, now: float) -> TaskRow | None:
+        def tx(conn: sqlite3.Connection) -> TaskRow | None:
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?, error_code = 'cancelled',"
+                f" error_message = 'cancelled before it ran' WHERE id = ? AND status IN {_RUNNABLE}",
+                (now, task_id))
+            conn.execute(
+                "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                (task_id,))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
+                               (task_id,)).fetchone()
+            return _row(row) if row else None
+
+        return await self.store.write(tx)
+
+    async def recover(self, now: float, owner: str | None = None) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE tasks SET lease_until = NULL, lease_owner = NULL,"
+                " status = CASE WHEN cancel_requested THEN 'cancelled'"
+                "   WHEN attempts >= max_attempts THEN 'dead' ELSE 'retry_wait' END,"
+                " finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts"
+                "   THEN ? ELSE NULL END,"
+                " error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'lease_lost' END,"
+                " error_message = 'the attempt was lost with its instance or server',"
+                " run_at = ?"
+                " WHERE status = 'running' AND (lease_until < ?"
+                "   OR (? IS NOT NULL AND lease_owner IS NOT ?))",
+                (now, now, now, owner, owner)).rowcount
+
+        return await self.store.write(tx)
+
+    async def expire(self, now: float) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE tasks SET status = 'expired', finished_at = ?, error_code = 'expired',"
+                " error_message = 'the task was not run within its max_event_age_s'"
+                f" WHERE status IN {_RUNNABLE} AND expires_at <= ?", (now, now)).rowcount
+
+        return await self.store.write(tx)
+
+    async def purge(self, before: float) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM tasks WHERE finished_at < ? AND status IN"
+                " ('succeeded', 'failed', 'cancelled', 'expired', 'dead')", (before,)).rowcount
+
+        return await self.store.write(tx)
+
+    async def get(self, task_id: str) -> TaskRow | None:
+        def q(conn: sqlite3.Connection) -> TaskRow | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
+                               (task_id,)).fetchone()
+            return _row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def list(
+        self, function: str | None, status: str | None, limit: int, before: str | None,
+    ) -> list[TaskRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if before is not None:
+            where.append("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = (f"SELECT {_COLUMNS} FROM tasks {clause}"
+               " ORDER BY created_at DESC, id DESC LIMIT ?")
+
+        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+            return [_row(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
+
+        return await self.store.read(q)
+
+    async def runnable_functions(self, now: float) -> dict[str, float]:
+        def q(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                f"SELECT function, MIN(run_at) FROM tasks WHERE status IN {_RUNNABLE}"
+                " GROUP BY function").fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        return await self.store.read(q)
+
+    async def counts(self, function: str) -> dict[str, int]:
+        def q(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE function = ? GROUP BY status",
+                (function,)).fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        return await self.store.read(q)
+
+    async def get_policy(self, function: str) -> TaskPolicy:
+        def q(conn: sqlite3.Connection) -> TaskPolicy:
+            row = conn.execute("SELECT policy FROM task_policies WHERE function = ?",
+                               (function,)).fetchone()
+            return TaskPolicy.model_validate_json(row[0]) if row else TaskPolicy()
+
+        return await self.store.read(q)
+
+    async def put_policy(self, function: str, policy: TaskPolicy, now: float) -> None:
+        text = policy.model_dump_json()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO task_policies (function, policy, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (function) DO UPDATE SET policy = excluded.policy,"
+                " updated_at = excluded.updated_at", (function, text, now))
+
+        await self.store.write(tx)
