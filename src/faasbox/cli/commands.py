@@ -1,43 +1,20 @@
-"""The ``faasbox`` command. Talks to the server over HTTP; ``server`` and ``doctor`` run here."""
+"""Function commands: server, deploy, invoke, ls, describe, logs, rm, doctor."""
 
 from __future__ import annotations
 
 import base64
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from faasbox import errors
-from faasbox.client import DEFAULT_URL, ApiError, Client
+from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, err, out, print_json, ts
+from faasbox.client import Client
 from faasbox.codestore import zip_folder
 from faasbox.stack import load_stack
-
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="faasbox: deploy Python functions and invoke them, on your own machines.")
-out = Console()
-err = Console(stderr=True)
-
-UrlOpt = typer.Option(DEFAULT_URL, "--url", envvar="FAASBOX_URL", help="The server's address.")
-JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
-
-
-class CliError(Exception):
-    pass
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _ts(t: float | None) -> str:
-    return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @app.command()
@@ -121,7 +98,7 @@ def deploy(
     else:
         raise CliError("give a function folder or -f faasbox.yaml")
     if as_json:
-        _print_json({"functions": results})
+        print_json({"functions": results})
         return
     for r in results:
         out.print(f"[green]deployed[/] {r['name']} version {r['latest_version']}"
@@ -158,14 +135,14 @@ def list_functions(url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
     """List functions."""
     body = Client(url).json("GET", "/v1/functions")
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
     table = Table("name", "version", "handler", "memory", "timeout", "min/max", "updated")
     for f in body["functions"]:
         s = f["spec"]
         table.add_row(f["name"], str(f["latest_version"]), s["handler"], f"{s['memory_mb']} MB",
                       f"{s['timeout_s']:g} s", f"{s['min_instances']}/{s['max_instances']}",
-                      _ts(f["updated_at"]))
+                      ts(f["updated_at"]))
     out.print(table)
 
 
@@ -176,7 +153,7 @@ def describe(name: str, url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
     body = client.json("GET", f"/v1/functions/{name}")
     body["versions"] = client.json("GET", f"/v1/functions/{name}/versions")["versions"]
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
     out.print(f"[bold]{body['name']}[/]  latest version {body['latest_version']}"
               f"  code {body['code_sha256'][:12]}")
@@ -193,7 +170,7 @@ def describe(name: str, url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
 def _print_record(r: dict[str, Any]) -> None:
     status = "[green]ok[/]" if r["status"] == "succeeded" else f"[red]{r['status']}[/]"
     cold = " cold" if r["cold_start"] else ""
-    out.print(f"[dim]{_ts(r['started_at'])}[/] {r['id'][:12]} v{r['version']} {status}"
+    out.print(f"[dim]{ts(r['started_at'])}[/] {r['id'][:12]} v{r['version']} {status}"
               f" {r['duration_ms']:.1f} ms{cold}"
               + (f" [red]{r['error_code']}: {r['error_message']}[/]" if r["error_code"] else ""),
               highlight=False)
@@ -215,14 +192,14 @@ def logs(
     recent = client.json("GET", "/v1/invocations",
                          params={"function": name, "limit": limit})["invocations"][::-1]
     for r in recent:
-        _print_json(r) if as_json else _print_record(r)
+        print_json(r) if as_json else _print_record(r)
     since = recent[-1]["started_at"] if recent else time.time()
     while follow:
         time.sleep(1.0)
         new = client.json("GET", "/v1/invocations",
                           params={"function": name, "since": since})["invocations"]
         for r in new:
-            _print_json(r) if as_json else _print_record(r)
+            print_json(r) if as_json else _print_record(r)
             since = r["started_at"]
 
 
@@ -246,23 +223,9 @@ def doctor(
     feats = detect(data, sandbox)
     rows = feats.report()
     if as_json:
-        _print_json({"sandbox": [{"feature": f, "active": a, "detail": d} for f, a, d in rows]})
+        print_json({"sandbox": [{"feature": f, "active": a, "detail": d} for f, a, d in rows]})
         return
     table = Table("feature", "active", "detail")
     for feature, active, detail in rows:
         table.add_row(feature, "[green]yes[/]" if active else "[yellow]no[/]", detail)
     out.print(table)
-
-
-def main() -> None:
-    try:
-        app()
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc.message}", highlight=False)
-        raise SystemExit(1) from None
-    except (CliError, errors.FaasboxError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise SystemExit(1) from None
-    except OSError as exc:
-        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
-        raise SystemExit(1) from None

@@ -1,0 +1,22 @@
+"""The ``faasbox`` command. Talks to the server over HTTP; ``server`` and ``doctor`` run here."""
+
+from __future__ import annotations
+
+from faasbox import errors
+from faasbox.cli import commands as _commands  # noqa: F401  (registers the commands)
+from faasbox.cli.app import CliError, app, err
+from faasbox.client import ApiError
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        raise SystemExit(1) from None
+    except (CliError, errors.FaasboxError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
+        raise SystemExit(1) from None
