@@ -144,10 +144,16 @@ class Dispatcher:
                 wanted.append((function, min(free, LEASE_BATCH)))
         leases = await asyncio.gather(*[self._lease(f, n, now) for f, n in wanted])
         for (function, asked), tasks in zip(wanted, leases, strict=True):
-            if len(tasks) < asked:
-                self._ready.pop(function, None)  # nothing more runnable now
             for task in tasks:
                 self._start(task)
+            if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
+                due = await self.queue.next_run_at(function)
+                if due is None:
+                    self._ready.pop(function, None)
+                else:
+                    self._ready[function] = due
+                    if due > now:
+                        next_at = due if next_at is None else min(next_at, due)
         return next_at
 
     async def _lease(self, function: str, limit: int, now: float) -> list[TaskRow]:

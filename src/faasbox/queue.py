@@ -177,6 +177,10 @@ class TaskQueue(abc.ABC):
         """Functions with runnable or waiting tasks -> earliest ``run_at``."""
 
     @abc.abstractmethod
+    async def next_run_at(self, function: str) -> float | None:
+        """The earliest ``run_at`` of the function's runnable or waiting tasks, if any."""
+
+    @abc.abstractmethod
     async def counts(self, function: str) -> dict[str, int]:
         """Tasks of a function by status."""
 

@@ -136,18 +136,22 @@ class Scheduler:
         return min(idle, key=lambda i: i.last_used, default=None)
 
     async def _cold(self, pool: Pool, row: VersionRow, node: Node) -> Instance:
-        pool.starting += 1
-        try:
-            inst = await self.node.start(
-                row.function, row.version, row.spec, self.registry.paths(row))
-        except BaseException:
-            self.resources.release(node, row.spec["memory_mb"])
-            raise
-        finally:
-            pool.starting -= 1
-        self._placement[inst.id] = node
+        """Start an instance on ``node`` (already reserved); it is in the pool, ``starting``,
+        from the first moment, and comes back holding one slot for the caller."""
+        inst = self.node.create(row.function, row.version, row.spec)
         inst.leases = 1
         pool.instances.append(inst)
+        self._placement[inst.id] = node
+        try:
+            await self.node.boot(inst, self.registry.paths(row))
+        except BaseException:
+            inst.retired = True  # boot stopped it already
+            if inst in pool.instances:
+                pool.instances.remove(inst)
+            if self._placement.pop(inst.id, None) is not None:
+                self.resources.release(node, row.spec["memory_mb"])
+            self._pump(pool)
+            raise
         self.cold_starts += 1
         return inst
 
@@ -161,7 +165,7 @@ class Scheduler:
             self.on_release(inst.function)
 
     def slots_in_use(self, function: str) -> tuple[int, int, bool]:
-        """``(slots held, instances starting, sync callers waiting)`` for a function."""
+        """``(slots held, starts reserved, sync callers waiting)`` for a function."""
         pool = self.pools.get(function)
         if pool is None:
             return 0, 0, False

@@ -180,10 +180,10 @@ class Instance:
 
     async def stop(self, reason: errors.InvocationError | None = None) -> None:
         """Kill the process and wait until it is gone and every caller has been told."""
-        if self.state == "stopped":
-            return
-        self._stop_reason = reason or errors.InstanceCrashed("the instance was stopped")
-        self.state = "stopping"
+        if self._stop_reason is None:
+            self._stop_reason = reason or errors.InstanceCrashed("the instance was stopped")
+        if self.state != "stopped":
+            self.state = "stopping"
         self.kill()
         if self._reader_task is not None:
             await asyncio.shield(self._reader_task)

@@ -75,19 +75,26 @@ class NodeService:
         self, function: str, version: int, spec: dict[str, Any], paths: list[str],
     ) -> Instance:
         """Start an instance and load the function; raises InitError if it does not load."""
-        uid = self._allocate_uid()
-        cgroup = Cgroup(self.features, "") if self.features.cgroup_dirs else None
-        inst = Instance(function, version, spec, Path(), Path(), cgroup, uid)
+        inst = self.create(function, version, spec)
+        await self.boot(inst, paths)
+        return inst
+
+    def create(self, function: str, version: int, spec: dict[str, Any]) -> Instance:
+        """A new instance in state ``starting``, not yet running (``boot`` runs it)."""
+        inst = Instance(function, version, spec, Path(), Path(), None, self._allocate_uid())
         inst.scratch = self.scratch_root / inst.id
         inst.output_path = self.output_root / f"{inst.id}.out"
-        if cgroup is not None:
+        if self.features.cgroup_dirs:
             inst.cgroup = Cgroup(self.features, f"{self.cgroup_scope}/{inst.id}")
+        return inst
+
+    async def boot(self, inst: Instance, paths: list[str]) -> None:
+        """Spawn, sandbox and load; on failure the instance is stopped and cleaned up."""
         try:
             await self._spawn(inst, paths)
         except BaseException:
             await self.stop(inst)
             raise
-        return inst
 
     async def _spawn(self, inst: Instance, paths: list[str]) -> None:
         inst.scratch.mkdir(mode=0o700)
@@ -118,6 +125,8 @@ class NodeService:
         finally:
             child.close()
         await inst.connect(proc, parent)
+        if inst.state != "starting":
+            raise errors.InstanceCrashed("the instance was stopped while it started")
         await inst.expect("hello", HELLO_TIMEOUT_S)
         # The sandbox closes around the process before it loads any user code.
         if inst.cgroup is not None:

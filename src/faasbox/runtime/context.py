@@ -86,6 +86,7 @@ class Context:
         self.version = version
         self.memory_limit_mb = memory_limit_mb
         self.trace_id: str | None = extra.get("trace_id")
+        self.task_id: str | None = extra.get("task_id")
         self.attempt: int = extra.get("attempt", 1)
         self.shard: dict[str, int] | None = extra.get("shard")
         self._deadline = deadline

@@ -216,6 +216,15 @@ class SqliteTaskQueue(TaskQueue):
 
         return await self.store.read(q)
 
+    async def next_run_at(self, function: str) -> float | None:
+        def q(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                f"SELECT MIN(run_at) FROM tasks WHERE function = ? AND status IN {_RUNNABLE}",
+                (function,)).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self.store.read(q)
+
     async def counts(self, function: str) -> dict[str, int]:
         def q(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute(
