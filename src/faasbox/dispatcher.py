@@ -1,6 +1,6 @@
 """The task dispatcher: runs queued tasks on instances as capacity frees up.
 
-It leases a task only when the function has a free slot (``max_instances × concurrency``
+It leases a task only when the function has a free slot (``max_instances * concurrency``
 minus slots in use, within the policy's ``async_concurrency``) and no synchronous caller is
 waiting for one, so a backlog never takes a slot a sync call is queued for. Each round visits
 every function with runnable tasks and leases at most ``LEASE_BATCH`` of each, so one
@@ -21,7 +21,15 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.invoker import Invoker, new_request_id
 from faasbox.node import Instance
-from faasbox.queue import ERROR_CATEGORY, Failure, NewTask, TaskPolicy, TaskQueue, TaskRow, backoff_s
+from faasbox.queue import (
+    ERROR_CATEGORY,
+    Failure,
+    NewTask,
+    TaskPolicy,
+    TaskQueue,
+    TaskRow,
+    backoff_s,
+)
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
 
@@ -177,7 +185,7 @@ class Dispatcher:
         policy = await self.policy(function)
         limit = policy.async_concurrency or total
         in_use = held + starting + self._acquiring[function]
-        return min(total - in_use, limit - self._running_by_function[function])
+        return int(min(total - in_use, limit - self._running_by_function[function]))
 
     def _start(self, task: TaskRow) -> None:
         self.started += 1
@@ -275,15 +283,16 @@ class Dispatcher:
         """The task once terminal, or as it is when ``timeout`` runs out (long poll)."""
         deadline = self.clock.monotonic() + timeout
         while True:
-            row = await self.queue.get(task_id)
-            if row is None:
-                raise errors.NotFound(f"no task {task_id!r}")
-            left = deadline - self.clock.monotonic()
-            if row.terminal or left <= 0:
-                return row
+            # registered before the read: a finish between the two still wakes us
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(fut)
             try:
+                row = await self.queue.get(task_id)
+                if row is None:
+                    raise errors.NotFound(f"no task {task_id!r}")
+                left = deadline - self.clock.monotonic()
+                if row.terminal or left <= 0:
+                    return row
                 await asyncio.wait_for(fut, left)
             except TimeoutError:
                 pass

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
 STATUSES = frozenset({"queued", "running", "retry_wait"}) | TERMINAL
 RetryOn = Literal["function_error", "timeout", "oom", "crash"]
+ALL_RETRY_ON: list[RetryOn] = ["function_error", "timeout", "oom", "crash"]
 
 # invocation error codes -> the retry_on category they belong to
 ERROR_CATEGORY = {
@@ -49,7 +50,7 @@ class TaskPolicy(BaseModel):
     backoff_cap_s: float = Field(300.0, ge=0, le=86400)
     max_event_age_s: float = Field(21600.0, ge=1, le=7 * 86400)
     retry_on: list[RetryOn] = Field(
-        default_factory=lambda: ["function_error", "timeout", "oom", "crash"])
+        default_factory=lambda: list(ALL_RETRY_ON))
     async_concurrency: int | None = Field(
         None, ge=1, le=10000, description="most tasks of this function running at once;"
         " default: max_instances x concurrency")
@@ -65,8 +66,8 @@ def backoff_s(policy: TaskPolicy, attempt: int, rng: random.Random | None = None
     """Delay before the attempt after ``attempt`` (1-based): exponential with "equal jitter"
     (half fixed, half random), so retries spread out but never fire at once."""
     ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (attempt - 1))
-    r = (rng or random).random()
-    return ceiling / 2 + ceiling / 2 * r
+    r: float = (rng or random).random()
+    return float(ceiling / 2 + ceiling / 2 * r)
 
 
 @dataclass

@@ -116,3 +116,14 @@ def test_server_deploys_a_stack_at_start(make_server: object, tmp_path: Path) ->
     srv = make_server(env={"FAASBOX_DEPLOY": str(local)})  # type: ignore[operator]
     assert srv.invoke("hello", {"name": "ada"}).json()["hello"] == "ada"
     assert srv.invoke("primes", {"n": 100}).json() == {"n": 100, "primes": 25}
+
+
+def test_simulate_replays_a_trace() -> None:
+    trace = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure2019" / "dev"
+    out = json.loads(run(None, "simulate", "--trace", str(trace), "--policy", "fixed",
+                         "--limit", "3").stdout)
+    assert out["policy"] == "fixed" and out["functions"] == 3
+    assert 0 <= out["cold_start_pct"]["mean"] <= 100
+    assert out["invocations"] >= out["cold_starts"] > 0
+    bad = run(None, "simulate", "--trace", str(trace), "--policy", "nope", ok=False)
+    assert "unknown policy" in bad.stderr

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+
 from tests.conftest import Server
 
 SLEEPER = {"main.py": """

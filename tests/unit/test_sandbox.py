@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.conftest import open_tempdir
 
 from faasbox.node.sandbox import SandboxFeatures, detect, first_inaccessible, rlimits
+from tests.conftest import open_tempdir
 
 
 def test_sandbox_off_reports_every_feature_off(tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                   description="A self-hosted serverless platform for Python functions and jobs.")
     app.state.platform = platform
     errors.install(app)
+    app.include_router(invoke.router)  # first: the hot route matches soonest
     app.include_router(functions.router)
-    app.include_router(invoke.router)
     app.include_router(tasks.router)
     app.include_router(system.router)
     return app

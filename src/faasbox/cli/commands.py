@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, err, out, print_json, ts
+from faasbox.cli.tasks import invoke_async
 from faasbox.client import Client
 from faasbox.codestore import zip_folder
 from faasbox.stack import load_stack
@@ -112,14 +113,22 @@ def invoke(
     file: Path | None = typer.Option(None, "--file", help="Read the event from a file."),
     version: str | None = typer.Option(None, "--version", help="A version number or latest."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show timing headers."),
+    run_async: bool = typer.Option(False, "--async", help="Queue it as a task; print its id."),
+    wait: bool = typer.Option(False, "--wait", help="With --async: wait, print the result."),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key",
+                                               help="With --async: at most one task per key."),
     url: str = UrlOpt,
 ) -> None:
     """Invoke a function and print its JSON result."""
     if data is not None and file is not None:
         raise CliError("give --data or --file, not both")
+    if not run_async and (wait or idempotency_key is not None):
+        raise CliError("--wait and --idempotency-key go with --async")
     payload = file.read_bytes() if file is not None else (data or "null").encode()
     params = {"version": version} if version else {}
     client = Client(url)
+    if run_async:
+        return invoke_async(client, name, payload, version, wait, idempotency_key)
     resp = client.request("POST", f"/v1/functions/{name}/invoke", content=payload,
                           params=params, headers={"content-type": "application/json"})
     if verbose:
@@ -229,3 +238,22 @@ def doctor(
     for feature, active, detail in rows:
         table.add_row(feature, "[green]yes[/]" if active else "[yellow]no[/]", detail)
     out.print(table)
+
+
+@app.command()
+def simulate(
+    trace: Path = typer.Option(..., "--trace", help="An Azure Functions 2019 trace folder."),
+    policy: str = typer.Option("faasbox", "--policy", help="fixed, hybrid or faasbox."),
+    seed: int = typer.Option(0, "--seed"),
+    spread: str = typer.Option("uniform", "--spread", help="uniform or random."),
+    limit: int | None = typer.Option(None, "--limit", help="Replay only the first N functions."),
+) -> None:
+    """Replay a trace through a keep-alive policy on a virtual clock; print JSON."""
+    from faasbox.autoscaler import POLICIES
+    from faasbox.simulator import simulate as run_simulation
+
+    if policy not in POLICIES:
+        raise CliError(f"unknown policy {policy!r}; choose from {', '.join(sorted(POLICIES))}")
+    if not (trace / "inv.csv").is_file():
+        raise CliError(f"{trace} has no inv.csv: not a trace folder")
+    print_json(run_simulation(trace, policy=policy, seed=seed, spread=spread, limit=limit))

@@ -10,16 +10,13 @@ handlers run on one event loop thread. The worker enforces no limits: the node d
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import resource
 import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -37,7 +34,7 @@ class Worker:
         self.handler: Callable[..., Any] | None = None
         self.is_async = False
         self.spec: dict[str, Any] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Any = None  # a ThreadPoolExecutor when concurrency > 1
         self._loop: Any = None
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -66,11 +63,16 @@ class Worker:
             sys.stdout.flush()
             os._exit(1)
         self.handler = handler
+        # imported here, not at the top: these cost ~30 ms of every cold start
+        import inspect
+
         self.is_async = inspect.iscoroutinefunction(handler)
         concurrency = int(spec.get("concurrency", 1))
         if self.is_async:
             self._start_loop()
         elif concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="faasbox-handler")
         init_ms = (time.monotonic() - started) * 1000
         self.send({"t": "ready", "init_ms": init_ms})
@@ -152,7 +154,7 @@ class Worker:
             reply["error"] = _describe(error)
         reply["ok"] = "error" not in reply
         reply["logs"] = log.getvalue()
-        reply["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        reply["peak_rss_kb"] = _peak_rss_kb()
         self.send(reply, body)
 
     # -- main loop --------------------------------------------------------------------------
@@ -171,7 +173,22 @@ class Worker:
                 self.dispatch(header, payload)
 
 
+def _peak_rss_kb() -> int:
+    """This process's own peak RSS (VmHWM). ru_maxrss would carry over the server's peak,
+    inherited across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _describe(exc: BaseException) -> dict[str, Any]:
+    import traceback
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
 

@@ -15,7 +15,7 @@ A store keeps functions, their immutable versions and invocation records. Every 
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -60,7 +60,7 @@ class InvocationRecord:
     trace_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 class Store(abc.ABC):

@@ -130,8 +130,9 @@ class SqliteTaskQueue(TaskQueue):
     async def cancel(self, task_id: str, now: float) -> TaskRow | None:
         def tx(conn: sqlite3.Connection) -> TaskRow | None:
             conn.execute(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ?, error_code = 'cancelled',"
-                f" error_message = 'cancelled before it ran' WHERE id = ? AND status IN {_RUNNABLE}",
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
+                " error_code = 'cancelled', error_message = 'cancelled before it ran'"
+                f" WHERE id = ? AND status IN {_RUNNABLE}",
                 (now, task_id))
             conn.execute(
                 "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'",

@@ -1,0 +1,5 @@
+"""The trivial function of the benchmarks: returns its event unchanged."""
+
+
+def handler(event, context):
+    return event

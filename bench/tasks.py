@@ -1,0 +1,210 @@
+"""Async tasks: end-to-end throughput and latency through a real server, and the queue alone.
+
+End to end (``tasks.e2e.*``): the echo function (``bench/functions/echo``, a no-op) is deployed
+with ``max_instances`` = M and warmed up; then ``--tasks`` events go in batches of ``--batch``
+through ``POST /v1/functions/echo/tasks:batch`` as fast as the server accepts them. Latency is
+each task's ``finished_at - created_at`` (accepted → result stored) from its own record;
+throughput is tasks / (last ``finished_at`` - first submit). A burst this size queues, so its
+latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
+time (submit, long-poll its result, next), i.e. what dispatch itself costs.
+
+The queue alone (``queue.*``): :class:`SqliteTaskQueue` on a fresh ``SqliteStore`` in this
+process, no server and no execution. ``--queue-concurrency`` coroutines enqueue one task per
+call, then lease one task and complete it per step; ops/s and the commits the store made per
+1000 operations show what group commit buys (concurrency 1 makes one commit per write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from common import FUNCTIONS_DIR, FaasboxServer, cpu_seconds, emit, percentile, say
+from faasbox.queue import TERMINAL, NewTask, TaskPolicy
+from faasbox.store import SqliteStore
+from faasbox.store.sqlite_queue import SqliteTaskQueue
+
+FUNCTION = "echo"
+WAIT_S = 60  # the server's cap on ?wait=
+
+
+# -- end to end through the server --------------------------------------------------------------
+def submit(fb: FaasboxServer, events: list[bytes], batch: int) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, len(events), batch):
+        body = b"[" + b",".join(events[start:start + batch]) + b"]"
+        resp = fb.request("POST", f"/v1/functions/{FUNCTION}/tasks:batch", content=body,
+                          headers={"content-type": "application/json"})
+        ids += [t["task_id"] for t in resp.json()["tasks"]]
+    return ids
+
+
+def wait_all(fb: FaasboxServer, expected: int) -> None:
+    """Until ``expected`` tasks of the function are terminal: long-poll one that is not."""
+    while True:
+        counts = fb.request("GET", f"/v1/functions/{FUNCTION}/queue").json()["counts"]
+        if sum(n for status, n in counts.items() if status in TERMINAL) >= expected:
+            return
+        for status in ("queued", "retry_wait", "running"):
+            pending = fb.request("GET", "/v1/tasks", params={
+                "function": FUNCTION, "status": status, "limit": 1}).json()["tasks"]
+            if pending:  # the newest of them: tasks run oldest first
+                fb.request("GET", f"/v1/tasks/{pending[0]['task_id']}",
+                           params={"wait": WAIT_S})
+                break
+
+
+def records(fb: FaasboxServer, ids: set[str]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"function": FUNCTION, "limit": 1000}
+        if cursor:
+            params["cursor"] = cursor
+        body = fb.request("GET", "/v1/tasks", params=params).json()
+        found += [t for t in body["tasks"] if t["task_id"] in ids]
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            return found
+
+
+def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
+    latencies = []
+    for i in range(samples):
+        task_id = fb.request("POST", f"/v1/functions/{FUNCTION}/tasks", json={"i": i}).json()[
+            "task_id"]
+        task = fb.request("GET", f"/v1/tasks/{task_id}", params={"wait": WAIT_S}).json()
+        if task["status"] != "succeeded":
+            raise RuntimeError(f"task {task_id} ended {task['status']}: {task.get('error')}")
+        latencies.append((task["finished_at"] - task["created_at"]) * 1000)
+    return latencies
+
+
+def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int) -> None:
+    with FaasboxServer() as fb:
+        params: dict[str, Any] = {"tasks": tasks, "batch": batch,
+                                  "max_instances": max_instances, "sandbox": fb.sandbox()}
+        fb.deploy(FUNCTION, FUNCTIONS_DIR / FUNCTION, max_instances=max_instances,
+                  idle_ttl_s=600)
+        warmup = 20 * max_instances  # starts every instance
+        submit(fb, [orjson.dumps({"warmup": i}) for i in range(warmup)], batch)
+        wait_all(fb, warmup)
+        say(f"e2e: warmed up {len(fb.instances(FUNCTION))} instances")
+
+        idle = idle_latency(fb, idle_samples)
+        emit("tasks.idle.latency.p50", percentile(idle, 50), "ms", **params | {
+            "tasks": idle_samples})
+        emit("tasks.idle.latency.p99", percentile(idle, 99), "ms", **params | {
+            "tasks": idle_samples})
+
+        events = [orjson.dumps({"i": i}) for i in range(tasks)]
+        cpu0 = cpu_seconds(fb.pid)
+        t0 = time.time()
+        ids = submit(fb, events, batch)
+        submitted = time.time() - t0
+        wait_all(fb, warmup + idle_samples + tasks)
+        cpu = cpu_seconds(fb.pid) - cpu0
+        done = records(fb, set(ids))
+        failed = [t for t in done if t["status"] != "succeeded"]
+        if len(done) != tasks or failed:
+            raise RuntimeError(f"{len(done)} of {tasks} tasks found, {len(failed)} failed:"
+                               f" {failed[:3]}")
+        wall = max(t["finished_at"] for t in done) - t0
+        latencies = [(t["finished_at"] - t["created_at"]) * 1000 for t in done]
+        emit("tasks.submit.rate", tasks / submitted, "tasks/s", **params)
+        emit("tasks.e2e.throughput", tasks / wall, "tasks/s", **params)
+        emit("tasks.e2e.latency.p50", percentile(latencies, 50), "ms", **params)
+        emit("tasks.e2e.latency.p99", percentile(latencies, 99), "ms", **params)
+        emit("tasks.e2e.server_cpu", cpu / wall, "cores", **params)
+        say(f"e2e: {tasks} tasks submitted in {submitted:.1f} s, all done in {wall:.1f} s"
+            f" ({tasks / wall:.0f} tasks/s); idle latency p50 {percentile(idle, 50):.1f} ms")
+
+
+# -- the queue alone ----------------------------------------------------------------------------
+async def _enqueue(queue: SqliteTaskQueue, n: int, concurrency: int) -> None:
+    policy = TaskPolicy.model_validate({})  # (mypy without the pydantic plugin)
+
+    async def worker(first: int) -> None:
+        for i in range(first, n, concurrency):
+            task = NewTask(uuid.uuid4().hex, b'{"i": %d}' % i)
+            await queue.enqueue(FUNCTION, [task], None, policy, time.time(), 86400.0)
+
+    await asyncio.gather(*[worker(k) for k in range(concurrency)])
+
+
+async def _lease_and_complete(queue: SqliteTaskQueue, concurrency: int) -> int:
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while tasks := await queue.lease(FUNCTION, 1, time.time(), 60.0, "bench"):
+            for t in tasks:
+                if not await queue.succeed(t.id, t.attempts, b"null", "inv", time.time()):
+                    raise RuntimeError(f"lost the lease of {t.id}")
+                done += 1
+
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return done
+
+
+async def bench_queue(n: int, concurrency: int, synchronous: str) -> None:
+    params = {"tasks": n, "concurrency": concurrency, "synchronous": synchronous}
+    with tempfile.TemporaryDirectory(prefix="faasbox-bench-queue-") as tmp:
+        store = SqliteStore(Path(tmp) / "faasbox.db", synchronous=synchronous)
+        await store.open()
+        queue = SqliteTaskQueue(store)
+        try:
+            c0, t0 = store.commits, time.perf_counter()
+            await _enqueue(queue, n, concurrency)
+            enqueue_s, enqueue_commits = time.perf_counter() - t0, store.commits - c0
+            c0, t0 = store.commits, time.perf_counter()
+            done = await _lease_and_complete(queue, concurrency)
+            lease_s, lease_commits = time.perf_counter() - t0, store.commits - c0
+        finally:
+            await store.close()
+    if done != n:
+        raise RuntimeError(f"enqueued {n} tasks but completed {done}")
+    emit("queue.enqueue.rate", n / enqueue_s, "ops/s", **params)
+    emit("queue.enqueue.commits_per_1000", enqueue_commits * 1000 / n, "commits", **params)
+    emit("queue.lease_complete.rate", n / lease_s, "ops/s", **params)
+    emit("queue.lease_complete.commits_per_1000", lease_commits * 1000 / n, "commits",
+         **params)
+    say(f"queue x{concurrency}: enqueue {n / enqueue_s:.0f}/s ({enqueue_commits} commits),"
+        f" lease+complete {n / lease_s:.0f}/s ({lease_commits} commits)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=20000, help="end-to-end tasks (20000)")
+    ap.add_argument("--batch", type=int, default=1000, help="events per batch request (1000)")
+    ap.add_argument("--max-instances", type=int, nargs="+", default=[4],
+                    help="max_instances of the function; one run each (4)")
+    ap.add_argument("--idle-samples", type=int, default=200,
+                    help="one-at-a-time tasks for the idle latency (200)")
+    ap.add_argument("--queue-tasks", type=int, default=20000,
+                    help="tasks per queue-alone run (20000; 2000 at concurrency 1)")
+    ap.add_argument("--queue-concurrency", type=int, nargs="+", default=[1, 64],
+                    help="concurrent coroutines of the queue-alone runs (1 64)")
+    ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "OFF"],
+                    help="SQLite sync mode of the queue-alone runs (FULL, the default's)")
+    ap.add_argument("--skip-e2e", action="store_true", help="only the queue alone")
+    args = ap.parse_args(argv)
+    for concurrency in args.queue_concurrency:
+        n = args.queue_tasks if concurrency > 1 else min(args.queue_tasks, 2000)
+        asyncio.run(bench_queue(n, concurrency, args.synchronous))
+    if not args.skip_e2e:
+        for max_instances in args.max_instances:
+            bench_end_to_end(args.tasks, args.batch, max_instances, args.idle_samples)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

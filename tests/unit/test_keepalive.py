@@ -1,0 +1,194 @@
+"""Keep-alive and pre-warm policies, driven by explicit ``now`` values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from faasbox.autoscaler import (
+    DEFAULT_POLICY,
+    POLICIES,
+    FaasboxPolicy,
+    FixedKeepAlive,
+    HybridHistogramPolicy,
+    KeepAlivePolicy,
+    Windows,
+    make_policy,
+    prewarm_plan,
+)
+
+MIN = 60.0
+
+
+def regular(policy: KeepAlivePolicy, gap_s: float, times: int, fn: str = "f") -> float:
+    """Invoke ``fn`` every ``gap_s`` (zero-length executions); return the last idle time."""
+    t = 0.0
+    for _ in range(times):
+        policy.on_invocation(fn, t)
+        policy.windows(fn, t)
+        t += gap_s
+    return t - gap_s
+
+
+def test_registry_and_default() -> None:
+    assert set(POLICIES) == {"fixed", "hybrid", "faasbox"}
+    assert DEFAULT_POLICY == "faasbox"
+    assert isinstance(make_policy("hybrid"), HybridHistogramPolicy)
+    assert make_policy("fixed", ttl_s=5).windows("f", 0) == Windows(0.0, 5.0)
+    with pytest.raises(ValueError, match="unknown keep-alive policy"):
+        make_policy("lru")
+
+
+@pytest.mark.parametrize("ttl", [0.0, 600.0, math.inf])
+def test_fixed_ttl(ttl: float) -> None:
+    policy = FixedKeepAlive(ttl)
+    policy.on_invocation("f", 0)
+    assert policy.windows("f", 1) == Windows(prewarm_s=0.0, keepalive_s=ttl)
+    assert FixedKeepAlive().windows("f", 0).keepalive_s == 600.0
+    with pytest.raises(ValueError):
+        FixedKeepAlive(-1)
+
+
+def test_hybrid_regular_arrivals_prewarm_before_and_cover_after() -> None:
+    policy = HybridHistogramPolicy()
+    last_idle = regular(policy, 30 * MIN, 20)
+    w = policy.windows("f", last_idle)
+    assert w.prewarm_s == pytest.approx(27 * MIN)  # 5th percentile (30 min) - 10 %
+    assert w.prewarm_s + w.keepalive_s >= 33 * MIN  # 99th percentile + 10 %, from the idle
+    assert w.prewarm_s + w.keepalive_s <= 35 * MIN
+
+
+def test_hybrid_without_enough_samples_keeps_alive_for_the_range() -> None:
+    policy = HybridHistogramPolicy()
+    regular(policy, 30 * MIN, 3)
+    assert policy.windows("f", 3 * 30 * MIN) == Windows(0.0, 4 * 3600.0)
+
+
+def test_hybrid_flat_histogram_is_not_representative() -> None:
+    policy = HybridHistogramPolicy()
+    t = 0.0
+    for i in range(200):  # idle times spread over every bin of the 4 h range
+        policy.windows("f", t)
+        t += (i % 240) * MIN + 1
+        policy.on_invocation("f", t)
+    assert policy.histogram("f").cv() < 2
+    assert policy.windows("f", t) == Windows(0.0, 4 * 3600.0)
+
+
+def test_hybrid_idle_times_out_of_range_use_the_forecast() -> None:
+    policy = HybridHistogramPolicy()
+    regular(policy, 5 * 3600.0, 6)
+    hist = policy.histogram("f")
+    assert hist.oob == 5 and hist.oob_forecast == pytest.approx(5 * 3600.0)
+    w = policy.windows("f", 30 * 3600.0)
+    assert w.prewarm_s == pytest.approx(0.85 * 5 * 3600.0)
+    assert w.keepalive_s == pytest.approx(0.30 * 5 * 3600.0)
+
+
+def test_hybrid_forecast_follows_changing_idle_times() -> None:
+    policy = HybridHistogramPolicy()
+    regular(policy, 5 * 3600.0, 4)
+    t = 3 * 5 * 3600.0
+    for _ in range(3):
+        t += 8 * 3600.0
+        policy.on_invocation("f", t)
+        policy.windows("f", t)
+    forecast = policy.histogram("f").oob_forecast
+    assert forecast is not None and 5 * 3600.0 < forecast < 8 * 3600.0
+
+
+def test_hybrid_arrival_during_busy_period_is_not_an_idle_time() -> None:
+    policy = HybridHistogramPolicy()
+    policy.on_invocation("f", 0)
+    policy.on_invocation("f", 10)  # overlaps the first
+    policy.windows("f", 20)
+    policy.on_invocation("f", 80)
+    assert policy.histogram("f").total == 1
+
+
+def test_prewarm_plan() -> None:
+    start, hold = prewarm_plan(next_fire=1000.0, cold_start_s=0.5, lead_s=5.0)
+    assert start == pytest.approx(994.5) and hold == pytest.approx(10.5)
+    assert start + 0.5 + 5.0 == pytest.approx(1000.0)  # ready lead_s before the fire
+    with pytest.raises(ValueError):
+        prewarm_plan(1000.0, -1.0, 5.0)
+
+
+def test_faasbox_without_history_keeps_larger_instances_shorter() -> None:
+    policy = FaasboxPolicy()
+    policy.set_memory("small", 128)
+    policy.set_memory("large", 4096)
+    for fn in ("small", "large"):
+        policy.on_invocation(fn, 0)
+    small = policy.windows("small", 1)
+    large = policy.windows("large", 1)
+    assert small.prewarm_s == large.prewarm_s == 0.0
+    assert large.keepalive_s < small.keepalive_s <= policy.range_s
+    # ski-rental break-even: the memory kept equals what a cold start is worth
+    assert large.keepalive_s * 4096 == pytest.approx(policy.cold_value("large", 1))
+
+
+def test_faasbox_rarely_called_functions_are_worth_more() -> None:
+    policy = FaasboxPolicy()
+    for i in range(100):
+        policy.on_invocation("busy", i * 10.0)
+    policy.on_invocation("rare", 0)
+    assert policy.cold_value("rare", 1000) > 5 * policy.cold_value("busy", 1000)
+
+
+def test_faasbox_detects_a_timer_and_prewarms_tightly() -> None:
+    policy = FaasboxPolicy()
+    policy.set_memory("f", 1024)
+    last_idle = regular(policy, 30 * MIN, 8)
+    w = policy.windows("f", last_idle)
+    assert 30 * MIN - 30 <= w.prewarm_s < 30 * MIN
+    assert 30 * MIN < w.prewarm_s + w.keepalive_s <= 30 * MIN + 30
+    assert w.keepalive_s < HybridHistogramPolicy().margin * 30 * MIN  # tighter than hybrid
+
+
+def test_faasbox_levels_learn_separately() -> None:
+    """Two overlapping invocations every 10 min, the second one only every other time:
+    the level-2 instance is needed half as often, so it is not kept like the first."""
+    policy = FaasboxPolicy(period_min=100)  # histograms only
+    policy.set_memory("f", 2048)
+    t = 0.0
+    for i in range(40):
+        policy.on_invocation("f", t)
+        if i % 2 == 0:
+            policy.on_invocation("f", t + 1)
+            policy.windows("f", t + 5)  # level 2 goes idle
+        policy.windows("f", t + 6)  # level 1 goes idle
+        t += 10 * MIN
+    first = policy.windows("f", t)  # level 1 (nothing else in flight)
+    assert first.prewarm_s < 10 * MIN - 6 < first.prewarm_s + first.keepalive_s
+    policy.on_invocation("f", t + 1)
+    policy.on_invocation("f", t + 2)
+    second = policy.windows("f", t + 3)  # level 2: needed again after 20 min, not 10
+    assert 10 * MIN < second.prewarm_s < 20 * MIN - 5 < second.prewarm_s + second.keepalive_s
+
+
+def test_faasbox_prewarms_before_a_known_fire() -> None:
+    policy = FaasboxPolicy(cold_value_mb_s=1.0)  # so cheap that without a schedule: release
+    policy.set_memory("cron", 2048)
+    policy.on_invocation("cron", 10)
+    assert policy.windows("cron", 11).keepalive_s < 1.0
+    policy.set_schedule("cron", lambda now: (math.floor(now / 3600) + 1) * 3600.0)
+    policy.on_invocation("cron", 3600)
+    now = 3612.0
+    w = policy.windows("cron", now)
+    fire = 7200.0
+    assert now + w.prewarm_s <= fire - policy.schedule_lead_s - policy.cold_start_s
+    assert now + w.prewarm_s + w.keepalive_s >= fire + policy.schedule_lead_s
+    assert w.keepalive_s <= 2 * policy.schedule_lead_s + policy.cold_start_s + 1e-9
+    policy.set_schedule("cron", None)
+    policy.on_invocation("cron", 7200)
+    assert policy.windows("cron", 7201).keepalive_s < 1.0
+
+
+def test_policies_are_pure_per_function() -> None:
+    a, b = FaasboxPolicy(), FaasboxPolicy()
+    regular(a, 30 * MIN, 8, fn="f")
+    regular(b, 30 * MIN, 8, fn="f")
+    regular(b, 7 * MIN, 50, fn="other")  # another function does not change f's decision
+    assert a.windows("f", 7 * 30 * MIN) == b.windows("f", 7 * 30 * MIN)

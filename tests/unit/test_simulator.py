@@ -1,0 +1,164 @@
+"""The trace simulator on small synthetic traces, plus a sanity run on the dev sample."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faasbox.autoscaler import FaasboxPolicy, FixedKeepAlive, Windows
+from faasbox.simulator import FunctionTrace, load_trace, main, replay, simulate
+
+DEV = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure2019" / "dev"
+PCTS = ("0", "1", "25", "50", "75", "99", "100")
+
+
+def write_trace(
+    root: Path, functions: Sequence[tuple[str, list[int], float, float | None]], minutes: int = 30
+) -> Path:
+    """A trace folder with one app per function: (name, counts, duration ms, MB or None)."""
+    root.mkdir(parents=True, exist_ok=True)
+    head = "HashFunction,HashApp,HashOwner," + ",".join(f"minute_{i + 1}" for i in range(minutes))
+    inv = [head]
+    run = ["HashFunction,HashApp,HashOwner,Count,Average,Minimum,Maximum,"
+           + ",".join(f"percentile_Average_{p}" for p in PCTS)]
+    mem = ["HashApp,HashOwner,SampleCount,AverageAllocatedMb"]
+    for name, counts, dur, mb in functions:
+        padded = (counts + [0] * minutes)[:minutes]
+        inv.append(f"{name},app-{name},o," + ",".join(map(str, padded)))
+        stats = f"{sum(counts)},{dur},{dur},{dur}," + ",".join([str(dur)] * 7)
+        run.append(f"{name},app-{name},o,{stats}")
+        if mb is not None:
+            mem.append(f"app-{name},o,1,{mb}")
+    for fname, lines in (("inv.csv", inv), ("run.csv", run), ("mem.csv", mem)):
+        (root / fname).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def without_wall_time(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.endswith("wall_s")}
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    rng = random.Random(7)
+    fns = [(f"f{i}", [rng.choice([0, 0, 1, 3, 12]) for _ in range(30)], 500.0 + 900 * i, 256.0)
+           for i in range(6)]
+    return write_trace(tmp_path / "mixed", fns)
+
+
+def test_same_seed_same_result(mixed: Path) -> None:
+    for spread in ("uniform", "random"):
+        a = simulate(mixed, "faasbox", seed=3, spread=spread)
+        b = simulate(mixed, "faasbox", seed=3, spread=spread)
+        assert without_wall_time(a) == without_wall_time(b)
+    c = simulate(mixed, "faasbox", seed=4, spread="random")
+    assert without_wall_time(c) != without_wall_time(a)
+
+
+def test_ttl_zero_makes_every_invocation_cold(mixed: Path) -> None:
+    r = simulate(mixed, "fixed", ttl_s=0.0)
+    assert r["cold_starts"] == r["invocations"] > 0
+    assert r["cold_start_pct"]["p50"] == 100.0 and r["wasted_memory_mb_s"] == 0.0
+
+
+def test_infinite_ttl_without_overlap_has_one_cold_start_per_function(tmp_path: Path) -> None:
+    # at most 2 a minute, 1 s each: no invocation overlaps another of the same function
+    fns = [("a", [1, 0, 2, 0, 0, 1], 1000.0, 128.0), ("b", [0, 2, 2, 2, 0, 0], 1000.0, 512.0),
+           ("c", [0, 0, 0, 0, 0, 1], 1000.0, 128.0)]
+    r = simulate(write_trace(tmp_path, fns), "fixed", ttl_s=math.inf)
+    assert r["cold_starts"] == r["instance_starts"] == 3
+    assert r["invocations"] == 11 and r["peak_instances"] == 3
+    assert r["policy_args"] == {"ttl_s": "inf"}
+
+
+def test_overlapping_invocations_cold_start_extra_instances(tmp_path: Path) -> None:
+    # 4 invocations of 29 s a minute, 15 s apart: two run at once, never three
+    trace = write_trace(tmp_path, [("a", [4, 4], 29_000.0, 128.0)])
+    r = simulate(trace, "fixed", ttl_s=math.inf)
+    assert r["cold_starts"] == 2 and r["peak_instances"] == 2
+
+
+def test_fixed_600_is_the_memory_baseline(mixed: Path) -> None:
+    r = simulate(mixed, "fixed")
+    assert r["normalized_memory"] == 1.0 and r["baseline"]["ttl_s"] == 600.0
+    other = simulate(mixed, "fixed", ttl_s=60.0)
+    assert other["normalized_memory"] < 1.0
+    assert other["baseline"]["wasted_memory_mb_s"] == r["wasted_memory_mb_s"]
+
+
+class Prewarm:
+    """Release at once, load again after 50 s, keep 20 s."""
+
+    name = "prewarm"
+
+    def on_invocation(self, fn: str, now: float) -> None:
+        return None
+
+    def windows(self, fn: str, now: float) -> Windows:
+        return Windows(50.0, 20.0)
+
+
+def test_prewarm_windows_are_replayed_and_only_loaded_idle_time_is_wasted() -> None:
+    ft = FunctionTrace("f", "app", (1, 1, 1), (1000.0,) * 7, 100.0)
+    stats = replay(ft, Prewarm(), cold_start_s=0.0)
+    # arrivals at 30, 90, 150 s; idle at 31, 91, 151; reloaded at 81, 141 (201 is past the end)
+    assert (stats.cold_starts, stats.prewarm_starts, stats.instance_starts) == (1, 2, 3)
+    assert stats.wasted_mb_s == pytest.approx(2 * 9.0 * 100.0)
+
+
+def test_cold_start_time_is_busy_not_idle() -> None:
+    ft = FunctionTrace("f", "app", (1,), (1000.0,) * 7, 100.0)
+    stats = replay(ft, FixedKeepAlive(10.0), cold_start_s=2.0)
+    assert stats.wasted_mb_s == pytest.approx(10.0 * 100.0)  # idle from 33 s to 43 s only
+
+
+def test_known_fire_is_warm_in_the_replay() -> None:
+    ft = FunctionTrace("cron", "app", (1,) + (0,) * 59 + (1,), (1000.0,) * 7, 2048.0)
+    cheap = FaasboxPolicy(cold_value_mb_s=1.0)
+    assert replay(ft, cheap).cold_starts == 2
+    scheduled = FaasboxPolicy(cold_value_mb_s=1.0)
+    scheduled.set_schedule("cron", lambda now: 3630.0 if now < 3630.0 else None)
+    assert replay(ft, scheduled).cold_starts == 1
+
+
+def test_trace_loading_and_duration_draws(tmp_path: Path) -> None:
+    root = write_trace(tmp_path, [("a", [1], 100.0, 300.0), ("b", [2], 100.0, None)])
+    a, b = load_trace(root)
+    assert (a.memory_mb, b.memory_mb) == (300.0, 128.0)  # no mem.csv row: 128 MB
+    ft = FunctionTrace("x", "app", (5,), (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 1000.0), 128.0)
+    rng = random.Random(1)
+    draws = [ft.draw_duration_s(rng) for _ in range(2000)]
+    assert 0.010 <= min(draws) and max(draws) <= 1.0
+    median = sorted(draws)[1000]
+    assert 0.035 < median < 0.045  # between the 25th (30 ms) and 75th (50 ms), near 40
+    assert ft.arrivals("uniform", rng) == [6.0, 18.0, 30.0, 42.0, 54.0]
+    assert load_trace(root, limit=1) == [a]
+
+
+def test_bad_arguments_are_refused(mixed: Path) -> None:
+    with pytest.raises(ValueError):
+        simulate(mixed, spread="poisson")
+    with pytest.raises(ValueError):
+        simulate(mixed, "nope")
+
+
+def test_command_line_prints_json(mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--trace", str(mixed), "--policy", "fixed", "--arg", "ttl_s=0"]) == 0
+    out = capsys.readouterr().out
+    assert '"cold_start_pct"' in out and '"policy_args": {"ttl_s": 0.0}' in out
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason="the dev trace sample is not on this machine")
+def test_dev_trace_sanity() -> None:
+    r = simulate(DEV, "faasbox", limit=10)
+    assert r["functions"] == 10 and r["invocations"] > 10_000
+    for q in ("p50", "p75", "p90", "mean"):
+        assert 0.0 < r["cold_start_pct"][q] <= 100.0
+    assert r["cold_start_pct"]["p50"] <= r["cold_start_pct"]["p75"] <= r["cold_start_pct"]["p90"]
+    assert 0.0 < r["normalized_memory"] < 2.0
+    assert r["cold_starts"] <= r["instance_starts"] and r["peak_instances"] > 0
