@@ -176,7 +176,8 @@ def test_invocation_records(server: Server) -> None:
     assert rec["billed_ms"] >= rec["duration_ms"] and rec["billed_ms"] - rec["duration_ms"] < 1
     assert rec["memory_mb"] == 512
     assert abs(rec["gb_s"] - rec["billed_ms"] / 1000 * 0.5) < 1e-9
-    assert rec["peak_rss_mb"] > 5
+    # the instance's own peak, not the server's inherited high-water mark
+    assert 5 < rec["peak_rss_mb"] < 40
     assert rec["instance_id"]
     warm = server.http.get(f"/v1/invocations/{ids[1]}").json()
     assert warm["cold_start"] is False and warm["init_ms"] is None
