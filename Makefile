@@ -18,13 +18,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "faasbox on http://$(HOST):$(PORT) with examples/ deployed. In another terminal, try:"
+	@echo "  source .venv/bin/activate"
+	@echo "  faasbox ls"
+	@echo "  faasbox invoke hello --data '{\"name\": \"ada\"}' -v"
+	@echo "  faasbox invoke primes --data '{\"n\": 5000000}'"
+	@echo "  faasbox invoke slugs --async --wait --data '{\"text\": \"Hello, faasbox!\"}'"
+	@echo "  curl -s $(HOST):$(PORT)/v1/functions/hello/invoke -d '{\"name\": \"bob\"}'"
+	@echo "  open http://$(HOST):$(PORT)/docs for the API"
 	$(BIN)/faasbox server --host $(HOST) --port $(PORT) --deploy examples/faasbox.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	@$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
