@@ -8,13 +8,12 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from faasbox import errors
-from faasbox.api.body import read_capped
+from faasbox.api.body import read_capped, read_event
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 
 router = APIRouter(tags=["tasks"])
 
-MAX_TASK_EVENT = 6 * 2**20
 MAX_BATCH = 1000
 MAX_BATCH_BODY = 64 * 2**20
 MAX_WAIT_S = 60.0
@@ -59,8 +58,7 @@ async def submit(
 ) -> dict[str, Any]:
     p = _platform(request)
     pinned = await _version(p, name, version)
-    body = await read_capped(request, MAX_TASK_EVENT, "event")
-    event = _validate(body)
+    event = await read_event(request)
     [(row, created)] = await p.dispatcher.submit(
         name, [event], [_check_key(idempotency_key)], pinned, _trace(traceparent))
     if not created:
@@ -95,16 +93,6 @@ async def submit_batch(
     rows = await p.dispatcher.submit(
         name, [orjson.dumps(e) for e in events], keys, pinned, _trace(traceparent))
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
-
-
-def _validate(body: bytes) -> bytes:
-    if not body.strip():
-        return b"null"
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise errors.MalformedJSON(f"the event is not valid JSON: {exc}") from None
-    return body
 
 
 @router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state")
