@@ -281,15 +281,7 @@ class SqliteStore(Store):
     async def list_invocations(
         self, function: str | None = None, limit: int = 50, before: float | None = None,
     ) -> list[InvocationRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if before is not None:
-            where.append("started_at < ?")
-            args.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = where_clause(("function = ?", function), ("started_at < ?", before))
         sql = (f"SELECT {_INV_COLUMNS} FROM invocations {clause}"
                " ORDER BY started_at DESC LIMIT ?")
 
@@ -313,6 +305,14 @@ class SqliteStore(Store):
 
 
 _INV_COLUMNS = ", ".join(InvocationRecord.__dataclass_fields__)
+
+
+def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """``WHERE`` text and arguments from ``(sql, value)`` pairs whose value is not None."""
+    used = [(sql, value) for sql, value in conditions if value is not None]
+    if not used:
+        return "", []
+    return "WHERE " + " AND ".join(sql for sql, _ in used), [value for _, value in used]
 
 
 def _version(row: sqlite3.Row) -> VersionRow:

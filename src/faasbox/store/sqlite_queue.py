@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from faasbox.queue import Failure, NewTask, TaskPolicy, TaskQueue, TaskRow
-from faasbox.store.sqlite import SqliteStore
+from faasbox.store.sqlite import SqliteStore, where_clause
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
 _RUNNABLE = "('queued', 'retry_wait')"
@@ -188,18 +188,9 @@ class SqliteTaskQueue(TaskQueue):
     async def list(
         self, function: str | None, status: str | None, limit: int, before: str | None,
     ) -> list[TaskRow]:
-        where: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if before is not None:
-            where.append("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)")
-            args.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = where_clause(
+            ("function = ?", function), ("status = ?", status),
+            ("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)", before))
         sql = (f"SELECT {_COLUMNS} FROM tasks {clause}"
                " ORDER BY created_at DESC, id DESC LIMIT ?")
 
