@@ -101,17 +101,18 @@ class _Writer(threading.Thread):
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(batch)
-        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
-            self.loop.call_soon_threadsafe(_settle, fut, ok, value)
+        settled = [(fut, ok, value) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
+        self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the whole group
 
 
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in settled:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
 
 class SqliteStore(Store):
