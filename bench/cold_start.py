@@ -1,17 +1,27 @@
-"""Cold starts: the latency of an invoke that has to start an instance, and how it splits.
+"""Cold starts: the latency of an invoke that has to start an instance, how it splits, and
+what an idle instance costs in memory, for each way of starting one (FAASBOX_START_MODE).
 
-Two functions: ``echo`` (nothing to import) and ``heavy`` (imports numpy and pandas, installed
-from its requirements.txt at deploy time). Every sample is forced cold by a configuration-only
-redeploy (a new env value, ``"check": false``): instances belong to one version, so the next
-invoke must start one. A sample whose ``X-Faasbox-Cold-Start`` header is not ``true`` is
-discarded. Before each sample the bench waits until the previous instance is gone (versions
-are deployed with ``idle_ttl_s`` 0), so a cold start never competes with another one.
+Functions: ``hello`` (examples/hello: nothing to import), ``heavy`` (imports numpy and pandas,
+installed from its requirements.txt at deploy time) and, on request, ``echo``. For each start
+mode (``spawn``: a new interpreter; ``forkserver``: forked from the fork server; ``template``:
+forked from the version's snapshot template) a server runs with that mode, and each function
+is deployed once (``idle_ttl_s`` 0). Every sample is a cold start of that same version: the
+bench waits until the previous instance is gone, then invokes (a sample whose
+``X-Faasbox-Cold-Start`` header is not ``true`` is discarded). The first cold start of the
+version is reported apart (``cold_start.first``): in ``template`` mode it makes the template.
 
-Figures per function:
+Figures per function and mode:
+  cold_start.first     the version's first cold start (template mode: includes the template)
   cold_start.latency   client-observed latency of the cold invoke (HTTP round trip included)
-  cold_start.init      the record's ``init_ms``: importing the handler's module in the instance
-  cold_start.overhead  latency - init: process spawn, interpreter start, sandbox, protocol, HTTP
+  cold_start.init      the record's ``init_ms``: loading the handler in the instance (a
+                       template's children find it imported)
+  cold_start.overhead  latency - init: process start, sandbox, protocol, HTTP
   cold_start.warm      latency of warm invokes of the same function, for contrast
+  cold_start.pss_per_instance        PSS of an idle, loaded instance (/proc/PID/smaps_rollup),
+                                     mean over ``--pss-instances`` instances kept by
+                                     min_instances
+  cold_start.pss_total_per_instance  PSS of every process under the server that is not the
+                                     server (fork server, template, instances) / instances
   cold_start.first_deploy  the first deploy (code upload, pip install, load check)
 """
 
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,15 +37,19 @@ from typing import Any
 
 import orjson
 
-from common import FUNCTIONS_DIR, FaasboxServer, emit, percentile, say
+from common import BENCH_DIR, FUNCTIONS_DIR, FaasboxServer, emit, percentile, say
 
 FUNCTIONS = {
-    # name: memory_mb (pandas needs more than the 128 MB default)
-    "echo": 128,
-    "heavy": 512,
+    # name: (folder, memory_mb); pandas needs more than the 128 MB default
+    "hello": (BENCH_DIR.parent / "examples" / "hello", 128),
+    "echo": (FUNCTIONS_DIR / "echo", 128),
+    "heavy": (FUNCTIONS_DIR / "heavy", 512),
 }
+DEFAULT_FUNCTIONS = ["hello", "heavy"]
+START_MODES = ["spawn", "forkserver", "template"]
 EVENT = {"message": "hello"}
 GONE_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 120.0
 
 
 def wait_no_instances(fb: FaasboxServer, name: str) -> None:
@@ -71,8 +86,9 @@ class Invoker:
         self.conn.close()
 
 
-def cold_samples(fb: FaasboxServer, invoke: Invoker, name: str, memory_mb: int,
+def cold_samples(fb: FaasboxServer, invoke: Invoker, name: str,
                  samples: int) -> tuple[list[float], list[float], int]:
+    """``samples`` cold starts of the deployed version, one at a time."""
     latencies: list[float] = []
     inits: list[float] = []
     discarded = 0
@@ -80,14 +96,12 @@ def cold_samples(fb: FaasboxServer, invoke: Invoker, name: str, memory_mb: int,
     while len(latencies) < samples:
         i += 1
         wait_no_instances(fb, name)
-        fb.deploy(name, None, check=False, memory_mb=memory_mb, idle_ttl_s=0,
-                  env={"BENCH_SAMPLE": str(i)})
         ms, headers = invoke(name)
         if headers.get("x-faasbox-cold-start") != "true":
             discarded += 1
             say(f"{name}: sample {i} was not a cold start; discarded")
             if discarded > samples:
-                raise RuntimeError(f"{name}: {discarded} invokes after a redeploy were warm")
+                raise RuntimeError(f"{name}: {discarded} invokes after the reap were warm")
             continue
         record = fb.record(headers["x-faasbox-request-id"])
         if not record["cold_start"] or record["init_ms"] is None:
@@ -95,6 +109,62 @@ def cold_samples(fb: FaasboxServer, invoke: Invoker, name: str, memory_mb: int,
         latencies.append(ms)
         inits.append(record["init_ms"])
     return latencies, inits, discarded
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of one process: its private pages plus its share of each page
+    it shares with others (fork server, template, siblings)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (fork server, templates, instances)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pss_figures(fb: FaasboxServer, name: str, count: int) -> tuple[float, float]:
+    """``(mean PSS of an idle instance, PSS of everything under the server / count)`` in MB,
+    with ``count`` loaded idle instances (kept by min_instances) of a newly deployed function:
+    nothing else runs under the server."""
+    folder, memory_mb = FUNCTIONS[name]
+    fb.deploy(name, folder, check=False, memory_mb=memory_mb, min_instances=count,
+              max_instances=count, idle_ttl_s=600)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        idle = [i for i in fb.instances(name) if i["state"] == "idle"]
+        if len(idle) >= count:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {count} idle instances did not come up")
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the last start settle
+    pids = [i["pid"] for i in idle[:count]]
+    per_instance = sum(pss_kb(pid) for pid in pids) / len(pids) / 1024
+    total = sum(pss_kb(pid) for pid in descendants(fb.pid)) / count / 1024
+    fb.delete(name)
+    return per_instance, total
 
 
 def warm_samples(fb: FaasboxServer, invoke: Invoker, name: str, memory_mb: int,
@@ -117,19 +187,23 @@ def emit_pair(name: str, values: list[float], unit: str, **params: Any) -> None:
     emit(f"{name}.p99", percentile(values, 99), unit, **params)
 
 
-def bench_function(fb: FaasboxServer, function: str, args: Any, sandbox: str) -> None:
-    memory_mb = FUNCTIONS[function]
-    folder = FUNCTIONS_DIR / function
+def bench_function(fb: FaasboxServer, function: str, args: Any, sandbox: str,
+                   mode: str) -> None:
+    folder, memory_mb = FUNCTIONS[function]
     requirements = (folder / "requirements.txt").is_file()
-    say(f"{function}: deploying" + (" (pip installs its requirements)" if requirements else ""))
+    say(f"{function} [{mode}]: deploying" +
+        (" (pip installs its requirements)" if requirements else ""))
     t0 = time.perf_counter()
-    fb.deploy(function, folder, check=True, memory_mb=memory_mb)
+    fb.deploy(function, folder, check=True, memory_mb=memory_mb, idle_ttl_s=0)
     deploy_s = time.perf_counter() - t0
-    params: dict[str, Any] = {"function": function, "memory_mb": memory_mb, "sandbox": sandbox}
+    params: dict[str, Any] = {"function": function, "memory_mb": memory_mb, "sandbox": sandbox,
+                              "start_mode": mode}
     emit("cold_start.first_deploy", deploy_s, "s", **params, requirements=requirements)
 
     invoke = Invoker(fb)
-    latencies, inits, discarded = cold_samples(fb, invoke, function, memory_mb, args.samples)
+    first = cold_samples(fb, invoke, function, 1)[0][0]
+    emit("cold_start.first", first, "ms", **params)
+    latencies, inits, discarded = cold_samples(fb, invoke, function, args.samples)
     overheads = [lat - init for lat, init in zip(latencies, inits, strict=True)]
     cold = {**params, "samples": args.samples, "mode": "cold"}
     emit_pair("cold_start.latency", latencies, "ms", **cold, discarded=discarded)
@@ -139,28 +213,42 @@ def bench_function(fb: FaasboxServer, function: str, args: Any, sandbox: str) ->
     warm = warm_samples(fb, invoke, function, memory_mb, args.warm_samples)
     invoke.close()
     emit_pair("cold_start.warm", warm, "ms", **params, samples=args.warm_samples, mode="warm")
-    say(f"{function}: cold p50 {percentile(latencies, 50):.1f} ms (init "
-        f"{percentile(inits, 50):.1f} ms, overhead {percentile(overheads, 50):.1f} ms), "
-        f"p99 {percentile(latencies, 99):.1f} ms; warm p50 {percentile(warm, 50):.2f} ms")
+    say(f"{function} [{mode}]: first {first:.1f} ms; cold p50 {percentile(latencies, 50):.1f}"
+        f" ms (init {percentile(inits, 50):.1f} ms, overhead "
+        f"{percentile(overheads, 50):.1f} ms), p99 {percentile(latencies, 99):.1f} ms; "
+        f"warm p50 {percentile(warm, 50):.2f} ms")
     fb.delete(function)
+    if args.pss_instances:
+        per_instance, total = pss_figures(fb, function, args.pss_instances)
+        idle = {**params, "instances": args.pss_instances}
+        emit("cold_start.pss_per_instance", per_instance, "MB", **idle)
+        emit("cold_start.pss_total_per_instance", total, "MB", **idle)
+        say(f"{function} [{mode}]: PSS per idle instance {per_instance:.1f} MB, "
+            f"everything under the server / instance {total:.1f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=20,
-                    help="cold starts per function (default: 20)")
+                    help="cold starts per function and mode (default: 20)")
     ap.add_argument("--warm-samples", type=int, default=200,
                     help="warm invokes per function, for contrast (default: 200)")
     ap.add_argument("--function", choices=sorted(FUNCTIONS), nargs="+",
-                    default=list(FUNCTIONS), help="which functions (default: all)")
+                    default=DEFAULT_FUNCTIONS, help="which functions (default: hello heavy)")
+    ap.add_argument("--start-mode", choices=START_MODES, nargs="+", default=START_MODES,
+                    help="which start modes (default: all)")
+    ap.add_argument("--pss-instances", type=int, default=4,
+                    help="idle instances for the PSS figures (0: skip; default: 4)")
     ap.add_argument("--data", type=Path, default=None,
                     help="keep the server's data dir here (reuses its pip package cache)")
     args = ap.parse_args(argv)
-    # a short reap interval: the wait for the previous instance to go is not the measurement
-    with FaasboxServer(data=args.data, env={"FAASBOX_REAP_INTERVAL_S": "0.1"}) as fb:
-        sandbox = fb.sandbox()
-        for function in args.function:
-            bench_function(fb, function, args, sandbox)
+    for mode in args.start_mode:
+        # a short reap interval: the wait for the previous instance to go is not the measurement
+        env = {"FAASBOX_REAP_INTERVAL_S": "0.1", "FAASBOX_START_MODE": mode}
+        with FaasboxServer(data=args.data, env=env) as fb:
+            sandbox = fb.sandbox()
+            for function in args.function:
+                bench_function(fb, function, args, sandbox, mode)
     return 0
 
 

@@ -31,8 +31,22 @@ class Settings:
     sandbox: str = "auto"
     # first uid of the range instances run as when the server is root
     sandbox_uid_base: int = 200000
-    # seconds between lifecycle ticks (idle reaping, min_instances)
+    # how instances start: auto (snapshot template where safe, else fork server, else spawn),
+    # template, forkserver or spawn (docs/sandbox.md, "Fast cold start")
+    start_mode: str = "auto"
+    # seconds between scaling ticks (autoscaler, keep-alive, pre-warm, idle reaping, floors)
     reap_interval_s: float = 1.0
+    # keep-alive/pre-warm policy: faasbox, hybrid or fixed; its numeric parameters as
+    # "k=v,k=v" (e.g. "ttl_s=60" for fixed); a function's idle_ttl_s caps what it learns
+    keepalive_policy: str = "faasbox"
+    keepalive_args: str = ""
+    # autoscaler (KPA): averaging windows, planned utilisation, scale-to-zero grace period
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    target_utilization: float = 0.7
+    scale_to_zero_grace_s: float = 30.0
+    # instances for known load start this long plus the observed cold start ahead of it
+    prewarm_lead_s: float = 2.0
     # a second task with the same Idempotency-Key within this window returns the first
     idempotency_window_s: float = 86400.0
     # finished tasks are queryable this long

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faasbox import errors
@@ -34,6 +35,9 @@ from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+# told when a task reaches a terminal state: (task as leased, final status, result)
+Listener = Callable[[TaskRow, str, bytes | None], None]
 
 LEASE_BATCH = 64
 LEASE_MARGIN_S = 60.0
@@ -66,6 +70,9 @@ class Dispatcher:
         self._policies: dict[str, TaskPolicy] = {}
         self._loops: list[asyncio.Task[None]] = []
         self.started = 0
+        self.listeners: list[Listener] = []
+        # the retry policy of a job's shards (set by the job service)
+        self.job_policy: Callable[[str], Awaitable[TaskPolicy | None]] | None = None
         scheduler.on_release = self._on_release
 
     # -- life -------------------------------------------------------------------------------
@@ -102,20 +109,30 @@ class Dispatcher:
 
     async def submit(
         self, function: str, events: list[bytes], keys: list[str | None],
-        version: int | None = None, trace_id: str | None = None,
+        version: int | None = None, trace_id: str | None = None, source: str = "async",
+        trigger_name: str | None = None,
     ) -> list[tuple[TaskRow, bool]]:
-        """Durably enqueue tasks; returns ``[(task, created)]`` once they are committed."""
-        policy = await self.policy(function)
+        """Durably enqueue tasks; returns ``[(task, created)]`` once they are committed.
+        Each task without a ``trace_id`` starts a trace of its own."""
+        new = [NewTask(new_id(), e, k, trace_id or new_id(), source=source,
+                       trigger_name=trigger_name)
+               for e, k in zip(events, keys, strict=True)]
+        return await self.enqueue(function, new, version)
+
+    async def enqueue(
+        self, function: str, new: list[NewTask], version: int | None = None,
+        policy: TaskPolicy | None = None,
+    ) -> list[tuple[TaskRow, bool]]:
+        policy = policy or await self.policy(function)
         now = self.clock.now()
-        new = [NewTask(uuid.uuid4().hex, e, k, trace_id) for e, k in zip(events, keys,
-                                                                         strict=True)]
         rows = await self.queue.enqueue(function, new, version, policy, now,
                                         self.dedup_window_s)
         if any(created for _, created in rows):
-            self._notify(function, now)
+            self.notify(function, now)
         return rows
 
-    def _notify(self, function: str, run_at: float) -> None:
+    def notify(self, function: str, run_at: float) -> None:
+        """Tasks of ``function`` become runnable at ``run_at`` (an enqueue or release)."""
         self._ready[function] = min(run_at, self._ready.get(function, run_at))
         self._wake.set()
 
@@ -205,26 +222,33 @@ class Dispatcher:
         invocation_id = new_request_id()
         try:
             row = await self.registry.resolve(task.function, task.version)
-            extra = {"task_id": task.id, "attempt": task.attempts, "trace_id": task.trace_id}
+            extra: dict[str, Any] = {"task_id": task.id, "attempt": task.attempts,
+                                     "trace_id": task.trace_id}
+            if task.source == "shard":
+                extra["shard"] = {"index": task.shard_index, "count": task.shard_count}
             outcome = await self.invoker.invoke(
-                row, task.event, trigger="task", request_id=invocation_id, extra=extra,
+                row, task.event, trigger="task" if task.source == "async" else task.source,
+                request_id=invocation_id, extra=extra,
                 on_start=on_start)
         except errors.Throttled:
             run_at = self.clock.now() + GIVE_BACK_DELAY_S
             await self.queue.give_back(task.id, task.attempts, run_at)
-            self._notify(task.function, run_at)
+            self.notify(task.function, run_at)
         except asyncio.CancelledError:
             await self._finish_cancelled(task, invocation_id if acquired else None)
             raise
         except errors.FaasboxError as exc:
             failure = await self._failure(task, exc)
-            await self.queue.fail(task.id, task.attempts, failure,
-                                  invocation_id if acquired else None, self.clock.now())
+            done = await self.queue.fail(task.id, task.attempts, failure,
+                                         invocation_id if acquired else None, self.clock.now())
             if failure.retry_at is not None:
-                self._notify(task.function, failure.retry_at)
+                self.notify(task.function, failure.retry_at)
+            elif done:
+                self._finished(task, failure.final_status, None)
         else:
-            await self.queue.succeed(task.id, task.attempts, outcome.payload, invocation_id,
-                                     self.clock.now())
+            if await self.queue.succeed(task.id, task.attempts, outcome.payload,
+                                        invocation_id, self.clock.now()):
+                self._finished(task, "succeeded", outcome.payload)
         finally:
             if not acquired:
                 self._acquiring[task.function] -= 1
@@ -238,15 +262,26 @@ class Dispatcher:
     async def _finish_cancelled(self, task: TaskRow, invocation_id: str | None) -> None:
         failure = Failure("cancelled", "cancelled while it ran", None, "cancelled")
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.queue.fail(
-                task.id, task.attempts, failure, invocation_id, self.clock.now()))
+            if await asyncio.shield(self.queue.fail(
+                    task.id, task.attempts, failure, invocation_id, self.clock.now())):
+                self._finished(task, "cancelled", None)
+
+    def _finished(self, task: TaskRow, status: str, result: bytes | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(task, status, result)
+            except Exception:
+                log.exception("task listener failed")
 
     async def _failure(self, task: TaskRow, exc: errors.FaasboxError) -> Failure:
         if task.id in self._cancelling:
             return Failure("cancelled", "cancelled while it ran", None, "cancelled")
         if isinstance(exc, errors.NotFound):
             return Failure(exc.code, exc.message, None, "failed")
-        policy = await self.policy(task.function)
+        policy = None
+        if task.job_id is not None and self.job_policy is not None:
+            policy = await self.job_policy(task.job_id)
+        policy = policy or await self.policy(task.function)
         category = ERROR_CATEGORY.get(exc.code)
         if category not in policy.retry_on:
             return Failure(exc.code, exc.message, None, "failed")
@@ -264,6 +299,8 @@ class Dispatcher:
         row = await self.queue.cancel(task_id, self.clock.now())
         if row is None:
             raise errors.NotFound(f"no task {task_id!r}")
+        if row.status == "cancelled" and task_id not in self._running:
+            self._finished(row, "cancelled", None)
         if row.status == "running" and task_id in self._running:
             self._cancelling.add(task_id)
             inst = self._instances.get(task_id)
@@ -330,3 +367,7 @@ class Dispatcher:
                     await self.queue.purge(now - self.retention_s)
             except Exception:
                 log.exception("task sweep failed")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,9 @@ class Invoker:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        # called after each success, before the caller hears of it (chains)
+        self.after_success: Callable[[VersionRow, Outcome, dict[str, Any]],
+                                     Awaitable[None]] | None = None
 
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
@@ -89,7 +92,10 @@ class Invoker:
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
         self._finish(record, result.duration_ms)
-        return Outcome(record, result.payload)
+        outcome = Outcome(record, result.payload)
+        if self.after_success is not None:
+            await self.after_success(row, outcome, extra or {})
+        return outcome
 
     def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
         record.status = "timeout" if isinstance(exc, errors.InvocationTimeout) else "failed"

@@ -17,11 +17,16 @@ from faasbox.metrics import Metrics
 from faasbox.node import NodeService, SandboxFeatures, detect
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
-from faasbox.scheduler import Scheduler
+from faasbox.scheduler import Scheduler, scaling_options
 from faasbox.spec import FunctionSpec
 from faasbox.stack import load_stack
 from faasbox.store import SqliteStore
 from faasbox.store.sqlite_queue import SqliteTaskQueue
+from faasbox.store.sqlite_triggers import SqliteTriggerStore
+from faasbox.triggers.chains import Chains
+from faasbox.triggers.cron import TriggerSpec, check_trigger_name
+from faasbox.triggers.jobs import JobService
+from faasbox.triggers.service import TriggerService
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,9 @@ class Platform:
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o711)  # instances may traverse to code/, not list
         self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
-        self.features: SandboxFeatures = detect(data, settings.sandbox)
-        self.node = NodeService(data, self.features, settings.sandbox_uid_base)
+        self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
+        self.node = NodeService(data, self.features, settings.sandbox_uid_base,
+                                self.features.start_mode)
         self.code = CodeStore(data)
         self.registry = Registry(self.store, self.code, self.node, self.clock)
         self.resources = ResourceManager(
@@ -44,6 +50,7 @@ class Platform:
             self.registry, self.node, self.resources,
             acquire_timeout_s=settings.acquire_timeout_s,
             reap_interval_s=settings.reap_interval_s,
+            clock=self.clock, **scaling_options(settings),
         )
         self.metrics = Metrics(self._instance_states)
         self.invoker = Invoker(self.scheduler, self.store, self.metrics, self.clock)
@@ -54,7 +61,27 @@ class Platform:
             retention_s=settings.task_retention_s,
             sweep_interval_s=settings.reap_interval_s,
         )
+        self.trigger_store = SqliteTriggerStore(self.store)
+        self.jobs = JobService(self.trigger_store, self.queue, self.dispatcher, self.registry,
+                               self.clock, sweep_interval_s=max(1.0, settings.reap_interval_s))
+        self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
+                                       self.jobs, self.registry, self.clock)
+        self.invoker.after_success = Chains(self.dispatcher).after_success
+        self.triggers.on_schedule = self.scheduler.set_known_fires  # pre-warm before fires
+        self.scheduler.backlog = self._backlog
         self._lock_fd: int | None = None
+
+    async def _backlog(self, function: str) -> int:
+        """Runnable async tasks of a function (the autoscaler's queue depth): queued ones, and
+        retries once the earliest is due (approximate: counts are per status)."""
+        if not self.dispatcher.stats(function)["ready"]:
+            return 0
+        counts = await self.queue.counts(function)
+        queued, retrying = counts.get("queued", 0), counts.get("retry_wait", 0)
+        if retrying and not queued:
+            due = await self.queue.next_run_at(function)
+            return retrying if due is not None and due <= self.clock.now() else 0
+        return queued
 
     def _instance_states(self) -> list[tuple[str, str]]:
         return [(p.function, i.state) for p in self.scheduler.pools.values()
@@ -65,12 +92,17 @@ class Platform:
         await self.store.open()
         self.scheduler.start()
         await self.dispatcher.start()
+        await self.jobs.start()
+        await self.triggers.start()
         for name, active, detail in self.features.report():
             log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
 
     async def close(self) -> None:
+        await self.triggers.close()
+        await self.jobs.close()
         await self.dispatcher.close()
         await self.scheduler.close()
+        await self.node.close()
         await self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -95,4 +127,12 @@ class Platform:
             spec = FunctionSpec(**item.spec)
             result = await self.registry.deploy(item.name, spec, zip_folder(item.path))
             done.append(f"{item.name} v{result.version.version}")
+            for trigger, body in item.triggers.items():
+                try:
+                    tspec = TriggerSpec(**body)
+                    check_trigger_name(trigger)
+                except ValueError as exc:
+                    raise errors.InvalidSpec(f"{item.name} trigger {trigger!r}: {exc}") from None
+                await self.triggers.put(item.name, trigger, tspec, create_only=False)
+                done.append(f"{item.name} trigger {trigger} ({tspec.cron})")
         return done

@@ -25,7 +25,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
-STATUSES = frozenset({"queued", "running", "retry_wait"}) | TERMINAL
+# held: a job shard waiting for a place within the job's max_parallel
+STATUSES = frozenset({"held", "queued", "running", "retry_wait"}) | TERMINAL
+SOURCES = frozenset({"async", "cron", "shard", "reduce", "chain"})
 RetryOn = Literal["function_error", "timeout", "oom", "crash"]
 ALL_RETRY_ON: list[RetryOn] = ["function_error", "timeout", "oom", "crash"]
 
@@ -93,6 +95,11 @@ class TaskRow:
     invocation_ids: list[str] = field(default_factory=list)
     trace_id: str | None = None
     cancel_requested: bool = False
+    source: str = "async"  # async | cron | shard | reduce | chain
+    job_id: str | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
+    trigger_name: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -105,6 +112,12 @@ class NewTask:
     event: bytes
     idempotency_key: str | None = None
     trace_id: str | None = None
+    source: str = "async"
+    job_id: str | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
+    trigger_name: str | None = None
+    held: bool = False  # a job shard: runnable only once released
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,27 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def get(self, task_id: str) -> TaskRow | None: ...
 
+    # jobs: a job's shards are tasks with its ``job_id``
+    @abc.abstractmethod
+    async def release(self, job_id: str, limit: int, now: float, max_event_age_s: float) -> int:
+        """Make up to ``limit`` held shards of a job runnable, lowest index first."""
+
+    @abc.abstractmethod
+    async def job_counts(self, job_id: str) -> dict[str, int]:
+        """A job's shards by status."""
+
+    @abc.abstractmethod
+    async def job_tasks(self, job_id: str) -> list[TaskRow]:
+        """A job's shard tasks in shard order, with results (events left out)."""
+
+    @abc.abstractmethod
+    async def cancel_held(self, job_id: str, now: float, message: str) -> list[str]:
+        """Cancel a job's held and runnable shards; returns the ids of its running ones."""
+
+    @abc.abstractmethod
+    async def by_trace(self, trace_id: str) -> list[TaskRow]:
+        """Tasks of one trace, oldest first (events left out)."""
+
     @abc.abstractmethod
     async def list(
         self, function: str | None, status: str | None, limit: int, before: str | None,
@@ -201,8 +235,13 @@ class TaskQueue(abc.ABC):
             "created_at": row.created_at, "started_at": row.started_at,
             "finished_at": row.finished_at, "run_at": row.run_at, "expires_at": row.expires_at,
             "idempotency_key": row.idempotency_key, "invocation_ids": row.invocation_ids,
-            "trace_id": row.trace_id,
+            "trace_id": row.trace_id, "source": row.source,
         }
+        if row.job_id is not None:
+            view["job_id"] = row.job_id
+            view["shard"] = {"index": row.shard_index, "count": row.shard_count}
+        if row.trigger_name is not None:
+            view["trigger"] = row.trigger_name
         if row.status == "succeeded" and row.result is not None:
             view["result"] = orjson.loads(row.result)
         if row.error_code is not None:

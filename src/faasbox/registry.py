@@ -42,6 +42,8 @@ class Registry:
         self, name: str, spec: FunctionSpec, code_zip: bytes | None, check: bool = True,
     ) -> Deployed:
         check_name(name)
+        if spec.on_success == name:
+            raise errors.InvalidSpec(f"function {name!r} cannot chain to itself (on_success)")
         async with self._deploy_locks.setdefault(name, asyncio.Lock()):
             current = await self.store.get_function(name)
             if code_zip is not None:
@@ -56,6 +58,7 @@ class Registry:
                 name, spec.to_dict(), sha, packages, self.clock.now())
             self._remember(row)
             self._latest[name] = row
+            self.node.version_deployed(name, row.version)
             log.info("deployed %s version %d (code %s)", name, row.version, sha[:12])
             return Deployed(row, current is None, check_ms)
 
@@ -139,3 +142,4 @@ class Registry:
             self._latest.pop(name, None)
             for key in [k for k in self._versions if k[0] == name]:
                 del self._versions[key]
+            self.node.function_deleted(name)

@@ -1,14 +1,19 @@
-"""The Scheduler: picks an instance for every invocation.
+"""The Scheduler: picks an instance for every invocation, and scales each function's pool.
 
 Per function there is a pool of instances (any of its versions). ``acquire`` takes a free slot
 on a warm instance of the wanted version (most recently used first, so surplus instances go
 idle and expire), else starts one if the function is under ``max_instances`` and a node has
 room (evicting idle instances that block it), else waits in a FIFO queue for at most
 ``acquire_timeout_s`` and then raises :class:`~faasbox.errors.Throttled`. A released slot is
-handed straight to the first waiter that can use it, without a wakeup storm.
+handed straight to the first waiter that can use it, without a wakeup storm. Concurrent calls
+that find no warm instance start their cold starts in parallel.
 
-A lifecycle task stops instances idle past their ``idle_ttl_s`` (scale to zero), keeps
-``min_instances`` of the latest version warm, and clears instances that died while idle.
+The scaling loop ticks every ``reap_interval_s`` on the injected clock. Per function it feeds
+a :class:`~faasbox.autoscaler.planner.FunctionPlanner` (the KPA autoscaler, the keep-alive
+policy, min_instances, provisioned windows, known fires) with the demand since the last tick
+(slots held plus callers waiting, time-averaged), the async backlog and the latency, and acts
+on its plan: starts what is missing in parallel, stops idle instances whose window ran out,
+pre-warms instances before predicted calls, and clears instances that died while idle.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from faasbox import errors
+from faasbox.autoscaler import DEFAULT_POLICY, KeepAlivePolicy, ScalerConfig, make_policy
+from faasbox.autoscaler.planner import FunctionPlanner, IdleWindow, Observation, Plan
+from faasbox.clock import Clock, SystemClock
+from faasbox.config import Settings
 from faasbox.node import Instance, NodeService
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
@@ -39,9 +48,17 @@ class Waiter:
 @dataclass
 class Pool:
     function: str
+    planner: FunctionPlanner
     instances: list[Instance] = field(default_factory=list)
     starting: int = 0
     waiters: deque[Waiter] = field(default_factory=deque)
+    idle: dict[str, IdleWindow] = field(default_factory=dict)  # instance id -> its window
+    # demand meter: calls holding or waiting for a slot, integrated over monotonic time
+    demand: int = 0
+    demand_s: float = 0.0
+    completions: int = 0
+    mark: float = 0.0
+    since: float = 0.0
 
     def size(self) -> int:
         return len(self.instances) + self.starting
@@ -51,12 +68,18 @@ class Scheduler:
     def __init__(
         self, registry: Registry, node: NodeService, resources: ResourceManager,
         acquire_timeout_s: float = 10.0, reap_interval_s: float = 1.0,
+        clock: Clock | None = None, policy: KeepAlivePolicy | None = None,
+        scaler: ScalerConfig | None = None, lead_margin_s: float = 2.0,
     ) -> None:
         self.registry = registry
         self.node = node
         self.resources = resources
         self.acquire_timeout_s = acquire_timeout_s
         self.reap_interval_s = reap_interval_s
+        self.clock: Clock = clock or SystemClock()
+        self.policy: KeepAlivePolicy = policy or make_policy(DEFAULT_POLICY)
+        self.scaler = scaler or ScalerConfig()
+        self.lead_margin_s = lead_margin_s
         self.pools: dict[str, Pool] = {}
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
         self._lifecycle: asyncio.Task[None] | None = None
@@ -64,17 +87,34 @@ class Scheduler:
         self.cold_starts = 0
         # called with a function name whenever a slot of it is released (the dispatcher)
         self.on_release: Callable[[str], None] | None = None
+        # runnable async tasks of a function (the platform wires the queue in)
+        self.backlog: Callable[[str], Awaitable[int]] | None = None
 
     def pool(self, function: str) -> Pool:
         pool = self.pools.get(function)
         if pool is None:
-            pool = self.pools[function] = Pool(function)
+            planner = FunctionPlanner(function, self.policy, self.scaler, self.lead_margin_s)
+            mark = self.clock.monotonic()
+            pool = self.pools[function] = Pool(function, planner, mark=mark, since=mark)
         return pool
 
     # -- acquire / release ------------------------------------------------------------------
     async def acquire(self, row: VersionRow) -> tuple[Instance, bool]:
         """A slot on an instance of ``row``: ``(instance, cold)``. Release it with release()."""
         pool = self.pool(row.function)
+        if not pool.planner.configured:
+            pool.planner.configure(row.spec)
+        self._meter(pool, +1)
+        try:
+            inst, cold = await self._acquire(pool, row)
+        except BaseException:
+            self._meter(pool, -1)
+            raise
+        pool.idle.pop(inst.id, None)
+        pool.planner.arrival(self.clock.now(), cold)
+        return inst, cold
+
+    async def _acquire(self, pool: Pool, row: VersionRow) -> tuple[Instance, bool]:
         inst = self._warm(pool, row)
         if inst is not None:
             return inst, False
@@ -99,6 +139,13 @@ class Scheduler:
                 f" instances busy) and no instance freed up within {self.acquire_timeout_s:g} s",
                 retry_after=1.0,
             ) from None
+
+    def _meter(self, pool: Pool, delta: int) -> None:
+        """Integrate the demand (calls holding or waiting for a slot) up to now, then move it."""
+        now = self.clock.monotonic()
+        pool.demand_s += pool.demand * max(0.0, now - pool.mark)
+        pool.mark = now
+        pool.demand = max(0, pool.demand + delta)
 
     def _warm(self, pool: Pool, row: VersionRow) -> Instance | None:
         best: Instance | None = None
@@ -142,6 +189,7 @@ class Scheduler:
         inst.leases = 1
         pool.instances.append(inst)
         self._placement[inst.id] = node
+        began = self.clock.monotonic()
         try:
             await self.node.boot(inst, self.registry.paths(row))
         except BaseException:
@@ -153,9 +201,20 @@ class Scheduler:
             self._pump(pool)
             raise
         self.cold_starts += 1
+        pool.planner.observe_cold_start(self.clock.monotonic() - began)
         return inst
 
     def release(self, inst: Instance) -> None:
+        """The invocation holding a slot of ``inst`` (from acquire) ended."""
+        pool = self.pool(inst.function)
+        self._meter(pool, -1)
+        pool.completions += 1
+        window = pool.planner.finished(self.clock.now(), inst.spec["idle_ttl_s"])
+        self._give_back(inst)
+        if inst.leases == 0 and inst.state == "idle" and not inst.retired:
+            pool.idle[inst.id] = window
+
+    def _give_back(self, inst: Instance) -> None:
         inst.leases = max(0, inst.leases - 1)
         pool = self.pool(inst.function)
         if inst.state not in ("idle", "busy"):
@@ -201,7 +260,9 @@ class Scheduler:
             self._pump(pool)
             return
         if waiter.future.done():  # the caller gave up meanwhile: keep the instance
-            self.release(inst)
+            pool.idle[inst.id] = pool.planner.started_window(
+                self.clock.now(), ttl=inst.spec["idle_ttl_s"])
+            self._give_back(inst)
         else:
             waiter.future.set_result((inst, True))
 
@@ -210,6 +271,7 @@ class Scheduler:
         """Take an instance out of service now and stop it in the background."""
         if inst in pool.instances:
             pool.instances.remove(inst)
+        pool.idle.pop(inst.id, None)
         node = self._placement.pop(inst.id, None)
         if node is not None:
             self.resources.release(node, inst.memory_mb)
@@ -237,9 +299,17 @@ class Scheduler:
         for inst in list(pool.instances):
             self._retire(pool, inst)
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- known future load --------------------------------------------------------------------
+    def set_known_fires(self, function: str, fire_times: Sequence[float],
+                        instances: int = 1) -> None:
+        """Have ``instances`` warm shortly before each of ``fire_times`` (epoch seconds of the
+        platform clock, e.g. a cron trigger's next fires); they are let go once the fire's calls
+        are done. Replaces the function's earlier known fires; ``[]`` clears them."""
+        self.pool(function).planner.set_known_fires(fire_times, instances)
+
+    # -- the scaling loop ---------------------------------------------------------------------
     def start(self) -> None:
-        self._lifecycle = asyncio.create_task(self._lifecycle_loop(), name="lifecycle")
+        self._lifecycle = asyncio.create_task(self._lifecycle_loop(), name="scaling")
 
     async def close(self) -> None:
         if self._lifecycle is not None:
@@ -256,11 +326,11 @@ class Scheduler:
             try:
                 await self.tick()
             except Exception:
-                log.exception("lifecycle tick failed")
-            await asyncio.sleep(self.reap_interval_s)
+                log.exception("scaling tick failed")
+            await self.clock.sleep(self.reap_interval_s)
 
     async def tick(self) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self.clock.now()
         for pool in list(self.pools.values()):
             for inst in list(pool.instances):
                 if inst.state == "stopped":
@@ -271,8 +341,11 @@ class Scheduler:
             except errors.NotFound:
                 continue
             pool = self.pool(name)
-            self._reap(pool, latest, now)
-            self._ensure_min(pool, latest)
+            backlog = await self.backlog(name) if self.backlog is not None else 0
+            plan = self._plan(pool, latest, backlog, now)
+            self._scale_in(pool, latest, plan, now)
+            self._prewarm_due(pool, latest, plan, now)
+            self._scale_out(pool, latest, plan)
             self._pump(pool)
 
     async def _function_names(self) -> list[str]:
@@ -280,39 +353,151 @@ class Scheduler:
         names.update(f.name for f in await self.registry.functions())
         return sorted(names)
 
-    def _reap(self, pool: Pool, latest: VersionRow, now: float) -> None:
-        keep = latest.spec["min_instances"]
-        live_latest = sum(1 for i in pool.instances if i.version == latest.version)
-        idle = sorted((i for i in pool.instances if i.state == "idle" and i.leases == 0),
-                      key=lambda i: i.last_used)
-        for inst in idle:
-            if now - inst.last_used < inst.spec["idle_ttl_s"]:
+    def _latest(self, pool: Pool, latest: VersionRow) -> list[Instance]:
+        return [i for i in pool.instances if i.version == latest.version and not i.retired]
+
+    def _plan(self, pool: Pool, latest: VersionRow, backlog: int, now: float) -> Plan:
+        self._meter(pool, 0)
+        span = pool.mark - pool.since
+        demand = pool.demand_s / span if span > 0 else float(pool.demand)
+        latency = pool.demand_s / pool.completions * 1000 if pool.completions else None
+        pool.demand_s, pool.completions, pool.since = 0.0, 0, pool.mark
+        mine = self._latest(pool, latest)
+        ready = sum(1 for i in mine if i.state in ("idle", "busy"))
+        busy = sum(i.leases for i in pool.instances if i.state == "busy")
+        planner = pool.planner
+        planner.configure(latest.spec)
+        obs = Observation(demand=max(demand, float(pool.demand)), busy=busy,
+                          queue_depth=backlog, ready=ready, live=len(mine) + pool.starting,
+                          latency_ms=latency)
+        plan = planner.plan(now, obs)
+        if plan.release_idle:
+            for window in pool.idle.values():
+                window.keep_until = min(window.keep_until, now)
+                window.prewarm_at = None
+        return plan
+
+    def _scale_in(self, pool: Pool, latest: VersionRow, plan: Plan, now: float) -> None:
+        """Stop idle instances whose window ran out, least recently used first, keeping
+        ``hold`` instances of the latest version (``floor`` against ``idle_ttl_s``)."""
+        planner = pool.planner
+        live = len(self._latest(pool, latest)) + pool.starting
+        idle = [i for i in pool.instances if i.state == "idle" and i.leases == 0]
+        for inst in sorted(idle, key=lambda i: i.last_used):
+            window = pool.idle.get(inst.id)
+            if window is None:
+                window = pool.idle[inst.id] = planner.started_window(
+                    now, ttl=inst.spec["idle_ttl_s"])
+            why = planner.expired(window, now)
+            if why is None:
                 continue
             if inst.version == latest.version:
-                if live_latest <= keep:
+                if live <= (plan.floor if why == "hard" else plan.hold):
                     continue
-                live_latest -= 1
-            log.info("stopping idle instance %s after %.0f s", inst.id, now - inst.last_used)
+                live -= 1
+            log.info("stopping idle instance %s after %.1f s (%s)", inst.id,
+                     now - window.since, "idle_ttl_s" if why == "hard" else "keep-alive")
             self._retire(pool, inst)
+            planner.retired(window, now, why)
 
-    def _ensure_min(self, pool: Pool, latest: VersionRow) -> None:
-        have = sum(1 for i in pool.instances if i.version == latest.version) + pool.starting
-        for _ in range(latest.spec["min_instances"] - have):
-            node = self._make_room(pool, latest)
-            if node is None:
+    def _prewarm_due(self, pool: Pool, latest: VersionRow, plan: Plan, now: float) -> None:
+        """Load an instance for each predicted call that is due: an idle instance kept only by
+        the autoscaler is reused for it, else one is started."""
+        planner = pool.planner
+        spare = [i for i in self._latest(pool, latest)
+                 if i.state == "idle" and i.leases == 0
+                 and planner.expired(pool.idle.get(i.id) or planner.started_window(now), now)]
+        for keep_s in plan.prewarms:
+            if spare:
+                pool.idle[spare.pop().id] = planner.started_window(now, keep_s)
+            elif not self._start(pool, latest, keep_s, evict=False):
                 return
-            pool.starting += 1
-            self._spawn(self._prewarm(pool, latest, node))
 
-    async def _prewarm(self, pool: Pool, row: VersionRow, node: Node) -> None:
+    def _scale_out(self, pool: Pool, latest: VersionRow, plan: Plan) -> None:
+        """Start what the plan misses, all at once (each start is its own task): floors may
+        evict idle instances of other functions, the autoscaler's extra only takes free room."""
+        live = len(self._latest(pool, latest)) + pool.starting
+        for _ in range(plan.floor - live):
+            if not self._start(pool, latest, 0.0, evict=True):
+                return
+            live += 1
+        for _ in range(plan.target - live):
+            if not self._start(pool, latest, 0.0, evict=False):
+                return
+
+    def _start(self, pool: Pool, row: VersionRow, keep_s: float, evict: bool) -> bool:
+        if evict:
+            node = self._make_room(pool, row)
+        elif pool.size() < row.spec["max_instances"]:
+            node = self.resources.reserve(row.spec["memory_mb"])
+        else:
+            node = None
+        if node is None:
+            return False
+        pool.starting += 1
+        self._spawn(self._warm_up(pool, row, node, keep_s))
+        return True
+
+    async def _warm_up(self, pool: Pool, row: VersionRow, node: Node, keep_s: float) -> None:
         pool.starting -= 1
         try:
             inst = await self._cold(pool, row, node)
         except errors.FaasboxError as exc:
-            log.warning("cannot keep %s warm: %s", row.function, exc)
+            log.warning("cannot start an instance of %s ahead of demand: %s", row.function, exc)
             return
-        self.release(inst)
+        pool.idle[inst.id] = pool.planner.started_window(self.clock.now(), keep_s)
+        self._give_back(inst)
 
+    # -- views --------------------------------------------------------------------------------
     def describe(self, function: str) -> list[dict[str, Any]]:
         pool = self.pools.get(function)
         return [] if pool is None else [i.describe() for i in pool.instances]
+
+    def status(self, function: str) -> dict[str, Any]:
+        """The scaling state of one function (for ``GET /v1/status`` and ``faasbox top``)."""
+        pool = self.pools.get(function)
+        states = {"starting": 0, "idle": 0, "busy": 0, "stopping": 0}
+        if pool is None:
+            return {"instances": {**states, "total": 0}, "in_flight": 0, "waiting": 0,
+                    "queue_depth": 0, "desired": 0, "floor": 0, "hold": 0, "target": 0,
+                    "panic": False,
+                    "reason": "", "cold_starts_per_min": 0, "pending_prewarms": 0,
+                    "cold_start_ms": None}
+        for inst in pool.instances:
+            states[inst.state if inst.state in states else "stopping"] += 1
+        states["starting"] += pool.starting
+        planner = pool.planner
+        plan, obs = planner.last_plan, planner.last_observation
+        return {
+            "instances": {**states, "total": sum(states.values())},
+            "in_flight": max(0, pool.demand - len(pool.waiters)),
+            "waiting": len(pool.waiters),
+            "queue_depth": obs.queue_depth if obs else 0,
+            "desired": plan.desired if plan else 0,
+            "floor": plan.floor if plan else 0,
+            "hold": plan.hold if plan else 0,
+            "target": plan.target if plan else 0,
+            "panic": plan.panic if plan else False,
+            "reason": plan.reason if plan else "",
+            "cold_starts_per_min": planner.cold_starts_per_min(self.clock.now()),
+            "pending_prewarms": len(planner.pending),
+            "cold_start_ms": round(planner.cold_start_s * 1000, 1),
+        }
+
+
+def scaling_options(settings: Settings) -> dict[str, Any]:
+    """The Scheduler's scaling keyword arguments from the server settings."""
+    args: dict[str, float] = {}
+    for pair in filter(None, (p.strip() for p in settings.keepalive_args.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"keepalive_args takes k=v,k=v, not {settings.keepalive_args!r}")
+        args[key.strip()] = float(value)
+    scaler = ScalerConfig(
+        target_utilization=settings.target_utilization,
+        stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
+        scale_to_zero_grace_s=settings.scale_to_zero_grace_s,
+        tick_s=settings.reap_interval_s,
+    )
+    return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
+            "lead_margin_s": settings.prewarm_lead_s}

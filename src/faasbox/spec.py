@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from faasbox.autoscaler.provisioned import ProvisionedWindow
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -23,9 +25,16 @@ class FunctionSpec(BaseModel):
     concurrency: int = Field(1, ge=1, le=1000, description="invocations at once per instance")
     min_instances: int = Field(0, ge=0, le=1000)
     max_instances: int = Field(10, ge=1, le=1000)
-    idle_ttl_s: float = Field(300.0, ge=0, le=86400)
+    idle_ttl_s: float = Field(300.0, ge=0, le=86400, description="most seconds an instance"
+                              " above the warm floor stays idle (caps the learned keep-alive)")
+    provisioned: list[ProvisionedWindow] = Field(
+        default_factory=list, max_length=32,
+        description="scheduled warm capacity: instances kept warm in local-time windows")
     env: dict[str, str] = Field(default_factory=dict)
     description: str = Field("", max_length=256)
+    on_success: str | None = Field(
+        None, description="a function started (as an async task) with this one's result as"
+        " its event after each success: a chain")
 
     @field_validator("handler")
     @classmethod
@@ -44,10 +53,19 @@ class FunctionSpec(BaseModel):
                 raise ValueError(f"env name {key!r} is reserved (FAASBOX_ prefix)")
         return v
 
+    @field_validator("on_success")
+    @classmethod
+    def _next(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"on_success {v!r} is not a function name")
+        return v
+
     @model_validator(mode="after")
     def _scaling(self) -> FunctionSpec:
         if self.min_instances > self.max_instances:
             raise ValueError("min_instances cannot exceed max_instances")
+        if any(w.instances > self.max_instances for w in self.provisioned):
+            raise ValueError("provisioned instances cannot exceed max_instances")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,11 +7,13 @@
         path: ./hello           # folder, relative to the stack file
         handler: main:handler
         memory_mb: 128          # any FunctionSpec field
+        triggers:               # cron triggers by name (see docs/triggers.md)
+          nightly: {cron: "0 2 * * *", timezone: Europe/Berlin}
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ class StackItem:
     name: str
     path: Path
     spec: dict[str, Any]
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_stack(path: Path) -> list[StackItem]:
@@ -49,5 +52,11 @@ def load_stack(path: Path) -> list[StackItem]:
             raise errors.InvalidSpec(f"{path}: function {name!r}: no folder {folder}")
         if "env" in body and isinstance(body["env"], dict):
             body["env"] = {str(k): str(v) for k, v in body["env"].items()}
-        items.append(StackItem(str(name), folder, body))
+        triggers = body.pop("triggers", None) or {}
+        if not isinstance(triggers, dict) or not all(
+                isinstance(t, dict) for t in triggers.values()):
+            raise errors.InvalidSpec(f"{path}: function {name!r}: triggers must map each"
+                                     " trigger name to its settings")
+        items.append(StackItem(str(name), folder, body,
+                               {str(k): v for k, v in triggers.items()}))
     return items

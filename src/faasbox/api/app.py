@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import errors, functions, invoke, system, tasks
+from faasbox.api import errors, functions, invoke, jobs, status, system, tasks
 from faasbox.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -35,5 +35,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     app.include_router(invoke.router)  # first: the hot route matches soonest
     app.include_router(functions.router)
     app.include_router(tasks.router)
+    app.include_router(jobs.router)
     app.include_router(system.router)
+    app.include_router(status.router)
     return app

@@ -42,3 +42,15 @@ def validate_event(body: bytes) -> bytes:
     except orjson.JSONDecodeError as exc:
         raise errors.MalformedJSON(f"the event is not valid JSON: {exc}") from None
     return body
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C traceparent header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if traceparent is None:
+        return None
+    parts = traceparent.strip().split("-")
+    if (len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32
+            or any(c not in "0123456789abcdef" for c in parts[1])):
+        raise errors.InvalidRequest("traceparent must be a W3C trace context header"
+                                    " (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)")
+    return parts[1]

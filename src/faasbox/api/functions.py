@@ -84,6 +84,7 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
 async def delete_function(name: str, request: Request) -> Response:
     p = platform(request)
     await p.registry.delete(name)
+    await p.triggers.delete_function(name)
     await p.scheduler.drop(name)
     return Response(status_code=204)
 

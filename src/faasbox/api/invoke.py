@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from faasbox import errors
-from faasbox.api.body import read_event
+from faasbox.api.body import read_event, trace_id_of
 from faasbox.api.errors import faasbox_error_response
+from faasbox.dispatcher import new_id
 from faasbox.invoker import new_request_id
 from faasbox.platform import Platform
 from faasbox.store import InvocationRecord
@@ -24,14 +25,19 @@ router = APIRouter(tags=["invoke"])
 async def invoke(
     name: str, request: Request,
     version: str | None = Query(None, description="a version number or 'latest'"),
+    traceparent: str | None = Header(None, description="W3C trace context; its trace id is"
+                                     " carried to everything this call causes"),
 ) -> Response:
     p: Platform = request.app.state.platform
     row = await p.registry.resolve(name, version)
     event = await read_event(request)
     request_id = new_request_id()
-    headers = {"X-Faasbox-Request-Id": request_id, "X-Faasbox-Version": str(row.version)}
+    trace_id = trace_id_of(traceparent) or new_id()
+    headers = {"X-Faasbox-Request-Id": request_id, "X-Faasbox-Version": str(row.version),
+               "X-Faasbox-Trace-Id": trace_id}
     try:
-        outcome = await p.invoker.invoke(row, event, request_id=request_id)
+        outcome = await p.invoker.invoke(row, event, request_id=request_id,
+                                         extra={"trace_id": trace_id})
     except errors.InvocationError as exc:
         headers["X-Faasbox-Function-Error"] = exc.code
         if exc.record is not None:

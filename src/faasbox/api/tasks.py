@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from faasbox import errors
-from faasbox.api.body import read_capped, read_event
+from faasbox.api.body import read_capped, read_event, trace_id_of
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 
@@ -36,16 +36,6 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
-def _trace(traceparent: str | None) -> str | None:
-    """The trace id of a W3C traceparent header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
-    if traceparent is None:
-        return None
-    parts = traceparent.strip().split("-")
-    if len(parts) != 4 or len(parts[1]) != 32:
-        raise errors.InvalidRequest("traceparent must be a W3C trace context header")
-    return parts[1]
-
-
 @router.post("/v1/functions/{name}/tasks", status_code=202,
              summary="Submit an async task (202 once it is durably queued)",
              openapi_extra={"requestBody": {"content": {"application/json": {
@@ -60,7 +50,7 @@ async def submit(
     pinned = await _version(p, name, version)
     event = await read_event(request)
     [(row, created)] = await p.dispatcher.submit(
-        name, [event], [_check_key(idempotency_key)], pinned, _trace(traceparent))
+        name, [event], [_check_key(idempotency_key)], pinned, trace_id_of(traceparent))
     if not created:
         response.status_code = 200
     return {"task_id": row.id, "status": row.status, "created": created}
@@ -91,7 +81,7 @@ async def submit_batch(
     key = _check_key(idempotency_key)
     keys = [f"{key}:{i}" if key else None for i in range(len(events))]
     rows = await p.dispatcher.submit(
-        name, [orjson.dumps(e) for e in events], keys, pinned, _trace(traceparent))
+        name, [orjson.dumps(e) for e in events], keys, pinned, trace_id_of(traceparent))
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 

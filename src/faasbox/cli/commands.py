@@ -88,6 +88,10 @@ def deploy(
     if file is not None:
         for item in load_stack(file):
             results.append(_deploy_one(client, item.name, item.path, item.spec, check))
+            for trigger, body in item.triggers.items():
+                client.json("PUT", f"/v1/functions/{item.name}/triggers/{trigger}", json=body)
+                if not as_json:
+                    out.print(f"[green]trigger[/] {item.name}/{trigger}: {body.get('cron')}")
     elif path is not None:
         spec: dict[str, Any] = {"handler": handler, "env": _parse_env(env)}
         for key, value in [("memory_mb", memory), ("timeout_s", timeout),
@@ -223,13 +227,15 @@ def rm(name: str, url: str = UrlOpt) -> None:
 def doctor(
     data: Path = typer.Option(Path(".faasbox"), envvar="FAASBOX_DATA"),
     sandbox: str = typer.Option("auto", envvar="FAASBOX_SANDBOX"),
+    start_mode: str = typer.Option("auto", envvar="FAASBOX_START_MODE",
+                                   help="auto, template, forkserver or spawn."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Show which isolation features are active on this machine."""
     from faasbox.node.sandbox import detect
 
     data.mkdir(parents=True, exist_ok=True)
-    feats = detect(data, sandbox)
+    feats = detect(data, sandbox, start_mode)
     rows = feats.report()
     if as_json:
         print_json({"sandbox": [{"feature": f, "active": a, "detail": d} for f, a, d in rows]})

@@ -13,10 +13,9 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from faasbox import errors
 from faasbox.node.sandbox import Cgroup
@@ -26,6 +25,16 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 OUTPUT_TAIL = 4096
+
+
+class Process(Protocol):
+    """An instance's process: spawned by the node, or forked by a zygote (node/zygote.py)."""
+
+    pid: int
+
+    def open_pidfd(self) -> int: ...
+
+    async def wait(self) -> int | None: ...
 
 
 @dataclass
@@ -61,15 +70,18 @@ class Instance:
         self.leases = 0  # slots handed out by the scheduler
         self.retired = False  # taken out of service; being or been stopped
         self.init_ms: float | None = None
+        self.start_mode = "spawn"  # spawn, fork or template (node/startmode.py)
+        self.start_fallback: str | None = None  # why a faster way was not used
         self.peak_rss_mb: float = 0.0
         self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._control: asyncio.Future[dict[str, Any]] | None = None
         self._stop_reason: errors.InvocationError | None = None
         self.exited = asyncio.Event()
         self.returncode: int | None = None
+        self._exit_task: asyncio.Task[None] | None = None
 
     # -- life -------------------------------------------------------------------------------
     @property
@@ -82,12 +94,12 @@ class Instance:
             return 0
         return self.concurrency - self.leases
 
-    async def connect(self, proc: subprocess.Popen[bytes], sock: Any) -> None:
+    async def connect(self, proc: Process, sock: Any) -> None:
         self.proc = proc
         reader, self._writer = await asyncio.open_connection(sock=sock, limit=2**16)
         self._control = self.loop.create_future()
         self._reader_task = asyncio.create_task(self._read(reader), name=f"reader-{self.id}")
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = proc.open_pidfd()
         self.loop.add_reader(pidfd, self._on_exit, pidfd)
 
     async def expect(self, kind: str, timeout: float) -> dict[str, Any]:
@@ -125,8 +137,11 @@ class Instance:
     def _on_exit(self, pidfd: int) -> None:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
+        self._exit_task = self.loop.create_task(self._collect_exit())
+
+    async def _collect_exit(self) -> None:
         assert self.proc is not None
-        self.returncode = self.proc.wait()
+        self.returncode = await self.proc.wait()
         self.exited.set()
 
     async def _died(self) -> None:
@@ -152,7 +167,9 @@ class Instance:
                 f"the instance ran out of memory (limit {self.memory_mb} MB) and was killed"
             )
         code = self.returncode
-        if code is not None and code < 0:
+        if code is None:
+            how = "exited (its exit code was lost with the process that forked it)"
+        elif code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
@@ -256,6 +273,8 @@ class Instance:
             "in_flight": len(self.in_flight),
             "rss_mb": round(current_rss_mb(self.pid), 1) if self.pid else None,
             "init_ms": None if self.init_ms is None else round(self.init_ms, 2),
+            "start_mode": self.start_mode,
+            "start_fallback": self.start_fallback,
             "memory_mb": self.memory_mb,
         }
 

@@ -34,6 +34,8 @@ class SandboxFeatures:
     # controller -> parent directory under which per-instance groups are made
     cgroup_dirs: dict[str, Path] = field(default_factory=dict)
     uid_drop: bool = False
+    # how instances start (node/startmode.py): the setting, or spawn when fork is unusable
+    start_mode: str = "auto"
     reasons: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,20 +70,50 @@ class SandboxFeatures:
              else self.reasons.get("uid", "unavailable")),
             ("private scratch dir", self.enabled, "cwd, HOME and TMPDIR; removed on stop"),
             ("limited environment", self.enabled, "only the function's env and the runtime's"),
+            ("fast start", self.start_mode != "spawn", self._start_detail()),
         ]
         return rows
 
+    def _start_detail(self) -> str:
+        if self.start_mode != "spawn":
+            return f"{self.start_mode}: {START_MODE_DETAIL[self.start_mode]}"
+        why = self.reasons.get("start", "FAASBOX_START_MODE=spawn")
+        return f"{why}; every instance is a new interpreter"
 
-def detect(data_dir: Path, mode: str = "auto") -> SandboxFeatures:
+
+START_MODE_DETAIL = {
+    "auto": "snapshot template from a version's 2nd cold start where safe, else fork server",
+    "template": "snapshot template from a version's 1st cold start where safe, else fork server",
+    "forkserver": "forked from a fork server with the runtime preloaded",
+}
+
+
+def detect(data_dir: Path, mode: str = "auto", start_mode: str = "auto") -> SandboxFeatures:
+    if start_mode not in (*START_MODE_DETAIL, "spawn"):
+        raise ValueError(f"FAASBOX_START_MODE must be auto, template, forkserver or spawn, "
+                         f"not {start_mode!r}")
     if mode == "off":
         feats = SandboxFeatures(enabled=False)
         feats.reasons = {k: "sandbox disabled (FAASBOX_SANDBOX=off)"
                          for k in ("memory", "cpu", "pids", "uid")}
-        return feats
-    feats = SandboxFeatures()
-    _detect_cgroups(feats)
-    _detect_uid(feats, data_dir)
+    else:
+        feats = SandboxFeatures()
+        _detect_cgroups(feats)
+        _detect_uid(feats, data_dir)
+    feats.start_mode = start_mode
+    _detect_fork(feats)
     return feats
+
+
+def _detect_fork(feats: SandboxFeatures) -> None:
+    """Forked instances need pidfds (Linux 5.3) to be watched and signalled safely."""
+    if feats.start_mode == "spawn":
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as exc:
+        feats.reasons["start"] = f"pidfd_open is not available ({exc}), so instances spawn"
+        feats.start_mode = "spawn"
 
 
 def _detect_cgroups(feats: SandboxFeatures) -> None:

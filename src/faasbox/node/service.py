@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from faasbox import errors
+from faasbox.node import startmode
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
+from faasbox.node.starter import Starter
+from faasbox.node.zygote import SpawnedProcess
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,8 @@ RUNTIME_ENV = {
 
 
 class NodeService:
-    def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int) -> None:
+    def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int,
+                 start_mode: str = "auto") -> None:
         self.features = features
         self.scratch_root = data_dir / "scratch"
         self.output_root = data_dir / "instances"
@@ -47,6 +51,7 @@ class NodeService:
         self._clear_stale_cgroups()
         self.scratch_root.chmod(0o711)
         self.output_root.chmod(0o700)
+        self.starter = Starter(self, startmode.check_mode(start_mode), RUNTIME_ENV)
 
     def _clear_stale_cgroups(self) -> None:
         """Kill and remove instance groups that a server on this data dir left behind when it
@@ -61,7 +66,10 @@ class NodeService:
                     stale.kill_all()
                     stale.remove()
 
-    def _allocate_uid(self) -> int | None:
+    def release_uid(self, uid: int) -> None:
+        self._uids_in_use.discard(uid)
+
+    def allocate_uid(self) -> int | None:
         if not self.features.uid_drop:
             return None
         while True:
@@ -81,7 +89,7 @@ class NodeService:
 
     def create(self, function: str, version: int, spec: dict[str, Any]) -> Instance:
         """A new instance in state ``starting``, not yet running (``boot`` runs it)."""
-        inst = Instance(function, version, spec, Path(), Path(), None, self._allocate_uid())
+        inst = Instance(function, version, spec, Path(), Path(), None, self.allocate_uid())
         inst.scratch = self.scratch_root / inst.id
         inst.output_path = self.output_root / f"{inst.id}.out"
         if self.features.cgroup_dirs:
@@ -89,55 +97,46 @@ class NodeService:
         return inst
 
     async def boot(self, inst: Instance, paths: list[str]) -> None:
-        """Spawn, sandbox and load; on failure the instance is stopped and cleaned up."""
+        """Start, sandbox and load; on failure the instance is stopped and cleaned up."""
         try:
-            await self._spawn(inst, paths)
+            await self._boot(inst, paths)
         except BaseException:
             await self.stop(inst)
             raise
 
-    async def _spawn(self, inst: Instance, paths: list[str]) -> None:
-        inst.scratch.mkdir(mode=0o700)
-        if inst.uid is not None:
-            os.chown(inst.scratch, inst.uid, inst.uid)
-        if inst.cgroup is not None:
-            inst.cgroup.create(inst.memory_mb)
-        env = {
-            **inst.spec.get("env", {}),
+    def instance_env(self, function: str, version: int, spec: dict[str, Any],
+                     scratch: Path) -> dict[str, str]:
+        return {
+            **spec.get("env", {}),
             **RUNTIME_ENV,
-            "HOME": str(inst.scratch),
-            "TMPDIR": str(inst.scratch),
-            "FAASBOX_FUNCTION_NAME": inst.function,
-            "FAASBOX_FUNCTION_VERSION": str(inst.version),
-            "FAASBOX_FUNCTION_MEMORY_MB": str(inst.memory_mb),
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch),
+            "FAASBOX_FUNCTION_NAME": function,
+            "FAASBOX_FUNCTION_VERSION": str(version),
+            "FAASBOX_FUNCTION_MEMORY_MB": str(spec["memory_mb"]),
         }
-        parent, child = socket.socketpair()
-        try:
-            with inst.output_path.open("wb") as out:
-                proc = await asyncio.get_running_loop().run_in_executor(None, lambda: (
-                    subprocess.Popen(
-                        [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
-                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                        pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
-                        process_group=0, user=inst.uid, group=inst.uid,
-                        extra_groups=[] if inst.uid is not None else None,
-                    )))
-        finally:
-            child.close()
-        await inst.connect(proc, parent)
+
+    def load_message(self, function: str, version: int, spec: dict[str, Any],
+                     paths: list[str]) -> dict[str, Any]:
+        limits = rlimits(self.features, spec["memory_mb"]) if self.features.enabled else {}
+        return {
+            "rlimits": limits,
+            "t": "load", "handler": spec["handler"], "paths": paths,
+            "function": function, "version": version,
+            "memory_mb": spec["memory_mb"], "concurrency": spec["concurrency"],
+        }
+
+    async def _boot(self, inst: Instance, paths: list[str]) -> None:
+        parent = await self.starter.start(inst, paths)
+        await inst.connect(inst.proc, parent)  # type: ignore[arg-type]
         if inst.state != "starting":
             raise errors.InstanceCrashed("the instance was stopped while it started")
         await inst.expect("hello", HELLO_TIMEOUT_S)
-        # The sandbox closes around the process before it loads any user code.
+        # The sandbox closes around the process before it loads any user code (a template's
+        # child has the module imported already, but runs none of it before ``load``).
         if inst.cgroup is not None:
-            inst.cgroup.add(proc.pid)
-        limits = rlimits(self.features, inst.memory_mb) if self.features.enabled else {}
-        inst.send({
-            "rlimits": limits,
-            "t": "load", "handler": inst.spec["handler"], "paths": paths,
-            "function": inst.function, "version": inst.version,
-            "memory_mb": inst.memory_mb, "concurrency": inst.concurrency,
-        })
+            inst.cgroup.add(inst.pid)  # type: ignore[arg-type]
+        inst.send(self.load_message(inst.function, inst.version, inst.spec, paths))
         try:
             reply = await inst.expect("ready", INIT_TIMEOUT_S)
         except errors.InvocationError as exc:
@@ -151,13 +150,56 @@ class NodeService:
         inst.init_ms = reply.get("init_ms")
         inst.state = "idle"
 
+    def prepare(self, inst: Instance) -> None:
+        """Make the instance's scratch dir (owned by its uid) and cgroup."""
+        inst.scratch.mkdir(mode=0o700, exist_ok=True)
+        if inst.uid is not None:
+            os.chown(inst.scratch, inst.uid, inst.uid)
+        if inst.cgroup is not None:
+            inst.cgroup.create(inst.memory_mb)
+
+    async def spawn(self, inst: Instance) -> socket.socket:
+        """Start the instance as a new interpreter; returns the node's end of its socket."""
+        self.prepare(inst)
+        env = self.instance_env(inst.function, inst.version, inst.spec, inst.scratch)
+        parent, child = socket.socketpair()
+        try:
+            with inst.output_path.open("wb") as out:
+                proc = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                    subprocess.Popen(
+                        [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+                        process_group=0, user=inst.uid, group=inst.uid,
+                        extra_groups=[] if inst.uid is not None else None,
+                    )))
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        inst.proc = SpawnedProcess(proc)
+        inst.start_mode = startmode.SPAWN
+        return parent
+
+    async def close(self) -> None:
+        """Retire the fork server and the templates (instances are stopped by their owner)."""
+        await self.starter.close()
+
+    def version_deployed(self, function: str, version: int) -> None:
+        """``version`` is now the latest of ``function``: older versions lose their template."""
+        self.starter.drop_templates(function, below=version)
+
+    def function_deleted(self, function: str) -> None:
+        self.starter.drop_templates(function)
+
     async def stop(self, inst: Instance, reason: errors.InvocationError | None = None) -> None:
         await inst.stop(reason)
         if inst.cgroup is not None:
             inst.cgroup.kill_all()
             inst.cgroup.remove()
-        if inst.uid is not None:
-            self._uids_in_use.discard(inst.uid)
+        if inst.uid is not None and inst.start_mode != startmode.TEMPLATE:
+            self.release_uid(inst.uid)  # a template's children share its uid: it releases
         with contextlib.suppress(OSError):
             inst.output_path.unlink()
         await asyncio.get_running_loop().run_in_executor(

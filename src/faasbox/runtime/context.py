@@ -70,6 +70,8 @@ class OutputRouter:
 
 
 def install_routers() -> None:
+    if isinstance(sys.stdout, OutputRouter):  # inherited from a snapshot template
+        return
     sys.stdout = OutputRouter(sys.__stdout__)  # type: ignore[arg-type]
     sys.stderr = OutputRouter(sys.__stderr__)  # type: ignore[arg-type]
 

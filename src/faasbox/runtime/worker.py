@@ -45,19 +45,9 @@ class Worker:
     # -- load -------------------------------------------------------------------------------
     def load(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        for name, value in spec.get("rlimits", {}).items():
-            resource.setrlimit(getattr(resource, name), (value, value))
-        for path in reversed(spec.get("paths", [])):
-            sys.path.insert(0, path)
         started = time.monotonic()
         try:
-            module_name, _, attr = spec["handler"].partition(":")
-            module = importlib.import_module(module_name)
-            handler = getattr(module, attr or "handler", None)
-            if handler is None:
-                raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
-            if not callable(handler):
-                raise TypeError(f"{spec['handler']} is not callable")
+            handler = import_handler(spec)
         except BaseException as exc:
             self.send({"t": "load_error", **_describe(exc)})
             sys.stdout.flush()
@@ -173,6 +163,25 @@ class Worker:
                 self.dispatch(header, payload)
 
 
+def import_handler(spec: dict[str, Any]) -> Callable[..., Any]:
+    """Set the rlimits of ``spec`` on this process, put its paths first on ``sys.path`` and
+    import its handler. In an instance forked from a snapshot template the module is already
+    imported (and the paths and limits already set), so this returns at once."""
+    for name, value in spec.get("rlimits", {}).items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    for path in reversed(spec.get("paths", [])):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    module_name, _, attr = spec["handler"].partition(":")
+    module = importlib.import_module(module_name)
+    handler = getattr(module, attr or "handler", None)
+    if handler is None:
+        raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
+    if not callable(handler):
+        raise TypeError(f"{spec['handler']} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
 def _peak_rss_kb() -> int:
     """This process's own peak RSS (VmHWM). ru_maxrss would carry over the server's peak,
     inherited across fork and exec."""
@@ -193,8 +202,8 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
 
 
-def main(argv: list[str]) -> None:
-    sock = socket.socket(fileno=int(argv[1]))
+def run(sock: socket.socket) -> None:
+    """Serve one instance on ``sock`` until the node closes it; never returns."""
     install_routers()
     try:
         Worker(sock).serve()
@@ -203,3 +212,7 @@ def main(argv: list[str]) -> None:
     finally:
         sys.stdout.flush()
         os._exit(0)
+
+
+def main(argv: list[str]) -> None:
+    run(socket.socket(fileno=int(argv[1])))

@@ -115,3 +115,9 @@ class Store(abc.ABC):
         self, function: str | None, since: float, limit: int = 100,
     ) -> list[InvocationRecord]:
         """Records started after ``since``, oldest first (for following logs)."""
+
+    @abc.abstractmethod
+    async def list_invocations_by_trace(
+        self, trace_id: str, limit: int = 1000,
+    ) -> list[InvocationRecord]:
+        """Records of one trace, oldest first."""

@@ -304,6 +304,15 @@ class SqliteStore(Store):
 
         return await self.read(q)
 
+    async def list_invocations_by_trace(self, trace_id: str,
+                                        limit: int = 1000) -> list[InvocationRecord]:
+        def q(conn: sqlite3.Connection) -> list[InvocationRecord]:
+            return [_invocation(r) for r in conn.execute(
+                f"SELECT {_INV_COLUMNS} FROM invocations WHERE trace_id = ?"
+                " ORDER BY started_at ASC LIMIT ?", (trace_id, limit)).fetchall()]
+
+        return await self.read(q)
+
 
 _INV_COLUMNS = ", ".join(InvocationRecord.__dataclass_fields__)
 

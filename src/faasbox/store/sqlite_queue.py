@@ -16,6 +16,8 @@ from faasbox.queue import Failure, NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.store.sqlite import SqliteStore, where_clause
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
+# the same columns with the event left out (listings of many tasks)
+_LIGHT = _COLUMNS.replace("event,", "x'' AS event,")
 _RUNNABLE = "('queued', 'retry_wait')"
 
 
@@ -26,6 +28,44 @@ def _row(r: sqlite3.Row) -> TaskRow:
     return task
 
 
+def insert_tasks(
+    conn: sqlite3.Connection, function: str, tasks: list[NewTask], version: int | None,
+    policy: TaskPolicy, now: float, dedup_window_s: float,
+) -> list[tuple[TaskRow, bool]]:
+    """Insert tasks inside the caller's transaction, deduplicating by idempotency key."""
+    expires = now + policy.max_event_age_s
+    out: list[tuple[TaskRow, bool]] = []
+    for t in tasks:
+        if t.idempotency_key is not None:
+            seen = conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE function = ?"
+                " AND idempotency_key = ?", (function, t.idempotency_key)).fetchone()
+            if seen is not None and seen["created_at"] > now - dedup_window_s:
+                out.append((_row(seen), False))
+                continue
+            if seen is not None:  # outside the window: the key is free again
+                conn.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?",
+                             (seen["id"],))
+        row = TaskRow(
+            id=t.id, function=function, version=version,
+            status="held" if t.held else "queued",
+            event=t.event, idempotency_key=t.idempotency_key, attempts=0,
+            max_attempts=policy.max_attempts, created_at=now, run_at=now,
+            expires_at=expires, trace_id=t.trace_id, source=t.source, job_id=t.job_id,
+            shard_index=t.shard_index, shard_count=t.shard_count,
+            trigger_name=t.trigger_name)
+        conn.execute(
+            "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
+            " max_attempts, created_at, run_at, expires_at, trace_id, source, job_id,"
+            " shard_index, shard_count, trigger_name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.id, function, version, row.status, row.event, row.idempotency_key,
+             row.max_attempts, now, now, expires, row.trace_id, row.source, row.job_id,
+             row.shard_index, row.shard_count, row.trigger_name))
+        out.append((row, True))
+    return out
+
+
 class SqliteTaskQueue(TaskQueue):
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -34,36 +74,8 @@ class SqliteTaskQueue(TaskQueue):
         self, function: str, tasks: list[NewTask], version: int | None, policy: TaskPolicy,
         now: float, dedup_window_s: float,
     ) -> list[tuple[TaskRow, bool]]:
-        expires = now + policy.max_event_age_s
-
-        def tx(conn: sqlite3.Connection) -> list[tuple[TaskRow, bool]]:
-            out: list[tuple[TaskRow, bool]] = []
-            for t in tasks:
-                if t.idempotency_key is not None:
-                    seen = conn.execute(
-                        f"SELECT {_COLUMNS} FROM tasks WHERE function = ?"
-                        " AND idempotency_key = ?", (function, t.idempotency_key)).fetchone()
-                    if seen is not None and seen["created_at"] > now - dedup_window_s:
-                        out.append((_row(seen), False))
-                        continue
-                    if seen is not None:  # outside the window: the key is free again
-                        conn.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?",
-                                     (seen["id"],))
-                row = TaskRow(
-                    id=t.id, function=function, version=version, status="queued",
-                    event=t.event, idempotency_key=t.idempotency_key, attempts=0,
-                    max_attempts=policy.max_attempts, created_at=now, run_at=now,
-                    expires_at=expires, trace_id=t.trace_id)
-                conn.execute(
-                    "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
-                    " max_attempts, created_at, run_at, expires_at, trace_id)"
-                    " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                    (row.id, function, version, row.event, row.idempotency_key,
-                     row.max_attempts, now, now, expires, row.trace_id))
-                out.append((row, True))
-            return out
-
-        return await self.store.write(tx)
+        return await self.store.write(
+            lambda conn: insert_tasks(conn, function, tasks, version, policy, now, dedup_window_s))
 
     async def lease(
         self, function: str, limit: int, now: float, lease_s: float, owner: str,
@@ -132,7 +144,7 @@ class SqliteTaskQueue(TaskQueue):
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = 'cancelled before it ran'"
-                f" WHERE id = ? AND status IN {_RUNNABLE}",
+                " WHERE id = ? AND status IN ('held', 'queued', 'retry_wait')",
                 (now, task_id))
             conn.execute(
                 "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
@@ -182,6 +194,55 @@ class SqliteTaskQueue(TaskQueue):
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
             return _row(row) if row else None
+
+        return await self.store.read(q)
+
+    async def release(self, job_id: str, limit: int, now: float, max_event_age_s: float) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE tasks SET status = 'queued', run_at = ?, expires_at = ?"
+                " WHERE id IN (SELECT id FROM tasks WHERE job_id = ? AND status = 'held'"
+                " ORDER BY shard_index LIMIT ?)",
+                (now, now + max_event_age_s, job_id, limit)).rowcount
+
+        return await self.store.write(tx)
+
+    async def job_counts(self, job_id: str) -> dict[str, int]:
+        def q(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE job_id = ? AND source = 'shard'"
+                " GROUP BY status",
+                (job_id,)).fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        return await self.store.read(q)
+
+    async def job_tasks(self, job_id: str) -> list[TaskRow]:
+        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+            return [_row(r) for r in conn.execute(
+                f"SELECT {_LIGHT} FROM tasks WHERE job_id = ? AND source = 'shard'"
+                " ORDER BY shard_index", (job_id,)).fetchall()]
+
+        return await self.store.read(q)
+
+    async def cancel_held(self, job_id: str, now: float, message: str) -> list[str]:
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
+                " error_code = 'cancelled', error_message = ?"
+                " WHERE job_id = ? AND status IN ('held', 'queued', 'retry_wait')",
+                (now, message, job_id))
+            return [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE job_id = ? AND status = 'running'",
+                (job_id,)).fetchall()]
+
+        return await self.store.write(tx)
+
+    async def by_trace(self, trace_id: str) -> list[TaskRow]:
+        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+            return [_row(r) for r in conn.execute(
+                f"SELECT {_LIGHT} FROM tasks WHERE trace_id = ? ORDER BY created_at, rowid",
+                (trace_id,)).fetchall()]
 
         return await self.store.read(q)
 

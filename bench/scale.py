@@ -1,0 +1,130 @@
+"""Scale-out: how long from zero instances to 50 busy at once, when 50 calls arrive together.
+
+A function whose handler notes when it began (``time.time()``) and then sleeps ``--hold``
+seconds (longer than the scale-out takes) is invoked by ``--burst`` concurrent callers that
+start together. With no instance alive before the burst, each round measures, from the moment
+the first request is sent:
+
+  scale.first_busy     until the first handler runs
+  scale.all_busy       until the last handler runs: then all ``burst`` execute at once (the
+                       hold keeps the first ones busy until then; the bench checks it)
+  scale.burst_wall     until the last response arrives (includes the hold)
+  scale.instances      distinct instances (pids) that served the burst
+  scale.to_zero        after the last response, until no instance is left (the function has
+                       ``idle_ttl_s`` 0, so this is how fast idle instances are stopped)
+
+Rounds are independent (the bench waits for zero instances before each). Figures are the
+median over ``--rounds`` (``all_busy`` also as max), per start mode (``--start-mode``, default
+``spawn`` and ``auto``: a plain process spawn, and the node's fastest available start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from common import FaasboxServer, emit, say
+
+HANDLER = """
+import os, time
+
+def handler(event, context):
+    began = time.time()
+    time.sleep(event["hold"])
+    return [os.getpid(), began]
+"""
+
+
+def wait_zero(fb: FaasboxServer, name: str, timeout: float = 60.0) -> float:
+    started = time.monotonic()
+    while fb.instances(name):
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{name} did not scale to zero within {timeout:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def one_round(fb: FaasboxServer, client: httpx.Client, name: str, burst: int,
+              hold: float) -> dict[str, float]:
+    gate = threading.Barrier(burst + 1)
+
+    def call(_: int) -> httpx.Response:
+        gate.wait()
+        return client.post(f"/v1/functions/{name}/invoke", json={"hold": hold})
+
+    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+        futures = [pool.submit(call, i) for i in range(burst)]
+        gate.wait()
+        sent = time.time()
+        results = [f.result() for f in futures]
+    done = time.time()
+    bad = [r for r in results if r.status_code != 200]
+    if bad:
+        raise RuntimeError(f"{len(bad)} calls failed: {bad[0].status_code} {bad[0].text[:300]}")
+    began = sorted(r.json()[1] for r in results)
+    if began[-1] - began[0] >= hold:
+        say(f"warning: the first handler ended before the last began (hold {hold} s too short)")
+    return {
+        "first_busy": began[0] - sent,
+        "all_busy": began[-1] - sent,
+        "burst_wall": done - sent,
+        "instances": float(len({r.json()[0] for r in results})),
+        "to_zero": wait_zero(fb, name),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--burst", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--hold", type=float, default=8.0, help="seconds each handler stays busy")
+    ap.add_argument("--start-mode", nargs="+", default=["spawn", "auto"],
+                    help="FAASBOX_START_MODE values to measure (spawn, forkserver, template,"
+                    " auto)")
+    args = ap.parse_args(argv)
+    for mode in args.start_mode:
+        measure(args, mode)
+    return 0
+
+
+def measure(args: argparse.Namespace, mode: str) -> None:
+    env = {"FAASBOX_NODE_MEMORY_MB": str(args.burst * 128 + 1024),
+           "FAASBOX_ACQUIRE_TIMEOUT_S": "60", "FAASBOX_REAP_INTERVAL_S": "0.2",
+           "FAASBOX_START_MODE": mode}
+    say(f"== start mode {mode}")
+    with tempfile.TemporaryDirectory() as tmp, FaasboxServer(env=env) as fb:
+        folder = Path(tmp) / "holder"
+        folder.mkdir()
+        (folder / "main.py").write_text(HANDLER)
+        name = "holder"
+        fb.deploy(name, folder, memory_mb=128, max_instances=args.burst, idle_ttl_s=0,
+                  timeout_s=60)
+        wait_zero(fb, name)
+        params = {"burst": args.burst, "hold_s": args.hold, "sandbox": fb.sandbox(),
+                  "start_mode": mode, "rounds": args.rounds}
+        client = httpx.Client(base_url=fb.url, timeout=120,
+                              limits=httpx.Limits(max_connections=args.burst + 4))
+        rounds = []
+        try:
+            for i in range(args.rounds):
+                r = one_round(fb, client, name, args.burst, args.hold)
+                say(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+                rounds.append(r)
+        finally:
+            client.close()
+        for key, unit in (("first_busy", "s"), ("all_busy", "s"), ("burst_wall", "s"),
+                          ("instances", "count"), ("to_zero", "s")):
+            emit(f"scale.{key}", statistics.median(r[key] for r in rounds), unit, **params)
+        emit("scale.all_busy.max", max(r["all_busy"] for r in rounds), "s", **params)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""How an instance process is started: the pure rules (see docs/sandbox.md, "Fast cold start").
+
+Three ways, fastest first: fork from the version's snapshot **template** (module already
+imported), **fork** from the node's fork server (runtime already imported), or **spawn** a new
+interpreter. ``FAASBOX_START_MODE`` picks the fastest allowed: ``template`` and ``auto`` try all
+three in that order, ``forkserver`` the last two, ``spawn`` only the last. They differ in when a
+template is made: ``template`` at a version's first cold start (that start waits for it),
+``auto`` in the background at its second (a version started once may never start again).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+START_MODES = ("auto", "spawn", "forkserver", "template")
+# what an instance's ``start_mode`` says
+SPAWN, FORK, TEMPLATE = "spawn", "fork", "template"
+# the loader's check for a deploy runs as version 0: never worth a template
+CHECK_VERSION = 0
+
+
+def check_mode(mode: str) -> str:
+    if mode not in START_MODES:
+        raise ValueError(f"start mode must be one of {', '.join(START_MODES)}, not {mode!r}")
+    return mode
+
+
+def ways(mode: str, version: int) -> list[str]:
+    """The ways to try for a cold start of ``version``, in order."""
+    if mode == "spawn":
+        return [SPAWN]
+    if mode == "forkserver" or version == CHECK_VERSION:
+        return [FORK, SPAWN]
+    return [TEMPLATE, FORK, SPAWN]
+
+
+def template_due(mode: str, cold_starts: int) -> bool:
+    """Whether to make a version's template now, after its ``cold_starts``-th cold start."""
+    if mode == "template":
+        return cold_starts >= 1
+    return mode == "auto" and cold_starts >= 2
+
+
+def template_awaited(mode: str) -> bool:
+    """Whether a cold start waits for a template being made (else it forks meanwhile)."""
+    return mode == "template"
+
+
+def top_level_names(paths: Iterable[str]) -> set[str]:
+    """Importable top-level names that ``paths`` (a code folder, a packages folder) provide."""
+    names: set[str] = set()
+    for path in paths:
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if entry.is_dir():
+                if name.isidentifier():
+                    names.add(name)
+            elif name.endswith((".py", ".pyc", ".so", ".pyd")):
+                stem = name.partition(".")[0]
+                if stem.isidentifier():
+                    names.add(stem)
+    return names
+
+
+def shadowed(provided: set[str], preloaded: Iterable[str]) -> list[str]:
+    """Modules the function provides that the fork server has already imported: a spawned
+    instance would import the function's copy, a forked one would keep the preloaded one, so
+    such a function is spawned."""
+    return sorted(n for n in provided.intersection(preloaded) if not n.startswith("__"))

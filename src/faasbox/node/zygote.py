@@ -1,0 +1,252 @@
+"""The node's handle on a zygote: the fork server or a snapshot template.
+
+The process side and the messages are in :mod:`faasbox.runtime.zygote`. A zygote forks on
+request and hands back the child's pid with a pidfd of it (opened before the child could be
+reaped, so it names that process and no other); the node watches the pidfd for the exit, and
+the zygote, which is the parent and reaps the child, reports the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from faasbox import errors
+from faasbox.runtime.zygote import receive, send
+
+log = logging.getLogger(__name__)
+
+FORK_TIMEOUT_S = 5.0
+EXIT_REPORT_TIMEOUT_S = 5.0
+
+
+class SpawnedProcess:
+    """An instance or fork server the node started itself (its child)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def open_pidfd(self) -> int:
+        return os.pidfd_open(self.pid)
+
+    async def wait(self) -> int | None:
+        """The exit code (negative: killed by that signal), once the process has exited."""
+        return self.popen.wait()
+
+
+class ForkedProcess:
+    """A process a zygote forked: not the node's child, so its exit code comes from the
+    zygote (None when the zygote died before it could report it)."""
+
+    def __init__(self, pid: int, pidfd: int, exit_code: asyncio.Future[int | None]) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self._exit_code = exit_code
+
+    def open_pidfd(self) -> int:
+        return os.dup(self._pidfd)
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def kill(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def wait(self) -> int | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exit_code), EXIT_REPORT_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        finally:
+            self.close()
+
+
+class Zygote:
+    """A fork server (``kind="forkserver"``) or a template, seen from the node."""
+
+    def __init__(self, kind: str, ctl: socket.socket,
+                 process: SpawnedProcess | ForkedProcess) -> None:
+        self.kind = kind
+        self.ctl = ctl
+        self.process = process
+        self.pid = process.pid
+        self.modules: frozenset[str] = frozenset()  # top-level modules a fork server preloaded
+        self.alive = True
+        self.gone = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self._control: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._forks: dict[str, asyncio.Future[ForkedProcess]] = {}
+        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        ctl.setblocking(False)
+        self.loop.add_reader(ctl.fileno(), self._on_readable)
+
+    # -- requests ---------------------------------------------------------------------------
+    async def expect(self, timeout: float) -> dict[str, Any]:
+        """The next control message (hello; a template's ready / load_error / refused)."""
+        try:
+            message = await asyncio.wait_for(asyncio.shield(self._control), timeout)
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"the {self.kind} did not answer within {timeout:g} s") from None
+        self._control = self.loop.create_future()
+        return message
+
+    def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        if not self.alive:
+            raise errors.Unavailable(f"the {self.kind} is gone")
+        try:
+            send(self.ctl, message, fds)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot talk to the {self.kind}: {exc}") from None
+
+    async def fork(self, request_id: str, message: dict[str, Any],
+                   fds: list[int]) -> ForkedProcess:
+        """Fork a child that sandboxes itself as ``message`` says; raises Unavailable."""
+        fut: asyncio.Future[ForkedProcess] = self.loop.create_future()
+        self._forks[request_id] = fut
+        try:
+            self.send({**message, "id": request_id}, fds)
+            return await asyncio.wait_for(asyncio.shield(fut), FORK_TIMEOUT_S)
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"the {self.kind} did not fork within {FORK_TIMEOUT_S:g} s") from None
+        finally:
+            self._forks.pop(request_id, None)
+
+    def retire(self) -> None:
+        """Fork no more; the zygote exits once its last child has (then ``gone`` is set)."""
+        with contextlib.suppress(errors.Unavailable):
+            self.send({"t": "retire"})
+
+    def kill(self) -> None:
+        if isinstance(self.process, ForkedProcess):
+            self.process.kill()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    # -- messages ---------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            got = receive(self.ctl)
+        except BlockingIOError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("%s %s: bad control message: %s", self.kind, self.pid, exc)
+            got = None
+        if got is None:
+            self._closed()
+            return
+        message, fds = got
+        kind = message.get("t")
+        if kind == "forked":
+            self._on_forked(message, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == "fork_error":
+            fut = self._forks.get(str(message.get("id")))
+            if fut is not None and not fut.done():
+                fut.set_exception(errors.Unavailable(
+                    f"the {self.kind} could not fork: {message.get('message')}"))
+        elif kind == "exit":
+            exit_fut = self._exits.pop(message.get("pid", -1), None)
+            if exit_fut is not None and not exit_fut.done():
+                exit_fut.set_result(message.get("code"))
+        elif not self._control.done():
+            self._control.set_result(message)
+
+    def _on_forked(self, message: dict[str, Any], fds: list[int]) -> None:
+        fut = self._forks.get(str(message.get("id")))
+        pid = message.get("pid")
+        if len(fds) != 1 or not isinstance(pid, int) or fut is None or fut.done():
+            for fd in fds:  # nobody waits for this child (the request timed out): end it
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                os.close(fd)
+            return
+        exit_code: asyncio.Future[int | None] = self.loop.create_future()
+        self._exits[pid] = exit_code
+        fut.set_result(ForkedProcess(pid, fds[0], exit_code))
+
+    def _closed(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.loop.remove_reader(self.ctl.fileno())
+        self.ctl.close()
+        gone = errors.Unavailable(f"the {self.kind} exited")
+        for fut in self._forks.values():
+            if not fut.done():
+                fut.set_exception(gone)
+        for exit_fut in self._exits.values():
+            if not exit_fut.done():
+                exit_fut.set_result(None)
+        self._exits.clear()
+        if not self._control.done():
+            self._control.set_exception(gone)
+            self._control.exception()
+        if isinstance(self.process, SpawnedProcess):
+            reap = self.loop.run_in_executor(None, self.process.popen.wait)
+            reap.add_done_callback(lambda _: self.gone.set())
+        else:
+            self.gone.set()
+
+    def close(self) -> None:
+        """Drop the control channel (the zygote retires when it sees that)."""
+        self._closed()
+
+
+async def start_fork_server(output_path: Path, env: dict[str, str]) -> Zygote:
+    """Start the fork server and wait for its hello; raises Unavailable."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with output_path.open("ab") as out:
+            popen = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                subprocess.Popen(
+                    [sys.executable, "-I", "-m", "faasbox.runtime.zygote", str(child.fileno())],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=(child.fileno(),), cwd="/", env=env, start_new_session=True,
+                )))
+    except OSError as exc:
+        parent.close()
+        raise errors.Unavailable(f"cannot start the fork server: {exc}") from None
+    finally:
+        child.close()
+    zygote = Zygote("forkserver", parent, SpawnedProcess(popen))
+    try:
+        hello = await zygote.expect(10.0)
+    except errors.Unavailable:
+        zygote.kill()
+        zygote.close()
+        raise
+    zygote.modules = frozenset(hello.get("modules", ()))
+    return zygote
+
+
+def parent_and_uid(pid: int) -> tuple[int, int] | None:
+    """``(parent pid, real uid)`` of a live process, from /proc."""
+    ppid = uid = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    ppid = int(line.split()[1])
+                elif line.startswith("Uid:"):
+                    uid = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if ppid is None or uid is None else (ppid, uid)

@@ -1,0 +1,290 @@
+"""Fork server and snapshot templates: ``python -I -m faasbox.runtime.zygote FD``.
+
+A *zygote* is a long-lived, single-threaded process that forks instances when the node asks.
+
+- The **fork server** (one per node) is started by the node as root with the runtime and common
+  standard-library modules imported, never user code. Its child sandboxes itself (session,
+  output, cwd, uid, environment) and then runs the ordinary worker (:func:`worker.run`).
+- A **snapshot template** (one per function version) is a fork-server child that sandboxes
+  itself like an instance (its own uid, scratch dir and environment; the node moves it into
+  its own cgroup), imports the function's module, and then serves fork requests itself. Its
+  children start with the module imported; they inherit the template's uid.
+
+Control messages travel on a ``SOCK_SEQPACKET`` socket: one JSON object per message, file
+descriptors as ``SCM_RIGHTS``. Node → zygote: ``fork`` (fds: the instance's socket and output
+file), ``template`` (fork server only; fds: the template's control socket and output file),
+``load`` (template only, once), ``retire``. Zygote → node: ``hello`` (pid, preloaded modules),
+``ready`` | ``load_error`` | ``refused`` (template), ``forked`` (fd: a pidfd of the child) |
+``fork_error``, and ``exit`` (pid, code) when a child has been reaped. A zygote is the parent
+of what it forks, so it reaps them (watching a pidfd per child) and reports their exit codes;
+a retired zygote (or one whose node went away) exits once its last child has.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import selectors
+import socket
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+import orjson
+
+from faasbox.runtime import worker
+from faasbox.runtime.context import install_routers
+
+# imported once here instead of in every instance (the worker imports them lazily)
+PRELOAD = (
+    "asyncio", "base64", "collections", "concurrent.futures", "dataclasses", "datetime",
+    "decimal", "functools", "hashlib", "inspect", "json", "logging", "random", "re",
+    "tempfile", "traceback", "typing", "urllib.parse", "uuid",
+)
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 4
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = orjson.dumps(message)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """One message and the fds that came with it; None when the peer has gone."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    message: dict[str, Any] = orjson.loads(data)
+    return message, fds
+
+
+def loaded_top_level() -> list[str]:
+    return sorted({name.partition(".")[0] for name in sys.modules})
+
+
+class Zygote:
+    def __init__(self, ctl: socket.socket, role: str) -> None:
+        self.ctl = ctl
+        self.role = role  # "forkserver" or "template"
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.retiring = False
+        self.selector = selectors.DefaultSelector()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.selector.register(self.ctl, selectors.EVENT_READ, None)
+        while not (self.retiring and not self.children):
+            for key, _ in self.selector.select():
+                if key.data is None:
+                    self._on_control()
+                else:
+                    self._reap(key.fd, key.data)
+
+    def _on_control(self) -> None:
+        try:
+            got = receive(self.ctl)
+        except OSError:
+            got = None
+        if got is None:  # the node has gone: finish the children, then exit
+            self.retiring = True
+            self.selector.unregister(self.ctl)
+            return
+        message, fds = got
+        kind = message.get("t")
+        if kind == "fork" or (kind == "template" and self.role == "forkserver"):
+            self._fork(message, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == "retire":
+            self.retiring = True
+
+    def _report(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        try:
+            send(self.ctl, message, fds)
+        except OSError:
+            pass  # the node has gone; keep reaping
+
+    def _reap(self, pidfd: int, pid: int) -> None:
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        del self.children[pidfd]
+        _, status = os.waitpid(pid, 0)
+        self._report({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def _fork(self, message: dict[str, Any], fds: list[int]) -> None:
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            self._report({"t": "fork_error", "id": message.get("id"),
+                          "message": f"expected 2 file descriptors, got {len(fds)}"})
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            self._report({"t": "fork_error", "id": message.get("id"), "message": str(exc)})
+            return
+        if pid == 0:
+            self._child(message, fds[0], fds[1])
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
+        self.children[pidfd] = pid
+        self.selector.register(pidfd, selectors.EVENT_READ, pid)
+        self._report({"t": "forked", "id": message.get("id"), "pid": pid}, [pidfd])
+
+    # -- in the child -----------------------------------------------------------------------
+    def _child(self, message: dict[str, Any], sock_fd: int, out_fd: int) -> NoReturn:
+        code = 1
+        try:
+            # nothing of the zygote's own channel or children stays reachable from user code
+            self.selector.close()
+            for pidfd in self.children:
+                os.close(pidfd)
+            self.children.clear()
+            self.ctl.close()
+            sandbox_self(message, out_fd)
+            sock = socket.socket(fileno=sock_fd)
+            if message["t"] == "template":
+                Zygote(sock, "template").become_template()
+            else:
+                after_fork_in_instance()
+                worker.run(sock)  # never returns
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def become_template(self) -> None:
+        """Import the function (once the node has put this process in its cgroup), check it
+        is safe to fork, then fork instances until retired."""
+        install_routers()
+        send(self.ctl, {"t": "hello", "pid": os.getpid()})
+        got = receive(self.ctl)
+        if got is None or got[0].get("t") != "load":
+            return
+        spec = got[0]
+        started = time.monotonic()
+        try:
+            worker.import_handler(spec)
+        except BaseException as exc:
+            send(self.ctl, {"t": "load_error", **worker._describe(exc)})
+            return
+        init_ms = (time.monotonic() - started) * 1000
+        own = {self.ctl.fileno(), self.selector.fileno()}
+        reason = unsafe_to_fork(own)
+        if reason is not None:
+            send(self.ctl, {"t": "refused", "reason": reason})
+            return
+        gc.collect()
+        gc.freeze()  # keep the collector from writing to the shared pages in every child
+        send(self.ctl, {"t": "ready", "init_ms": init_ms, "pid": os.getpid()})
+        self.serve()
+
+
+def sandbox_self(message: dict[str, Any], out_fd: int) -> None:
+    """What the node's spawn does from outside, done by a forked child to itself: its own
+    session and process group, stdin from /dev/null, stdout and stderr to its output file,
+    its scratch dir as cwd, its uid (no supplementary groups), its environment."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.close(out_fd)
+    os.chdir(message["cwd"])
+    uid = message.get("uid")
+    if uid is not None and os.getuid() != uid:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    os.environ.clear()
+    os.environ.update(message["env"])
+
+
+def after_fork_in_instance() -> None:
+    """Per-instance state that must not be shared with siblings (docs/sandbox.md)."""
+    import random
+
+    random.seed()  # also done by random's own at-fork hook; explicit here
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            numpy.random.seed()  # the legacy global RandomState
+        except Exception as exc:  # a broken numpy must not stop the instance
+            print(f"faasbox: could not reseed numpy: {exc}", file=sys.stderr)
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        setattr(tempfile, "tempdir", None)  # noqa: B010 - found again from this TMPDIR
+
+
+def unsafe_to_fork(own: set[int]) -> str | None:
+    """Why this process (a template, after importing the function) must not be forked;
+    ``own`` are the zygote's own descriptors."""
+    if threading.active_count() > 1:
+        names = ", ".join(t.name for t in threading.enumerate()
+                          if t is not threading.current_thread())
+        return f"module-level code started threads ({names}); fork copies only one thread"
+    shared = [c for fd, c in _open_channels() if fd not in own]
+    if shared:
+        return (f"module-level code left {len(shared)} socket(s) or pipe(s) open "
+                f"({', '.join(shared[:3])}); forked instances would share them")
+    return None
+
+
+def _open_channels() -> list[tuple[int, str]]:
+    """Sockets, pipes and event descriptors open in this process beyond stdio."""
+    found = []
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    for name in fds:
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "pipe:", "anon_inode:[event")):
+            found.append((fd, f"fd {fd} {target}"))
+    return found
+
+
+def main(argv: list[str]) -> None:
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import concurrent.futures.thread  # noqa: F401 - what a concurrency > 1 worker uses
+
+    ctl = socket.socket(fileno=int(argv[1]))
+    zygote = Zygote(ctl, "forkserver")
+    gc.collect()
+    gc.freeze()
+    send(ctl, {"t": "hello", "pid": os.getpid(), "modules": loaded_top_level()})
+    try:
+        zygote.serve()
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,1 @@
+"""What causes invocations besides a direct call: cron schedules, jobs and chains."""

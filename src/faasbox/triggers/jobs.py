@@ -1,0 +1,339 @@
+"""Sharded batch jobs: a job is a set of shard tasks on the durable queue.
+
+- Creating a job commits the job row and every shard task at once; shards beyond
+  ``max_parallel`` are ``held`` and released as others end, lowest index first.
+- A shard is an ordinary task (``source = shard``): retried per the job's retry policy, taken
+  back from a dead instance or server like any task (shard failover). The handler sees
+  ``context.shard = {"index": i, "count": n}``.
+- A job's progress is always counted from its shard tasks, so a restarted server resumes it
+  where it was: every running job is reconciled at start and by a periodic sweep.
+- When every shard succeeded, the optional reduce function runs once (an idempotency key
+  guards it) on ``{"job_id", "results": [...]}``; its result is the job's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from faasbox import errors
+from faasbox.clock import Clock
+from faasbox.dispatcher import Dispatcher, new_id
+from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.registry import Registry
+from faasbox.spec import check_name
+from faasbox.triggers.shards import MAX_SHARDS, shard_events
+from faasbox.triggers.store import JobRow, TriggerStore
+
+log = logging.getLogger(__name__)
+
+MAX_REDUCE_EVENT = 64 * 2**20
+FAILED = ("failed", "dead", "expired", "cancelled")
+
+
+class JobSpec(BaseModel):
+    """``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    function: str
+    version: int | None = Field(None, ge=1, description="pin a version; default: latest")
+    shards: list[Any] | dict[str, Any] = Field(
+        description="a list of shard events (one shard each), or {\"count\": N, \"params\":"
+        " {...}}: N shards that all get params as their event")
+    max_parallel: int | None = Field(
+        None, ge=1, le=MAX_SHARDS, description="most shards queued or running at once")
+    on_failure: Literal["stop", "continue"] = Field(
+        "stop", description="stop: a failed shard cancels the rest and fails the job;"
+        " continue: run every shard, the job fails at the end")
+    retry: TaskPolicy = Field(default_factory=TaskPolicy,
+                              description="retry policy of each shard")
+    reduce: str | None = Field(None, description="function run once on all shard results")
+
+    @field_validator("function", "reduce")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_name(v)
+        return v
+
+    @model_validator(mode="after")
+    def _shards(self) -> JobSpec:
+        self.events()
+        return self
+
+    def events(self) -> list[bytes]:
+        return shard_events(self.shards)
+
+
+class JobService:
+    def __init__(
+        self, store: TriggerStore, queue: TaskQueue, dispatcher: Dispatcher,
+        registry: Registry, clock: Clock, sweep_interval_s: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.clock = clock
+        self.sweep_interval_s = sweep_interval_s
+        self._specs: dict[str, JobSpec] = {}
+        self._dirty: set[str] = set()
+        self._kick = asyncio.Event()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        dispatcher.listeners.append(self._on_task_done)
+        dispatcher.job_policy = self._policy
+
+    async def start(self) -> None:
+        for job in await self.store.running_jobs():
+            self._dirty.add(job.id)
+        self._loop = asyncio.create_task(self._advance_loop(), name="jobs")
+        self._kick.set()
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    # -- creating ---------------------------------------------------------------------------
+    async def create(
+        self, spec: JobSpec, idempotency_key: str | None = None, trace_id: str | None = None,
+        trigger_name: str | None = None,
+    ) -> tuple[JobRow, bool]:
+        row = await self.registry.resolve(spec.function, spec.version)  # 404 if unknown
+        if spec.reduce is not None:
+            await self.registry.get(spec.reduce)
+        events = spec.events()
+        job_id = new_id()
+        trace_id = trace_id or new_id()
+        count = len(events)
+        first = count if spec.max_parallel is None else spec.max_parallel
+        shards = [NewTask(new_id(), e, None, trace_id, source="shard", job_id=job_id,
+                          shard_index=i, shard_count=count, held=i >= first,
+                          trigger_name=trigger_name)
+                  for i, e in enumerate(events)]
+        stored = spec.model_dump(exclude={"shards"})
+        if isinstance(spec.shards, dict):
+            stored["params"] = spec.shards.get("params")
+        job = JobRow(id=job_id, function=spec.function,
+                     version=row.version if spec.version else None, status="running",
+                     spec=stored, shard_count=count, created_at=self.clock.now(),
+                     trace_id=trace_id, idempotency_key=idempotency_key,
+                     trigger_name=trigger_name)
+        job, created = await self.store.create_job(job, shards, spec.retry,
+                                                   self.dispatcher.dedup_window_s)
+        if created:
+            self._specs[job.id] = spec
+            self.dispatcher.notify(spec.function, job.created_at)
+        return job, created
+
+    async def _policy(self, job_id: str) -> TaskPolicy | None:
+        spec = await self._spec(job_id)
+        return spec.retry if spec else None
+
+    async def _spec(self, job_id: str) -> JobSpec | None:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            job = await self.store.get_job(job_id)
+            if job is None:
+                return None
+            spec = self._specs[job_id] = _spec_of(job)
+        return spec
+
+    # -- progress ---------------------------------------------------------------------------
+    def _on_task_done(self, task: TaskRow, status: str, result: bytes | None) -> None:
+        if task.job_id is not None:
+            self._dirty.add(task.job_id)
+            self._kick.set()
+
+    async def _advance_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.sweep_interval_s)
+            self._kick.clear()
+            if not self._dirty:  # the periodic sweep: expiries and the like
+                self._dirty.update(j.id for j in await self._running_safe())
+            dirty, self._dirty = self._dirty, set()
+            for job_id in dirty:
+                try:
+                    await self.advance(job_id)
+                except Exception:
+                    log.exception("advancing job %s failed", job_id)
+                    self._dirty.add(job_id)
+
+    async def _running_safe(self) -> list[JobRow]:
+        try:
+            return await self.store.running_jobs()
+        except Exception:
+            log.exception("listing running jobs failed")
+            return []
+
+    async def advance(self, job_id: str) -> None:
+        """Release held shards, stop on failure, reduce or finish: whatever is due."""
+        job = await self.store.get_job(job_id)
+        if job is None or job.terminal:
+            self._done(job_id)
+            return
+        spec = await self._spec(job_id)
+        assert spec is not None
+        counts = await self.queue.job_counts(job_id)
+        failed = sum(counts.get(s, 0) for s in FAILED)
+        if failed and spec.on_failure == "stop":
+            await self._stop(job, "failed", "shard_failed",
+                             await self._failure_message(job_id, failed))
+            return
+        active = sum(counts.get(s, 0) for s in ("queued", "running", "retry_wait"))
+        held = counts.get("held", 0)
+        if held and spec.max_parallel is not None and active < spec.max_parallel:
+            n = await self.queue.release(job_id, spec.max_parallel - active, self.clock.now(),
+                                         spec.retry.max_event_age_s)
+            if n:
+                self.dispatcher.notify(job.function, self.clock.now())
+            return
+        if held or active:
+            return
+        if failed:
+            await self._end(job, "failed", error_code="shard_failed",
+                            error_message=await self._failure_message(job_id, failed))
+        elif spec.reduce is None:
+            await self._end(job, "succeeded")
+        else:
+            await self._reduce(job, spec)
+
+    async def _failure_message(self, job_id: str, failed: int) -> str:
+        first = next((t for t in await self.queue.job_tasks(job_id)
+                      if t.status in FAILED), None)
+        msg = f"{failed} shard{'s' if failed != 1 else ''} failed"
+        if first is not None:
+            msg += f"; shard {first.shard_index}: {first.error_code}: {first.error_message}"
+        return msg
+
+    async def _reduce(self, job: JobRow, spec: JobSpec) -> None:
+        assert spec.reduce is not None
+        if job.reduce_task_id is not None:
+            task = await self.queue.get(job.reduce_task_id)
+            if task is None or task.status not in TERMINAL:
+                return  # still running; its end wakes us
+            if task.status == "succeeded":
+                await self._end(job, "succeeded", result=task.result)
+            else:
+                await self._end(job, "failed", error_code="reduce_failed",
+                                error_message=f"reduce {spec.reduce} {task.status}:"
+                                f" {task.error_code}: {task.error_message}")
+            return
+        results = [orjson.Fragment(t.result or b"null")
+                   for t in await self.queue.job_tasks(job.id)]
+        event = orjson.dumps({"job_id": job.id, "function": job.function, "results": results})
+        if len(event) > MAX_REDUCE_EVENT:
+            await self._end(job, "failed", error_code="reduce_input_too_large",
+                            error_message=f"the shard results are {len(event)} bytes; reduce"
+                            f" takes at most {MAX_REDUCE_EVENT}")
+            return
+        new = NewTask(new_id(), event, f"job:{job.id}:reduce", job.trace_id, source="reduce",
+                      job_id=job.id)
+        [(row, _)] = await self.dispatcher.enqueue(spec.reduce, [new])
+        await self.store.set_reduce(job.id, row.id)
+
+    async def _stop(self, job: JobRow, status: str, code: str, message: str) -> None:
+        verb = "cancelled" if status == "cancelled" else "stopped"
+        running = await self.queue.cancel_held(job.id, self.clock.now(),
+                                               f"the job was {verb}: {message}")
+        await asyncio.gather(*(self._cancel_task(t) for t in running))
+        await self._end(job, status, error_code=code, error_message=message)
+
+    async def _cancel_task(self, task_id: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await self.dispatcher.cancel(task_id)
+
+    async def _end(self, job: JobRow, status: str, result: bytes | None = None,
+                   error_code: str | None = None, error_message: str | None = None) -> None:
+        if await self.store.finish_job(job.id, status, self.clock.now(), result, error_code,
+                                       error_message):
+            log.info("job %s %s", job.id, status)
+        self._done(job.id)
+
+    def _done(self, job_id: str) -> None:
+        self._specs.pop(job_id, None)
+        for fut in self._waiters.pop(job_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- operations -------------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> JobRow:
+        job = await self.get(job_id)
+        if not job.terminal:
+            await self._stop(job, "cancelled", "cancelled", "cancelled by request")
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> JobRow:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise errors.NotFound(f"no job {job_id!r}")
+        return job
+
+    async def wait(self, job_id: str, timeout: float) -> JobRow:
+        """The job once it ended, or as it is when ``timeout`` runs out (long poll)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        try:
+            job = await self.get(job_id)
+            if not job.terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, timeout)
+                job = await self.get(job_id)
+            return job
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+
+    async def view(self, job: JobRow, results: bool = True,
+                   shards: bool = False) -> dict[str, Any]:
+        counts = await self.queue.job_counts(job.id)
+        tasks = await self.queue.job_tasks(job.id) if results or shards else []
+        started = [t.started_at for t in tasks if t.started_at is not None]
+        timings: dict[str, Any] = {"started_at": min(started)} if started else {}
+        view: dict[str, Any] = {
+            "job_id": job.id, "function": job.function, "version": job.version,
+            "status": job.status, "shard_count": job.shard_count,
+            "progress": {s: counts.get(s, 0) for s in
+                         ("held", "queued", "running", "retry_wait", "succeeded", "failed",
+                          "dead", "expired", "cancelled")},
+            "max_parallel": job.spec.get("max_parallel"),
+            "on_failure": job.spec.get("on_failure"), "reduce": job.spec.get("reduce"),
+            "created_at": job.created_at, **timings, "finished_at": job.finished_at,
+            "duration_s": (job.finished_at - job.created_at) if job.finished_at else None,
+            "trace_id": job.trace_id, "trigger": job.trigger_name,
+            "reduce_task_id": job.reduce_task_id,
+        }
+        done = sum(view["progress"][s] for s in ("succeeded", "failed", "dead", "expired",
+                                                  "cancelled"))
+        view["progress"]["done"] = done
+        if results:
+            view["results"] = [orjson.loads(t.result) if t.status == "succeeded" and t.result
+                               is not None else None for t in tasks]
+        if shards:
+            view["shards"] = [
+                {"index": t.shard_index, "task_id": t.id, "status": t.status,
+                 "attempts": t.attempts, "started_at": t.started_at,
+                 "finished_at": t.finished_at,
+                 **({"error": {"code": t.error_code, "message": t.error_message}}
+                    if t.error_code else {})} for t in tasks]
+        if job.status == "succeeded" and job.result is not None:
+            view["result"] = orjson.loads(job.result)
+        if job.error_code is not None:
+            view["error"] = {"code": job.error_code, "message": job.error_message}
+        return view
+
+
+def _spec_of(job: JobRow) -> JobSpec:
+    stored = dict(job.spec)
+    params = stored.pop("params", None)
+    return JobSpec(**stored, shards={"count": job.shard_count, "params": params})

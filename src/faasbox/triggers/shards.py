@@ -1,0 +1,27 @@
+"""How a job's ``shards`` field becomes one event per shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MAX_SHARDS = 100_000
+
+
+def shard_events(shards: list[Any] | dict[str, Any]) -> list[bytes]:
+    """A list gives one shard per item; ``{count: N, params: P}`` gives N shards of event P.
+    Raises ValueError with the reason for anything else."""
+    if isinstance(shards, list):
+        if not shards:
+            raise ValueError("shards must not be empty")
+        if len(shards) > MAX_SHARDS:
+            raise ValueError(f"a job has at most {MAX_SHARDS} shards")
+        return [orjson.dumps(e) for e in shards]
+    extra = set(shards) - {"count", "params"}
+    if extra:
+        raise ValueError(f"shards takes count and params, not {', '.join(sorted(extra))}")
+    count = shards.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SHARDS:
+        raise ValueError(f"shards.count must be an integer from 1 to {MAX_SHARDS}")
+    return [orjson.dumps(shards.get("params"))] * count

@@ -1,0 +1,334 @@
+"""Fast cold starts: instances forked from the fork server or from a snapshot template.
+
+Each mode gets its own server (``FAASBOX_START_MODE``); the sandbox, the module-state contract
+(docs/sandbox.md, "Fast cold start") and fault handling must hold for forked instances as for
+spawned ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server, open_tempdir
+
+STATE = {"main.py": """
+    import os, random, time
+    IMPORT_PID = os.getpid()
+    COUNTER = [0]
+    COUNTER[0] += 41  # module-level code runs once per import
+
+    def channels():
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(("socket:", "pipe:", "anon_inode:")):
+                found.append(target)
+        return found
+
+    def handler(event, context):
+        COUNTER[0] += 1
+        time.sleep((event or {}).get("sleep", 0))
+        with open("/proc/self/cgroup") as f:
+            cgroups = f.read()
+        return {
+            "pid": os.getpid(), "import_pid": IMPORT_PID, "counter": COUNTER[0],
+            "random": random.random(), "uid": os.getuid(), "cwd": os.getcwd(),
+            "home": os.environ.get("HOME"), "tmpdir": os.environ.get("TMPDIR"),
+            "pgid": os.getpgid(0), "sid": os.getsid(0), "cgroups": cgroups,
+            "sockets": channels(),
+        }
+"""}
+
+
+def _server(mode: str) -> Iterator[Server]:
+    root = open_tempdir()
+    srv = Server(root / "data", {"FAASBOX_START_MODE": mode,
+                                 "FAASBOX_ACQUIRE_TIMEOUT_S": "10"}).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def forkserver() -> Iterator[Server]:
+    yield from _server("forkserver")
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[Server]:
+    yield from _server("template")
+
+
+def burst(server: Server, name: str, n: int, event: Any) -> list[Any]:
+    """``n`` concurrent invokes (each holds its instance for a while: ``n`` instances)."""
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        responses = list(pool.map(lambda _: server.invoke(name, event), range(n)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    return [r.json() for r in responses]
+
+
+def instance_of(server: Server, name: str, pid: int) -> dict[str, Any]:
+    return next(i for i in server.instances(name) if i["pid"] == pid)
+
+
+def check_sandbox(server: Server, name: str, out: dict[str, Any]) -> None:
+    inst = instance_of(server, name, out["pid"])
+    # its own session and process group, its own scratch dir as cwd, HOME and TMPDIR
+    assert out["pgid"] == out["pid"] and out["sid"] == out["pid"]
+    assert out["cwd"].endswith(f"/scratch/{inst['id']}")
+    assert out["home"] == out["cwd"] and out["tmpdir"] == out["cwd"]
+    # its own socket to the node and nothing else (no zygote control channel)
+    assert len(out["sockets"]) == 1, out["sockets"]
+    if server.feature("unprivileged uid"):
+        assert out["uid"] >= 200000
+        assert os.stat(out["cwd"]).st_uid == out["uid"]
+    if server.feature("memory limit"):
+        memory = next(line for line in out["cgroups"].splitlines() if ":memory:" in line)
+        assert memory.endswith(f"/{inst['id']}"), memory
+
+
+# -- fork server ------------------------------------------------------------------------------
+def test_fork_server_instance_serves_in_its_sandbox(forkserver: Server) -> None:
+    forkserver.deploy("f-state", STATE)
+    resp = forkserver.invoke("f-state")
+    assert resp.status_code == 200 and resp.headers["x-faasbox-cold-start"] == "true"
+    out = resp.json()
+    inst = instance_of(forkserver, "f-state", out["pid"])
+    assert inst["start_mode"] == "fork" and inst["start_fallback"] is None
+    # the module was imported in the instance itself
+    assert out["import_pid"] == out["pid"] and out["counter"] == 42
+    check_sandbox(forkserver, "f-state", out)
+    assert forkserver.feature("fast start")
+
+
+def test_fork_server_instances_differ(forkserver: Server) -> None:
+    forkserver.deploy("f-two", STATE, max_instances=2)
+    a, b = burst(forkserver, "f-two", 2, {"sleep": 0.5})
+    assert a["pid"] != b["pid"] and a["random"] != b["random"]
+    if forkserver.feature("unprivileged uid"):
+        assert a["uid"] != b["uid"]  # each forked instance has a uid of its own
+
+
+def test_module_shadowing_a_preloaded_module_is_spawned(forkserver: Server) -> None:
+    forkserver.deploy("f-shadow", {
+        "main.py": """
+            import decimal
+            def handler(event, context):
+                return decimal.MARK
+        """,
+        "decimal.py": "MARK = 'the function\\'s own decimal'\n",
+    })
+    resp = forkserver.invoke("f-shadow")
+    assert resp.status_code == 200 and resp.json() == "the function's own decimal"
+    (inst,) = forkserver.instances("f-shadow")
+    assert inst["start_mode"] == "spawn"
+    assert "decimal" in inst["start_fallback"]
+
+
+def test_killed_forked_instance_is_instance_crashed(forkserver: Server) -> None:
+    forkserver.deploy("f-kill", STATE)
+    pid = forkserver.invoke("f-kill").json()["pid"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(forkserver.invoke, "f-kill", {"sleep": 5})
+        forkserver.wait_for(
+            lambda: any(i["state"] == "busy" for i in forkserver.instances("f-kill")),
+            what="a busy instance")
+        os.kill(pid, signal.SIGKILL)
+        crashed = busy.result()
+    assert crashed.status_code == 500
+    err = crashed.json()["error"]
+    assert err["code"] == "instance_crashed" and "SIGKILL" in err["message"]
+    again = forkserver.invoke("f-kill")
+    assert again.status_code == 200 and again.json()["pid"] != pid
+    assert again.headers["x-faasbox-cold-start"] == "true"
+
+
+def test_os_exit_code_of_forked_instance(forkserver: Server) -> None:
+    forkserver.deploy("f-exit", {"main.py": """
+        import os
+        def handler(event, context):
+            os._exit(7)
+    """})
+    crash = forkserver.invoke("f-exit")
+    assert crash.status_code == 500
+    err = crash.json()["error"]
+    assert err["code"] == "instance_crashed" and "code 7" in err["message"]
+
+
+def fork_servers(server: Server) -> list[int]:
+    """Pids of the server's fork server (its child running faasbox.runtime.zygote)."""
+    assert server.proc is not None
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server.proc.pid and b"faasbox.runtime.zygote" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_fork_server_death_is_survived(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_START_MODE": "forkserver"})
+    srv.deploy("f-die", STATE)  # the deploy's load check starts the fork server
+    out = srv.invoke("f-die", {"sleep": 0}).json()
+    (forkserver,) = fork_servers(srv)
+    os.kill(forkserver, signal.SIGKILL)
+    srv.wait_for(lambda: fork_servers(srv) == [], what="the fork server to be gone")
+    # the running instance carries on
+    again = srv.invoke("f-die")
+    assert again.status_code == 200 and again.json()["pid"] == out["pid"]
+    # a new instance gets a new fork server
+    srv.deploy("f-die2", STATE)
+    fresh = srv.invoke("f-die2").json()
+    assert instance_of(srv, "f-die2", fresh["pid"])["start_mode"] == "fork"
+    assert fork_servers(srv) not in ([], [forkserver])
+
+
+# -- snapshot templates -----------------------------------------------------------------------
+def test_template_instances_share_the_import_not_the_process(template: Server) -> None:
+    template.deploy("t-state", STATE, max_instances=3)
+    outs = burst(template, "t-state", 3, {"sleep": 0.5})
+    modes = {instance_of(template, "t-state", o["pid"])["start_mode"] for o in outs}
+    assert modes == {"template"}
+    # module globals as after import, in a process other than the one that imported
+    assert len({o["import_pid"] for o in outs}) == 1
+    assert all(o["import_pid"] != o["pid"] for o in outs)
+    assert all(o["counter"] == 42 for o in outs)
+    assert len({o["pid"] for o in outs}) == 3
+    # random is reseeded per instance
+    assert len({o["random"] for o in outs}) == 3
+    for out in outs:
+        check_sandbox(template, "t-state", out)
+    if template.feature("unprivileged uid"):
+        assert len({o["uid"] for o in outs}) == 1  # a template's children share its uid
+    # the import ran once, in the template: the instances' own load is near instant
+    inits = [instance_of(template, "t-state", o["pid"])["init_ms"] for o in outs]
+    assert all(ms < 20 for ms in inits), inits
+
+
+def test_template_instance_is_oom_killed(template: Server) -> None:
+    if not template.feature("memory limit"):
+        pytest.skip("faasbox doctor reports no memory limit on this machine")
+    template.deploy("t-oom", {"main.py": """
+        BALLAST = bytearray(32 * 2**20)  # at import: charged to the template, shared
+        def handler(event, context):
+            if event == "hog":
+                hoard = [bytearray(16 * 2**20) for _ in range(64)]
+                return len(hoard)
+            return "fine"
+    """}, memory_mb=128)
+    hog = template.invoke("t-oom", "hog")
+    assert hog.status_code == 500
+    err = hog.json()["error"]
+    assert err["code"] == "out_of_memory" and "128 MB" in err["message"]
+    ok = template.invoke("t-oom", "small")
+    assert ok.status_code == 200 and ok.json() == "fine"
+    assert ok.headers["x-faasbox-cold-start"] == "true"
+    assert {i["start_mode"] for i in template.instances("t-oom")} == {"template"}
+
+
+def test_killed_template_instance_and_next_cold_start(template: Server) -> None:
+    template.deploy("t-kill", STATE)
+    first = template.invoke("t-kill").json()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(template.invoke, "t-kill", {"sleep": 5})
+        template.wait_for(
+            lambda: any(i["state"] == "busy" for i in template.instances("t-kill")),
+            what="a busy instance")
+        os.kill(first["pid"], signal.SIGKILL)
+        crashed = busy.result()
+    assert crashed.status_code == 500
+    assert crashed.json()["error"]["code"] == "instance_crashed"
+    again = template.invoke("t-kill")
+    assert again.status_code == 200 and again.headers["x-faasbox-cold-start"] == "true"
+    out = again.json()
+    assert out["import_pid"] == first["import_pid"]  # the same template forked it
+    assert instance_of(template, "t-kill", out["pid"])["start_mode"] == "template"
+
+
+def test_module_level_thread_falls_back_to_fork_server(template: Server) -> None:
+    template.deploy("t-thread", {"main.py": """
+        import os, threading, time
+        IMPORT_PID = os.getpid()
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        def handler(event, context):
+            return {"pid": os.getpid(), "import_pid": IMPORT_PID,
+                    "threads": threading.active_count()}
+    """})
+    out = template.invoke("t-thread").json()
+    # imported in the instance itself, so its thread runs there
+    assert out["import_pid"] == out["pid"] and out["threads"] == 2
+    inst = instance_of(template, "t-thread", out["pid"])
+    assert inst["start_mode"] == "fork"
+    assert "threads" in inst["start_fallback"]
+
+
+def test_module_level_socket_refuses_the_template(template: Server) -> None:
+    template.deploy("t-socket", {"main.py": """
+        import os, socket
+        CONN = socket.socketpair()  # a connection every forked instance would share
+        def handler(event, context):
+            return os.getpid()
+    """})
+    pid = template.invoke("t-socket").json()
+    inst = instance_of(template, "t-socket", pid)
+    assert inst["start_mode"] == "fork" and "socket" in inst["start_fallback"]
+
+
+def test_load_error_under_template_mode_is_an_init_error(template: Server) -> None:
+    template.deploy("t-broken", {"main.py": """
+        import os
+        def handler(event, context):
+            return "ok"
+        if os.environ.get("BREAK"):
+            raise RuntimeError("broken at import")
+    """})
+    template.deploy("t-broken", env={"BREAK": "1"}, check=False)
+    resp = template.invoke("t-broken")
+    assert resp.status_code == 500
+    err = resp.json()["error"]
+    assert err["code"] == "init_error" and "broken at import" in err["message"]
+
+
+# -- other modes ------------------------------------------------------------------------------
+def test_spawn_mode(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_START_MODE": "spawn"})
+    assert not srv.feature("fast start")
+    srv.deploy("s-state", STATE)
+    out = srv.invoke("s-state").json()
+    assert out["import_pid"] == out["pid"] and out["counter"] == 42
+    inst = instance_of(srv, "s-state", out["pid"])
+    assert inst["start_mode"] == "spawn" and inst["start_fallback"] is None
+
+
+def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_START_MODE": "auto"})
+    srv.deploy("a-state", STATE)
+    seen = []
+    for _ in range(6):
+        out = srv.invoke("a-state").json()
+        seen.append(instance_of(srv, "a-state", out["pid"])["start_mode"])
+        if seen[-1] == "template":
+            break
+        os.kill(out["pid"], signal.SIGKILL)
+        srv.wait_for(lambda: all(i["pid"] != out["pid"] for i in srv.instances("a-state")),  # noqa: B023
+                     what="the killed instance cleared")
+    assert seen[:2] == ["fork", "fork"], seen
+    assert seen[-1] == "template", seen
