@@ -152,8 +152,11 @@ class Dispatcher:
             if next_at is None:
                 await self._wake.wait()
             else:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation (close)
+                # that comes as the event is set, and this loop would never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - self.clock.now()))
+                    async with asyncio.timeout(max(0.0, next_at - self.clock.now())):
+                        await self._wake.wait()
 
     async def _round(self) -> float | None:
         """Lease what fits for every ready function; returns when the next retry is due."""
@@ -330,7 +333,8 @@ class Dispatcher:
                 left = deadline - self.clock.monotonic()
                 if row.terminal or left <= 0:
                     return row
-                await asyncio.wait_for(fut, left)
+                async with asyncio.timeout(left):  # not wait_for: see _dispatch_loop
+                    await fut
             except TimeoutError:
                 pass
             finally:

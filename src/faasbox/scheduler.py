@@ -84,6 +84,7 @@ class Scheduler:
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
         self._lifecycle: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
         self.cold_starts = 0
         # called with a function name whenever a slot of it is released (the dispatcher)
         self.on_release: Callable[[str], None] | None = None
@@ -127,7 +128,17 @@ class Scheduler:
         pool.waiters.append(waiter)
         self._pump(pool)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.acquire_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that comes
+            # as the slot is granted, and the cancelled caller would carry on with the slot
+            async with asyncio.timeout(self.acquire_timeout_s):
+                return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                pool.waiters.remove(waiter)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._give_back(fut.result()[0])  # granted as the caller went away
+            fut.cancel()  # a start under way for it keeps its instance (``_cold_for``)
+            raise
         except TimeoutError:
             with contextlib.suppress(ValueError):
                 pool.waiters.remove(waiter)
@@ -185,6 +196,9 @@ class Scheduler:
     async def _cold(self, pool: Pool, row: VersionRow, node: Node) -> Instance:
         """Start an instance on ``node`` (already reserved); it is in the pool, ``starting``,
         from the first moment, and comes back holding one slot for the caller."""
+        if self._closing or self.pools.get(pool.function) is not pool:
+            self.resources.release(node, row.spec["memory_mb"])
+            raise errors.Unavailable(f"function {row.function!r} is no longer served here")
         inst = self.node.create(row.function, row.version, row.spec)
         inst.leases = 1
         pool.instances.append(inst)
@@ -200,6 +214,11 @@ class Scheduler:
                 self.resources.release(node, row.spec["memory_mb"])
             self._pump(pool)
             raise
+        if self._closing or self.pools.get(pool.function) is not pool:
+            # the pool was dropped (closing, function deleted) while this one started: drop
+            # did not see it if it was not in the pool yet; nobody else would stop it
+            self._retire(pool, inst)
+            raise errors.Unavailable(f"function {row.function!r} is no longer served here")
         self.cold_starts += 1
         pool.planner.observe_cold_start(self.clock.monotonic() - began)
         return inst
@@ -312,13 +331,15 @@ class Scheduler:
         self._lifecycle = asyncio.create_task(self._lifecycle_loop(), name="scaling")
 
     async def close(self) -> None:
+        """Stop every instance and wait until they are gone (starts under way included)."""
+        self._closing = True
         if self._lifecycle is not None:
             self._lifecycle.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lifecycle
         for function in list(self.pools):
             await self.drop(function)
-        if self._background:
+        while self._background:  # stops, and starts that end by stopping what they started
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _lifecycle_loop(self) -> None:

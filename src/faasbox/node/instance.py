@@ -34,6 +34,9 @@ class Process(Protocol):
 
     def open_pidfd(self) -> int: ...
 
+    def kill(self) -> None:
+        """SIGKILL this process (only it, and never another that reused its pid)."""
+
     async def wait(self) -> int | None: ...
 
 
@@ -82,6 +85,7 @@ class Instance:
         self.exited = asyncio.Event()
         self.returncode: int | None = None
         self._exit_task: asyncio.Task[None] | None = None
+        self._watching = False
 
     # -- life -------------------------------------------------------------------------------
     @property
@@ -95,18 +99,33 @@ class Instance:
         return self.concurrency - self.leases
 
     async def connect(self, proc: Process, sock: Any) -> None:
+        """Talk to ``proc`` over ``sock`` (closed here if this fails or is cancelled)."""
         self.proc = proc
-        reader, self._writer = await asyncio.open_connection(sock=sock, limit=2**16)
+        try:
+            self._watch_exit()  # first: ``stop`` relies on seeing the exit
+            reader, self._writer = await asyncio.open_connection(sock=sock, limit=2**16)
+        except BaseException:
+            sock.close()
+            raise
         self._control = self.loop.create_future()
         self._reader_task = asyncio.create_task(self._read(reader), name=f"reader-{self.id}")
-        pidfd = proc.open_pidfd()
+
+    def _watch_exit(self) -> None:
+        """Set ``exited`` once the process has exited (at most one watch)."""
+        if self._watching or self.proc is None:
+            return
+        self._watching = True
+        pidfd = self.proc.open_pidfd()
         self.loop.add_reader(pidfd, self._on_exit, pidfd)
 
     async def expect(self, kind: str, timeout: float) -> dict[str, Any]:
         """Wait for the next control frame (hello, ready/load_error)."""
         assert self._control is not None
         try:
-            header = await asyncio.wait_for(asyncio.shield(self._control), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that comes
+            # as the awaited frame arrives, and the caller (a cancelled task) carries on
+            async with asyncio.timeout(timeout):
+                header = await asyncio.shield(self._control)
         except TimeoutError:
             raise errors.InitError(
                 f"the instance did not send {kind} within {timeout:g} s") from None
@@ -190,6 +209,11 @@ class Instance:
     def kill(self) -> None:
         if self.proc is None or self.exited.is_set():
             return
+        # The process itself, by its handle: a forked child has a process group of its own
+        # only once it has run setsid(), and is in its cgroup only after its hello; until
+        # then killpg(pid) finds no group and the cgroup kill does not reach it.
+        self.proc.kill()
+        # then whatever it started in its group (its pid is not reaped before ``exited``)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         if self.cgroup is not None:
@@ -205,6 +229,7 @@ class Instance:
         if self._reader_task is not None:
             await asyncio.shield(self._reader_task)
         elif self.proc is not None:
+            self._watch_exit()  # it never got connected
             await self.exited.wait()
         self.state = "stopped"
 
@@ -218,7 +243,8 @@ class Instance:
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
         self.send(header, payload)
         try:
-            reply, body = await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see ``expect``
+                reply, body = await fut
         except TimeoutError:
             self.in_flight.pop(request_id, None)
             reason = errors.InvocationTimeout(

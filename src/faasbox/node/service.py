@@ -19,7 +19,7 @@ from faasbox.node import startmode
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
 from faasbox.node.starter import Starter
-from faasbox.node.zygote import SpawnedProcess
+from faasbox.node.zygote import SpawnedProcess, popen_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class NodeService:
         parent, child = socket.socketpair()
         try:
             with inst.output_path.open("wb") as out:
-                proc = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                proc = await popen_in_thread(lambda: (
                     subprocess.Popen(
                         [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -375,11 +375,15 @@ class Starter:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        making = []
         for key in list(self._templates):
             task = self._templates.pop(key)
             if not task.done():
                 task.cancel()
+                making.append(task)
             task.add_done_callback(self._retire_made)
+        if making:  # a cancelled make kills and closes what it had started
+            await asyncio.wait(making, timeout=CLOSE_TIMEOUT_S)
         watchers = list(self._background)
         pending = self._forkserver_task
         if pending is not None:  # a start whose caller went away: its server is ours to end

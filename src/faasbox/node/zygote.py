@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,38 @@ class SpawnedProcess:
     def open_pidfd(self) -> int:
         return os.pidfd_open(self.pid)
 
+    def kill(self) -> None:
+        if self.popen.returncode is None:  # not reaped: the pid is still this process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
     async def wait(self) -> int | None:
         """The exit code (negative: killed by that signal), once the process has exited."""
         return self.popen.wait()
+
+
+async def popen_in_thread(
+    start: Callable[[], subprocess.Popen[bytes]],
+) -> subprocess.Popen[bytes]:
+    """``start()`` (a Popen: fork and exec take a while) run in a thread. The thread cannot be
+    stopped: if the caller is cancelled meanwhile, this waits for it, then kills and reaps
+    the process it started before the cancellation goes on, so that nothing outlives the
+    caller (and the caller's fds stay open for as long as Popen may use them)."""
+    started = asyncio.get_running_loop().run_in_executor(None, start)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        await asyncio.shield(asyncio.ensure_future(_end_started(started)))
+        raise
+
+
+async def _end_started(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    try:
+        popen = await started
+    except Exception:
+        return  # it did not start
+    popen.kill()
+    await asyncio.get_running_loop().run_in_executor(None, popen.wait)
 
 
 class ForkedProcess:
@@ -67,7 +97,8 @@ class ForkedProcess:
 
     async def wait(self) -> int | None:
         try:
-            return await asyncio.wait_for(asyncio.shield(self._exit_code), EXIT_REPORT_TIMEOUT_S)
+            async with asyncio.timeout(EXIT_REPORT_TIMEOUT_S):  # not wait_for: see Instance.expect
+                return await asyncio.shield(self._exit_code)
         except TimeoutError:
             return None
         finally:
@@ -97,7 +128,8 @@ class Zygote:
     async def expect(self, timeout: float) -> dict[str, Any]:
         """The next control message (hello; a template's ready / load_error / refused)."""
         try:
-            message = await asyncio.wait_for(asyncio.shield(self._control), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see Instance.expect
+                message = await asyncio.shield(self._control)
         except TimeoutError:
             raise errors.Unavailable(
                 f"the {self.kind} did not answer within {timeout:g} s") from None
@@ -119,10 +151,18 @@ class Zygote:
         self._forks[request_id] = fut
         try:
             self.send({**message, "id": request_id}, fds)
-            return await asyncio.wait_for(asyncio.shield(fut), FORK_TIMEOUT_S)
+            # not wait_for, which on 3.11 drops a cancellation that comes with the reply
+            async with asyncio.timeout(FORK_TIMEOUT_S):
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise errors.Unavailable(
                 f"the {self.kind} did not fork within {FORK_TIMEOUT_S:g} s") from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                orphan = fut.result()  # forked as the caller went away: nobody will run it
+                orphan.kill()
+                orphan.close()
+            raise
         finally:
             self._forks.pop(request_id, None)
 
@@ -215,7 +255,7 @@ async def start_fork_server(output_path: Path, env: dict[str, str]) -> Zygote:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         with output_path.open("ab") as out:
-            popen = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+            popen = await popen_in_thread(lambda: (
                 subprocess.Popen(
                     [sys.executable, "-I", "-m", "faasbox.runtime.zygote", str(child.fileno())],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

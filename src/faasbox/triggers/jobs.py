@@ -156,7 +156,8 @@ class JobService:
     async def _advance_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.sweep_interval_s)
+                async with asyncio.timeout(self.sweep_interval_s):  # keeps a cancel (3.11)
+                    await self._kick.wait()
             self._kick.clear()
             if not self._dirty:  # the periodic sweep: expiries and the like
                 self._dirty.update(j.id for j in await self._running_safe())
@@ -286,7 +287,8 @@ class JobService:
             job = await self.get(job_id)
             if not job.terminal:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, timeout)
+                    async with asyncio.timeout(timeout):
+                        await fut
                 job = await self.get(job_id)
             return job
         finally:

@@ -75,7 +75,8 @@ class TriggerService:
                 next_at = self.clock.now() + 1.0
             delay = MAX_SLEEP_S if next_at is None else next_at - self.clock.now()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(MAX_SLEEP_S, max(0.0, delay)))
+                async with asyncio.timeout(min(MAX_SLEEP_S, max(0.0, delay))):  # keeps a cancel
+                    await self._wake.wait()
 
     async def tick(self) -> float | None:
         """Make every fire due by now; returns the time of the next one."""
