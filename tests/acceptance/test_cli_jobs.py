@@ -104,13 +104,14 @@ def test_job_no_wait_and_cancel(functions: Server) -> None:
     assert started["shard_count"] == 3 and started["created"]
     job_id = started["job_id"]
     functions.wait_for(lambda: job(functions, job_id)["progress"]["running"] == 1,
-                       what="the first shard to run")
+                       timeout=30, what="the first shard to run")
     cancelled = run(functions, "job", "cancel", job_id).stdout
-    assert cancelled.strip() == f"job {job_id} cancelled"
+    assert cancelled.strip() == f"job {job_id} cancelled", cancelled
     again = run(functions, "job", "cancel", job_id).stdout
     assert "cancelled" in again
     status = json.loads(run(functions, "job", job_id, "--json").stdout)
-    assert status["status"] == "cancelled" and status["progress"]["cancelled"] == 3
+    assert status["status"] == "cancelled", status
+    assert status["progress"]["cancelled"] == 3, status["progress"]
 
 
 def test_trigger_add_list_disable_rm(functions: Server) -> None:

@@ -25,7 +25,7 @@ from faasbox.client import Client
 JOB_STATUSES = ("running", "succeeded", "failed", "cancelled")
 PROGRESS = ("held", "queued", "running", "retry_wait", "succeeded", "failed", "dead",
             "expired", "cancelled")
-FAILED = ("failed", "dead", "expired", "cancelled")  # shard statuses that count as failed
+FAILED = ("failed", "dead", "expired")  # shard statuses that count as failed (not cancelled)
 MISFIRE = ("skip", "fire_once", "fire_all")
 OVERLAP = ("allow", "skip", "queue", "replace")
 REFRESH_S = 0.5  # long-poll period while a progress bar is shown
@@ -115,6 +115,8 @@ def _print_run_summary(job: dict[str, Any]) -> None:
     out.print(f"job {job['job_id']}  {escape(job['function'])}  {_status(job['status'])}"
               f" in {_duration(job['duration_s'])}", highlight=False)
     counts = f"{p['succeeded']} succeeded, {_failed(job)} failed"
+    if p["cancelled"]:
+        counts += f", {p['cancelled']} cancelled"
     if p["done"] < job["shard_count"]:
         counts += f", {job['shard_count'] - p['done']} not run"
     rows: list[tuple[str, Any]] = [("shards", f"{counts} (of {job['shard_count']})")]
@@ -313,15 +315,23 @@ def list_jobs(
         table.add_column(column)
     table.add_column("error", overflow="fold", ratio=1)
     for j in body["jobs"]:
-        failed = f" [red]{_failed(j)} failed[/]" if _failed(j) else ""
         table.add_row(j["job_id"], escape(j["function"]), _status(j["status"]),
-                      f"{j['progress']['done']}/{j['shard_count']}{failed}",
+                      _shard_counts(j),
                       ts(j["created_at"]), _duration(j["duration_s"]),
                       escape(j["trigger"] or ""),
                       escape(_error_text(j)) if j.get("error") else "")
     out.print(table)
     if "next_cursor" in body:
         err.print(f"[dim]showing the newest {limit}; raise --limit for more[/]")
+
+
+def _shard_counts(job: dict[str, Any]) -> str:
+    text = f"{job['progress']['done']}/{job['shard_count']}"
+    if _failed(job):
+        text += f" [red]{_failed(job)} failed[/]"
+    if job["progress"]["cancelled"]:
+        text += f" {job['progress']['cancelled']} cancelled"
+    return text
 
 
 # -- trace ------------------------------------------------------------------------------------
