@@ -44,8 +44,8 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         if err.get("type") == "json_invalid":
             return 400, "malformed_json", f"the body is not valid JSON: {err.get('msg')}"
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        problems.append(f"{where}: {err.get('msg')}")
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        problems.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return 422, "invalid_spec", "; ".join(problems) or "invalid request"
 
 
