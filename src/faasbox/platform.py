@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 class Platform:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        # absolute: instances resolve code paths from their own working directory
+        settings = dataclasses.replace(settings, data=settings.data.resolve())
         self.settings = settings
         self.clock = clock or SystemClock()
         data = settings.data

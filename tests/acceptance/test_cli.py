@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.conftest import Server, write_function
+import httpx
+
+from tests.conftest import Server, free_port, open_tempdir, write_function
 
 FAASBOX = [sys.executable, "-m", "faasbox"]
 
@@ -127,3 +130,34 @@ def test_simulate_replays_a_trace() -> None:
     assert out["invocations"] >= out["cold_starts"] > 0
     bad = run(None, "simulate", "--trace", str(trace), "--policy", "nope", ok=False)
     assert "unknown policy" in bad.stderr
+
+
+def test_server_with_a_relative_data_dir() -> None:
+    # instances start in their own scratch dir: a relative --data must still find the code
+    root = open_tempdir()
+    repo = Path(__file__).resolve().parents[2]
+    (root / "stack.yaml").write_text(
+        f"functions:\n  hello:\n    path: {repo / 'examples/hello'}\n    handler: main:handler\n")
+    port = free_port()
+    with (root / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*FAASBOX, "server", "--port", str(port), "--data", "rel-data", "--deploy",
+             "stack.yaml", "--log-level", "warning"], cwd=root, stdout=log,
+            stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, (root / "server.log").read_text()
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            resp = http.post("/v1/functions/hello/invoke", json={"name": "rel"})
+            assert resp.status_code == 200 and resp.json()["hello"] == "rel"
+        assert (root / "rel-data" / "faasbox.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -226,11 +226,14 @@ def test_instances_are_warm_before_each_fire(server: Server) -> None:
     def records() -> Any:
         recs = server.http.get("/v1/invocations", params={"function": "cron-warm"}).json()[
             "invocations"]
-        return recs if len(recs) >= 3 else None
+        return recs if len(recs) >= 4 else None
 
-    recs = sorted(server.wait_for(records, timeout=25, what="three fires"),
+    recs = sorted(server.wait_for(records, timeout=30, what="four fires"),
                   key=lambda r: r["started_at"])
-    assert [r["cold_start"] for r in recs[1:3]] == [False, False], recs
+    # the first fire may come too soon after the trigger for a pre-warm; of the next three,
+    # all are cold without pre-warm, and a loaded machine may delay one start past its fire
+    warm = [not r["cold_start"] for r in recs[1:4]]
+    assert sum(warm) >= 2, [(r["started_at"], r["cold_start"]) for r in recs]
     server.http.delete("/v1/functions/cron-warm/triggers/five")
 
 
