@@ -407,7 +407,8 @@ def list_triggers(
     table = Table()
     for column in ("function", "name", "cron", "timezone", "enabled", "overlap", "misfire",
                    "runs", "next fire", "fires", "skipped"):
-        table.add_column(column, no_wrap=column in ("cron", "next fire"))
+        # the identifying columns never shrink; the rest wrap on a narrow terminal
+        table.add_column(column, no_wrap=column in ("function", "name", "cron", "next fire"))
     for t in body["triggers"]:
         enabled = "[green]yes[/]" if t["enabled"] else "[red]no[/]"
         runs = f"job of {_shard_count(t['job'])}" if t["job"] else "task"
