@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from faasbox import errors
+from faasbox.autoscaler.planner import scaling_options
 from faasbox.clock import Clock, SystemClock
 from faasbox.codestore import CodeStore, zip_folder
 from faasbox.config import Settings
@@ -18,7 +19,7 @@ from faasbox.metrics import Metrics
 from faasbox.node import NodeService, SandboxFeatures, detect
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
-from faasbox.scheduler import Scheduler, scaling_options
+from faasbox.scheduler import Scheduler
 from faasbox.spec import FunctionSpec
 from faasbox.stack import load_stack
 from faasbox.store import SqliteStore

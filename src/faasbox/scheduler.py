@@ -30,7 +30,6 @@ from faasbox import errors
 from faasbox.autoscaler import DEFAULT_POLICY, KeepAlivePolicy, ScalerConfig, make_policy
 from faasbox.autoscaler.planner import FunctionPlanner, IdleWindow, Observation, Plan
 from faasbox.clock import Clock, SystemClock
-from faasbox.config import Settings
 from faasbox.node import Instance, NodeService
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
@@ -473,52 +472,3 @@ class Scheduler:
     def describe(self, function: str) -> list[dict[str, Any]]:
         pool = self.pools.get(function)
         return [] if pool is None else [i.describe() for i in pool.instances]
-
-    def status(self, function: str) -> dict[str, Any]:
-        """The scaling state of one function (for ``GET /v1/status`` and ``faasbox top``)."""
-        pool = self.pools.get(function)
-        states = {"starting": 0, "idle": 0, "busy": 0, "stopping": 0}
-        if pool is None:
-            return {"instances": {**states, "total": 0}, "in_flight": 0, "waiting": 0,
-                    "queue_depth": 0, "desired": 0, "floor": 0, "hold": 0, "target": 0,
-                    "panic": False,
-                    "reason": "", "cold_starts_per_min": 0, "pending_prewarms": 0,
-                    "cold_start_ms": None}
-        for inst in pool.instances:
-            states[inst.state if inst.state in states else "stopping"] += 1
-        states["starting"] += pool.starting
-        planner = pool.planner
-        plan, obs = planner.last_plan, planner.last_observation
-        return {
-            "instances": {**states, "total": sum(states.values())},
-            "in_flight": max(0, pool.demand - len(pool.waiters)),
-            "waiting": len(pool.waiters),
-            "queue_depth": obs.queue_depth if obs else 0,
-            "desired": plan.desired if plan else 0,
-            "floor": plan.floor if plan else 0,
-            "hold": plan.hold if plan else 0,
-            "target": plan.target if plan else 0,
-            "panic": plan.panic if plan else False,
-            "reason": plan.reason if plan else "",
-            "cold_starts_per_min": planner.cold_starts_per_min(self.clock.now()),
-            "pending_prewarms": len(planner.pending),
-            "cold_start_ms": round(planner.cold_start_s * 1000, 1),
-        }
-
-
-def scaling_options(settings: Settings) -> dict[str, Any]:
-    """The Scheduler's scaling keyword arguments from the server settings."""
-    args: dict[str, float] = {}
-    for pair in filter(None, (p.strip() for p in settings.keepalive_args.split(","))):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"keepalive_args takes k=v,k=v, not {settings.keepalive_args!r}")
-        args[key.strip()] = float(value)
-    scaler = ScalerConfig(
-        target_utilization=settings.target_utilization,
-        stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
-        scale_to_zero_grace_s=settings.scale_to_zero_grace_s,
-        tick_s=settings.reap_interval_s,
-    )
-    return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
-            "lead_margin_s": settings.prewarm_lead_s}

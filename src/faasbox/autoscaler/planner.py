@@ -38,8 +38,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faasbox.autoscaler.base import KeepAlivePolicy
+from faasbox.autoscaler.keepalive import make_policy
 from faasbox.autoscaler.kpa import Autoscaler, ScalerConfig
 from faasbox.autoscaler.provisioned import ProvisionedWindow, provisioned_at
+from faasbox.config import Settings
 
 __all__ = ["FunctionPlanner", "IdleWindow", "Observation", "Plan"]
 
@@ -287,3 +289,21 @@ class FunctionPlanner:
             if not still:
                 self.set_known_fires([], 1)
         return min(floor, self.max_instances), release
+
+
+def scaling_options(settings: Settings) -> dict[str, Any]:
+    """The Scheduler's scaling keyword arguments from the server settings."""
+    args: dict[str, float] = {}
+    for pair in filter(None, (p.strip() for p in settings.keepalive_args.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"keepalive_args takes k=v,k=v, not {settings.keepalive_args!r}")
+        args[key.strip()] = float(value)
+    scaler = ScalerConfig(
+        target_utilization=settings.target_utilization,
+        stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
+        scale_to_zero_grace_s=settings.scale_to_zero_grace_s,
+        tick_s=settings.reap_interval_s,
+    )
+    return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
+            "lead_margin_s": settings.prewarm_lead_s}

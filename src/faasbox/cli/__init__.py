@@ -7,6 +7,7 @@ from faasbox.cli import commands as _commands  # noqa: F401  (registers the comm
 from faasbox.cli import jobs as _jobs  # noqa: F401
 from faasbox.cli import tasks as _tasks  # noqa: F401
 from faasbox.cli import top as _top  # noqa: F401
+from faasbox.cli import triggers as _triggers  # noqa: F401
 from faasbox.cli.app import CliError, app, err
 from faasbox.client import ApiError
 
