@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from tests.conftest import Server
+from tests.conftest import Server, open_tempdir
 
 SHARD = {"main.py": """
     import os, time
@@ -206,3 +206,25 @@ def test_async_task_chain_and_made_trace_id(server: Server) -> None:
     assert [r["function"] for r in body["invocations"]] == ["c-a", "c-b"]
     assert server.http.post("/v1/functions/c-a/invoke",
                             headers={"traceparent": "bogus"}).status_code == 400
+
+
+def test_kill_9_of_the_server_mid_job_then_the_job_completes(make_server: Any) -> None:
+    root = open_tempdir()
+    data = root / "data"
+    srv: Server = make_server(data=data)
+    srv.deploy("j-crash", SHARD, max_instances=4)
+    srv.deploy("j-crash-reduce", REDUCE)
+    job = start_job(srv, function="j-crash", max_parallel=4, reduce="j-crash-reduce",
+                    shards={"count": 200, "params": {"sleep": 0.02}})
+    srv.wait_for(lambda: srv.http.get(f"/v1/jobs/{job['job_id']}", params={
+        "results": "false"}).json()["progress"]["succeeded"] >= 40, what="some shards done")
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    restarted: Server = make_server(data=data)
+    done = wait_job(restarted, job["job_id"], shards="true")
+    assert done["status"] == "succeeded", done.get("error")
+    assert [r["index"] for r in done["results"]] == list(range(200))
+    assert done["result"] == {"job": job["job_id"], "n": 200, "sum": sum(range(200))}
+    # only the shards that were running when the server died ran twice
+    assert sum(s["attempts"] > 1 for s in done["shards"]) <= 4
