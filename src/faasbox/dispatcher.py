@@ -20,7 +20,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.invoker import Invoker, new_request_id
+from faasbox.invoker import Invoker, new_id, new_request_id
 from faasbox.node import Instance
 from faasbox.queue import (
     ERROR_CATEGORY,
@@ -372,6 +372,3 @@ class Dispatcher:
             except Exception:
                 log.exception("task sweep failed")
 
-
-def new_id() -> str:
-    return uuid.uuid4().hex

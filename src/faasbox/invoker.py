@@ -6,7 +6,7 @@ Sync invokes come here from the API; async tasks will come from the queue's disp
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +28,12 @@ class Outcome:
     payload: bytes  # result JSON when the record's status is succeeded
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+def new_id() -> str:
+    """A random 128-bit id as 32 hex digits (request, task, job and W3C trace ids)."""
+    return os.urandom(16).hex()
+
+
+new_request_id = new_id
 
 
 class Invoker:

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.dispatcher import Dispatcher, new_id
+from faasbox.dispatcher import Dispatcher
+from faasbox.invoker import new_id
 from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.registry import Registry
 from faasbox.spec import check_name
@@ -125,7 +126,11 @@ class JobService:
         job = JobRow(id=job_id, function=spec.function,
                      version=row.version if spec.version else None, status="running",
                      spec=stored, shard_count=count, created_at=self.clock.now(),
-                     trace_id=trace_id, idempotency_key=idempotency_key,
+                     trace_id=trace_id,
+                     # keys are per function, as for tasks (jobs.idempotency_key is unique
+                     # across functions): a cron key names only the trigger
+                     idempotency_key=None if idempotency_key is None
+                     else f"{spec.function}:{idempotency_key}",
                      trigger_name=trigger_name)
         job, created = await self.store.create_job(job, shards, spec.retry,
                                                    self.dispatcher.dedup_window_s)

@@ -19,7 +19,8 @@ import orjson
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.dispatcher import Dispatcher, new_id
+from faasbox.dispatcher import Dispatcher
+from faasbox.invoker import new_id
 from faasbox.queue import TaskQueue, TaskRow
 from faasbox.registry import Registry
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
