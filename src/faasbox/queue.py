@@ -190,6 +190,10 @@ class TaskQueue(abc.ABC):
         """A job's shards by status."""
 
     @abc.abstractmethod
+    async def jobs_counts(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
+        """The shards of several jobs by status, in one query (job listings)."""
+
+    @abc.abstractmethod
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
         """A job's shard tasks in shard order, with results (events left out)."""
 

@@ -130,6 +130,28 @@ def test_restart_across_fire_times(misfire: str, extra: dict[str, Any],
     run(main)
 
 
+def test_same_trigger_name_on_two_functions_starts_a_job_for_each() -> None:
+    root = open_tempdir()
+    clock = VirtualClock(T0 + 1)
+    spec = TriggerSpec.model_validate({"cron": "*/10 * * * * *", "job": {"shards": [1, 2]}})
+
+    async def main() -> None:
+        async with platform(root / "data", clock) as p:
+            folder = write_function(root / "functions" / "cronfn", WORK)
+            for name in ("cron-a", "cron-b"):
+                await p.registry.deploy(name, FunctionSpec(handler="main:handler"),
+                                        zip_folder(folder))
+                await p.triggers.put(name, "nightly", spec, True)
+            clock.set(T0 + 10)
+            await p.triggers.tick()
+            for name in ("cron-a", "cron-b"):
+                [job] = await p.trigger_store.list_jobs(name, None, 10, None)
+                assert job.function == name and job.trigger_name == "nightly"
+                assert p.triggers.get(name, "nightly").last_run == job.id
+
+    run(main)
+
+
 async def _busy(p: Platform, task_id: str) -> None:
     for _ in range(200):
         row = await p.queue.get(task_id)

@@ -11,6 +11,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -290,6 +291,55 @@ def test_module_level_socket_refuses_the_template(template: Server) -> None:
     pid = template.invoke("t-socket").json()
     inst = instance_of(template, "t-socket", pid)
     assert inst["start_mode"] == "fork" and "socket" in inst["start_fallback"]
+
+
+# user code in a template can send the node any control message, with a pidfd of any process
+FORGED_FORKED = {"main.py": """
+    import json, os, socket, sys
+    VICTIM = int(os.environ["VICTIM"])
+
+    def forge(sock, message, fds=None):
+        # a pidfd of the victim with every "forked" report, or one unasked for
+        if message.get("t") == "forked" and os.environ.get("HOW") == "reply":
+            fds = [os.pidfd_open(VICTIM)]
+        socket.send_fds(sock, [json.dumps(message).encode()], fds or [])
+
+    for module in (sys.modules.get("__main__"), sys.modules.get("faasbox.runtime.zygote")):
+        if module is not None and hasattr(module, "Zygote"):  # in a template only
+            module.send = forge
+            if os.environ.get("HOW") == "unasked":
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        s = socket.socket(fileno=os.dup(int(fd)))
+                    except OSError:
+                        continue
+                    if s.type == socket.SOCK_SEQPACKET:
+                        forge(s, {"t": "forked", "id": "nobody", "pid": VICTIM},
+                              [os.pidfd_open(VICTIM)])
+                    s.close()
+
+    def handler(event, context):
+        return os.getpid()
+"""}
+
+
+@pytest.mark.parametrize("how", ["unasked", "reply"])
+def test_template_cannot_make_the_node_kill_another_process(template: Server,
+                                                            how: str) -> None:
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        name = f"t-forge-{how}"
+        template.deploy(name, FORGED_FORKED, env={"VICTIM": str(victim.pid), "HOW": how})
+        resp = template.invoke(name)
+        assert resp.status_code == 200, resp.text
+        inst = instance_of(template, name, resp.json())
+        assert template.http.delete(f"/v1/functions/{name}").status_code in (200, 204)
+        template.wait_for(lambda: not os.path.exists(f"/proc/{inst['pid']}"),
+                          what="the instance stopped")
+        assert victim.poll() is None, "the node killed a process a template named"
+    finally:
+        victim.kill()
+        victim.wait()
 
 
 def test_load_error_under_template_mode_is_an_init_error(template: Server) -> None:

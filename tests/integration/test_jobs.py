@@ -70,6 +70,9 @@ def test_hundred_shards_each_result_once_then_reduce_once(server: Server) -> Non
     assert {r["trace_id"] for r in trace["invocations"]} == {job["trace_id"]}
     assert {r["trace"] for r in done["results"]} == {job["trace_id"]}
     assert trace["jobs"] == [job["job_id"]]
+    [listed] = server.http.get("/v1/jobs", params={"function": "j-shard"}).json()["jobs"]
+    assert listed["job_id"] == job["job_id"] and listed["progress"]["succeeded"] == 100
+    assert "results" not in listed
 
 
 def test_shard_list_and_max_parallel(server: Server) -> None:

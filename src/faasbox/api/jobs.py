@@ -66,7 +66,9 @@ async def list_jobs(
     if status is not None and status not in JOB_STATUSES:
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
     rows = await p.trigger_store.list_jobs(function, status, limit, cursor)
-    body: dict[str, Any] = {"jobs": [await p.jobs.view(r, results=False) for r in rows]}
+    counts = await p.queue.jobs_counts([r.id for r in rows])
+    body: dict[str, Any] = {"jobs": [await p.jobs.view(r, results=False, counts=counts[r.id])
+                                     for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
     return body

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from faasbox import errors
 from faasbox.node.sandbox import Cgroup
+from faasbox.node.zygote import ForkedProcess
 from faasbox.runtime import protocol
 
 log = logging.getLogger(__name__)
@@ -213,9 +214,12 @@ class Instance:
         # only once it has run setsid(), and is in its cgroup only after its hello; until
         # then killpg(pid) finds no group and the cgroup kill does not reach it.
         self.proc.kill()
-        # then whatever it started in its group (its pid is not reaped before ``exited``)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # then whatever it started in its group. A spawned process is not reaped before
+        # ``exited``; a forked one is reaped by its zygote (user code, for a template), so its
+        # pid is used only while its pidfd says it still runs
+        if not isinstance(self.proc, ForkedProcess) or self.proc.running():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         if self.cgroup is not None:
             self.cgroup.kill_all()
 

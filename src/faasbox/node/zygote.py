@@ -3,7 +3,9 @@
 The process side and the messages are in :mod:`faasbox.runtime.zygote`. A zygote forks on
 request and hands back the child's pid with a pidfd of it (opened before the child could be
 reaped, so it names that process and no other); the node watches the pidfd for the exit, and
-the zygote, which is the parent and reaps the child, reports the exit code.
+the zygote, which is the parent and reaps the child, reports the exit code. A template runs
+user code, so the node checks that a pidfd it is handed refers to the pid named and that this
+is the zygote's child before it keeps or signals it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -94,6 +97,15 @@ class ForkedProcess:
         if self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def running(self) -> bool:
+        """Not yet exited, by its pidfd: while true its pid (and so its process group id) is
+        its own, whatever the zygote, which reaps it, reports."""
+        if self._pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     async def wait(self) -> int | None:
         try:
@@ -212,15 +224,29 @@ class Zygote:
     def _on_forked(self, message: dict[str, Any], fds: list[int]) -> None:
         fut = self._forks.get(str(message.get("id")))
         pid = message.get("pid")
-        if len(fds) != 1 or not isinstance(pid, int) or fut is None or fut.done():
-            for fd in fds:  # nobody waits for this child (the request timed out): end it
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+        # A template runs user code, which can send any message with a pidfd of any process
+        # (pidfd_open needs no permission): only a pidfd of the pid named, a child of this
+        # zygote, is signalled or kept; anything else is closed untouched.
+        ours = len(fds) == 1 and isinstance(pid, int) and self._is_child(pid, fds[0])
+        if not ours or fut is None or fut.done():
+            for fd in fds:
+                if ours:  # nobody waits for this child (the request timed out): end it
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
                 os.close(fd)
+            if not ours and fut is not None and not fut.done():
+                fut.set_exception(errors.Unavailable(
+                    f"the {self.kind} named a process that is not (or no longer) its child"))
             return
+        assert isinstance(pid, int)  # checked in ``ours``
         exit_code: asyncio.Future[int | None] = self.loop.create_future()
         self._exits[pid] = exit_code
         fut.set_result(ForkedProcess(pid, fds[0], exit_code))
+
+    def _is_child(self, pid: int, pidfd: int) -> bool:
+        """``pidfd`` refers to process ``pid``, and that is a child of this zygote."""
+        found = parent_and_uid(pid)
+        return pidfd_pid(pidfd) == pid and found is not None and found[0] == self.pid
 
     def _closed(self) -> None:
         if not self.alive:
@@ -275,6 +301,19 @@ async def start_fork_server(output_path: Path, env: dict[str, str]) -> Zygote:
         raise
     zygote.modules = frozenset(hello.get("modules", ()))
     return zygote
+
+
+def pidfd_pid(pidfd: int) -> int | None:
+    """The pid of the process a pidfd refers to (None: not a pidfd of a live process)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def parent_and_uid(pid: int) -> tuple[int, int] | None:

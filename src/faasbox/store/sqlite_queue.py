@@ -217,6 +217,19 @@ class SqliteTaskQueue(TaskQueue):
 
         return await self.store.read(q)
 
+    async def jobs_counts(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
+        marks = ", ".join("?" * len(job_ids))
+
+        def q(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {j: {} for j in job_ids}
+            for job_id, status, n in conn.execute(
+                    f"SELECT job_id, status, COUNT(*) FROM tasks WHERE job_id IN ({marks})"
+                    " AND source = 'shard' GROUP BY job_id, status", job_ids).fetchall():
+                out[job_id][status] = n
+            return out
+
+        return await self.store.read(q) if job_ids else {}
+
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
         def q(conn: sqlite3.Connection) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(

@@ -301,9 +301,11 @@ class JobService:
             if fut in waiters:
                 waiters.remove(fut)
 
-    async def view(self, job: JobRow, results: bool = True,
-                   shards: bool = False) -> dict[str, Any]:
-        counts = await self.queue.job_counts(job.id)
+    async def view(self, job: JobRow, results: bool = True, shards: bool = False,
+                   counts: dict[str, int] | None = None) -> dict[str, Any]:
+        """The API's view of a job; ``counts``: its shards by status, if already read."""
+        if counts is None:
+            counts = await self.queue.job_counts(job.id)
         tasks = await self.queue.job_tasks(job.id) if results or shards else []
         started = [t.started_at for t in tasks if t.started_at is not None]
         timings: dict[str, Any] = {"started_at": min(started)} if started else {}
