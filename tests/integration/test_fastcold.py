@@ -382,3 +382,32 @@ def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any
                      what="the killed instance cleared")
     assert seen[:2] == ["fork", "fork"], seen
     assert seen[-1] == "template", seen
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+    except OSError:
+        return None
+
+
+def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) -> None:
+    def template_pid(name: str) -> int:
+        out = template.invoke(name, {}).json()
+        assert instance_of(template, name, out["pid"])["start_mode"] == "template"
+        ppid = _parent(out["pid"])
+        assert ppid is not None
+        return ppid
+
+    template.deploy("t-retire", STATE, idle_ttl_s=1)
+    first = template_pid("t-retire")
+    template.deploy("t-retire", STATE, idle_ttl_s=1)  # version 2: version 1's template goes
+    second = template_pid("t-retire")
+    assert second != first
+    template.wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=20,
+                      what="version 1's template to exit")
+    assert os.path.exists(f"/proc/{second}")
+    assert template.http.delete("/v1/functions/t-retire").status_code == 204
+    template.wait_for(lambda: not os.path.exists(f"/proc/{second}"), timeout=20,
+                      what="the deleted function's template to exit")
