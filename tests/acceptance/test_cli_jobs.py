@@ -6,12 +6,14 @@ No sleeps: a test waits on the CLI finishing (``job run`` long-polls) or on serv
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.acceptance.test_cli import run
+from tests.acceptance.test_cli import FAASBOX, run
 from tests.conftest import Server
 
 SHARD = {"main.py": """
@@ -123,6 +125,10 @@ def test_trigger_add_list_disable_rm(functions: Server) -> None:
         "/v1/functions/cj-shard/triggers/every-second").json()["fires"] > 0, what="a fire")
     table = run(functions, "triggers").stdout
     assert "every-second" in table and "* * * * * *" in table and "skip" in table
+    narrow = subprocess.run([*FAASBOX, "triggers"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "80", "FAASBOX_URL": functions.url})
+    assert "every-second" in narrow.stdout and "…" not in narrow.stdout, narrow.stdout
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
     listed = json.loads(run(functions, "triggers", "cj-shard", "--json").stdout)["triggers"]
     [t] = [t for t in listed if t["name"] == "every-second"]
     assert t["enabled"] and t["event"] == {"n": 1} and t["fires"] >= 1

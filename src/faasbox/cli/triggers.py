@@ -16,6 +16,7 @@ from faasbox.client import Client
 
 MISFIRE = ("skip", "fire_once", "fire_all")
 OVERLAP = ("allow", "skip", "queue", "replace")
+WIDE_COLUMNS = 130  # the full triggers table fits from here
 
 
 def _next_fire(t: float | None) -> str:
@@ -40,18 +41,31 @@ def list_triggers(
     if as_json:
         print_json(body)
         return
+    # on a narrow terminal the policy columns go (`faasbox triggers --json` has everything)
+    wide = out.width >= WIDE_COLUMNS
+    columns = ["function", "name", "cron", "timezone", "enabled", "overlap", "misfire", "runs",
+               "next fire", "fires", "skipped"]
+    if not wide:
+        columns = [c for c in columns
+                   if c not in ("timezone", "overlap", "misfire", "runs", "fires", "skipped")]
     table = Table()
-    for column in ("function", "name", "cron", "timezone", "enabled", "overlap", "misfire",
-                   "runs", "next fire", "fires", "skipped"):
-        # the identifying columns never shrink; the rest wrap on a narrow terminal
-        table.add_column(column, no_wrap=column in ("function", "name", "cron", "next fire"))
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("function", "name"))
     for t in body["triggers"]:
-        enabled = "[green]yes[/]" if t["enabled"] else "[red]no[/]"
-        runs = f"job of {_shard_count(t['job'])}" if t["job"] else "task"
-        table.add_row(escape(t["function"]), escape(t["name"]), escape(t["cron"]),
-                      t["timezone"], enabled, t["overlap"], t["misfire"], runs,
-                      _next_fire(t["next_fire_at"] if t["enabled"] else None),
-                      str(t["fires"]), str(t["skipped"]))
+        nxt = t["next_fire_at"] if t["enabled"] else None
+        cells = {
+            "function": escape(t["function"]), "name": escape(t["name"]),
+            "cron": escape(t["cron"]) + ("" if wide or t["timezone"] == "UTC"
+                                         else f" [dim]{t['timezone']}[/]"),
+            "timezone": t["timezone"],
+            "enabled": ("[green]yes[/]" if t["enabled"] else "[red]no[/]") if wide
+            else ("[green]on[/]" if t["enabled"] else "[red]off[/]"),
+            "overlap": t["overlap"], "misfire": t["misfire"],
+            "runs": f"job of {_shard_count(t['job'])}" if t["job"] else "task",
+            "next fire": _next_fire(nxt) if wide or nxt is None else ts(nxt)[5:-3],
+            "fires": str(t["fires"]), "skipped": str(t["skipped"]),
+        }
+        table.add_row(*(cells[c] for c in columns))
     out.print(table)
 
 
