@@ -11,6 +11,7 @@ keeps only the figures and two runs can be compared line by line on ``name`` + `
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import os
@@ -42,6 +43,20 @@ def emit(name: str, value: float, unit: str, **params: Any) -> None:
     line = {"name": name, "value": round(float(value), 3), "unit": unit, "params": params}
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body: ``(status, headers, body)``, header
+    names lowercased (the benches' minimal keep-alive clients)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split(" ", 2)[1]), headers, body
 
 
 def say(message: str) -> None:

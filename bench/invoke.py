@@ -46,6 +46,7 @@ from common import (
     free_port,
     host_busy_seconds,
     percentile,
+    read_response,
     say,
     stop_process,
     tail,
@@ -176,17 +177,10 @@ class RawConnection:
         if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(self.request)
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        body = await self.reader.readexactly(int(headers["content-length"]))
+        status, headers, body = await read_response(self.reader)
         if headers.get("connection", "").lower() == "close":
             await self.close()
-        return int(status_line.split(" ", 2)[1]), headers, body
+        return status, headers, body
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -96,6 +96,7 @@ from common import (
     emit,
     host_busy_seconds,
     percentile,
+    read_response,
     say,
 )
 from faasbox.autoscaler import (
@@ -292,19 +293,12 @@ class Conns:
         writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                      + body)
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        payload = await reader.readexactly(int(headers.get("content-length", "0")))
+        status, headers, payload = await read_response(reader)
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
             self.free.append((time.monotonic(), reader, writer))
-        return int(status_line.split(" ", 2)[1]), headers, payload
+        return status, headers, payload
 
     def close(self) -> None:
         for _, _, writer in self.free:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from faasbox.node.zygote import parent_and_uid
 from tests.conftest import Server, open_tempdir
 
 STATE = {"main.py": """
@@ -384,21 +385,13 @@ def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any
     assert seen[-1] == "template", seen
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
-    except OSError:
-        return None
-
-
 def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) -> None:
     def template_pid(name: str) -> int:
         out = template.invoke(name, {}).json()
         assert instance_of(template, name, out["pid"])["start_mode"] == "template"
-        ppid = _parent(out["pid"])
-        assert ppid is not None
-        return ppid
+        found = parent_and_uid(out["pid"])
+        assert found is not None
+        return found[0]
 
     template.deploy("t-retire", STATE, idle_ttl_s=1)
     first = template_pid("t-retire")
