@@ -12,7 +12,11 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     ├── NotFound                      404 not_found
     │   ├── FunctionNotFound          404 function_not_found
     │   ├── VersionNotFound           404 version_not_found
-    │   └── InvocationNotFound        404 invocation_not_found
+    │   ├── InvocationNotFound        404 invocation_not_found
+    │   ├── TaskNotFound              404 task_not_found
+    │   ├── JobNotFound               404 job_not_found
+    │   ├── TriggerNotFound           404 trigger_not_found
+    │   └── TraceNotFound             404 trace_not_found
     ├── Conflict                      409 conflict
     ├── PayloadTooLarge               413 payload_too_large
     ├── InvalidSpec                   422 invalid_spec
@@ -22,6 +26,7 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     ├── Throttled                     429 throttled          (carries retry_after)
     ├── InvocationError               500 (a failed execution; code says why)
     │   ├── FunctionError             500 function_error     (the handler raised)
+    │   │   └── ResponseTooLarge      413 response_too_large (a result over the cap)
     │   ├── InitError                 500 init_error         (import/module code failed)
     │   ├── OutOfMemory               500 out_of_memory
     │   ├── InstanceCrashed           500 instance_crashed
@@ -80,6 +85,22 @@ class InvocationNotFound(NotFound):
     code = "invocation_not_found"
 
 
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class TriggerNotFound(NotFound):
+    code = "trigger_not_found"
+
+
+class TraceNotFound(NotFound):
+    code = "trace_not_found"
+
+
 class Conflict(FaasboxError):
     status = 409
     code = "conflict"
@@ -129,6 +150,11 @@ class InvocationError(FaasboxError):
 
 class FunctionError(InvocationError):
     code = "function_error"
+
+
+class ResponseTooLarge(FunctionError):
+    status = 413
+    code = "response_too_large"
 
 
 class InitError(InvocationError):

@@ -1,18 +1,21 @@
 """Runs one invocation end to end: acquire an instance, run, release, record, count.
 
-Sync invokes come here from the API; async tasks will come from the queue's dispatcher.
+Sync invokes come here from the API, async tasks from the task lifecycle. Every invocation
+that ends is published as an :class:`~faasbox.events.InvocationFinished` event before the
+caller hears of it (chains enqueue their next task there).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
+from faasbox.events import Events, InvocationFinished
 from faasbox.metering import billed_ms, gb_seconds
 from faasbox.metrics import Metrics
 from faasbox.node import Instance
@@ -38,15 +41,14 @@ new_request_id = new_id
 
 class Invoker:
     def __init__(
-        self, scheduler: Scheduler, store: Store, metrics: Metrics, clock: Clock,
+        self, scheduler: Scheduler, store: Store, metrics: Metrics, events: Events,
+        clock: Clock,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
         self.metrics = metrics
+        self.events = events
         self.clock = clock
-        # called after each success, before the caller hears of it (chains)
-        self.after_success: Callable[[VersionRow, Outcome, dict[str, Any]],
-                                     Awaitable[None]] | None = None
 
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
@@ -60,7 +62,7 @@ class Invoker:
         record = InvocationRecord(
             id=request_id, function=row.function, version=row.version, trigger=trigger,
             started_at=self.clock.now(), duration_ms=0.0, billed_ms=0,
-            memory_mb=spec["memory_mb"], gb_s=0.0, cold_start=False, init_ms=None,
+            memory_mb=spec.memory_mb, gb_s=0.0, cold_start=False, init_ms=None,
             status="running", trace_id=(extra or {}).get("trace_id"),
             task_id=(extra or {}).get("task_id"),
         )
@@ -73,6 +75,7 @@ class Invoker:
         except errors.InvocationError as exc:  # the cold start failed
             record.cold_start = True
             self._fail(record, exc, (self.clock.monotonic() - t0) * 1000)
+            await self.events.publish(InvocationFinished(row, record, None, extra or {}))
             raise
         record.cold_start = cold
         record.instance_id = inst.id
@@ -82,24 +85,26 @@ class Invoker:
             record.init_ms = inst.init_ms
             self.metrics.cold_starts.labels(row.function).inc()
         try:
-            result = await inst.invoke(request_id, payload, spec["timeout_s"], extra or {})
+            result = await inst.invoke(request_id, payload, spec.timeout_s, extra or {})
         except errors.InvocationError as exc:
             elapsed = (self.clock.monotonic() - t0) * 1000
             if isinstance(exc, errors.InvocationTimeout):
-                elapsed = spec["timeout_s"] * 1000
+                elapsed = spec.timeout_s * 1000
             self._fail(record, exc, exc.duration_ms or elapsed)
             record.peak_rss_mb = inst.peak_rss_mb or None
-            raise
-        finally:
             self.scheduler.release(inst)
+            await self.events.publish(InvocationFinished(row, record, None, extra or {}))
+            raise
+        except BaseException:
+            self.scheduler.release(inst)
+            raise
+        self.scheduler.release(inst)
         record.status = "succeeded"
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
         self._finish(record, result.duration_ms)
-        outcome = Outcome(record, result.payload)
-        if self.after_success is not None:
-            await self.after_success(row, outcome, extra or {})
-        return outcome
+        await self.events.publish(InvocationFinished(row, record, result.payload, extra or {}))
+        return Outcome(record, result.payload)
 
     def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
         record.status = "timeout" if isinstance(exc, errors.InvocationTimeout) else "failed"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -228,26 +228,3 @@ class TaskQueue(abc.ABC):
 
     @abc.abstractmethod
     async def put_policy(self, function: str, policy: TaskPolicy, now: float) -> None: ...
-
-    def to_view(self, row: TaskRow) -> dict[str, Any]:
-        """The API's view of a task."""
-        import orjson
-
-        view: dict[str, Any] = {
-            "task_id": row.id, "function": row.function, "version": row.version,
-            "status": row.status, "attempts": row.attempts, "max_attempts": row.max_attempts,
-            "created_at": row.created_at, "started_at": row.started_at,
-            "finished_at": row.finished_at, "run_at": row.run_at, "expires_at": row.expires_at,
-            "idempotency_key": row.idempotency_key, "invocation_ids": row.invocation_ids,
-            "trace_id": row.trace_id, "source": row.source,
-        }
-        if row.job_id is not None:
-            view["job_id"] = row.job_id
-            view["shard"] = {"index": row.shard_index, "count": row.shard_count}
-        if row.trigger_name is not None:
-            view["trigger"] = row.trigger_name
-        if row.status == "succeeded" and row.result is not None:
-            view["result"] = orjson.loads(row.result)
-        if row.error_code is not None:
-            view["error"] = {"code": row.error_code, "message": row.error_message}
-        return view

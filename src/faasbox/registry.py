@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.codestore import CodeStore
+from faasbox.events import Events, FunctionDeleted, FunctionDeployed
 from faasbox.node import NodeService
 from faasbox.spec import FunctionSpec, check_name
 from faasbox.store import FunctionRow, Store, VersionRow
@@ -29,10 +30,12 @@ class Deployed:
 
 
 class Registry:
-    def __init__(self, store: Store, code: CodeStore, node: NodeService, clock: Clock) -> None:
+    def __init__(self, store: Store, code: CodeStore, node: NodeService, events: Events,
+                 clock: Clock) -> None:
         self.store = store
         self.code = code
         self.node = node
+        self.events = events
         self.clock = clock
         self._latest: dict[str, VersionRow] = {}
         self._versions: dict[tuple[str, int], VersionRow] = {}
@@ -54,11 +57,10 @@ class Registry:
                 raise errors.InvalidSpec(f"function {name!r} is new: its code is required")
             packages = await self.code.install_requirements(sha)
             check_ms = await self._load_check(name, spec, sha, packages) if check else None
-            row = await self.store.put_version(
-                name, spec.to_dict(), sha, packages, self.clock.now())
+            row = await self.store.put_version(name, spec, sha, packages, self.clock.now())
             self._remember(row)
             self._latest[name] = row
-            self.node.version_deployed(name, row.version)
+            await self.events.publish(FunctionDeployed(row))
             log.info("deployed %s version %d (code %s)", name, row.version, sha[:12])
             return Deployed(row, current is None, check_ms)
 
@@ -68,7 +70,7 @@ class Registry:
         started = self.clock.monotonic()
         paths = self._paths(sha, packages)
         try:
-            inst = await self.node.start(name, 0, spec.to_dict(), paths)
+            inst = await self.node.start(name, 0, spec, paths)
         except errors.InitError as exc:
             raise errors.LoadFailed(
                 f"the function does not load: {exc.message}",
@@ -136,10 +138,12 @@ class Registry:
         return await self.store.list_versions(name)
 
     async def delete(self, name: str) -> None:
+        """Delete a function; what it owns (triggers, instances, templates) goes with it
+        through the :class:`~faasbox.events.FunctionDeleted` event."""
         async with self._deploy_locks.setdefault(name, asyncio.Lock()):
             if not await self.store.delete_function(name):
                 raise errors.FunctionNotFound(f"function {name!r} does not exist")
             self._latest.pop(name, None)
             for key in [k for k in self._versions if k[0] == name]:
                 del self._versions[key]
-            self.node.function_deleted(name)
+            await self.events.publish(FunctionDeleted(name))

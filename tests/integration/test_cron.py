@@ -185,7 +185,7 @@ def test_overlap_policies(overlap: str) -> None:
                 assert len(tasks) == 1 and row.skipped == 1
             elif overlap == "queue":
                 assert len(tasks) == 1 and row.pending_fires == 1
-                done = await p.dispatcher.wait(first.id, 10)
+                done = await p.tasks.wait(first.id, 10)
                 assert done.status == "succeeded"
                 for _ in range(100):  # the end of the first run releases the queued fire
                     await asyncio.sleep(0.05)

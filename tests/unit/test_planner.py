@@ -27,7 +27,7 @@ def at(*args: int, tz: ZoneInfo = BERLIN) -> float:
 def planner(policy: Any = None, **spec: Any) -> FunctionPlanner:
     p = FunctionPlanner("f", policy or FixedKeepAlive(600.0), ScalerConfig(
         stable_window_s=10.0, panic_window_s=2.0, scale_to_zero_grace_s=5.0))
-    p.configure({**SPEC, **spec})
+    p.configure(FunctionSpec(handler="main:handler", **{**SPEC, **spec}))
     return p
 
 

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from faasbox.spec import FunctionSpec
 from faasbox.store import InvocationRecord, SqliteStore
 from faasbox.store.sqlite import migrate, migrations
 
@@ -40,7 +41,8 @@ def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "s.db")
         await store.open()
         rows = await asyncio.gather(*[
-            store.put_version("f", {"n": i}, "sha", None, float(i)) for i in range(200)])
+            store.put_version("f", FunctionSpec(handler="m:h", memory_mb=128 + i), "sha", None,
+                              float(i)) for i in range(200)])
         commits = store.commits
         await store.close()
         return sorted(r.version for r in rows), commits
@@ -81,7 +83,7 @@ def test_a_failing_write_does_not_fail_its_group(tmp_path: Path) -> None:
             "INSERT INTO invocations (id, function, version, trigger, started_at, duration_ms,"
             " billed_ms, memory_mb, gb_s, cold_start, status) VALUES"
             " ('r1', 'f', 1, 's', 0, 0, 0, 0, 0, 0, 'x')"))
-        ok = store.put_version("g", {}, "sha", None, 1.0)
+        ok = store.put_version("g", FunctionSpec(handler="m:h"), "sha", None, 1.0)
         results = await asyncio.gather(dup, ok, return_exceptions=True)
         assert isinstance(results[0], sqlite3.IntegrityError)
         assert results[1].version == 1
@@ -95,7 +97,8 @@ def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
     async def write() -> None:
         store = SqliteStore(tmp_path / "s.db")
         await store.open()
-        await store.put_version("f", {"handler": "m:h"}, "abc", None, 5.0)
+        await store.put_version("f", FunctionSpec(handler="m:h", env={"K": "v"}), "abc", None,
+                                5.0)
         store.record_invocation(_record(7))
         await store.close()
 
@@ -105,7 +108,7 @@ def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
         fn = await store.get_function("f")
         assert fn is not None and fn.latest_version == 1
         v = await store.get_version("f", 1)
-        assert v is not None and v.spec == {"handler": "m:h"}
+        assert v is not None and v.spec == FunctionSpec(handler="m:h", env={"K": "v"})
         assert await store.get_invocation("r7") is not None
         assert await store.delete_function("f") is True
         assert await store.delete_function("f") is False

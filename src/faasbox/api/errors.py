@@ -69,5 +69,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        log.exception("unexpected error")  # the details go to the log, not to the client
+        return error_response(500, "internal", "internal error; the server log has the details")

@@ -77,15 +77,13 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     fn = await p.registry.get(name)
     latest = await p.registry.resolve(name, None)
-    return {**function_view(fn, latest), "instances": p.scheduler.describe(name)}
+    return {**function_view(fn, latest), "instances": p.instances.describe(name)}
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances")
 async def delete_function(name: str, request: Request) -> Response:
     p = platform(request)
     await p.registry.delete(name)
-    await p.triggers.delete_function(name)
-    await p.scheduler.drop(name)
     return Response(status_code=204)
 
 
@@ -99,4 +97,4 @@ async def versions(name: str, request: Request) -> dict[str, Any]:
 async def instances(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     await p.registry.get(name)
-    return {"instances": p.scheduler.describe(name)}
+    return {"instances": p.instances.describe(name)}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from faasbox import errors
 from faasbox.api.body import trace_id_of
+from faasbox.api.views import job_view, task_view, trigger_view
 from faasbox.platform import Platform
 from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobSpec
@@ -51,7 +52,7 @@ async def get_job(
 ) -> dict[str, Any]:
     p = _platform(request)
     job = await p.jobs.wait(job_id, wait) if wait > 0 else await p.jobs.get(job_id)
-    return await p.jobs.view(job, results=results, shards=shards)
+    return await job_view(p.queue, job, results=results, shards=shards)
 
 
 @router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first")
@@ -67,8 +68,8 @@ async def list_jobs(
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
     rows = await p.trigger_store.list_jobs(function, status, limit, cursor)
     counts = await p.queue.jobs_counts([r.id for r in rows])
-    body: dict[str, Any] = {"jobs": [await p.jobs.view(r, results=False, counts=counts[r.id])
-                                     for r in rows]}
+    body: dict[str, Any] = {"jobs": [
+        await job_view(p.queue, r, results=False, counts=counts[r.id]) for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
     return body
@@ -78,7 +79,7 @@ async def list_jobs(
              summary="Cancel a job: its queued shards at once, its running ones stopped")
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return await p.jobs.view(await p.jobs.cancel(job_id), results=False)
+    return await job_view(p.queue, await p.jobs.cancel(job_id), results=False)
 
 
 # -- triggers -------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) ->
     p = _platform(request)
     body = TriggerSpec(**spec.model_dump(exclude={"name"}))
     row = await p.triggers.put(name, spec.name, body, create_only=True)
-    return p.triggers.view(row)
+    return trigger_view(row, p.clock.now())
 
 
 @router.get("/v1/functions/{name}/triggers", tags=["triggers"],
@@ -96,20 +97,20 @@ async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) ->
 async def list_function_triggers(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
-    return {"triggers": [p.triggers.view(r) for r in p.triggers.list(name)]}
+    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(name)]}
 
 
 @router.get("/v1/triggers", tags=["triggers"], summary="Every cron trigger")
 async def list_triggers(request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return {"triggers": [p.triggers.view(r) for r in p.triggers.list(None)]}
+    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(None)]}
 
 
 @router.get("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
             summary="One cron trigger with its fire state")
 async def get_trigger(name: str, trigger: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return p.triggers.view(p.triggers.get(name, trigger))
+    return trigger_view(p.triggers.get(name, trigger), p.clock.now())
 
 
 @router.put("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
@@ -121,7 +122,8 @@ async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
         check_trigger_name(trigger)
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    return p.triggers.view(await p.triggers.put(name, trigger, spec, create_only=False))
+    row = await p.triggers.put(name, trigger, spec, create_only=False)
+    return trigger_view(row, p.clock.now())
 
 
 @router.patch("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
@@ -134,7 +136,7 @@ async def patch_trigger(
     unknown = set(changes) - set(TriggerSpec.model_fields)
     if unknown:
         raise errors.InvalidRequest(f"unknown trigger fields: {', '.join(sorted(unknown))}")
-    return p.triggers.view(await p.triggers.update(name, trigger, changes))
+    return trigger_view(await p.triggers.update(name, trigger, changes), p.clock.now())
 
 
 @router.delete("/v1/functions/{name}/triggers/{trigger}", status_code=204, tags=["triggers"],
@@ -154,11 +156,11 @@ async def get_trace(trace_id: str, request: Request) -> dict[str, Any]:
     tasks = await p.queue.by_trace(trace_id)
     jobs = sorted({t.job_id for t in tasks if t.job_id})
     if not invocations and not tasks:
-        raise errors.NotFound(f"no trace {trace_id!r}")
+        raise errors.TraceNotFound(f"no trace {trace_id!r}")
     return {
         "trace_id": trace_id,
         "invocations": [r.to_dict() for r in invocations],
-        "tasks": [{k: v for k, v in p.queue.to_view(t).items() if k != "result"}
+        "tasks": [{k: v for k, v in task_view(t).items() if k != "result"}
                   for t in tasks],
         "jobs": jobs,
     }

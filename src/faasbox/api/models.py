@@ -45,7 +45,7 @@ def function_view(fn: FunctionRow, latest: VersionRow) -> dict[str, Any]:
         "latest_version": fn.latest_version,
         "created_at": fn.created_at,
         "updated_at": fn.updated_at,
-        "spec": latest.spec,
+        "spec": latest.spec.model_dump(),
         "code_sha256": latest.code_sha,
         "packages": latest.packages_key,
     }
@@ -56,7 +56,7 @@ def version_view(row: VersionRow) -> dict[str, Any]:
         "function": row.function,
         "version": row.version,
         "created_at": row.created_at,
-        "spec": row.spec,
+        "spec": row.spec.model_dump(),
         "code_sha256": row.code_sha,
         "packages": row.packages_key,
     }

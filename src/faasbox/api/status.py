@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from faasbox import errors
 from faasbox.platform import Platform
-from faasbox.scheduler import Scheduler
+from faasbox.scheduler import InstancePools
 
 router = APIRouter(tags=["system"])
 
@@ -26,10 +26,10 @@ async def status(request: Request) -> dict[str, Any]:
         functions.append({
             "name": fn.name,
             "version": latest.version,
-            "min_instances": spec["min_instances"],
-            "max_instances": spec["max_instances"],
-            "memory_mb": spec["memory_mb"],
-            **function_status(p.scheduler, fn.name),
+            "min_instances": spec.min_instances,
+            "max_instances": spec.max_instances,
+            "memory_mb": spec.memory_mb,
+            **function_status(p.instances, fn.name, p.clock.now()),
         })
     return {
         "time": p.clock.now(),
@@ -39,9 +39,9 @@ async def status(request: Request) -> dict[str, Any]:
     }
 
 
-def function_status(scheduler: Scheduler, function: str) -> dict[str, Any]:
+def function_status(instances: InstancePools, function: str, now: float) -> dict[str, Any]:
     """The scaling state of one function (for ``GET /v1/status`` and ``faasbox top``)."""
-    pool = scheduler.pools.get(function)
+    pool = instances.pools.get(function)
     states = {"starting": 0, "idle": 0, "busy": 0, "stopping": 0}
     if pool is None:
         return {"instances": {**states, "total": 0}, "in_flight": 0, "waiting": 0,
@@ -65,7 +65,7 @@ def function_status(scheduler: Scheduler, function: str) -> dict[str, Any]:
         "target": plan.target if plan else 0,
         "panic": plan.panic if plan else False,
         "reason": plan.reason if plan else "",
-        "cold_starts_per_min": planner.cold_starts_per_min(scheduler.clock.now()),
+        "cold_starts_per_min": planner.cold_starts_per_min(now),
         "pending_prewarms": len(planner.pending),
         "cold_start_ms": round(planner.cold_start_s * 1000, 1),
     }

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from faasbox import errors
 from faasbox.api.body import read_capped, read_event, trace_id_of
+from faasbox.api.views import task_view
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 
@@ -91,10 +92,8 @@ async def get_task(
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the end"),
 ) -> dict[str, Any]:
     p = _platform(request)
-    row = await p.dispatcher.wait(task_id, wait) if wait > 0 else await p.queue.get(task_id)
-    if row is None:
-        raise errors.NotFound(f"no task {task_id!r}")
-    return p.queue.to_view(row)
+    row = await p.tasks.wait(task_id, wait) if wait > 0 else await p.tasks.get(task_id)
+    return task_view(row)
 
 
 @router.get("/v1/tasks", summary="Tasks, newest first")
@@ -109,7 +108,7 @@ async def list_tasks(
     if status is not None and status not in STATUSES:
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(STATUSES))}")
     rows = await p.queue.list(function, status, limit, cursor)
-    body: dict[str, Any] = {"tasks": [p.queue.to_view(r) for r in rows]}
+    body: dict[str, Any] = {"tasks": [task_view(r) for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
     return body
@@ -118,15 +117,15 @@ async def list_tasks(
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    row = await p.dispatcher.cancel(task_id)
-    return p.queue.to_view(row)
+    row = await p.tasks.cancel(task_id)
+    return task_view(row)
 
 
 @router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy")
 async def get_policy(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
-    return (await p.dispatcher.policy(name)).model_dump()
+    return (await p.policies.of_function(name)).model_dump()
 
 
 @router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)")

@@ -35,13 +35,11 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from faasbox.autoscaler.base import KeepAlivePolicy
-from faasbox.autoscaler.keepalive import make_policy
 from faasbox.autoscaler.kpa import Autoscaler, ScalerConfig
 from faasbox.autoscaler.provisioned import ProvisionedWindow, provisioned_at
-from faasbox.config import Settings
 
 __all__ = ["FunctionPlanner", "IdleWindow", "Observation", "Plan"]
 
@@ -101,6 +99,23 @@ class _Pending:
     keep_s: float
 
 
+class ScalingSpec(Protocol):
+    """The scaling fields of a function spec (:class:`faasbox.spec.FunctionSpec` has them)."""
+
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def min_instances(self) -> int: ...
+    @property
+    def max_instances(self) -> int: ...
+    @property
+    def idle_ttl_s(self) -> float: ...
+    @property
+    def memory_mb(self) -> int: ...
+    @property
+    def provisioned(self) -> Sequence[ProvisionedWindow]: ...
+
+
 @dataclass
 class FunctionPlanner:
     """See the module docstring. One per function; the policy object is shared."""
@@ -134,24 +149,23 @@ class FunctionPlanner:
         return self._autoscaler
 
     # -- configuration ----------------------------------------------------------------------
-    def configure(self, spec: dict[str, Any]) -> None:
+    def configure(self, spec: ScalingSpec) -> None:
         """Take the scaling fields of the function's latest spec (cheap when unchanged)."""
-        key = (spec["concurrency"], spec["min_instances"], spec["max_instances"],
-               spec["idle_ttl_s"], spec["memory_mb"], repr(spec.get("provisioned") or []))
+        key = (spec.concurrency, spec.min_instances, spec.max_instances, spec.idle_ttl_s,
+               spec.memory_mb, tuple(spec.provisioned))
         if key == self._spec_key:
             return
         self._spec_key = key
-        self.min_instances = spec["min_instances"]
-        self.max_instances = spec["max_instances"]
-        self.idle_ttl_s = float(spec["idle_ttl_s"])
-        self.provisioned = tuple(ProvisionedWindow.model_validate(w)
-                                 for w in spec.get("provisioned") or [])
-        self.scaler = replace(self.scaler, target_concurrency=float(spec["concurrency"]),
+        self.min_instances = spec.min_instances
+        self.max_instances = spec.max_instances
+        self.idle_ttl_s = float(spec.idle_ttl_s)
+        self.provisioned = tuple(spec.provisioned)
+        self.scaler = replace(self.scaler, target_concurrency=float(spec.concurrency),
                               max_instances=self.max_instances, min_instances=0)
         self.autoscaler.config = self.scaler
         set_memory = getattr(self.policy, "set_memory", None)
         if set_memory is not None:
-            set_memory(self.name, float(spec["memory_mb"]))
+            set_memory(self.name, float(spec.memory_mb))
 
     @property
     def configured(self) -> bool:
@@ -289,21 +303,3 @@ class FunctionPlanner:
             if not still:
                 self.set_known_fires([], 1)
         return min(floor, self.max_instances), release
-
-
-def scaling_options(settings: Settings) -> dict[str, Any]:
-    """The Scheduler's scaling keyword arguments from the server settings."""
-    args: dict[str, float] = {}
-    for pair in filter(None, (p.strip() for p in settings.keepalive_args.split(","))):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"keepalive_args takes k=v,k=v, not {settings.keepalive_args!r}")
-        args[key.strip()] = float(value)
-    scaler = ScalerConfig(
-        target_utilization=settings.target_utilization,
-        stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
-        scale_to_zero_grace_s=settings.scale_to_zero_grace_s,
-        tick_s=settings.reap_interval_s,
-    )
-    return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
-            "lead_margin_s": settings.prewarm_lead_s}

@@ -21,6 +21,7 @@ from faasbox import errors
 from faasbox.node.sandbox import Cgroup
 from faasbox.node.zygote import ForkedProcess
 from faasbox.runtime import protocol
+from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,15 @@ class Instance:
     """States: starting → idle ⇄ busy → stopping → stopped."""
 
     def __init__(
-        self, function: str, version: int, spec: dict[str, Any], scratch: Path,
+        self, function: str, version: int, spec: FunctionSpec, scratch: Path,
         output_path: Path, cgroup: Cgroup | None, uid: int | None,
     ) -> None:
         self.id = f"{function}-{version}-{next(_ids)}-{os.urandom(2).hex()}"
         self.function = function
         self.version = version
         self.spec = spec
-        self.concurrency: int = spec["concurrency"]
-        self.memory_mb: int = spec["memory_mb"]
+        self.concurrency: int = spec.concurrency
+        self.memory_mb: int = spec.memory_mb
         self.scratch = scratch
         self.output_path = output_path
         self.cgroup = cgroup
@@ -279,9 +280,7 @@ class Instance:
             )
             self.state = "stopping"  # not reused: its heap may be in any state
         elif kind == "ResponseTooLarge":
-            exc = errors.FunctionError(err.get("message", ""), type=kind)
-            exc.status = 413
-            exc.code = "response_too_large"
+            exc = errors.ResponseTooLarge(err.get("message", ""), type=kind)
         else:
             exc = errors.FunctionError(
                 err.get("message", ""), type=kind, traceback=err.get("traceback"),

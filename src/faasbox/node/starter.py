@@ -25,18 +25,26 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faasbox import errors
 from faasbox.node import startmode
+from faasbox.node.environment import RUNTIME_ENV, InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import Cgroup
-from faasbox.node.zygote import ForkedProcess, Zygote, parent_and_uid, start_fork_server
-
-if TYPE_CHECKING:
-    from faasbox.node.service import NodeService
+from faasbox.node.zygote import (
+    ForkedProcess,
+    SpawnedProcess,
+    Zygote,
+    parent_and_uid,
+    popen_in_thread,
+    start_fork_server,
+)
+from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +77,9 @@ class Template:
 
 
 class Starter:
-    def __init__(self, node: NodeService, mode: str, runtime_env: dict[str, str]) -> None:
-        self.node = node
+    def __init__(self, env: InstanceEnvironment, mode: str) -> None:
+        self.env = env
         self.mode = mode
-        self.runtime_env = runtime_env
         self._forkserver: Zygote | None = None
         self._forkserver_task: asyncio.Task[Zygote] | None = None
         self._forkserver_failed_at: float | None = None
@@ -101,7 +108,7 @@ class Starter:
     async def _try(self, way: str, inst: Instance, paths: list[str],
                    notes: list[str]) -> socket.socket | None:
         if way == startmode.SPAWN:
-            return await self.node.spawn(inst)
+            return await self._spawn(inst)
         if way == startmode.FORK:
             forkserver = await self._fork_server()
             clash = self._shadowed(paths, forkserver)
@@ -118,9 +125,33 @@ class Starter:
             self._retire(template)
             raise
 
+    async def _spawn(self, inst: Instance) -> socket.socket:
+        """Start the instance as a new interpreter; returns the node's end of its socket."""
+        self.env.prepare(inst)
+        env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
+        parent, child = socket.socketpair()
+        try:
+            with inst.output_path.open("wb") as out:
+                proc = await popen_in_thread(lambda: (
+                    subprocess.Popen(
+                        [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+                        process_group=0, user=inst.uid, group=inst.uid,
+                        extra_groups=[] if inst.uid is not None else None,
+                    )))
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        inst.proc = SpawnedProcess(proc)
+        inst.start_mode = startmode.SPAWN
+        return parent
+
     async def _fork(self, inst: Instance, zygote: Zygote) -> socket.socket:
-        self.node.prepare(inst)
-        env = self.node.instance_env(inst.function, inst.version, inst.spec, inst.scratch)
+        self.env.prepare(inst)
+        env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
         parent, child = socket.socketpair()
         try:
             with inst.output_path.open("wb") as out:
@@ -157,7 +188,7 @@ class Starter:
                 os.chown(inst.scratch, own_uid, own_uid)
             raise
         if own_uid is not None:
-            self.node.release_uid(own_uid)
+            self.env.release_uid(own_uid)
         inst.start_mode = startmode.TEMPLATE
         template.last_used = asyncio.get_running_loop().time()
         template.forks += 1
@@ -188,7 +219,7 @@ class Starter:
             if current is not None:
                 log.warning("the fork server (pid %s) exited; starting a new one", current.pid)
             self._forkserver_task = asyncio.create_task(start_fork_server(
-                self.node.output_root / "forkserver.out", self.runtime_env))
+                self.env.output_root / "forkserver.out", RUNTIME_ENV))
         task = self._forkserver_task
         try:
             self._forkserver = await asyncio.shield(task)
@@ -229,7 +260,7 @@ class Starter:
             return None
         return template
 
-    async def _make_template(self, function: str, version: int, spec: dict[str, Any],
+    async def _make_template(self, function: str, version: int, spec: FunctionSpec,
                              paths: list[str]) -> Template | None:
         """A ready template, or None (the reason is logged, and kept when it is final)."""
         key = (function, version)
@@ -262,21 +293,20 @@ class Starter:
         return template
 
     async def _new_template(self, forkserver: Zygote, function: str, version: int,
-                            spec: dict[str, Any], paths: list[str]) -> Template:
-        node = self.node
+                            spec: FunctionSpec, paths: list[str]) -> Template:
+        node = self.env
         tid = f"tmpl-{function}-{version}-{os.urandom(3).hex()}"
         template = Template((function, version), tid, node.allocate_uid(),
                             node.scratch_root / tid, node.output_root / f"{tid}.out",
-                            Cgroup(node.features, f"{node.cgroup_scope}/{tid}")
-                            if node.features.cgroup_dirs else None)
+                            node.cgroup(tid) if node.features.cgroup_dirs else None)
         parent: socket.socket | None = None
         try:
             template.scratch.mkdir(mode=0o700)
             if template.uid is not None:
                 os.chown(template.scratch, template.uid, template.uid)
             if template.cgroup is not None:
-                template.cgroup.create(spec["memory_mb"])
-            env = node.instance_env(function, version, spec, template.scratch)
+                template.cgroup.create(spec.memory_mb)
+            env = node.variables(function, version, spec, template.scratch)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 with template.output_path.open("wb") as out:
@@ -350,7 +380,7 @@ class Starter:
         with contextlib.suppress(OSError):
             template.output_path.unlink()
         if template.uid is not None:
-            self.node.release_uid(template.uid)
+            self.env.release_uid(template.uid)
 
     def drop_templates(self, function: str, below: int | None = None) -> None:
         """Retire the templates of ``function`` (only of versions below ``below``)."""

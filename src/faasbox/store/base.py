@@ -18,6 +18,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any
 
+from faasbox.spec import FunctionSpec
+
 
 @dataclass(frozen=True)
 class FunctionRow:
@@ -34,7 +36,7 @@ class VersionRow:
     created_at: float
     code_sha: str
     packages_key: str | None
-    spec: dict[str, Any]
+    spec: FunctionSpec
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Store(abc.ABC):
     # functions and versions
     @abc.abstractmethod
     async def put_version(
-        self, function: str, spec: dict[str, Any], code_sha: str, packages_key: str | None,
+        self, function: str, spec: FunctionSpec, code_sha: str, packages_key: str | None,
         now: float,
     ) -> VersionRow:
         """Create the function if new, add the next version and point latest at it."""

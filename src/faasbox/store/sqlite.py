@@ -22,8 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
+from faasbox.spec import FunctionSpec
 from faasbox.store.base import FunctionRow, InvocationRecord, Store, VersionRow
 
 log = logging.getLogger(__name__)
@@ -189,10 +188,10 @@ class SqliteStore(Store):
 
     # -- functions and versions -------------------------------------------------------------
     async def put_version(
-        self, function: str, spec: dict[str, Any], code_sha: str, packages_key: str | None,
+        self, function: str, spec: FunctionSpec, code_sha: str, packages_key: str | None,
         now: float,
     ) -> VersionRow:
-        spec_text = orjson.dumps(spec).decode()
+        spec_text = spec.model_dump_json()
 
         def tx(conn: sqlite3.Connection) -> VersionRow:
             row = conn.execute(
@@ -326,7 +325,8 @@ def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
 
 
 def _version(row: sqlite3.Row) -> VersionRow:
-    return VersionRow(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))
+    return VersionRow(row[0], row[1], row[2], row[3], row[4],
+                      FunctionSpec.model_validate_json(row[5]))
 
 
 def _invocation(row: sqlite3.Row) -> InvocationRecord:

@@ -8,22 +8,25 @@ the chained task already queued instead of starting a second one. Job shards do 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
 
 from faasbox.dispatcher import Dispatcher
-from faasbox.invoker import Outcome
-from faasbox.store import VersionRow
+from faasbox.events import InvocationFinished
 
 
 class Chains:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
-    async def after_success(self, row: VersionRow, outcome: Outcome,
-                            extra: dict[str, Any]) -> None:
-        nxt = row.spec.get("on_success")
-        if not nxt or "shard" in extra:
-            return
-        cause = extra.get("task_id") or outcome.record.id
-        await self.dispatcher.submit(nxt, [outcome.payload], [f"chain:{cause}"],
-                                     trace_id=outcome.record.trace_id, source="chain")
+    def on_invocation(self, event: InvocationFinished) -> Awaitable[None] | None:
+        """Subscribed to :class:`InvocationFinished`; awaited before the caller hears."""
+        nxt = event.row.spec.on_success
+        if not nxt or event.payload is None or "shard" in event.extra:
+            return None
+        return self._next(nxt, event)
+
+    async def _next(self, nxt: str, event: InvocationFinished) -> None:
+        cause = event.extra.get("task_id") or event.record.id
+        assert event.payload is not None
+        await self.dispatcher.submit(nxt, [event.payload], [f"chain:{cause}"],
+                                     trace_id=event.record.trace_id, source="chain")

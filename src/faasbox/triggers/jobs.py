@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.dispatcher import Dispatcher
+from faasbox.dispatcher import Dispatcher, TaskLifecycle
+from faasbox.events import TaskFinished
 from faasbox.invoker import new_id
-from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue
 from faasbox.registry import Registry
 from faasbox.spec import check_name
 from faasbox.triggers.shards import MAX_SHARDS, shard_events
@@ -75,11 +76,12 @@ class JobSpec(BaseModel):
 class JobService:
     def __init__(
         self, store: TriggerStore, queue: TaskQueue, dispatcher: Dispatcher,
-        registry: Registry, clock: Clock, sweep_interval_s: float = 2.0,
+        tasks: TaskLifecycle, registry: Registry, clock: Clock, sweep_interval_s: float = 2.0,
     ) -> None:
         self.store = store
         self.queue = queue
         self.dispatcher = dispatcher
+        self.tasks = tasks
         self.registry = registry
         self.clock = clock
         self.sweep_interval_s = sweep_interval_s
@@ -88,8 +90,6 @@ class JobService:
         self._kick = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._loop: asyncio.Task[None] | None = None
-        dispatcher.listeners.append(self._on_task_done)
-        dispatcher.job_policy = self._policy
 
     async def start(self) -> None:
         for job in await self.store.running_jobs():
@@ -139,10 +139,6 @@ class JobService:
             self.dispatcher.notify(spec.function, job.created_at)
         return job, created
 
-    async def _policy(self, job_id: str) -> TaskPolicy | None:
-        spec = await self._spec(job_id)
-        return spec.retry if spec else None
-
     async def _spec(self, job_id: str) -> JobSpec | None:
         spec = self._specs.get(job_id)
         if spec is None:
@@ -153,9 +149,9 @@ class JobService:
         return spec
 
     # -- progress ---------------------------------------------------------------------------
-    def _on_task_done(self, task: TaskRow, status: str, result: bytes | None) -> None:
-        if task.job_id is not None:
-            self._dirty.add(task.job_id)
+    def on_task_finished(self, event: TaskFinished) -> None:
+        if event.task.job_id is not None:
+            self._dirty.add(event.task.job_id)
             self._kick.set()
 
     async def _advance_loop(self) -> None:
@@ -256,7 +252,7 @@ class JobService:
 
     async def _cancel_task(self, task_id: str) -> None:
         with contextlib.suppress(errors.NotFound):
-            await self.dispatcher.cancel(task_id)
+            await self.tasks.cancel(task_id)
 
     async def _end(self, job: JobRow, status: str, result: bytes | None = None,
                    error_code: str | None = None, error_message: str | None = None) -> None:
@@ -267,6 +263,7 @@ class JobService:
 
     def _done(self, job_id: str) -> None:
         self._specs.pop(job_id, None)
+        self.dispatcher.policies.forget_job(job_id)
         for fut in self._waiters.pop(job_id, []):
             if not fut.done():
                 fut.set_result(None)
@@ -281,7 +278,7 @@ class JobService:
     async def get(self, job_id: str) -> JobRow:
         job = await self.store.get_job(job_id)
         if job is None:
-            raise errors.NotFound(f"no job {job_id!r}")
+            raise errors.JobNotFound(f"no job {job_id!r}")
         return job
 
     async def wait(self, job_id: str, timeout: float) -> JobRow:
@@ -300,46 +297,6 @@ class JobService:
             waiters = self._waiters.get(job_id, [])
             if fut in waiters:
                 waiters.remove(fut)
-
-    async def view(self, job: JobRow, results: bool = True, shards: bool = False,
-                   counts: dict[str, int] | None = None) -> dict[str, Any]:
-        """The API's view of a job; ``counts``: its shards by status, if already read."""
-        if counts is None:
-            counts = await self.queue.job_counts(job.id)
-        tasks = await self.queue.job_tasks(job.id) if results or shards else []
-        started = [t.started_at for t in tasks if t.started_at is not None]
-        timings: dict[str, Any] = {"started_at": min(started)} if started else {}
-        view: dict[str, Any] = {
-            "job_id": job.id, "function": job.function, "version": job.version,
-            "status": job.status, "shard_count": job.shard_count,
-            "progress": {s: counts.get(s, 0) for s in
-                         ("held", "queued", "running", "retry_wait", "succeeded", "failed",
-                          "dead", "expired", "cancelled")},
-            "max_parallel": job.spec.get("max_parallel"),
-            "on_failure": job.spec.get("on_failure"), "reduce": job.spec.get("reduce"),
-            "created_at": job.created_at, **timings, "finished_at": job.finished_at,
-            "duration_s": (job.finished_at - job.created_at) if job.finished_at else None,
-            "trace_id": job.trace_id, "trigger": job.trigger_name,
-            "reduce_task_id": job.reduce_task_id,
-        }
-        done = sum(view["progress"][s] for s in ("succeeded", "failed", "dead", "expired",
-                                                  "cancelled"))
-        view["progress"]["done"] = done
-        if results:
-            view["results"] = [orjson.loads(t.result) if t.status == "succeeded" and t.result
-                               is not None else None for t in tasks]
-        if shards:
-            view["shards"] = [
-                {"index": t.shard_index, "task_id": t.id, "status": t.status,
-                 "attempts": t.attempts, "started_at": t.started_at,
-                 "finished_at": t.finished_at,
-                 **({"error": {"code": t.error_code, "message": t.error_message}}
-                    if t.error_code else {})} for t in tasks]
-        if job.status == "succeeded" and job.result is not None:
-            view["result"] = orjson.loads(job.result)
-        if job.error_code is not None:
-            view["error"] = {"code": job.error_code, "message": job.error_message}
-        return view
 
 
 def _spec_of(job: JobRow) -> JobSpec:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.dispatcher import Dispatcher
+from faasbox.dispatcher import Dispatcher, TaskLifecycle
+from faasbox.events import Events, FunctionDeleted, ScheduleChanged, TaskFinished
 from faasbox.invoker import new_id
-from faasbox.queue import TaskQueue, TaskRow
+from faasbox.queue import TaskQueue
 from faasbox.registry import Registry
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
@@ -32,27 +32,25 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_S = 30.0  # re-plan at least this often (clock jumps, pending fires)
 PREWARM_HORIZON = 3  # upcoming fires told to the scaler per trigger
 
-# told the upcoming fire times of a function's triggers and the instances a fire needs
-FiresListener = Callable[[str, list[float], int], None]
-
 
 class TriggerService:
     def __init__(
         self, store: TriggerStore, queue: TaskQueue, dispatcher: Dispatcher,
-        jobs: JobService, registry: Registry, clock: Clock,
+        tasks: TaskLifecycle, jobs: JobService, registry: Registry, events: Events,
+        clock: Clock,
     ) -> None:
         self.store = store
         self.queue = queue
         self.dispatcher = dispatcher
+        self.tasks = tasks
         self.jobs = jobs
         self.registry = registry
+        self.events = events
         self.clock = clock
-        self.on_schedule: FiresListener | None = None
         self._triggers: dict[tuple[str, str], TriggerRow] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
-        dispatcher.listeners.append(self._on_task_done)
 
     async def start(self) -> None:
         for row in await self.store.list_triggers(None):
@@ -138,10 +136,10 @@ class TriggerService:
         event = fire_event(row.spec, row.function, row.name, scheduled)
         if row.spec.job is not None:
             tpl = row.spec.job
+            retry = tpl.retry or await self.dispatcher.policies.of_function(row.function)
             spec = JobSpec(function=row.function, shards=tpl.shards,
                            max_parallel=tpl.max_parallel, on_failure=tpl.on_failure,
-                           retry=tpl.retry or await self.dispatcher.policy(row.function),
-                           reduce=tpl.reduce)
+                           retry=retry, reduce=tpl.reduce)
             job, _ = await self.jobs.create(spec, idempotency_key=key, trigger_name=row.name)
             return job.id
         [(task, _)] = await self.dispatcher.submit(
@@ -164,9 +162,10 @@ class TriggerService:
             if row.spec.job is not None:
                 await self.jobs.cancel(run_id)
             else:
-                await self.dispatcher.cancel(run_id)
+                await self.tasks.cancel(run_id)
 
-    def _on_task_done(self, task: TaskRow, status: str, result: bytes | None) -> None:
+    def on_task_finished(self, event: TaskFinished) -> None:
+        task = event.task
         if task.trigger_name is None:
             return
         row = self._triggers.get((task.function, task.trigger_name))
@@ -174,8 +173,6 @@ class TriggerService:
             self._wake.set()
 
     def _tell_schedule(self, function: str) -> None:
-        if self.on_schedule is None:
-            return
         now = self.clock.now()
         times: list[float] = []
         instances = 1
@@ -186,10 +183,7 @@ class TriggerService:
                     shards = row.spec.job.shards
                     count = len(shards) if isinstance(shards, list) else int(shards["count"])
                     instances = max(instances, min(count, row.spec.job.max_parallel or count))
-        try:
-            self.on_schedule(function, sorted(times), instances)
-        except Exception:
-            log.exception("telling the scaler about %s's schedule failed", function)
+        self.events.emit(ScheduleChanged(function, sorted(times), instances))
 
     # -- CRUD -------------------------------------------------------------------------------
     async def put(self, function: str, name: str | None, spec: TriggerSpec,
@@ -234,7 +228,7 @@ class TriggerService:
     def get(self, function: str, name: str) -> TriggerRow:
         row = self._triggers.get((function, name))
         if row is None:
-            raise errors.NotFound(f"function {function!r} has no trigger {name!r}")
+            raise errors.TriggerNotFound(f"function {function!r} has no trigger {name!r}")
         return row
 
     def list(self, function: str | None) -> list[TriggerRow]:
@@ -245,9 +239,12 @@ class TriggerService:
     async def delete(self, function: str, name: str) -> None:
         async with self._lock:
             if not await self.store.delete_trigger(function, name):
-                raise errors.NotFound(f"function {function!r} has no trigger {name!r}")
+                raise errors.TriggerNotFound(f"function {function!r} has no trigger {name!r}")
             self._triggers.pop((function, name), None)
         self._tell_schedule(function)
+
+    async def on_function_deleted(self, event: FunctionDeleted) -> None:
+        await self.delete_function(event.function)
 
     async def delete_function(self, function: str) -> None:
         async with self._lock:
@@ -255,14 +252,3 @@ class TriggerService:
             for key in [k for k in self._triggers if k[0] == function]:
                 del self._triggers[key]
         self._tell_schedule(function)
-
-    def view(self, row: TriggerRow) -> dict[str, Any]:
-        upcoming = (row.spec.schedule().upcoming(self.clock.now(), 3)
-                    if row.spec.enabled else [])
-        return {
-            "function": row.function, "name": row.name, **row.spec.model_dump(),
-            "next_fire_at": row.next_fire_at, "upcoming": upcoming,
-            "last_fire_at": row.last_fire_at, "last_run": row.last_run,
-            "pending_fires": row.pending_fires, "fires": row.fires, "skipped": row.skipped,
-            "created_at": row.created_at, "updated_at": row.updated_at,
-        }

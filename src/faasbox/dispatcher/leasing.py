@@ -1,0 +1,217 @@
+"""The task dispatcher: enqueues tasks and leases them onto instances as capacity frees up.
+
+It leases a task only when the function has a free slot (``max_instances * concurrency``
+minus slots in use, within the policy's ``async_concurrency``) and no synchronous caller is
+waiting for one, so a backlog never takes a slot a sync call is queued for. Each round visits
+every function with runnable tasks and leases at most ``LEASE_BATCH`` of each, so one
+function's backlog does not delay another's tasks. It sleeps until an enqueue, a released slot
+(:class:`~faasbox.events.SlotReleased`), the end of a run or the next retry time wakes it: no
+polling. What happens to a leased task is the :class:`TaskLifecycle`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from faasbox import errors
+from faasbox.clock import Clock
+from faasbox.dispatcher.lifecycle import TaskLifecycle
+from faasbox.dispatcher.policies import Policies
+from faasbox.events import SlotReleased
+from faasbox.invoker import new_id
+from faasbox.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.registry import Registry
+from faasbox.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+LEASE_BATCH = 64
+LEASE_MARGIN_S = 60.0
+PURGE_EVERY_S = 60.0
+
+
+class Dispatcher:
+    def __init__(
+        self, queue: TaskQueue, registry: Registry, scheduler: Scheduler,
+        lifecycle: TaskLifecycle, policies: Policies, clock: Clock,
+        dedup_window_s: float = 86400.0, retention_s: float = 7 * 86400.0,
+        sweep_interval_s: float = 1.0,
+    ) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.policies = policies
+        self.clock = clock
+        self.dedup_window_s = dedup_window_s
+        self.retention_s = retention_s
+        self.sweep_interval_s = sweep_interval_s
+        self.owner = uuid.uuid4().hex  # this server's lease identity
+        self._ready: dict[str, float] = {}  # function -> earliest run_at of its runnable tasks
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- life -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        recovered = await self.queue.recover(self.clock.now(), self.owner)
+        if recovered:
+            log.warning("recovered %d tasks whose attempts were lost", recovered)
+        self._ready.update(await self.queue.runnable_functions(self.clock.now()))
+        self._loops = [asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+                       asyncio.create_task(self._sweep_loop(), name="task-sweep")]
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.lifecycle.close()
+
+    # -- submitting -------------------------------------------------------------------------
+    async def submit(
+        self, function: str, events: list[bytes], keys: list[str | None],
+        version: int | None = None, trace_id: str | None = None, source: str = "async",
+        trigger_name: str | None = None,
+    ) -> list[tuple[TaskRow, bool]]:
+        """Durably enqueue tasks; returns ``[(task, created)]`` once they are committed.
+        Each task without a ``trace_id`` starts a trace of its own."""
+        new = [NewTask(new_id(), e, k, trace_id or new_id(), source=source,
+                       trigger_name=trigger_name)
+               for e, k in zip(events, keys, strict=True)]
+        return await self.enqueue(function, new, version)
+
+    async def enqueue(
+        self, function: str, new: list[NewTask], version: int | None = None,
+        policy: TaskPolicy | None = None,
+    ) -> list[tuple[TaskRow, bool]]:
+        policy = policy or await self.policies.of_function(function)
+        now = self.clock.now()
+        rows = await self.queue.enqueue(function, new, version, policy, now,
+                                        self.dedup_window_s)
+        if any(created for _, created in rows):
+            self.notify(function, now)
+        return rows
+
+    async def set_policy(self, function: str, policy: TaskPolicy) -> None:
+        await self.policies.put(function, policy)
+        self._wake.set()
+
+    def notify(self, function: str, run_at: float) -> None:
+        """Tasks of ``function`` become runnable at ``run_at`` (an enqueue or release)."""
+        self._ready[function] = min(run_at, self._ready.get(function, run_at))
+        self._wake.set()
+
+    def on_slot_released(self, event: SlotReleased) -> None:
+        if event.function in self._ready:
+            self._wake.set()
+
+    def _ran(self, task: TaskRow, again: float | None) -> None:
+        if again is not None:
+            self.notify(task.function, again)
+        self._wake.set()
+
+    # -- dispatching ------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                next_at = await self._round()
+            except Exception:
+                log.exception("dispatch round failed")
+                next_at = self.clock.now() + 1.0
+            if next_at is None:
+                await self._wake.wait()
+            else:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation (close)
+                # that comes as the event is set, and this loop would never end
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_at - self.clock.now())):
+                        await self._wake.wait()
+
+    async def _round(self) -> float | None:
+        """Lease what fits for every ready function; returns when the next retry is due."""
+        now = self.clock.now()
+        next_at: float | None = None
+        wanted: list[tuple[str, int]] = []
+        for function, run_at in list(self._ready.items()):
+            if run_at > now:
+                next_at = run_at if next_at is None else min(next_at, run_at)
+                continue
+            free = await self._free_slots(function)
+            if free > 0:
+                wanted.append((function, min(free, LEASE_BATCH)))
+        leases = await asyncio.gather(*[self._lease(f, n, now) for f, n in wanted])
+        for (function, asked), tasks in zip(wanted, leases, strict=True):
+            for task in tasks:
+                self.lifecycle.start(task, self._ran)
+            if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
+                due = await self.queue.next_run_at(function)
+                if due is None:
+                    self._ready.pop(function, None)
+                else:
+                    self._ready[function] = due
+                    if due > now:
+                        next_at = due if next_at is None else min(next_at, due)
+        return next_at
+
+    async def _lease(self, function: str, limit: int, now: float) -> list[TaskRow]:
+        try:
+            row = await self.registry.resolve(function, None)
+        except errors.NotFound:
+            row = None
+        timeout = row.spec.timeout_s if row else 900.0
+        lease_s = timeout + self.scheduler.acquire_timeout_s + LEASE_MARGIN_S
+        return await self.queue.lease(function, limit, now, lease_s, self.owner)
+
+    async def _free_slots(self, function: str) -> int:
+        try:
+            row = await self.registry.resolve(function, None)
+        except errors.NotFound:
+            return LEASE_BATCH  # lease them so that they fail visibly
+        held, starting, sync_waiting = self.scheduler.slots_in_use(function)
+        if sync_waiting:
+            return 0  # sync callers come first
+        total = row.spec.max_instances * row.spec.concurrency
+        policy = await self.policies.of_function(function)
+        limit = policy.async_concurrency or total
+        in_use = held + starting + self.lifecycle.acquiring[function]
+        return int(min(total - in_use, limit - self.lifecycle.running_by_function[function]))
+
+    def stats(self, function: str) -> dict[str, Any]:
+        return {"running": self.lifecycle.running_by_function[function],
+                "ready": function in self._ready}
+
+    async def backlog(self, function: str) -> int:
+        """Runnable async tasks of a function (the autoscaler's queue depth): queued ones, and
+        retries once the earliest is due (approximate: counts are per status)."""
+        if function not in self._ready:
+            return 0
+        counts = await self.queue.counts(function)
+        queued, retrying = counts.get("queued", 0), counts.get("retry_wait", 0)
+        if retrying and not queued:
+            due = await self.queue.next_run_at(function)
+            return retrying if due is not None and due <= self.clock.now() else 0
+        return queued
+
+    # -- housekeeping -----------------------------------------------------------------------
+    async def _sweep_loop(self) -> None:
+        last_purge = 0.0
+        while True:
+            await self.clock.sleep(self.sweep_interval_s)
+            try:
+                now = self.clock.now()
+                if await self.queue.recover(now, self.owner):
+                    self._ready.update(await self.queue.runnable_functions(now))
+                    self._wake.set()
+                if await self.queue.expire(now):
+                    self.lifecycle.wake_all_waiters()
+                if now - last_purge > PURGE_EVERY_S:
+                    last_purge = now
+                    await self.queue.purge(now - self.retention_s)
+            except Exception:
+                log.exception("task sweep failed")

@@ -1,0 +1,179 @@
+"""The Scheduler: hands out slots on instances to invocations, and queues the callers that
+must wait.
+
+``acquire`` takes a free slot on a warm instance of the wanted version (most recently used
+first, so surplus instances go idle and expire), else starts one if the function is under
+``max_instances`` and a node has room (evicting idle instances that block it), else waits in a
+FIFO queue for at most ``acquire_timeout_s`` and then raises
+:class:`~faasbox.errors.Throttled`. A released slot is handed straight to the first waiter that
+can use it, without a wakeup storm. Concurrent calls that find no warm instance start their
+cold starts in parallel. Each release is announced as a
+:class:`~faasbox.events.SlotReleased` event (the task dispatcher listens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from faasbox import errors
+from faasbox.clock import Clock
+from faasbox.events import Events, SlotReleased
+from faasbox.node import Instance
+from faasbox.resources import Node
+from faasbox.scheduler.instances import InstancePools, Pool, Waiter
+from faasbox.store import VersionRow
+
+
+class Scheduler:
+    def __init__(self, pools: InstancePools, events: Events, clock: Clock,
+                 acquire_timeout_s: float = 10.0) -> None:
+        self.instances = pools
+        self.events = events
+        self.clock = clock
+        self.acquire_timeout_s = acquire_timeout_s
+
+    # -- acquire / release ------------------------------------------------------------------
+    async def acquire(self, row: VersionRow) -> tuple[Instance, bool]:
+        """A slot on an instance of ``row``: ``(instance, cold)``. Release it with release()."""
+        pool = self.instances.pool(row.function)
+        if not pool.planner.configured:
+            pool.planner.configure(row.spec)
+        meter(pool, +1, self.clock.monotonic())
+        try:
+            inst, cold = await self._acquire(pool, row)
+        except BaseException:
+            meter(pool, -1, self.clock.monotonic())
+            raise
+        pool.idle.pop(inst.id, None)
+        pool.planner.arrival(self.clock.now(), cold)
+        return inst, cold
+
+    async def _acquire(self, pool: Pool, row: VersionRow) -> tuple[Instance, bool]:
+        inst = self._warm(pool, row)
+        if inst is not None:
+            return inst, False
+        if not pool.waiters:
+            node = self.instances.make_room(pool, row)
+            if node is not None:
+                return await self._cold(pool, row, node), True
+        fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(row, fut)
+        pool.waiters.append(waiter)
+        self.pump(pool)
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that comes
+            # as the slot is granted, and the cancelled caller would carry on with the slot
+            async with asyncio.timeout(self.acquire_timeout_s):
+                return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                pool.waiters.remove(waiter)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.give_back(fut.result()[0])  # granted as the caller went away
+            fut.cancel()  # a start under way for it keeps its instance (``_cold_for``)
+            raise
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                pool.waiters.remove(waiter)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return fut.result()  # granted just as the wait ended
+            fut.cancel()
+            raise errors.Throttled(
+                f"function {row.function!r} is at capacity ({row.spec.max_instances}"
+                f" instances busy) and no instance freed up within {self.acquire_timeout_s:g} s",
+                retry_after=1.0,
+            ) from None
+
+    @staticmethod
+    def _warm(pool: Pool, row: VersionRow) -> Instance | None:
+        best: Instance | None = None
+        for inst in pool.instances:
+            if inst.version == row.version and inst.free_slots > 0 and (
+                best is None or inst.last_used > best.last_used
+            ):
+                best = inst
+        if best is not None:
+            best.leases += 1
+        return best
+
+    async def _cold(self, pool: Pool, row: VersionRow, node: Node) -> Instance:
+        try:
+            return await self.instances.start(pool, row, node)
+        except BaseException:
+            self.pump(pool)
+            raise
+
+    def release(self, inst: Instance) -> None:
+        """The invocation holding a slot of ``inst`` (from acquire) ended."""
+        pool = self.instances.pools.get(inst.function)
+        if pool is None:  # dropped meanwhile: the instance was retired with its pool
+            inst.leases = max(0, inst.leases - 1)
+            return
+        meter(pool, -1, self.clock.monotonic())
+        pool.completions += 1
+        window = pool.planner.finished(self.clock.now(), inst.spec.idle_ttl_s)
+        self.give_back(inst)
+        if inst.leases == 0 and inst.state == "idle" and not inst.retired:
+            pool.idle[inst.id] = window
+
+    def give_back(self, inst: Instance) -> None:
+        """Return a slot of ``inst`` to its pool (to a waiter, if any)."""
+        inst.leases = max(0, inst.leases - 1)
+        pool = self.instances.pools.get(inst.function)
+        if pool is None:
+            return
+        if inst.state not in ("idle", "busy"):
+            self.instances.retire(pool, inst)
+        self.pump(pool)
+        self.events.emit(SlotReleased(inst.function))
+
+    def slots_in_use(self, function: str) -> tuple[int, int, bool]:
+        """``(slots held, starts reserved, sync callers waiting)`` for a function."""
+        pool = self.instances.pools.get(function)
+        if pool is None:
+            return 0, 0, False
+        return sum(i.leases for i in pool.instances), pool.starting, bool(pool.waiters)
+
+    def pump(self, pool: Pool) -> None:
+        """Give freed capacity to waiters, first come first served."""
+        while pool.waiters:
+            waiter = pool.waiters[0]
+            if waiter.future.done():
+                pool.waiters.popleft()
+                continue
+            inst = self._warm(pool, waiter.version)
+            if inst is not None:
+                pool.waiters.popleft()
+                waiter.future.set_result((inst, False))
+                continue
+            node = self.instances.make_room(pool, waiter.version)
+            if node is None:
+                return
+            pool.waiters.popleft()
+            pool.starting += 1  # counted now: the task that starts it runs later
+            self.instances.spawn(self._cold_for(pool, waiter, node))
+
+    async def _cold_for(self, pool: Pool, waiter: Waiter, node: Node) -> None:
+        pool.starting -= 1
+        try:
+            inst = await self._cold(pool, waiter.version, node)
+        except Exception as exc:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+                waiter.future.exception()
+            return
+        if waiter.future.done():  # the caller gave up meanwhile: keep the instance
+            pool.idle[inst.id] = pool.planner.started_window(
+                self.clock.now(), ttl=inst.spec.idle_ttl_s)
+            self.give_back(inst)
+        else:
+            waiter.future.set_result((inst, True))
+
+
+def meter(pool: Pool, delta: int, now: float) -> None:
+    """Integrate the pool's demand (calls holding or waiting for a slot) up to ``now``
+    (monotonic), then move it by ``delta``."""
+    pool.demand_s += pool.demand * max(0.0, now - pool.mark)
+    pool.mark = now
+    pool.demand = max(0, pool.demand + delta)

@@ -1,0 +1,87 @@
+"""The platform's wiring on a real in-process platform with real instances: a deleted
+function's pool is gone for good, and the events reach their listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from faasbox import errors
+from faasbox.codestore import zip_folder
+from faasbox.config import Settings
+from faasbox.events import FunctionDeleted, InvocationFinished
+from faasbox.platform import Platform
+from faasbox.spec import FunctionSpec
+from faasbox.triggers.cron import TriggerSpec
+from tests.conftest import open_tempdir, write_function
+
+SLOW = {"main.py": """
+    import time
+    def handler(event, context):
+        time.sleep(event.get("sleep", 0))
+        return {"ok": True}
+"""}
+
+
+def test_a_deleted_function_leaves_no_pool_behind() -> None:
+    root = open_tempdir()
+
+    async def main() -> None:
+        p = Platform(Settings(data=root / "data", reap_interval_s=0.1, acquire_timeout_s=5))
+        await p.start()
+        finished: list[str] = []
+        deleted: list[str] = []
+        p.events.subscribe(InvocationFinished, lambda e: finished.append(e.record.status))
+        p.events.subscribe(FunctionDeleted, lambda e: deleted.append(e.function))
+        try:
+            folder = write_function(root / "slow", SLOW)
+            await p.registry.deploy("slow", FunctionSpec(handler="main:handler"),
+                                    zip_folder(folder))
+            row = await p.registry.resolve("slow", None)
+            running = asyncio.create_task(p.invoker.invoke(row, b'{"sleep": 1.0}'))
+            while not p.instances.describe("slow") or p.scheduler.slots_in_use("slow")[0] == 0:
+                await asyncio.sleep(0.02)
+            await p.registry.delete("slow")  # while the call runs
+            assert deleted == ["slow"]
+            assert "slow" not in p.instances.pools
+            with pytest.raises(errors.InvocationError):
+                await running  # its instance was stopped with the pool
+            await p.scaling.tick()
+            assert "slow" not in p.instances.pools  # the release did not make a ghost pool
+            assert finished == ["failed"]
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_trigger_and_pool_go_with_their_function() -> None:
+    root = open_tempdir()
+
+    async def main() -> None:
+        p = Platform(Settings(data=root / "data", reap_interval_s=0.1))
+        await p.start()
+        try:
+            folder = write_function(root / "f", SLOW)
+            await p.registry.deploy("f", FunctionSpec(handler="main:handler", min_instances=1),
+                                    zip_folder(folder))
+            await p.triggers.put("f", "nightly", TriggerSpec(cron="0 2 * * *"),
+                                 create_only=True)
+            await p.scaling.tick()
+            assert "f" in p.instances.pools
+            await p.registry.delete("f")
+            assert p.triggers.list("f") == []
+            assert await p.trigger_store.list_triggers("f") == []
+            assert "f" not in p.instances.pools
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
