@@ -64,6 +64,7 @@ class Server:
         self.log = data.parent / f"server-{self.port}.log"
         self.http = httpx.Client(base_url=self.url, timeout=120)
         self.functions_root = data.parent / "functions"
+        self.admin_key = ""
 
     def start(self) -> Server:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -79,10 +80,31 @@ class Server:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
             try:
                 if self.http.get("/healthz").status_code == 200:
+                    self.admin_key = self.read_admin_key()
+                    self.http.headers["Authorization"] = f"Bearer {self.admin_key}"
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"server not ready:\n{self.log.read_text()}")
+
+    def read_admin_key(self) -> str:
+        """The admin key the server wrote at start (``<data>/admin.key``)."""
+        path = self.data / "admin.key"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not path.exists() or not path.read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no admin key in {path}")
+            time.sleep(0.02)
+        return path.read_text().strip()
+
+    def client(self, key: str | None) -> httpx.Client:
+        """A client that sends ``key`` (None: no Authorization header)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=120, headers=headers)
+
+    def cli_env(self) -> dict[str, str]:
+        """What the faasbox CLI needs to talk to this server as its admin."""
+        return {"FAASBOX_URL": self.url, "FAASBOX_API_KEY": self.admin_key}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -54,6 +54,22 @@ class Settings:
     # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
+    # tenant limits that a tenant's own limits (PATCH /v1/tenants/NAME) override; 0 = none
+    tenant_max_concurrency: int = 100
+    tenant_rate_per_s: float = 0.0
+    tenant_burst: int = 0
+    tenant_max_queued_tasks: int = 1_000_000
+    tenant_max_functions: int = 1000
+    tenant_max_memory_mb: int = 0
+    tenant_max_function_memory_mb: int = 10240
+    tenant_max_function_timeout_s: float = 900.0
+    # host names the server answers to (comma-separated); empty: the loopback names when
+    # bound to loopback, any name otherwise
+    server_names: str = ""
+    # /metrics without a key
+    metrics_public: bool = False
+    # no API keys at all (refused on a non-loopback address; for local experiments only)
+    insecure_no_auth: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -6,8 +6,11 @@ HTTP status and a stable error ``code``; the CLI prints the message.
 ::
 
     FaasboxError                      500 internal
+    ├── Unauthenticated               401 unauthenticated
+    ├── Forbidden                     403 forbidden
     ├── InvalidRequest                400 invalid_request
     │   ├── MalformedJSON             400 malformed_json
+    │   ├── HostNotAllowed            400 invalid_host
     │   └── UnsafeArchive             400 unsafe_archive
     ├── NotFound                      404 not_found
     │   ├── FunctionNotFound          404 function_not_found
@@ -20,10 +23,13 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     ├── Conflict                      409 conflict
     ├── PayloadTooLarge               413 payload_too_large
     ├── InvalidSpec                   422 invalid_spec
+    │   ├── LimitExceeded             422 (a tenant limit on deploys; code names the limit)
     │   └── DeployFailed              422 deploy_failed
     │       ├── DependencyInstallFailed   422 dependency_install_failed
     │       └── LoadFailed            422 load_error
     ├── Throttled                     429 throttled          (carries retry_after)
+    │   └── OverLimit                 429 (a tenant limit; code names it: rate_exceeded,
+    │                                      tenant_concurrency_exceeded, queue_full, ...)
     ├── InvocationError               500 (a failed execution; code says why)
     │   ├── FunctionError             500 function_error     (the handler raised)
     │   │   └── ResponseTooLarge      413 response_too_large (a result over the cap)
@@ -55,6 +61,16 @@ class FaasboxError(Exception):
         return {"error": body}
 
 
+class Unauthenticated(FaasboxError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(FaasboxError):
+    status = 403
+    code = "forbidden"
+
+
 class InvalidRequest(FaasboxError):
     status = 400
     code = "invalid_request"
@@ -62,6 +78,10 @@ class InvalidRequest(FaasboxError):
 
 class MalformedJSON(InvalidRequest):
     code = "malformed_json"
+
+
+class HostNotAllowed(InvalidRequest):
+    code = "invalid_host"
 
 
 class UnsafeArchive(InvalidRequest):
@@ -116,6 +136,14 @@ class InvalidSpec(FaasboxError):
     code = "invalid_spec"
 
 
+class LimitExceeded(InvalidSpec):
+    """A deploy over a tenant limit (``code`` names it)."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
 class DeployFailed(InvalidSpec):
     code = "deploy_failed"
 
@@ -135,6 +163,15 @@ class Throttled(FaasboxError):
     def __init__(self, message: str, retry_after: float = 1.0, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class OverLimit(Throttled):
+    """A call over a tenant or function limit (``code`` names it)."""
+
+    def __init__(self, code: str, message: str, retry_after: float = 1.0,
+                 **details: Any) -> None:
+        super().__init__(message, retry_after, **details)
+        self.code = code
 
 
 class InvocationError(FaasboxError):

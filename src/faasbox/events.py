@@ -53,6 +53,14 @@ class TaskFinished(Event):
 
 
 @dataclass(frozen=True)
+class TasksEnqueued(Event):
+    """``count`` new tasks of ``function`` were committed to the queue."""
+
+    function: str
+    count: int
+
+
+@dataclass(frozen=True)
 class SlotReleased(Event):
     """An instance slot of ``function`` was given back (capacity for queued tasks)."""
 

@@ -21,6 +21,7 @@ from faasbox.metrics import Metrics
 from faasbox.node import Instance
 from faasbox.scheduler import Scheduler
 from faasbox.store import InvocationRecord, Store, VersionRow
+from faasbox.tenancy.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,11 @@ new_request_id = new_id
 
 class Invoker:
     def __init__(
-        self, scheduler: Scheduler, store: Store, metrics: Metrics, events: Events,
-        clock: Clock,
+        self, scheduler: Scheduler, admission: Admission, store: Store, metrics: Metrics,
+        events: Events, clock: Clock,
     ) -> None:
         self.scheduler = scheduler
+        self.admission = admission
         self.store = store
         self.metrics = metrics
         self.events = events
@@ -56,7 +58,22 @@ class Invoker:
         on_start: Callable[[Instance], None] | None = None,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
-        :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it)."""
+        :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
+        Over a concurrency limit it raises :class:`~faasbox.errors.OverLimit` at once."""
+        try:
+            self.admission.enter(row.function)
+        except errors.OverLimit:
+            self.metrics.throttles.labels(row.function).inc()
+            raise
+        try:
+            return await self._invoke(row, payload, trigger, request_id, extra, on_start)
+        finally:
+            self.admission.leave(row.function)
+
+    async def _invoke(
+        self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
+        extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
+    ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
         record = InvocationRecord(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from faasbox.events import (
     ScheduleChanged,
     SlotReleased,
     TaskFinished,
+    TasksEnqueued,
 )
 from faasbox.invoker import Invoker
 from faasbox.metrics import Metrics
@@ -34,13 +38,20 @@ from faasbox.spec import FunctionSpec
 from faasbox.stack import load_stack
 from faasbox.store import SqliteStore
 from faasbox.store.sqlite_queue import SqliteTaskQueue
+from faasbox.store.sqlite_tenancy import SqliteTenancyStore
 from faasbox.store.sqlite_triggers import SqliteTriggerStore
+from faasbox.tenancy.admission import Admission
+from faasbox.tenancy.model import EffectiveLimits, Principal
+from faasbox.tenancy.names import DEFAULT_TENANT, qualify, tenant_of
+from faasbox.tenancy.service import Tenancy
 from faasbox.triggers.chains import Chains
 from faasbox.triggers.cron import TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobService
 from faasbox.triggers.service import TriggerService
 
 log = logging.getLogger(__name__)
+
+RESYNC_S = 10.0
 
 
 class Platform:
@@ -64,19 +75,25 @@ class Platform:
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])
-        self.instances = InstancePools(self.registry, self.node, self.resources, self.clock,
-                                       **scaling_options(settings))
+        self.tenancy = Tenancy(SqliteTenancyStore(self.store), default_limits(settings),
+                               self.clock)
+        self.admission = Admission(self.tenancy, self.clock)
+        self.instances = InstancePools(
+            self.registry, self.node, self.resources, self.clock, **scaling_options(settings),
+            tenant_memory_mb=lambda tenant: self.tenancy.limits(tenant).max_memory_mb)
         self.scheduler = Scheduler(self.instances, self.events, self.clock,
                                    acquire_timeout_s=settings.acquire_timeout_s)
         self.metrics = Metrics(self.instances.states)
-        self.invoker = Invoker(self.scheduler, self.store, self.metrics, self.events, self.clock)
+        self.invoker = Invoker(self.scheduler, self.admission, self.store, self.metrics,
+                               self.events, self.clock)
         self.queue = SqliteTaskQueue(self.store)
         self.trigger_store = SqliteTriggerStore(self.store)
         self.policies = Policies(self.queue, self.trigger_store, self.clock)
         self.tasks = TaskLifecycle(self.queue, self.registry, self.invoker, self.policies,
                                    self.events, self.clock)
         self.dispatcher = Dispatcher(
-            self.queue, self.registry, self.scheduler, self.tasks, self.policies, self.clock,
+            self.queue, self.registry, self.scheduler, self.tasks, self.policies,
+            self.admission, self.events, self.clock,
             dedup_window_s=settings.idempotency_window_s,
             retention_s=settings.task_retention_s,
             sweep_interval_s=settings.reap_interval_s,
@@ -85,13 +102,14 @@ class Platform:
                                    interval_s=settings.reap_interval_s,
                                    backlog=self.dispatcher.backlog)
         self.jobs = JobService(self.trigger_store, self.queue, self.dispatcher, self.tasks,
-                               self.registry, self.clock,
+                               self.registry, self.events, self.clock,
                                sweep_interval_s=max(1.0, settings.reap_interval_s))
         self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)
         self._subscribe()
         self._lock_fd: int | None = None
+        self._resync: asyncio.Task[None] | None = None
 
     def _subscribe(self) -> None:
         on = self.events.subscribe
@@ -103,14 +121,81 @@ class Platform:
         on(FunctionDeployed, self.node.on_function_deployed)
         on(FunctionDeleted, self.triggers.on_function_deleted)
         on(FunctionDeleted, self.on_function_deleted)
+        on(FunctionDeployed, lambda e: self.admission.set_reservation(e.row.function, e.row.spec))
+        on(TasksEnqueued, lambda e: self.admission.queued_delta(tenant_of(e.function), e.count))
+        on(TaskFinished, lambda e: self.admission.queued_delta(tenant_of(e.task.function), -1))
 
     def on_function_deleted(self, event: FunctionDeleted) -> None:
         self.instances.drop(event.function)
         self.node.function_deleted(event.function)
+        self.admission.set_reservation(event.function, None)
+
+    # -- tenancy ----------------------------------------------------------------------------
+    async def check_deploy(self, function: str, spec: FunctionSpec) -> None:
+        """A deploy within its tenant's limits, or 422 naming the limit (before any work)."""
+        tenant = tenant_of(function)
+        limits = self.tenancy.limits(tenant)
+        if spec.memory_mb > limits.max_function_memory_mb:
+            raise errors.LimitExceeded(
+                "memory_limit_exceeded", f"memory_mb {spec.memory_mb} is over the tenant's"
+                f" max_function_memory_mb ({limits.max_function_memory_mb})")
+        if spec.timeout_s > limits.max_function_timeout_s:
+            raise errors.LimitExceeded(
+                "timeout_limit_exceeded", f"timeout_s {spec.timeout_s:g} is over the tenant's"
+                f" max_function_timeout_s ({limits.max_function_timeout_s:g})")
+        if await self.store.get_function(function) is None:
+            count = len(await self.registry.functions(tenant))
+            if count >= limits.max_functions:
+                raise errors.LimitExceeded(
+                    "max_functions_exceeded", f"tenant {tenant!r} has {count} functions, its"
+                    f" max_functions")
+        self.admission.check_reservation(function, spec)
+
+    def admit_tasks(self, tenant: str, n: int) -> None:
+        """Submitting ``n`` tasks: within the tenant's rate and queue, or 429."""
+        self.admission.check_queue(tenant, n)
+        self.admission.take(tenant, n)
+
+    def tenant_usage(self, tenant: str) -> dict[str, Any]:
+        return {"running": self.admission.running[tenant],
+                "queued_tasks": self.admission.queued[tenant],
+                "memory_mb": self.instances.memory[tenant]}
+
+    async def delete_tenant(self, tenant: str, by: Principal) -> None:
+        self.tenancy.get(tenant)
+        if await self.registry.functions(tenant):
+            raise errors.Conflict(f"tenant {tenant!r} still has functions; delete them first")
+        await self.tenancy.delete_tenant(tenant, by)
+
+    async def _resync_loop(self) -> None:
+        """Recount unfinished tasks per tenant now and then: tasks that end outside the
+        dispatcher (expired, cancelled with their job, purged) are not counted down."""
+        while True:
+            await self.clock.sleep(RESYNC_S)
+            try:
+                await self._resync_queued()
+            except Exception:
+                log.exception("recounting queued tasks failed")
+
+    async def _resync_queued(self) -> None:
+        counts: Counter[str] = Counter()
+        for function, n in (await self.queue.unfinished()).items():
+            counts[tenant_of(function)] += n
+        self.admission.queued.clear()
+        self.admission.queued.update(counts)
 
     async def start(self) -> None:
         self._lock_data_dir()
         await self.store.open()
+        await self.tenancy.load()
+        if not self.settings.insecure_no_auth:
+            path = await self.tenancy.bootstrap(self.settings.data)
+            log.info("the admin key of the default tenant is in %s", path)
+        for fn in await self.registry.functions():
+            row = await self.registry.resolve(fn.name, None)
+            self.admission.set_reservation(fn.name, row.spec)
+        await self._resync_queued()
+        self._resync = asyncio.create_task(self._resync_loop(), name="queue-recount")
         self.scaling.start()
         await self.dispatcher.start()
         await self.jobs.start()
@@ -119,6 +204,10 @@ class Platform:
             log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
 
     async def close(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
         await self.triggers.close()
         await self.jobs.close()
         await self.dispatcher.close()
@@ -148,7 +237,9 @@ class Platform:
         done = []
         for item in load_stack(path):
             spec = FunctionSpec(**item.spec)
-            result = await self.registry.deploy(item.name, spec, zip_folder(item.path))
+            function = qualify(DEFAULT_TENANT, item.name)
+            await self.check_deploy(function, spec)
+            result = await self.registry.deploy(function, spec, zip_folder(item.path))
             done.append(f"{item.name} v{result.version.version}")
             for trigger, body in item.triggers.items():
                 try:
@@ -156,7 +247,7 @@ class Platform:
                     check_trigger_name(trigger)
                 except ValueError as exc:
                     raise errors.InvalidSpec(f"{item.name} trigger {trigger!r}: {exc}") from None
-                await self.triggers.put(item.name, trigger, tspec, create_only=False)
+                await self.triggers.put(function, trigger, tspec, create_only=False)
                 done.append(f"{item.name} trigger {trigger} ({tspec.cron})")
         return done
 
@@ -177,3 +268,14 @@ def scaling_options(settings: Settings) -> dict[str, Any]:
     )
     return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
             "lead_margin_s": settings.prewarm_lead_s}
+
+
+def default_limits(settings: Settings) -> EffectiveLimits:
+    return EffectiveLimits(
+        max_concurrency=settings.tenant_max_concurrency,
+        rate_per_s=settings.tenant_rate_per_s, burst=settings.tenant_burst,
+        max_queued_tasks=settings.tenant_max_queued_tasks,
+        max_functions=settings.tenant_max_functions,
+        max_memory_mb=settings.tenant_max_memory_mb,
+        max_function_memory_mb=settings.tenant_max_function_memory_mb,
+        max_function_timeout_s=settings.tenant_max_function_timeout_s)

@@ -208,8 +208,10 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def list(
         self, function: str | None, status: str | None, limit: int, before: str | None,
+        tenant: str | None = None,
     ) -> list[TaskRow]:
-        """Newest first; ``before`` is a task id cursor (exclusive)."""
+        """Newest first; ``before`` is a task id cursor (exclusive); ``tenant`` keeps one
+        tenant's tasks."""
 
     @abc.abstractmethod
     async def runnable_functions(self, now: float) -> dict[str, float]:
@@ -222,6 +224,10 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def counts(self, function: str) -> dict[str, int]:
         """Tasks of a function by status."""
+
+    @abc.abstractmethod
+    async def unfinished(self) -> dict[str, int]:
+        """Tasks not yet finished (held, queued, retrying, running) by function."""
 
     @abc.abstractmethod
     async def get_policy(self, function: str) -> TaskPolicy: ...

@@ -18,6 +18,7 @@ from faasbox.events import Events, FunctionDeleted, FunctionDeployed
 from faasbox.node import NodeService
 from faasbox.spec import FunctionSpec, check_name
 from faasbox.store import FunctionRow, Store, VersionRow
+from faasbox.tenancy.names import display
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ class Registry:
     async def deploy(
         self, name: str, spec: FunctionSpec, code_zip: bytes | None, check: bool = True,
     ) -> Deployed:
-        check_name(name)
-        if spec.on_success == name:
-            raise errors.InvalidSpec(f"function {name!r} cannot chain to itself (on_success)")
+        check_name(display(name))
+        if spec.on_success == display(name):
+            raise errors.InvalidSpec(
+                f"function {display(name)!r} cannot chain to itself (on_success)")
         async with self._deploy_locks.setdefault(name, asyncio.Lock()):
             current = await self.store.get_function(name)
             if code_zip is not None:
@@ -54,7 +56,7 @@ class Registry:
             elif current is not None:
                 sha = (await self.resolve(name, None)).code_sha
             else:
-                raise errors.InvalidSpec(f"function {name!r} is new: its code is required")
+                raise errors.InvalidSpec(f"function {display(name)!r} is new: its code is required")
             packages = await self.code.install_requirements(sha)
             check_ms = await self._load_check(name, spec, sha, packages) if check else None
             row = await self.store.put_version(name, spec, sha, packages, self.clock.now())
@@ -90,7 +92,7 @@ class Registry:
                 return row
             fn = await self.store.get_function(name)
             if fn is None:
-                raise errors.FunctionNotFound(f"function {name!r} does not exist")
+                raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
             row = await self._get_version(name, fn.latest_version)
             self._latest[name] = row
             return row
@@ -103,7 +105,7 @@ class Registry:
         if cached is not None and name in self._latest:
             return cached
         if await self.store.get_function(name) is None:
-            raise errors.FunctionNotFound(f"function {name!r} does not exist")
+            raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
         return await self._get_version(name, number)
 
     async def _get_version(self, name: str, number: int) -> VersionRow:
@@ -111,7 +113,7 @@ class Registry:
         if row is None:
             row = await self.store.get_version(name, number)
             if row is None:
-                raise errors.VersionNotFound(f"function {name!r} has no version {number}")
+                raise errors.VersionNotFound(f"function {display(name)!r} has no version {number}")
             self._remember(row)
         return row
 
@@ -127,11 +129,12 @@ class Registry:
     async def get(self, name: str) -> FunctionRow:
         fn = await self.store.get_function(name)
         if fn is None:
-            raise errors.FunctionNotFound(f"function {name!r} does not exist")
+            raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
         return fn
 
-    async def functions(self) -> list[FunctionRow]:
-        return await self.store.list_functions()
+    async def functions(self, tenant: str | None = None) -> list[FunctionRow]:
+        """Every function, or one tenant's."""
+        return await self.store.list_functions(tenant)
 
     async def versions(self, name: str) -> list[VersionRow]:
         await self.get(name)
@@ -142,7 +145,7 @@ class Registry:
         through the :class:`~faasbox.events.FunctionDeleted` event."""
         async with self._deploy_locks.setdefault(name, asyncio.Lock()):
             if not await self.store.delete_function(name):
-                raise errors.FunctionNotFound(f"function {name!r} does not exist")
+                raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
             self._latest.pop(name, None)
             for key in [k for k in self._versions if k[0] == name]:
                 del self._versions[key]

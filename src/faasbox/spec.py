@@ -30,6 +30,9 @@ class FunctionSpec(BaseModel):
     provisioned: list[ProvisionedWindow] = Field(
         default_factory=list, max_length=32,
         description="scheduled warm capacity: instances kept warm in local-time windows")
+    reserved_concurrency: int | None = Field(
+        None, ge=0, le=100_000, description="executions of this function at once: guaranteed"
+        " out of the tenant's max_concurrency, and a cap (0 stops the function)")
     env: dict[str, str] = Field(default_factory=dict)
     description: str = Field("", max_length=256)
     on_success: str | None = Field(

@@ -20,7 +20,7 @@ def run(server: Server | None, *args: str, input: str | None = None,
         ok: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     if server is not None:
-        env["FAASBOX_URL"] = server.url
+        env.update(server.cli_env())
     proc = subprocess.run([*FAASBOX, *args], capture_output=True, text=True, env=env,
                           input=input, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -155,7 +155,9 @@ def test_server_with_a_relative_data_dir() -> None:
                 except httpx.TransportError:
                     assert time.monotonic() < deadline
                     time.sleep(0.1)
-            resp = http.post("/v1/functions/hello/invoke", json={"name": "rel"})
+            key = (root / "rel-data" / "admin.key").read_text().strip()
+            resp = http.post("/v1/functions/hello/invoke", json={"name": "rel"},
+                             headers={"Authorization": f"Bearer {key}"})
             assert resp.status_code == 200 and resp.json()["hello"] == "rel"
         assert (root / "rel-data" / "faasbox.db").exists()
     finally:

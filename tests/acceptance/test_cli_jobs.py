@@ -126,7 +126,7 @@ def test_trigger_add_list_disable_rm(functions: Server) -> None:
     table = run(functions, "triggers").stdout
     assert "every-second" in table and "* * * * * *" in table and "skip" in table
     narrow = subprocess.run([*FAASBOX, "triggers"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COLUMNS": "80", "FAASBOX_URL": functions.url})
+                            env={**os.environ, "COLUMNS": "80", **functions.cli_env()})
     assert "every-second" in narrow.stdout and "…" not in narrow.stdout, narrow.stdout
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
     listed = json.loads(run(functions, "triggers", "cj-shard", "--json").stdout)["triggers"]

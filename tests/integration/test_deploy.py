@@ -67,7 +67,7 @@ def test_environment_is_the_functions_only(server: Server) -> None:
     assert "scratch" in body["cwd"]
     allowed = {"GREETING", "PATH", "LANG", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
                "PYTHONUNBUFFERED", "FAASBOX_FUNCTION_NAME", "FAASBOX_FUNCTION_VERSION",
-               "FAASBOX_FUNCTION_MEMORY_MB"}
+               "FAASBOX_FUNCTION_MEMORY_MB", "FAASBOX_TENANT"}
     assert set(env) <= allowed, set(env) - allowed
     if os.geteuid() == 0:  # the suite must exercise the real sandbox when it can
         assert server.feature("unprivileged uid"), server.node()["sandbox"]

@@ -10,7 +10,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import errors, functions, invoke, jobs, status, system, tasks
+from faasbox.api import errors, functions, invoke, jobs, status, system, tasks, tenants
+from faasbox.api.auth import AuthMiddleware, is_loopback
 from faasbox.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -38,4 +39,21 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(status.router)
+    app.include_router(tenants.router)
+    settings = platform.settings
+    app.add_middleware(AuthMiddleware, tenancy=platform.tenancy,
+                       server_names=server_names(settings.host, settings.server_names),
+                       metrics_public=settings.metrics_public,
+                       insecure_no_auth=settings.insecure_no_auth)
     return app
+
+
+def server_names(host: str, configured: str) -> frozenset[str] | None:
+    """The Host names to answer to: the configured ones (with the loopback names), else the
+    loopback names for a loopback server, else any (None)."""
+    names = {n.strip().lower() for n in configured.split(",") if n.strip()}
+    if names:
+        return frozenset(names | {"localhost", "127.0.0.1", "[::1]"})
+    if is_loopback(host):
+        return frozenset({"localhost", "127.0.0.1", "[::1]", "::1", host})
+    return None

@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from faasbox import errors
+from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped
 from faasbox.api.models import CreateRequest, DeployRequest, function_view, version_view
 from faasbox.platform import Platform
+from faasbox.spec import check_name
 
-router = APIRouter(prefix="/v1/functions", tags=["functions"])
+router = APIRouter(prefix="/v1/functions", tags=["functions"], route_class=ScopedRoute)
 MAX_DEPLOY = 96 * 2**20  # a 50 MiB zip in base64, plus the spec
 
 
@@ -31,9 +33,15 @@ async def _parse(request: Request, model: type[DeployRequest]) -> DeployRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-async def _deploy(p: Platform, name: str, req: DeployRequest) -> tuple[dict[str, Any], bool]:
-    result = await p.registry.deploy(name, req.spec(), req.code(), check=req.check)
-    fn = await p.registry.get(name)
+async def _deploy(p: Platform, request: Request, name: str,
+                  req: DeployRequest) -> tuple[dict[str, Any], bool]:
+    qualified = function_of(request, name)
+    spec = req.spec()
+    await p.check_deploy(qualified, spec)
+    result = await p.registry.deploy(qualified, spec, req.code(), check=req.check)
+    fn = await p.registry.get(qualified)
+    p.tenancy.record(principal_of(request), tenant_of(request), "function.deploy", name,
+                     {"version": result.version.version, "code_sha256": result.version.code_sha})
     body = {**function_view(fn, result.version), "load_check_ms": result.check_ms}
     return body, result.created
 
@@ -43,7 +51,7 @@ async def _deploy(p: Platform, name: str, req: DeployRequest) -> tuple[dict[str,
                 "schema": DeployRequest.model_json_schema()}}}})
 async def deploy(name: str, request: Request, response: Response) -> dict[str, Any]:
     p = platform(request)
-    body, created = await _deploy(p, name, await _parse(request, DeployRequest))
+    body, created = await _deploy(p, request, name, await _parse(request, DeployRequest))
     response.status_code = 201 if created else 200
     return body
 
@@ -55,10 +63,11 @@ async def create(request: Request) -> dict[str, Any]:
     p = platform(request)
     req = await _parse(request, CreateRequest)
     assert isinstance(req, CreateRequest)
-    if await p.store.get_function(req.name) is not None:
+    check_name(req.name)
+    if await p.store.get_function(function_of(request, req.name)) is not None:
         raise errors.Conflict(f"function {req.name!r} already exists; PUT deploys a new version")
     deploy_req = DeployRequest(**req.model_dump(exclude={"name"}))
-    body, _ = await _deploy(p, req.name, deploy_req)
+    body, _ = await _deploy(p, request, req.name, deploy_req)
     return body
 
 
@@ -66,8 +75,11 @@ async def create(request: Request) -> dict[str, Any]:
 async def list_functions(request: Request) -> dict[str, Any]:
     p = platform(request)
     out = []
-    for fn in await p.registry.functions():
-        latest = await p.registry.resolve(fn.name, None)
+    for fn in await p.registry.functions(tenant_of(request)):
+        try:
+            latest = await p.registry.resolve(fn.name, None)
+        except errors.NotFound:
+            continue  # deleted meanwhile
         out.append(function_view(fn, latest))
     return {"functions": out}
 
@@ -75,26 +87,30 @@ async def list_functions(request: Request) -> dict[str, Any]:
 @router.get("/{name}", summary="Describe a function")
 async def get_function(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
-    fn = await p.registry.get(name)
-    latest = await p.registry.resolve(name, None)
-    return {**function_view(fn, latest), "instances": p.instances.describe(name)}
+    qualified = function_of(request, name)
+    fn = await p.registry.get(qualified)
+    latest = await p.registry.resolve(qualified, None)
+    return {**function_view(fn, latest), "instances": p.instances.describe(qualified)}
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances")
 async def delete_function(name: str, request: Request) -> Response:
     p = platform(request)
-    await p.registry.delete(name)
+    await p.registry.delete(function_of(request, name))
+    p.tenancy.record(principal_of(request), tenant_of(request), "function.delete", name)
     return Response(status_code=204)
 
 
 @router.get("/{name}/versions", summary="List a function's versions")
 async def versions(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
-    return {"versions": [version_view(v) for v in await p.registry.versions(name)]}
+    versions = await p.registry.versions(function_of(request, name))
+    return {"versions": [version_view(v) for v in versions]}
 
 
 @router.get("/{name}/instances", summary="A function's instances")
 async def instances(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
-    await p.registry.get(name)
-    return {"instances": p.instances.describe(name)}
+    qualified = function_of(request, name)
+    await p.registry.get(qualified)
+    return {"instances": p.instances.describe(qualified)}

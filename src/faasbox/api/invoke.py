@@ -8,13 +8,17 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from faasbox import errors
+from faasbox.api.auth import ScopedRoute, function_of, tenant_of
 from faasbox.api.body import read_event, trace_id_of
 from faasbox.api.errors import faasbox_error_response
+from faasbox.api.views import record_view
 from faasbox.invoker import new_id, new_request_id
 from faasbox.platform import Platform
 from faasbox.store import InvocationRecord
+from faasbox.tenancy.names import qualify
+from faasbox.tenancy.names import tenant_of as tenant_of_function
 
-router = APIRouter(tags=["invoke"])
+router = APIRouter(tags=["invoke"], route_class=ScopedRoute)
 
 
 # The hot route reads its optional query and header itself: FastAPI's parameter solving
@@ -34,7 +38,9 @@ _INVOKE_PARAMETERS = [
                  "application/json": {"schema": {"description": "the event: any JSON value"}}}}})
 async def invoke(name: str, request: Request) -> Response:
     p: Platform = request.app.state.platform
-    row = await p.registry.resolve(name, request.query_params.get("version"))
+    tenant = tenant_of(request)
+    row = await p.registry.resolve(qualify(tenant, name), request.query_params.get("version"))
+    p.admission.take(tenant)
     event = await read_event(request)
     request_id = new_request_id()
     trace_id = trace_id_of(request.headers.get("traceparent")) or new_id()
@@ -72,11 +78,13 @@ async def list_invocations(
                                 " oldest first (for following)"),
 ) -> dict[str, Any]:
     p: Platform = request.app.state.platform
+    tenant = tenant_of(request)
+    qualified = None if function is None else function_of(request, function)
     if since is not None:
-        records = await p.store.list_invocations_since(function, since, limit)
+        records = await p.store.list_invocations_since(qualified, since, limit, tenant)
     else:
-        records = await p.store.list_invocations(function, limit, before)
-    body: dict[str, Any] = {"invocations": [r.to_dict() for r in records]}
+        records = await p.store.list_invocations(qualified, limit, before, tenant)
+    body: dict[str, Any] = {"invocations": [record_view(r) for r in records]}
     if since is None and len(records) == limit:
         body["next_before"] = records[-1].started_at
     return body
@@ -86,6 +94,6 @@ async def list_invocations(
 async def get_invocation(invocation_id: str, request: Request) -> dict[str, Any]:
     p: Platform = request.app.state.platform
     rec = await p.store.get_invocation(invocation_id)
-    if rec is None:
+    if rec is None or tenant_of_function(rec.function) != tenant_of(request):
         raise errors.InvocationNotFound(f"no invocation {invocation_id!r}")
-    return rec.to_dict()
+    return record_view(rec)

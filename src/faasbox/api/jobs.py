@@ -7,14 +7,18 @@ from typing import Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from faasbox import errors
+from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import trace_id_of
-from faasbox.api.views import job_view, task_view, trigger_view
+from faasbox.api.views import job_view, record_view, task_view, trigger_view
 from faasbox.platform import Platform
+from faasbox.spec import check_name
+from faasbox.tenancy.names import display, qualify
+from faasbox.tenancy.names import tenant_of as tenant_of_function
 from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobSpec
 from faasbox.triggers.store import JOB_STATUSES
 
-router = APIRouter()
+router = APIRouter(route_class=ScopedRoute)
 
 MAX_WAIT_S = 60.0
 
@@ -22,6 +26,18 @@ MAX_WAIT_S = 60.0
 def _platform(request: Request) -> Platform:
     p: Platform = request.app.state.platform
     return p
+
+
+async def _job(p: Platform, request: Request, job_id: str) -> None:
+    job = await p.trigger_store.get_job(job_id)
+    if job is None or tenant_of_function(job.function) != tenant_of(request):
+        raise errors.JobNotFound(f"no job {job_id!r}")
+
+
+def _record(p: Platform, request: Request, action: str, function: str, trigger: str,
+            detail: dict[str, Any]) -> None:
+    p.tenancy.record(principal_of(request), tenant_of(request), action,
+                     f"{function}/{trigger}", detail)
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -35,7 +51,18 @@ async def create_job(
     p = _platform(request)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:
         raise errors.InvalidRequest("Idempotency-Key must be 1-256 characters")
+    for name in (spec.function, spec.reduce):
+        if name is not None:
+            check_name(name)
+    tenant = tenant_of(request)
+    spec = spec.model_copy(update={
+        "function": qualify(tenant, spec.function),
+        "reduce": None if spec.reduce is None else qualify(tenant, spec.reduce)})
+    p.admit_tasks(tenant, len(spec.events()))
     job, created = await p.jobs.create(spec, idempotency_key, trace_id_of(traceparent))
+    if created:
+        p.tenancy.record(principal_of(request), tenant, "job.create", job.id,
+                         {"function": display(job.function), "shards": job.shard_count})
     if not created:
         response.status_code = 200
     return {"job_id": job.id, "status": job.status, "shard_count": job.shard_count,
@@ -51,6 +78,7 @@ async def get_job(
     shards: bool = Query(False, description="include each shard's status and timings"),
 ) -> dict[str, Any]:
     p = _platform(request)
+    await _job(p, request, job_id)
     job = await p.jobs.wait(job_id, wait) if wait > 0 else await p.jobs.get(job_id)
     return await job_view(p.queue, job, results=results, shards=shards)
 
@@ -66,7 +94,8 @@ async def list_jobs(
     p = _platform(request)
     if status is not None and status not in JOB_STATUSES:
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
-    rows = await p.trigger_store.list_jobs(function, status, limit, cursor)
+    qualified = None if function is None else function_of(request, function)
+    rows = await p.trigger_store.list_jobs(qualified, status, limit, cursor, tenant_of(request))
     counts = await p.queue.jobs_counts([r.id for r in rows])
     body: dict[str, Any] = {"jobs": [
         await job_view(p.queue, r, results=False, counts=counts[r.id]) for r in rows]}
@@ -79,7 +108,10 @@ async def list_jobs(
              summary="Cancel a job: its queued shards at once, its running ones stopped")
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return await job_view(p.queue, await p.jobs.cancel(job_id), results=False)
+    await _job(p, request, job_id)
+    job = await p.jobs.cancel(job_id)
+    p.tenancy.record(principal_of(request), tenant_of(request), "job.cancel", job_id)
+    return await job_view(p.queue, job, results=False)
 
 
 # -- triggers -------------------------------------------------------------------------------
@@ -88,7 +120,8 @@ async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     body = TriggerSpec(**spec.model_dump(exclude={"name"}))
-    row = await p.triggers.put(name, spec.name, body, create_only=True)
+    row = await p.triggers.put(function_of(request, name), spec.name, body, create_only=True)
+    _record(p, request, "trigger.create", name, row.name, body.model_dump())
     return trigger_view(row, p.clock.now())
 
 
@@ -96,21 +129,24 @@ async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) ->
             summary="A function's cron triggers")
 async def list_function_triggers(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    await p.registry.get(name)
-    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(name)]}
+    qualified = function_of(request, name)
+    await p.registry.get(qualified)
+    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(qualified)]}
 
 
 @router.get("/v1/triggers", tags=["triggers"], summary="Every cron trigger")
 async def list_triggers(request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(None)]}
+    tenant = tenant_of(request)
+    return {"triggers": [trigger_view(r, p.clock.now()) for r in p.triggers.list(None)
+                         if tenant_of_function(r.function) == tenant]}
 
 
 @router.get("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
             summary="One cron trigger with its fire state")
 async def get_trigger(name: str, trigger: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    return trigger_view(p.triggers.get(name, trigger), p.clock.now())
+    return trigger_view(p.triggers.get(function_of(request, name), trigger), p.clock.now())
 
 
 @router.put("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
@@ -122,7 +158,8 @@ async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
         check_trigger_name(trigger)
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    row = await p.triggers.put(name, trigger, spec, create_only=False)
+    row = await p.triggers.put(function_of(request, name), trigger, spec, create_only=False)
+    _record(p, request, "trigger.put", name, trigger, spec.model_dump())
     return trigger_view(row, p.clock.now())
 
 
@@ -136,14 +173,17 @@ async def patch_trigger(
     unknown = set(changes) - set(TriggerSpec.model_fields)
     if unknown:
         raise errors.InvalidRequest(f"unknown trigger fields: {', '.join(sorted(unknown))}")
-    return trigger_view(await p.triggers.update(name, trigger, changes), p.clock.now())
+    row = await p.triggers.update(function_of(request, name), trigger, changes)
+    _record(p, request, "trigger.update", name, trigger, changes)
+    return trigger_view(row, p.clock.now())
 
 
 @router.delete("/v1/functions/{name}/triggers/{trigger}", status_code=204, tags=["triggers"],
                summary="Delete a cron trigger")
 async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
     p = _platform(request)
-    await p.triggers.delete(name, trigger)
+    await p.triggers.delete(function_of(request, name), trigger)
+    _record(p, request, "trigger.delete", name, trigger, {})
     return Response(status_code=204)
 
 
@@ -152,14 +192,17 @@ async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
             summary="Everything one trace caused: invocations in order, tasks and jobs")
 async def get_trace(trace_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    invocations = await p.store.list_invocations_by_trace(trace_id)
-    tasks = await p.queue.by_trace(trace_id)
+    tenant = tenant_of(request)
+    invocations = [r for r in await p.store.list_invocations_by_trace(trace_id)
+                   if tenant_of_function(r.function) == tenant]
+    tasks = [t for t in await p.queue.by_trace(trace_id)
+             if tenant_of_function(t.function) == tenant]
     jobs = sorted({t.job_id for t in tasks if t.job_id})
     if not invocations and not tasks:
         raise errors.TraceNotFound(f"no trace {trace_id!r}")
     return {
         "trace_id": trace_id,
-        "invocations": [r.to_dict() for r in invocations],
+        "invocations": [record_view(r) for r in invocations],
         "tasks": [{k: v for k, v in task_view(t).items() if k != "result"}
                   for t in tasks],
         "jobs": jobs,

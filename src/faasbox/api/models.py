@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field
 from faasbox import errors
 from faasbox.spec import FunctionSpec
 from faasbox.store import FunctionRow, VersionRow
+from faasbox.tenancy.names import display
 
 
 class DeployRequest(FunctionSpec):
@@ -41,7 +42,7 @@ class CreateRequest(DeployRequest):
 
 def function_view(fn: FunctionRow, latest: VersionRow) -> dict[str, Any]:
     return {
-        "name": fn.name,
+        "name": display(fn.name),
         "latest_version": fn.latest_version,
         "created_at": fn.created_at,
         "updated_at": fn.updated_at,
@@ -53,7 +54,7 @@ def function_view(fn: FunctionRow, latest: VersionRow) -> dict[str, Any]:
 
 def version_view(row: VersionRow) -> dict[str, Any]:
     return {
-        "function": row.function,
+        "function": display(row.function),
         "version": row.version,
         "created_at": row.created_at,
         "spec": row.spec.model_dump(),

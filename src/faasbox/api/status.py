@@ -7,24 +7,26 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from faasbox import errors
+from faasbox.api.auth import ScopedRoute, principal_of, tenant_of
 from faasbox.platform import Platform
 from faasbox.scheduler import InstancePools
+from faasbox.tenancy.names import display
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], route_class=ScopedRoute)
 
 
 @router.get("/v1/status", summary="Instances, demand and autoscaler state of every function")
 async def status(request: Request) -> dict[str, Any]:
     p: Platform = request.app.state.platform
     functions = []
-    for fn in await p.registry.functions():
+    for fn in await p.registry.functions(tenant_of(request)):
         try:
             latest = await p.registry.resolve(fn.name, None)
         except errors.NotFound:
             continue  # deleted meanwhile
         spec = latest.spec
         functions.append({
-            "name": fn.name,
+            "name": display(fn.name),
             "version": latest.version,
             "min_instances": spec.min_instances,
             "max_instances": spec.max_instances,
@@ -34,7 +36,8 @@ async def status(request: Request) -> dict[str, Any]:
     return {
         "time": p.clock.now(),
         "keepalive_policy": p.settings.keepalive_policy,
-        "nodes": p.resources.describe(),
+        # the node is shared by every tenant: only an admin sees its capacity
+        **({"nodes": p.resources.describe()} if principal_of(request).scope == "admin" else {}),
         "functions": functions,
     }
 

@@ -9,9 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from faasbox import __version__
+from faasbox.api.auth import ScopedRoute
 from faasbox.platform import Platform
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], route_class=ScopedRoute)
 
 
 @router.get("/healthz", summary="Liveness")

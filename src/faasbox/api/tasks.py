@@ -8,12 +8,15 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from faasbox import errors
+from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped, read_event, trace_id_of
 from faasbox.api.views import task_view
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
+from faasbox.tenancy.names import display
+from faasbox.tenancy.names import tenant_of as tenant_of_function
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(tags=["tasks"], route_class=ScopedRoute)
 
 MAX_BATCH = 1000
 MAX_BATCH_BODY = 64 * 2**20
@@ -29,6 +32,16 @@ def _platform(request: Request) -> Platform:
 async def _version(p: Platform, name: str, version: str | None) -> int | None:
     row = await p.registry.resolve(name, version)  # 404 for an unknown function or version
     return None if version in (None, "latest") else row.version
+
+
+async def _task(p: Platform, request: Request, task_id: str) -> None:
+    """404 unless the task is the request's tenant's (and, for an invoke key with a list of
+    functions, one of those)."""
+    row = await p.queue.get(task_id)
+    principal = principal_of(request)
+    if (row is None or tenant_of_function(row.function) != tenant_of(request)
+            or not principal.may_call(display(row.function))):
+        raise errors.TaskNotFound(f"no task {task_id!r}")
 
 
 def _check_key(key: str | None) -> str | None:
@@ -48,10 +61,12 @@ async def submit(
     traceparent: str | None = Header(None),
 ) -> dict[str, Any]:
     p = _platform(request)
-    pinned = await _version(p, name, version)
+    qualified = function_of(request, name)
+    pinned = await _version(p, qualified, version)
     event = await read_event(request)
+    p.admit_tasks(tenant_of(request), 1)
     [(row, created)] = await p.dispatcher.submit(
-        name, [event], [_check_key(idempotency_key)], pinned, trace_id_of(traceparent))
+        qualified, [event], [_check_key(idempotency_key)], pinned, trace_id_of(traceparent))
     if not created:
         response.status_code = 200
     return {"task_id": row.id, "status": row.status, "created": created}
@@ -69,7 +84,8 @@ async def submit_batch(
     traceparent: str | None = Header(None),
 ) -> dict[str, Any]:
     p = _platform(request)
-    pinned = await _version(p, name, version)
+    qualified = function_of(request, name)
+    pinned = await _version(p, qualified, version)
     body = await read_capped(request, MAX_BATCH_BODY, "batch")
     try:
         events = orjson.loads(body)
@@ -81,8 +97,9 @@ async def submit_batch(
         raise errors.PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events")
     key = _check_key(idempotency_key)
     keys = [f"{key}:{i}" if key else None for i in range(len(events))]
+    p.admit_tasks(tenant_of(request), len(events))
     rows = await p.dispatcher.submit(
-        name, [orjson.dumps(e) for e in events], keys, pinned, trace_id_of(traceparent))
+        qualified, [orjson.dumps(e) for e in events], keys, pinned, trace_id_of(traceparent))
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 
@@ -92,6 +109,7 @@ async def get_task(
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the end"),
 ) -> dict[str, Any]:
     p = _platform(request)
+    await _task(p, request, task_id)
     row = await p.tasks.wait(task_id, wait) if wait > 0 else await p.tasks.get(task_id)
     return task_view(row)
 
@@ -107,7 +125,8 @@ async def list_tasks(
     p = _platform(request)
     if status is not None and status not in STATUSES:
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(STATUSES))}")
-    rows = await p.queue.list(function, status, limit, cursor)
+    qualified = None if function is None else function_of(request, function)
+    rows = await p.queue.list(qualified, status, limit, cursor, tenant_of(request))
     body: dict[str, Any] = {"tasks": [task_view(r) for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
@@ -117,28 +136,35 @@ async def list_tasks(
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
+    await _task(p, request, task_id)
     row = await p.tasks.cancel(task_id)
+    p.tenancy.record(principal_of(request), tenant_of(request), "task.cancel", task_id)
     return task_view(row)
 
 
 @router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy")
 async def get_policy(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    await p.registry.get(name)
-    return (await p.policies.of_function(name)).model_dump()
+    qualified = function_of(request, name)
+    await p.registry.get(qualified)
+    return (await p.policies.of_function(qualified)).model_dump()
 
 
 @router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)")
 async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    await p.registry.get(name)
-    await p.dispatcher.set_policy(name, policy)
+    qualified = function_of(request, name)
+    await p.registry.get(qualified)
+    await p.dispatcher.set_policy(qualified, policy)
+    p.tenancy.record(principal_of(request), tenant_of(request), "task_policy.put", name,
+                     policy.model_dump())
     return policy.model_dump()
 
 
 @router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status")
 async def queue_depth(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
-    await p.registry.get(name)
-    return {"function": name, "counts": await p.queue.counts(name),
-            **p.dispatcher.stats(name)}
+    qualified = function_of(request, name)
+    await p.registry.get(qualified)
+    return {"function": name, "counts": await p.queue.counts(qualified),
+            **p.dispatcher.stats(qualified)}

@@ -7,13 +7,15 @@ from typing import Any
 import orjson
 
 from faasbox.queue import TaskQueue, TaskRow
+from faasbox.store import InvocationRecord
+from faasbox.tenancy.names import display
 from faasbox.triggers.store import JobRow, TriggerRow
 
 
 def task_view(row: TaskRow) -> dict[str, Any]:
     """The API's view of a task."""
     view: dict[str, Any] = {
-        "task_id": row.id, "function": row.function, "version": row.version,
+        "task_id": row.id, "function": display(row.function), "version": row.version,
         "status": row.status, "attempts": row.attempts, "max_attempts": row.max_attempts,
         "created_at": row.created_at, "started_at": row.started_at,
         "finished_at": row.finished_at, "run_at": row.run_at, "expires_at": row.expires_at,
@@ -41,13 +43,13 @@ async def job_view(queue: TaskQueue, job: JobRow, results: bool = True, shards: 
     started = [t.started_at for t in tasks if t.started_at is not None]
     timings: dict[str, Any] = {"started_at": min(started)} if started else {}
     view: dict[str, Any] = {
-        "job_id": job.id, "function": job.function, "version": job.version,
+        "job_id": job.id, "function": display(job.function), "version": job.version,
         "status": job.status, "shard_count": job.shard_count,
         "progress": {s: counts.get(s, 0) for s in
                      ("held", "queued", "running", "retry_wait", "succeeded", "failed",
                       "dead", "expired", "cancelled")},
         "max_parallel": job.spec.get("max_parallel"),
-        "on_failure": job.spec.get("on_failure"), "reduce": job.spec.get("reduce"),
+        "on_failure": job.spec.get("on_failure"), "reduce": _name(job.spec.get("reduce")),
         "created_at": job.created_at, **timings, "finished_at": job.finished_at,
         "duration_s": (job.finished_at - job.created_at) if job.finished_at else None,
         "trace_id": job.trace_id, "trigger": job.trigger_name,
@@ -78,9 +80,20 @@ def trigger_view(row: TriggerRow, now: float) -> dict[str, Any]:
     upcoming = (row.spec.schedule().upcoming(now, 3)
                 if row.spec.enabled else [])
     return {
-        "function": row.function, "name": row.name, **row.spec.model_dump(),
+        **row.spec.model_dump(), "function": display(row.function), "name": row.name,
         "next_fire_at": row.next_fire_at, "upcoming": upcoming,
         "last_fire_at": row.last_fire_at, "last_run": row.last_run,
         "pending_fires": row.pending_fires, "fires": row.fires, "skipped": row.skipped,
         "created_at": row.created_at, "updated_at": row.updated_at,
     }
+
+
+def record_view(rec: InvocationRecord) -> dict[str, Any]:
+    """The API's view of an invocation record."""
+    view = rec.to_dict()
+    view["function"] = display(rec.function)
+    return view
+
+
+def _name(name: str | None) -> str | None:
+    return None if name is None else display(name)

@@ -6,6 +6,7 @@ from faasbox import errors
 from faasbox.cli import commands as _commands  # noqa: F401  (registers the commands)
 from faasbox.cli import jobs as _jobs  # noqa: F401
 from faasbox.cli import tasks as _tasks  # noqa: F401
+from faasbox.cli import tenancy as _tenancy  # noqa: F401
 from faasbox.cli import top as _top  # noqa: F401
 from faasbox.cli import triggers as _triggers  # noqa: F401
 from faasbox.cli.app import CliError, app, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -31,3 +32,20 @@ def print_json(value: Any) -> None:
 
 def ts(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.callback()
+def _options(
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="FAASBOX_API_KEY", show_envvar=True,
+        help="The API key (else a `faasbox login` profile, else .faasbox/admin.key for a"
+        " local server)."),
+    tenant: str | None = typer.Option(
+        None, "--tenant", envvar="FAASBOX_TENANT", show_envvar=True,
+        help="Act on this tenant (admin keys)."),
+) -> None:
+    """faasbox: deploy Python functions and invoke them, on your own machines."""
+    if api_key:
+        os.environ["FAASBOX_API_KEY"] = api_key
+    if tenant:
+        os.environ["FAASBOX_TENANT"] = tenant

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ def server(
     deploy: Path | None = typer.Option(None, "--deploy", envvar="FAASBOX_DEPLOY",
                                        help="A stack file to deploy at start."),
     log_level: str = typer.Option("info", envvar="FAASBOX_LOG_LEVEL"),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", envvar="FAASBOX_INSECURE_NO_AUTH",
+        help="Serve without API keys (loopback addresses only)."),
 ) -> None:
     """Run the faasbox server (API, scheduler and local node) in this process."""
     import logging
@@ -34,12 +38,26 @@ def server(
     import uvicorn
 
     from faasbox.api import create_app
+    from faasbox.api.auth import is_loopback
     from faasbox.config import Settings
     from faasbox.platform import Platform
 
+    if insecure_no_auth and not is_loopback(host):
+        raise CliError(f"--insecure-no-auth serves anyone who reaches the port: it is refused"
+                       f" on {host}, which is not a loopback address")
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    settings = Settings.from_env(host=host, port=port, data=data, log_level=log_level)
+    if not is_loopback(host):
+        logging.getLogger("faasbox").warning(
+            "listening on %s, beyond this machine: every request needs an API key"
+            " (bearer auth)%s", host,
+            "" if os.environ.get("FAASBOX_SERVER_NAMES") else
+            "; any Host name is accepted (set FAASBOX_SERVER_NAMES to restrict it)")
+    elif insecure_no_auth:
+        logging.getLogger("faasbox").warning("auth is OFF (--insecure-no-auth): any local"
+                                             " process can deploy and invoke")
+    settings = Settings.from_env(host=host, port=port, data=data, log_level=log_level,
+                                 insecure_no_auth=insecure_no_auth or None)
     platform = Platform(settings)
     api = create_app(platform, deploy)
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False,

@@ -21,11 +21,12 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher.lifecycle import TaskLifecycle
 from faasbox.dispatcher.policies import Policies
-from faasbox.events import SlotReleased
+from faasbox.events import Events, SlotReleased, TasksEnqueued
 from faasbox.invoker import new_id
 from faasbox.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
+from faasbox.tenancy.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ PURGE_EVERY_S = 60.0
 class Dispatcher:
     def __init__(
         self, queue: TaskQueue, registry: Registry, scheduler: Scheduler,
-        lifecycle: TaskLifecycle, policies: Policies, clock: Clock,
+        lifecycle: TaskLifecycle, policies: Policies, admission: Admission, events: Events,
+        clock: Clock,
         dedup_window_s: float = 86400.0, retention_s: float = 7 * 86400.0,
         sweep_interval_s: float = 1.0,
     ) -> None:
@@ -46,6 +48,8 @@ class Dispatcher:
         self.scheduler = scheduler
         self.lifecycle = lifecycle
         self.policies = policies
+        self.admission = admission
+        self.events = events
         self.clock = clock
         self.dedup_window_s = dedup_window_s
         self.retention_s = retention_s
@@ -93,7 +97,9 @@ class Dispatcher:
         now = self.clock.now()
         rows = await self.queue.enqueue(function, new, version, policy, now,
                                         self.dedup_window_s)
-        if any(created for _, created in rows):
+        created = sum(1 for _, c in rows if c)
+        if created:
+            self.events.emit(TasksEnqueued(function, created))
             self.notify(function, now)
         return rows
 
@@ -179,8 +185,10 @@ class Dispatcher:
         total = row.spec.max_instances * row.spec.concurrency
         policy = await self.policies.of_function(function)
         limit = policy.async_concurrency or total
-        in_use = held + starting + self.lifecycle.acquiring[function]
-        return int(min(total - in_use, limit - self.lifecycle.running_by_function[function]))
+        acquiring = self.lifecycle.acquiring[function]
+        in_use = held + starting + acquiring
+        return int(min(total - in_use, limit - self.lifecycle.running_by_function[function],
+                       self.admission.free(function) - acquiring))
 
     def stats(self, function: str) -> dict[str, Any]:
         return {"running": self.lifecycle.running_by_function[function],

@@ -12,6 +12,7 @@ from typing import Any
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
 from faasbox.spec import FunctionSpec
+from faasbox.tenancy.names import display, tenant_of
 
 RUNTIME_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -100,7 +101,8 @@ class InstanceEnvironment:
             **RUNTIME_ENV,
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
-            "FAASBOX_FUNCTION_NAME": function,
+            "FAASBOX_FUNCTION_NAME": display(function),
+            "FAASBOX_TENANT": tenant_of(function),
             "FAASBOX_FUNCTION_VERSION": str(version),
             "FAASBOX_FUNCTION_MEMORY_MB": str(spec.memory_mb),
         }
@@ -111,6 +113,6 @@ class InstanceEnvironment:
         return {
             "rlimits": limits,
             "t": "load", "handler": spec.handler, "paths": paths,
-            "function": function, "version": version,
+            "function": display(function), "version": version,
             "memory_mb": spec.memory_mb, "concurrency": spec.concurrency,
         }

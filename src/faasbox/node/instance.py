@@ -57,7 +57,8 @@ class Instance:
         self, function: str, version: int, spec: FunctionSpec, scratch: Path,
         output_path: Path, cgroup: Cgroup | None, uid: int | None,
     ) -> None:
-        self.id = f"{function}-{version}-{next(_ids)}-{os.urandom(2).hex()}"
+        # used in paths and cgroup names: the tenant separator becomes a dot
+        self.id = f"{function.replace('/', '.')}-{version}-{next(_ids)}-{os.urandom(2).hex()}"
         self.function = function
         self.version = version
         self.spec = spec

@@ -295,7 +295,7 @@ class Starter:
     async def _new_template(self, forkserver: Zygote, function: str, version: int,
                             spec: FunctionSpec, paths: list[str]) -> Template:
         node = self.env
-        tid = f"tmpl-{function}-{version}-{os.urandom(3).hex()}"
+        tid = f"tmpl-{function.replace('/', '.')}-{version}-{os.urandom(3).hex()}"
         template = Template((function, version), tid, node.allocate_uid(),
                             node.scratch_root / tid, node.output_root / f"{tid}.out",
                             node.cgroup(tid) if node.features.cgroup_dirs else None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from faasbox.node import Instance, NodeService
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.store import VersionRow
+from faasbox.tenancy.names import display, tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class InstancePools:
     def __init__(
         self, registry: Registry, node: NodeService, resources: ResourceManager, clock: Clock,
         policy: KeepAlivePolicy, scaler: ScalerConfig, lead_margin_s: float,
+        tenant_memory_mb: Callable[[str], int] = lambda tenant: 0,
     ) -> None:
         self.registry = registry
         self.node = node
@@ -66,6 +69,8 @@ class InstancePools:
         self.policy = policy
         self.scaler = scaler
         self.lead_margin_s = lead_margin_s
+        self.tenant_memory_mb = tenant_memory_mb  # a tenant's memory limit (0: none)
+        self.memory: Counter[str] = Counter()  # tenant -> memory_mb of its instances
         self.pools: dict[str, Pool] = {}
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
         self._background: set[asyncio.Task[Any]] = set()
@@ -94,6 +99,8 @@ class InstancePools:
             if victim is None:
                 return None
             self.retire(pool, victim)
+        if not self._tenant_room(row, evict=True):
+            return None
         while True:
             node = self.resources.reserve(row.spec.memory_mb)
             if node is not None:
@@ -106,9 +113,31 @@ class InstancePools:
 
     def reserve_free(self, pool: Pool, row: VersionRow) -> Node | None:
         """Reserve a node only from free room (no eviction) and under max_instances."""
-        if pool.size() >= row.spec.max_instances:
+        if pool.size() >= row.spec.max_instances or not self._tenant_room(row, evict=False):
             return None
         return self.resources.reserve(row.spec.memory_mb)
+
+    def _tenant_room(self, row: VersionRow, evict: bool) -> bool:
+        """Whether the function's tenant stays within its memory limit with one more instance
+        (evicting the tenant's own idle instances when ``evict``)."""
+        tenant = tenant_of(row.function)
+        limit = self.tenant_memory_mb(tenant)
+        while limit and self.memory[tenant] + row.spec.memory_mb > limit:
+            if not evict:
+                return False
+            mine = [i for p in self.pools.values() if tenant_of(p.function) == tenant
+                    for i in p.instances]
+            victim = self._idle_victim(mine, exclude_version=None)
+            if victim is None:
+                return False
+            self.retire(self.pools[victim.function], victim)
+        return True
+
+    def over_tenant_memory(self, row: VersionRow) -> bool:
+        """The tenant's instances hold its whole memory limit (no start can fit)."""
+        tenant = tenant_of(row.function)
+        limit = self.tenant_memory_mb(tenant)
+        return bool(limit) and self.memory[tenant] + row.spec.memory_mb > limit
 
     @staticmethod
     def _idle_victim(candidates: list[Instance], exclude_version: int | None) -> Instance | None:
@@ -122,11 +151,12 @@ class InstancePools:
         from the first moment, and comes back holding one slot for the caller."""
         if not self.serves(pool):
             self.resources.release(node, row.spec.memory_mb)
-            raise errors.Unavailable(f"function {row.function!r} is no longer served here")
+            raise errors.Unavailable(f"function {display(row.function)!r} is no longer served here")
         inst = self.node.create(row.function, row.version, row.spec)
         inst.leases = 1
         pool.instances.append(inst)
         self._placement[inst.id] = node
+        self.memory[tenant_of(inst.function)] += inst.memory_mb
         began = self.clock.monotonic()
         try:
             await self.node.boot(inst, self.registry.paths(row))
@@ -136,12 +166,13 @@ class InstancePools:
                 pool.instances.remove(inst)
             if self._placement.pop(inst.id, None) is not None:
                 self.resources.release(node, row.spec.memory_mb)
+                self.memory[tenant_of(inst.function)] -= inst.memory_mb
             raise
         if not self.serves(pool):
             # the pool was dropped (closing, function deleted) while this one started: drop
             # did not see it if it was not in the pool yet; nobody else would stop it
             self.retire(pool, inst)
-            raise errors.Unavailable(f"function {row.function!r} is no longer served here")
+            raise errors.Unavailable(f"function {display(row.function)!r} is no longer served here")
         self.cold_starts += 1
         pool.planner.observe_cold_start(self.clock.monotonic() - began)
         return inst
@@ -154,6 +185,7 @@ class InstancePools:
         node = self._placement.pop(inst.id, None)
         if node is not None:
             self.resources.release(node, inst.memory_mb)
+            self.memory[tenant_of(inst.function)] -= inst.memory_mb
         if not inst.retired:
             inst.retired = True
             if inst.state != "stopped":
@@ -176,7 +208,7 @@ class InstancePools:
         pool = self.pools.pop(function, None)
         if pool is None:
             return
-        gone = errors.FunctionNotFound(f"function {function!r} was deleted")
+        gone = errors.FunctionNotFound(f"function {display(function)!r} was deleted")
         for waiter in pool.waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(gone)

@@ -23,6 +23,7 @@ from faasbox.node import Instance
 from faasbox.resources import Node
 from faasbox.scheduler.instances import InstancePools, Pool, Waiter
 from faasbox.store import VersionRow
+from faasbox.tenancy.names import display, tenant_of
 
 
 class Scheduler:
@@ -57,6 +58,11 @@ class Scheduler:
             node = self.instances.make_room(pool, row)
             if node is not None:
                 return await self._cold(pool, row, node), True
+            if not pool.size() and self.instances.over_tenant_memory(row):
+                raise errors.OverLimit(
+                    "tenant_memory_exceeded", f"the tenant's instances hold all of its"
+                    f" max_memory_mb ({self.instances.tenant_memory_mb(tenant_of(row.function))}"
+                    " MB) and none is idle", retry_after=1.0)
         fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
         waiter = Waiter(row, fut)
         pool.waiters.append(waiter)
@@ -80,7 +86,7 @@ class Scheduler:
                 return fut.result()  # granted just as the wait ended
             fut.cancel()
             raise errors.Throttled(
-                f"function {row.function!r} is at capacity ({row.spec.max_instances}"
+                f"function {display(row.function)!r} is at capacity ({row.spec.max_instances}"
                 f" instances busy) and no instance freed up within {self.acquire_timeout_s:g} s",
                 retry_after=1.0,
             ) from None

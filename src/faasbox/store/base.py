@@ -86,7 +86,8 @@ class Store(abc.ABC):
     async def get_function(self, name: str) -> FunctionRow | None: ...
 
     @abc.abstractmethod
-    async def list_functions(self) -> list[FunctionRow]: ...
+    async def list_functions(self, tenant: str | None = None) -> list[FunctionRow]:
+        """Every function (qualified names), or those of one tenant, by name."""
 
     @abc.abstractmethod
     async def get_version(self, function: str, version: int) -> VersionRow | None: ...
@@ -109,12 +110,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_invocations(
         self, function: str | None = None, limit: int = 50, before: float | None = None,
+        tenant: str | None = None,
     ) -> list[InvocationRecord]:
-        """Newest first; ``before`` is a started_at cursor (exclusive)."""
+        """Newest first; ``before`` is a started_at cursor (exclusive); ``tenant`` keeps
+        one tenant's records."""
 
     @abc.abstractmethod
     async def list_invocations_since(
-        self, function: str | None, since: float, limit: int = 100,
+        self, function: str | None, since: float, limit: int = 100, tenant: str | None = None,
     ) -> list[InvocationRecord]:
         """Records started after ``since``, oldest first (for following logs)."""
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from faasbox.spec import FunctionSpec
 from faasbox.store.base import FunctionRow, InvocationRecord, Store, VersionRow
+from faasbox.tenancy.names import prefix_range
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +224,13 @@ class SqliteStore(Store):
 
         return await self.read(q)
 
-    async def list_functions(self) -> list[FunctionRow]:
+    async def list_functions(self, tenant: str | None = None) -> list[FunctionRow]:
+        clause, args = where_clause(*tenant_range("name", tenant))
+
         def q(conn: sqlite3.Connection) -> list[FunctionRow]:
             rows = conn.execute(
-                "SELECT name, created_at, updated_at, latest_version FROM functions ORDER BY name"
-            ).fetchall()
+                "SELECT name, created_at, updated_at, latest_version FROM functions"
+                f" {clause} ORDER BY name", args).fetchall()
             return [FunctionRow(*r) for r in rows]
 
         return await self.read(q)
@@ -280,8 +283,10 @@ class SqliteStore(Store):
 
     async def list_invocations(
         self, function: str | None = None, limit: int = 50, before: float | None = None,
+        tenant: str | None = None,
     ) -> list[InvocationRecord]:
-        clause, args = where_clause(("function = ?", function), ("started_at < ?", before))
+        clause, args = where_clause(("function = ?", function), ("started_at < ?", before),
+                                    *tenant_range("function", tenant))
         sql = (f"SELECT {_INV_COLUMNS} FROM invocations {clause}"
                " ORDER BY started_at DESC LIMIT ?")
 
@@ -291,11 +296,11 @@ class SqliteStore(Store):
         return await self.read(q)
 
     async def list_invocations_since(
-        self, function: str | None, since: float, limit: int = 100,
+        self, function: str | None, since: float, limit: int = 100, tenant: str | None = None,
     ) -> list[InvocationRecord]:
-        clause = "started_at > ?" + (" AND function = ?" if function is not None else "")
-        args: tuple[Any, ...] = (since,) if function is None else (since, function)
-        sql = (f"SELECT {_INV_COLUMNS} FROM invocations WHERE {clause}"
+        clause, args = where_clause(("started_at > ?", since), ("function = ?", function),
+                                    *tenant_range("function", tenant))
+        sql = (f"SELECT {_INV_COLUMNS} FROM invocations {clause}"
                " ORDER BY started_at ASC LIMIT ?")
 
         def q(conn: sqlite3.Connection) -> list[InvocationRecord]:
@@ -314,6 +319,14 @@ class SqliteStore(Store):
 
 
 _INV_COLUMNS = ", ".join(InvocationRecord.__dataclass_fields__)
+
+
+def tenant_range(column: str, tenant: str | None) -> list[tuple[str, Any]]:
+    """Conditions that keep one tenant's rows (``column`` holds qualified names)."""
+    if tenant is None:
+        return []
+    lo, hi = prefix_range(tenant)
+    return [(f"{column} >= ?", lo), (f"{column} < ?", hi)]
 
 
 def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from faasbox.queue import Failure, NewTask, TaskPolicy, TaskQueue, TaskRow
-from faasbox.store.sqlite import SqliteStore, where_clause
+from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
 # the same columns with the event left out (listings of many tasks)
@@ -261,10 +261,12 @@ class SqliteTaskQueue(TaskQueue):
 
     async def list(
         self, function: str | None, status: str | None, limit: int, before: str | None,
+        tenant: str | None = None,
     ) -> list[TaskRow]:
         clause, args = where_clause(
             ("function = ?", function), ("status = ?", status),
-            ("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)", before))
+            ("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)", before),
+            *tenant_range("function", tenant))
         sql = (f"SELECT {_COLUMNS} FROM tasks {clause}"
                " ORDER BY created_at DESC, id DESC LIMIT ?")
 
@@ -297,6 +299,14 @@ class SqliteTaskQueue(TaskQueue):
                 "SELECT status, COUNT(*) FROM tasks WHERE function = ? GROUP BY status",
                 (function,)).fetchall()
             return {r[0]: r[1] for r in rows}
+
+        return await self.store.read(q)
+
+    async def unfinished(self) -> dict[str, int]:
+        def q(conn: sqlite3.Connection) -> dict[str, int]:
+            return {r[0]: r[1] for r in conn.execute(
+                "SELECT function, COUNT(*) FROM tasks WHERE status IN"
+                " ('held', 'queued', 'retry_wait', 'running') GROUP BY function")}
 
         return await self.store.read(q)
 

@@ -7,7 +7,7 @@ import sqlite3
 import orjson
 
 from faasbox.queue import NewTask, TaskPolicy
-from faasbox.store.sqlite import SqliteStore, where_clause
+from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
 from faasbox.store.sqlite_queue import insert_tasks
 from faasbox.triggers.cron import TriggerSpec
 from faasbox.triggers.store import JobRow, TriggerRow, TriggerStore
@@ -132,10 +132,12 @@ class SqliteTriggerStore(TriggerStore):
 
     async def list_jobs(
         self, function: str | None, status: str | None, limit: int, before: str | None,
+        tenant: str | None = None,
     ) -> list[JobRow]:
         clause, args = where_clause(
             ("function = ?", function), ("status = ?", status),
-            ("(created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?)", before))
+            ("(created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?)", before),
+            *tenant_range("function", tenant))
 
         def q(conn: sqlite3.Connection) -> list[JobRow]:
             return [_job(r) for r in conn.execute(

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 
 from faasbox.dispatcher import Dispatcher
 from faasbox.events import InvocationFinished
+from faasbox.tenancy.names import within
 
 
 class Chains:
@@ -28,5 +29,6 @@ class Chains:
     async def _next(self, nxt: str, event: InvocationFinished) -> None:
         cause = event.extra.get("task_id") or event.record.id
         assert event.payload is not None
-        await self.dispatcher.submit(nxt, [event.payload], [f"chain:{cause}"],
-                                     trace_id=event.record.trace_id, source="chain")
+        await self.dispatcher.submit(within(event.row.function, nxt), [event.payload],
+                                     [f"chain:{cause}"], trace_id=event.record.trace_id,
+                                     source="chain")

@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
-from faasbox.events import TaskFinished
+from faasbox.events import Events, TaskFinished, TasksEnqueued
 from faasbox.invoker import new_id
 from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue
 from faasbox.registry import Registry
 from faasbox.spec import check_name
+from faasbox.tenancy.names import display, within
 from faasbox.triggers.shards import MAX_SHARDS, shard_events
 from faasbox.triggers.store import JobRow, TriggerStore
 
@@ -61,7 +62,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None:
-            check_name(v)
+            check_name(display(v))  # the API qualifies plain names with the tenant
         return v
 
     @model_validator(mode="after")
@@ -76,12 +77,14 @@ class JobSpec(BaseModel):
 class JobService:
     def __init__(
         self, store: TriggerStore, queue: TaskQueue, dispatcher: Dispatcher,
-        tasks: TaskLifecycle, registry: Registry, clock: Clock, sweep_interval_s: float = 2.0,
+        tasks: TaskLifecycle, registry: Registry, events: Events, clock: Clock,
+        sweep_interval_s: float = 2.0,
     ) -> None:
         self.store = store
         self.queue = queue
         self.dispatcher = dispatcher
         self.tasks = tasks
+        self.events = events
         self.registry = registry
         self.clock = clock
         self.sweep_interval_s = sweep_interval_s
@@ -110,7 +113,7 @@ class JobService:
     ) -> tuple[JobRow, bool]:
         row = await self.registry.resolve(spec.function, spec.version)  # 404 if unknown
         if spec.reduce is not None:
-            await self.registry.get(spec.reduce)
+            await self.registry.get(within(spec.function, spec.reduce))
         events = spec.events()
         job_id = new_id()
         trace_id = trace_id or new_id()
@@ -135,6 +138,7 @@ class JobService:
         job, created = await self.store.create_job(job, shards, spec.retry,
                                                    self.dispatcher.dedup_window_s)
         if created:
+            self.events.emit(TasksEnqueued(spec.function, count))
             self._specs[job.id] = spec
             self.dispatcher.notify(spec.function, job.created_at)
         return job, created
@@ -227,12 +231,13 @@ class JobService:
                 await self._end(job, "succeeded", result=task.result)
             else:
                 await self._end(job, "failed", error_code="reduce_failed",
-                                error_message=f"reduce {spec.reduce} {task.status}:"
+                                error_message=f"reduce {display(spec.reduce)} {task.status}:"
                                 f" {task.error_code}: {task.error_message}")
             return
         results = [orjson.Fragment(t.result or b"null")
                    for t in await self.queue.job_tasks(job.id)]
-        event = orjson.dumps({"job_id": job.id, "function": job.function, "results": results})
+        event = orjson.dumps({"job_id": job.id, "function": display(job.function),
+                              "results": results})
         if len(event) > MAX_REDUCE_EVENT:
             await self._end(job, "failed", error_code="reduce_input_too_large",
                             error_message=f"the shard results are {len(event)} bytes; reduce"
@@ -240,7 +245,7 @@ class JobService:
             return
         new = NewTask(new_id(), event, f"job:{job.id}:reduce", job.trace_id, source="reduce",
                       job_id=job.id)
-        [(row, _)] = await self.dispatcher.enqueue(spec.reduce, [new])
+        [(row, _)] = await self.dispatcher.enqueue(within(job.function, spec.reduce), [new])
         await self.store.set_reduce(job.id, row.id)
 
     async def _stop(self, job: JobRow, status: str, code: str, message: str) -> None:

@@ -23,6 +23,7 @@ from faasbox.events import Events, FunctionDeleted, ScheduleChanged, TaskFinishe
 from faasbox.invoker import new_id
 from faasbox.queue import TaskQueue
 from faasbox.registry import Registry
+from faasbox.tenancy.names import display, within
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
 from faasbox.triggers.store import TriggerRow, TriggerStore
@@ -133,13 +134,14 @@ class TriggerService:
         """Enqueue one fire (idempotently); the id of the task or job it made. A fire that
         waited for run ``after`` to end is keyed by that run: one per ended run."""
         key = f"cron:{row.name}:" + (f"after:{after}" if after else f"{scheduled:.3f}")
-        event = fire_event(row.spec, row.function, row.name, scheduled)
+        event = fire_event(row.spec, display(row.function), row.name, scheduled)
         if row.spec.job is not None:
             tpl = row.spec.job
             retry = tpl.retry or await self.dispatcher.policies.of_function(row.function)
             spec = JobSpec(function=row.function, shards=tpl.shards,
                            max_parallel=tpl.max_parallel, on_failure=tpl.on_failure,
-                           retry=retry, reduce=tpl.reduce)
+                           retry=retry,
+                           reduce=None if tpl.reduce is None else within(row.function, tpl.reduce))
             job, _ = await self.jobs.create(spec, idempotency_key=key, trigger_name=row.name)
             return job.id
         [(task, _)] = await self.dispatcher.submit(
@@ -191,13 +193,14 @@ class TriggerService:
         await self.registry.get(function)  # 404 for an unknown function
         if spec.job is not None:  # the job it would start must be valid now, not at 2 am
             if spec.job.reduce is not None:
-                await self.registry.get(spec.job.reduce)
+                await self.registry.get(within(function, spec.job.reduce))
         now = self.clock.now()
         async with self._lock:
             name = name or f"cron-{new_id()[:8]}"
             old = self._triggers.get((function, name))
             if old is not None and create_only:
-                raise errors.Conflict(f"function {function!r} already has a trigger {name!r}")
+                raise errors.Conflict(
+                    f"function {display(function)!r} already has a trigger {name!r}")
             same_schedule = old is not None and (old.spec.cron, old.spec.timezone,
                                                  old.spec.enabled) == (
                 spec.cron, spec.timezone, spec.enabled)
@@ -211,7 +214,8 @@ class TriggerService:
                 skipped=old.skipped if old else 0, created_at=old.created_at if old else now,
                 updated_at=now)
             if not await self.store.put_trigger(row, create_only):
-                raise errors.Conflict(f"function {function!r} already has a trigger {name!r}")
+                raise errors.Conflict(
+                    f"function {display(function)!r} already has a trigger {name!r}")
             self._triggers[(function, name)] = row
         self._tell_schedule(function)
         self._wake.set()
@@ -228,7 +232,7 @@ class TriggerService:
     def get(self, function: str, name: str) -> TriggerRow:
         row = self._triggers.get((function, name))
         if row is None:
-            raise errors.TriggerNotFound(f"function {function!r} has no trigger {name!r}")
+            raise errors.TriggerNotFound(f"function {display(function)!r} has no trigger {name!r}")
         return row
 
     def list(self, function: str | None) -> list[TriggerRow]:
@@ -239,7 +243,8 @@ class TriggerService:
     async def delete(self, function: str, name: str) -> None:
         async with self._lock:
             if not await self.store.delete_trigger(function, name):
-                raise errors.TriggerNotFound(f"function {function!r} has no trigger {name!r}")
+                raise errors.TriggerNotFound(
+                    f"function {display(function)!r} has no trigger {name!r}")
             self._triggers.pop((function, name), None)
         self._tell_schedule(function)
 

@@ -99,7 +99,9 @@ class TriggerStore(abc.ABC):
     @abc.abstractmethod
     async def list_jobs(
         self, function: str | None, status: str | None, limit: int, before: str | None,
-    ) -> list[JobRow]: ...
+        tenant: str | None = None,
+    ) -> list[JobRow]:
+        """Newest first; ``before`` is a job id cursor (exclusive)."""
 
     @abc.abstractmethod
     async def running_jobs(self) -> list[JobRow]: ...
