@@ -248,7 +248,9 @@ def doctor(
 
 @app.command()
 def simulate(
-    trace: Path = typer.Option(..., "--trace", help="An Azure Functions 2019 trace folder."),
+    trace: Path | None = typer.Option(
+        None, "--trace", help="An Azure Functions 2019 trace folder (default: the dev sample"
+        " shipped with faasbox)."),
     policy: str = typer.Option("faasbox", "--policy", help="fixed, hybrid or faasbox."),
     seed: int = typer.Option(0, "--seed"),
     spread: str = typer.Option("uniform", "--spread", help="uniform or random."),
@@ -256,8 +258,10 @@ def simulate(
 ) -> None:
     """Replay a trace through a keep-alive policy on a virtual clock; print JSON."""
     from faasbox.autoscaler import POLICIES
+    from faasbox.simulator import DEV_TRACE
     from faasbox.simulator import simulate as run_simulation
 
+    trace = DEV_TRACE if trace is None else trace
     if policy not in POLICIES:
         raise CliError(f"unknown policy {policy!r}; choose from {', '.join(sorted(POLICIES))}")
     if not (trace / "inv.csv").is_file():
