@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from faasbox import errors
-from faasbox.api.body import read_capped
+from faasbox.api.body import json_router, read_capped
 from faasbox.api.models import CreateRequest, DeployRequest, function_view, version_view
 from faasbox.platform import Platform
 
-router = APIRouter(prefix="/v1/functions", tags=["functions"])
+router = json_router(prefix="/v1/functions", tags=["functions"])
 MAX_DEPLOY = 96 * 2**20  # a 50 MiB zip in base64, plus the spec
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from starlette.responses import Response
 
 from faasbox import errors
-from faasbox.api.body import read_event, trace_id_of
+from faasbox.api.body import json_router, read_event, trace_id_of
 from faasbox.api.errors import faasbox_error_response
 from faasbox.invoker import new_id, new_request_id
 from faasbox.platform import Platform
 from faasbox.store import InvocationRecord
 
-router = APIRouter(tags=["invoke"])
+router = json_router(tags=["invoke"])
 
 
 # The hot route reads its optional query and header itself: FastAPI's parameter solving

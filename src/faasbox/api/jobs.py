@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import Body, Header, Query, Request, Response
 
 from faasbox import errors
-from faasbox.api.body import trace_id_of
+from faasbox.api.body import json_router, trace_id_of
 from faasbox.platform import Platform
 from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobSpec
 from faasbox.triggers.store import JOB_STATUSES
 
-router = APIRouter()
+router = json_router()
 
 MAX_WAIT_S = 60.0
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from faasbox import errors
+from faasbox.api.body import json_router
 from faasbox.platform import Platform
 from faasbox.scheduler import Scheduler
 
-router = APIRouter(tags=["system"])
+router = json_router(tags=["system"])
 
 
 @router.get("/v1/status", summary="Instances, demand and autoscaler state of every function")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from faasbox import __version__
+from faasbox.api.body import json_router
 from faasbox.platform import Platform
 
-router = APIRouter(tags=["system"])
+router = json_router(tags=["system"])
 
 
 @router.get("/healthz", summary="Liveness")

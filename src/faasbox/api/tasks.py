@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import Header, Query, Request, Response
 
 from faasbox import errors
-from faasbox.api.body import read_capped, read_event, trace_id_of
+from faasbox.api.body import json_router, read_capped, read_event, trace_id_of
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 
-router = APIRouter(tags=["tasks"])
+router = json_router(tags=["tasks"])
 
 MAX_BATCH = 1000
 MAX_BATCH_BODY = 64 * 2**20
