@@ -45,7 +45,7 @@ def test_deploy_invoke_ls_describe_logs_rm(server: Server, tmp_path: Path) -> No
     event.write_text('{"name": "bob"}')
     verbose = run(server, "invoke", "greeter", "--file", str(event), "-v")
     assert json.loads(verbose.stdout) == {"greeting": "hello bob"}
-    assert "cold-start: false" in verbose.stderr
+    assert "cold-start: false" in verbose.stderr and "trace-id: " in verbose.stderr
     listed = json.loads(run(server, "ls", "--json").stdout)
     fn = next(f for f in listed["functions"] if f["name"] == "greeter")
     assert fn["spec"]["memory_mb"] == 256 and fn["spec"]["env"] == {"A": "1"}

@@ -136,7 +136,7 @@ def invoke(
     resp = client.request("POST", f"/v1/functions/{name}/invoke", content=payload,
                           params=params, headers={"content-type": "application/json"})
     if verbose:
-        for h in ("request-id", "version", "cold-start", "duration-ms", "billed-ms"):
+        for h in ("request-id", "trace-id", "version", "cold-start", "duration-ms", "billed-ms"):
             value = resp.headers.get(f"x-faasbox-{h}")
             if value is not None:
                 err.print(f"[dim]{h}: {value}[/]")
