@@ -109,6 +109,8 @@ def _test_tempdirs() -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist registers it too; here for runs without xdist (-p no:xdist)
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
     if not hasattr(config, "workerinput"):  # the controlling process: a fresh session root
         root = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
         root.chmod(0o711)
