@@ -55,9 +55,9 @@ def open_tempdir() -> Path:
 
 def remove_tree(path: Path) -> None:
     """``rm -rf path``, also where instances (under other uids) left entries the owner may not
-    write: a directory without write or search permission is opened up (and, when we are not
-    root, an entry we do not own is reported). Retries a few times in case an instance that
-    outlived its server is still writing into it."""
+    write: a directory without write or search permission is opened up. Retries a few times in
+    case an instance that outlived its server is still writing into it; what still cannot be
+    removed then raises (failing the test or fixture that made the dir)."""
 
     def fix(func: Any, name: str, exc: BaseException) -> None:
         if isinstance(exc, FileNotFoundError):
@@ -137,7 +137,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             reporter.write_line(message, red=True, bold=True)
         else:
             sys.stderr.write(message + "\n")
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:
