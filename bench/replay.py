@@ -90,7 +90,6 @@ from typing import Any
 import orjson
 
 from common import (
-    BENCH_DIR,
     FaasboxServer,
     cpu_seconds,
     emit,
@@ -106,9 +105,9 @@ from faasbox.autoscaler import (
     make_policy,
 )
 from faasbox.config import Settings
-from faasbox.simulator import FunctionTrace, load_trace, replay, simulate
+from faasbox.simulator import DEV_TRACE, FunctionTrace, load_trace, replay, simulate
 
-DEFAULT_TRACE = BENCH_DIR.parent.parent / "shared" / "traces" / "azure2019" / "dev"
+DEFAULT_TRACE = DEV_TRACE  # the dev sample shipped in src/faasbox/data/traces
 SIM_COLD_START_S = 0.5  # the simulator's default cold start (trace seconds)
 MIN_TICK_S = 0.05
 MAX_INSTANCES = 100

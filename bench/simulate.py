@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import BENCH_DIR, emit, say
+from common import emit, say
 from faasbox.autoscaler import POLICIES
-from faasbox.simulator import simulate
+from faasbox.simulator import DEV_TRACE, simulate
 
-DEFAULT_TRACE = BENCH_DIR.parent.parent / "shared" / "traces" / "azure2019" / "dev"
+DEFAULT_TRACE = DEV_TRACE  # the dev sample shipped in src/faasbox/data/traces
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,118 @@ from faasbox.codestore import zip_folder
 
 READY_TIMEOUT_S = 30.0
 
+# Every temp dir of a test session lives under one session root, made by the controlling pytest
+# process and passed to xdist workers in the environment. A test's dirs are removed after the
+# test, a module's after the module, and the session fails if anything is left at its end.
+TMP_ROOT_ENV = "FAASBOX_TEST_TMP_ROOT"
+_tempdirs: list[Path] = []
+
+
+def _tmp_root() -> Path:
+    root = os.environ.get(TMP_ROOT_ENV)
+    if root is None or not Path(root).is_dir():  # imported outside a configured session
+        path = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
+        path.chmod(0o711)
+        os.environ[TMP_ROOT_ENV] = root = str(path)
+    return Path(root)
+
 
 def open_tempdir() -> Path:
     """A temp dir other uids may traverse (pytest's own is 0700), so that sandboxed instances
-    running under their own uids can reach code in a server's data dir."""
-    path = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
+    running under their own uids can reach code in a server's data dir. It is removed after
+    the test (or the module, for a module-scoped fixture) that made it."""
+    path = Path(tempfile.mkdtemp(prefix="t-", dir=_tmp_root()))
     path.chmod(0o711)
+    _tempdirs.append(path)
     return path
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf path``, also where instances (under other uids) left entries the owner may not
+    write: a directory without write or search permission is opened up. Retries a few times in
+    case an instance that outlived its server is still writing into it; what still cannot be
+    removed then raises (failing the test or fixture that made the dir)."""
+
+    def fix(func: Any, name: str, exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return
+        for target in (os.path.dirname(name), name):
+            try:
+                if os.path.isdir(target) and not os.path.islink(target):
+                    os.chmod(target, 0o700)
+            except OSError:
+                pass
+        func(name)
+
+    for attempt in range(5):
+        if not os.path.lexists(path):
+            return
+        try:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=fix)
+            else:
+                shutil.rmtree(path, onerror=lambda f, n, info: fix(f, n, info[1]))
+            return
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
+def _remove_made_since(start: int) -> None:
+    made = _tempdirs[start:]
+    del _tempdirs[start:]
+    for path in made:
+        remove_tree(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_tempdirs() -> Iterator[None]:
+    """Remove the temp dirs that module-scoped fixtures made (after they are torn down)."""
+    start = len(_tempdirs)
+    yield
+    _remove_made_since(start)
+
+
+@pytest.fixture(autouse=True)
+def _test_tempdirs() -> Iterator[None]:
+    """Remove the temp dirs a test and its function-scoped fixtures made."""
+    start = len(_tempdirs)
+    yield
+    _remove_made_since(start)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist registers it too; here for runs without xdist (-p no:xdist)
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
+    if not hasattr(config, "workerinput"):  # the controlling process: a fresh session root
+        root = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
+        root.chmod(0o711)
+        os.environ[TMP_ROOT_ENV] = str(root)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the session if it left temp dirs behind (then remove them and the root)."""
+    if hasattr(session.config, "workerinput") or TMP_ROOT_ENV not in os.environ:
+        return
+    root = Path(os.environ[TMP_ROOT_ENV])
+    left = sorted(root.iterdir()) if root.is_dir() else []
+    problems = [f"left {len(left)} temp dir(s) behind in {root}: "
+                + ", ".join(p.name for p in left[:10])] if left else []
+    try:
+        remove_tree(root)
+    except OSError as exc:
+        problems.append(f"could not remove {root}: {exc}")
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "the test session " + "; ".join(problems)
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(message, red=True, bold=True)
+        else:
+            sys.stderr.write(message + "\n")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:
@@ -167,7 +272,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "3"}).start()
     yield srv
     srv.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)
 
 
 @pytest.fixture
@@ -184,4 +289,4 @@ def make_server() -> Iterator[Any]:
     yield make
     for srv in started:
         srv.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)

@@ -39,12 +39,17 @@ from typing import Any
 from faasbox.autoscaler.keepalive import DEFAULT_POLICY, POLICIES, KeepAlivePolicy, make_policy
 
 __all__ = [
+    "DEV_TRACE",
     "FunctionTrace",
     "ReplayStats",
     "load_trace",
     "replay",
     "simulate",
 ]
+
+#: The dev sample of the Azure Functions 2019 trace shipped with faasbox (100 functions, one
+#: day; CC-BY 4.0, see its README.md): what ``faasbox simulate`` replays without ``--trace``.
+DEV_TRACE = Path(__file__).resolve().parent / "data" / "traces" / "azure2019" / "dev"
 
 DEFAULT_MEMORY_MB = 128.0
 DEFAULT_DURATION_MS = 1000.0
@@ -417,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m faasbox.simulator",
         description=(__doc__ or "").splitlines()[0] + " Prints the result as JSON.",
     )
-    parser.add_argument("--trace", required=True, help="trace folder (inv.csv, run.csv, mem.csv)")
+    parser.add_argument("--trace", default=str(DEV_TRACE),
+                        help="trace folder (inv.csv, run.csv, mem.csv); default: the shipped"
+                             " dev sample")
     parser.add_argument("--policy", default=DEFAULT_POLICY, choices=sorted(POLICIES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spread", default="uniform", choices=("uniform", "random"))

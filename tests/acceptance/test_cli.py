@@ -45,7 +45,7 @@ def test_deploy_invoke_ls_describe_logs_rm(server: Server, tmp_path: Path) -> No
     event.write_text('{"name": "bob"}')
     verbose = run(server, "invoke", "greeter", "--file", str(event), "-v")
     assert json.loads(verbose.stdout) == {"greeting": "hello bob"}
-    assert "cold-start: false" in verbose.stderr
+    assert "cold-start: false" in verbose.stderr and "trace-id: " in verbose.stderr
     listed = json.loads(run(server, "ls", "--json").stdout)
     fn = next(f for f in listed["functions"] if f["name"] == "greeter")
     assert fn["spec"]["memory_mb"] == 256 and fn["spec"]["env"] == {"A": "1"}
@@ -121,15 +121,20 @@ def test_server_deploys_a_stack_at_start(make_server: object, tmp_path: Path) ->
     assert srv.invoke("primes", {"n": 100}).json() == {"n": 100, "primes": 25}
 
 
-def test_simulate_replays_a_trace() -> None:
-    trace = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure2019" / "dev"
-    out = json.loads(run(None, "simulate", "--trace", str(trace), "--policy", "fixed",
-                         "--limit", "3").stdout)
+def test_simulate_replays_a_trace(tmp_path: Path) -> None:
+    # without --trace: the dev sample shipped in the package
+    out = json.loads(run(None, "simulate", "--policy", "fixed", "--limit", "3").stdout)
     assert out["policy"] == "fixed" and out["functions"] == 3
     assert 0 <= out["cold_start_pct"]["mean"] <= 100
     assert out["invocations"] >= out["cold_starts"] > 0
-    bad = run(None, "simulate", "--trace", str(trace), "--policy", "nope", ok=False)
+    assert Path(out["trace"]).parts[-4:] == ("data", "traces", "azure2019", "dev")
+    same = json.loads(run(None, "simulate", "--trace", out["trace"], "--policy", "fixed",
+                          "--limit", "3").stdout)
+    assert same["cold_starts"] == out["cold_starts"]
+    bad = run(None, "simulate", "--policy", "nope", ok=False)
     assert "unknown policy" in bad.stderr
+    empty = run(None, "simulate", "--trace", str(tmp_path), ok=False)
+    assert "not a trace folder" in empty.stderr
 
 
 def test_server_with_a_relative_data_dir() -> None:

@@ -18,11 +18,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faasbox import errors
+from faasbox.api.body import JSONBodyRoute
 from faasbox.api.errors import faasbox_error_response
 from faasbox.tenancy.model import Principal
 from faasbox.tenancy.names import qualify
@@ -150,8 +150,9 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: errors.Faasbo
     await faasbox_error_response(exc, headers)(scope, receive, send)
 
 
-class ScopedRoute(APIRoute):
-    """A route that only runs for a principal whose scope allows it (see :data:`SCOPES`)."""
+class ScopedRoute(JSONBodyRoute):
+    """A route that only runs for a principal whose scope allows it (see :data:`SCOPES`),
+    and reads its body as JSON whatever the Content-Type."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

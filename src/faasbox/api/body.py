@@ -1,13 +1,67 @@
-"""Reading request bodies with a size cap."""
+"""Reading request bodies: JSON whatever the Content-Type, with a size cap."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import orjson
-from fastapi import Request
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 
 from faasbox import errors
 
 MAX_EVENT = 6 * 2**20
+_JSON = (b"content-type", b"application/json")
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose request body is read as JSON whatever its Content-Type says.
+
+    Every body the API takes is JSON. The routes that read the raw body (invoke, tasks, deploy)
+    never looked at the Content-Type; FastAPI's model-bound bodies (jobs, triggers, task
+    policy) parse JSON only under ``application/json`` and would answer 422 to ``curl -d``
+    (``application/x-www-form-urlencoded``), ``text/plain`` or no Content-Type at all. This
+    route class makes them agree: the body is parsed as JSON in every case, and a body that is
+    not JSON is a 400 ``malformed_json`` error. Every router of the API uses it
+    (:func:`json_router`; :func:`check_json_routes` enforces it when the app is built).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:  # no declared body: raw-body routes and GETs as they are
+            return handler
+
+        async def json_body_handler(request: Request) -> Response:
+            if not is_json_media_type(request.headers.get("content-type")):
+                headers = [h for h in request.scope["headers"] if h[0] != b"content-type"]
+                request = Request({**request.scope, "headers": [*headers, _JSON]},
+                                  request.receive)
+            return await handler(request)
+
+        return json_body_handler
+
+
+def json_router(**kwargs: Any) -> APIRouter:
+    """An ``APIRouter`` whose routes take JSON bodies whatever their Content-Type."""
+    return APIRouter(route_class=JSONBodyRoute, **kwargs)
+
+
+def check_json_routes(router: APIRouter) -> APIRouter:
+    """``router`` itself, once every API route of it is a :class:`JSONBodyRoute`."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and not isinstance(route, JSONBodyRoute):
+            raise TypeError(f"route {route.path} is not a JSONBodyRoute: make its router"
+                            " with faasbox.api.body.json_router()")
+    return router
 
 
 async def read_capped(request: Request, limit: int, what: str = "request body") -> bytes:

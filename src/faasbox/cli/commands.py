@@ -154,7 +154,7 @@ def invoke(
     resp = client.request("POST", f"/v1/functions/{name}/invoke", content=payload,
                           params=params, headers={"content-type": "application/json"})
     if verbose:
-        for h in ("request-id", "version", "cold-start", "duration-ms", "billed-ms"):
+        for h in ("request-id", "trace-id", "version", "cold-start", "duration-ms", "billed-ms"):
             value = resp.headers.get(f"x-faasbox-{h}")
             if value is not None:
                 err.print(f"[dim]{h}: {value}[/]")
@@ -266,7 +266,9 @@ def doctor(
 
 @app.command()
 def simulate(
-    trace: Path = typer.Option(..., "--trace", help="An Azure Functions 2019 trace folder."),
+    trace: Path | None = typer.Option(
+        None, "--trace", help="An Azure Functions 2019 trace folder (default: the dev sample"
+        " shipped with faasbox)."),
     policy: str = typer.Option("faasbox", "--policy", help="fixed, hybrid or faasbox."),
     seed: int = typer.Option(0, "--seed"),
     spread: str = typer.Option("uniform", "--spread", help="uniform or random."),
@@ -274,8 +276,10 @@ def simulate(
 ) -> None:
     """Replay a trace through a keep-alive policy on a virtual clock; print JSON."""
     from faasbox.autoscaler import POLICIES
+    from faasbox.simulator import DEV_TRACE
     from faasbox.simulator import simulate as run_simulation
 
+    trace = DEV_TRACE if trace is None else trace
     if policy not in POLICIES:
         raise CliError(f"unknown policy {policy!r}; choose from {', '.join(sorted(POLICIES))}")
     if not (trace / "inv.csv").is_file():
