@@ -1,14 +1,20 @@
-"""Functions: deploy, list, describe, delete, versions, instances."""
+"""Functions: deploy, change (PATCH), list, describe, delete, versions, instances."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
 from faasbox import errors
 from faasbox.api.body import read_capped
-from faasbox.api.models import CreateRequest, DeployRequest, function_view, version_view
+from faasbox.api.models import (
+    CreateRequest,
+    DeployRequest,
+    PatchRequest,
+    function_view,
+    version_view,
+)
 from faasbox.platform import Platform
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"])
@@ -20,7 +26,10 @@ def platform(request: Request) -> Platform:
     return p
 
 
-async def _parse(request: Request, model: type[DeployRequest]) -> DeployRequest:
+M = TypeVar("M", DeployRequest, PatchRequest)
+
+
+async def _parse(request: Request, model: type[M]) -> M:
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
@@ -31,10 +40,13 @@ async def _parse(request: Request, model: type[DeployRequest]) -> DeployRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-async def _deploy(p: Platform, name: str, req: DeployRequest) -> tuple[dict[str, Any], bool]:
-    result = await p.registry.deploy(name, req.spec(), req.code(), check=req.check)
+async def _deploy(p: Platform, name: str, req: DeployRequest | PatchRequest,
+                  ) -> tuple[dict[str, Any], bool]:
+    spec = req.spec() if isinstance(req, DeployRequest) else req.changes()
+    result = await p.registry.deploy(name, spec, req.code(), check=req.check)
     fn = await p.registry.get(name)
-    body = {**function_view(fn, result.version), "load_check_ms": result.check_ms}
+    body = {**function_view(fn, result.version), "unchanged": result.unchanged,
+            "load_check_ms": result.check_ms}
     return body, result.created
 
 
@@ -45,6 +57,16 @@ async def deploy(name: str, request: Request, response: Response) -> dict[str, A
     p = platform(request)
     body, created = await _deploy(p, name, await _parse(request, DeployRequest))
     response.status_code = 201 if created else 200
+    return body
+
+
+@router.patch("/{name}", summary="Change some spec fields (and optionally the code): a new"
+              " version, or none when nothing changed",
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": PatchRequest.openapi_schema()}}}})
+async def patch(name: str, request: Request) -> dict[str, Any]:
+    p = platform(request)
+    body, _ = await _deploy(p, name, await _parse(request, PatchRequest))
     return body
 
 
