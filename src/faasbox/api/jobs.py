@@ -66,9 +66,10 @@ async def list_jobs(
     if status is not None and status not in JOB_STATUSES:
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
     rows = await p.trigger_store.list_jobs(function, status, limit, cursor)
-    counts = await p.queue.jobs_counts([r.id for r in rows])
-    body: dict[str, Any] = {"jobs": [await p.jobs.view(r, results=False, counts=counts[r.id])
-                                     for r in rows]}
+    ids = [r.id for r in rows]
+    counts, started = await p.queue.jobs_counts(ids), await p.queue.jobs_started(ids)
+    body: dict[str, Any] = {"jobs": [await p.jobs.view(r, results=False, counts=counts[r.id],
+                                                       started=started) for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
     return body
