@@ -204,7 +204,8 @@ class FaasboxServer:
     def deploy(self, name: str, folder: Path | None = None, *, check: bool = True,
                **spec: Any) -> dict[str, Any]:
         """PUT a version. Without ``folder`` it is a configuration-only deploy that reuses the
-        latest code (a new version, so its first invoke is a cold start)."""
+        latest code (a new version, so its first invoke is a cold start, unless the spec is the
+        latest version's: then no version is made)."""
         body: dict[str, Any] = {"handler": "main:handler", **spec, "check": check}
         if folder is not None:
             body["code_zip"] = base64.b64encode(zip_folder(folder)).decode()

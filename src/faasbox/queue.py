@@ -194,6 +194,11 @@ class TaskQueue(abc.ABC):
         """The shards of several jobs by status, in one query (job listings)."""
 
     @abc.abstractmethod
+    async def jobs_started(self, job_ids: list[str]) -> dict[str, float]:
+        """When the first shard of each job started (jobs none of whose shards did are left
+        out), in one query."""
+
+    @abc.abstractmethod
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
         """A job's shard tasks in shard order, with results (events left out)."""
 

@@ -1,7 +1,10 @@
 """Functions and their immutable versions.
 
 A deploy stores the code (content-addressed), installs its requirements, checks that it loads
-in a throwaway instance, and only then records a new version and moves ``latest`` to it.
+in a throwaway instance, and only then records a new version and moves ``latest`` to it. A deploy
+whose code, requirements and spec equal the latest version's records nothing: it returns that
+version (deploys are idempotent by content). A deploy may give only some spec fields (a patch):
+they are merged onto the latest version's spec under the function's deploy lock.
 Versions never change, so they are cached; ``latest`` is cached and moved by deploys.
 """
 
@@ -10,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.codestore import CodeStore
 from faasbox.events import Events, FunctionDeleted, FunctionDeployed
 from faasbox.node import NodeService
-from faasbox.spec import FunctionSpec, check_name
+from faasbox.spec import FunctionSpec, as_spec, check_name, merge_spec
 from faasbox.store import FunctionRow, Store, VersionRow
 from faasbox.tenancy.names import display
 
@@ -28,6 +32,7 @@ class Deployed:
     version: VersionRow
     created: bool  # the function is new
     check_ms: float | None
+    unchanged: bool = False  # code, requirements and spec equal the latest: no new version
 
 
 class Registry:
@@ -43,20 +48,31 @@ class Registry:
         self._deploy_locks: dict[str, asyncio.Lock] = {}
 
     async def deploy(
-        self, name: str, spec: FunctionSpec, code_zip: bytes | None, check: bool = True,
+        self, name: str, spec: FunctionSpec | dict[str, Any], code_zip: bytes | None,
+        check: bool = True,
     ) -> Deployed:
+        """Deploy ``spec`` (a whole spec, or a dict of the fields to change on the latest
+        version's spec) with ``code_zip`` (None: the latest version's code)."""
         check_name(display(name))
-        if spec.on_success == display(name):
-            raise errors.InvalidSpec(
-                f"function {display(name)!r} cannot chain to itself (on_success)")
         async with self._deploy_locks.setdefault(name, asyncio.Lock()):
             current = await self.store.get_function(name)
+            latest = await self.resolve(name, None) if current is not None else None
+            if not isinstance(spec, FunctionSpec):
+                if latest is None:
+                    raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
+                spec = merge_spec(as_spec(latest.spec), spec)
+            if spec.on_success == display(name):
+                raise errors.InvalidSpec(
+                    f"function {display(name)!r} cannot chain to itself (on_success)")
             if code_zip is not None:
                 sha = await self.code.put_zip(code_zip)
-            elif current is not None:
-                sha = (await self.resolve(name, None)).code_sha
+            elif latest is not None:
+                sha = latest.code_sha
             else:
-                raise errors.InvalidSpec(f"function {display(name)!r} is new: its code is required")
+                raise errors.InvalidSpec(
+                    f"function {display(name)!r} is new: its code is required")
+            if latest is not None and self._same(latest, spec, sha):
+                return Deployed(latest, False, None, unchanged=True)
             packages = await self.code.install_requirements(sha)
             check_ms = await self._load_check(name, spec, sha, packages) if check else None
             row = await self.store.put_version(name, spec, sha, packages, self.clock.now())
@@ -66,6 +82,12 @@ class Registry:
             log.info("deployed %s version %d (code %s)", name, row.version, sha[:12])
             return Deployed(row, current is None, check_ms)
 
+    def _same(self, latest: VersionRow, spec: FunctionSpec, sha: str) -> bool:
+        """Whether a deploy of ``spec`` and code ``sha`` would repeat ``latest``."""
+        return (latest.code_sha == sha
+                and latest.packages_key == self.code.requirements_key(sha)
+                and as_spec(latest.spec).model_dump() == spec.model_dump())
+
     async def _load_check(
         self, name: str, spec: FunctionSpec, sha: str, packages: str | None,
     ) -> float:
@@ -74,9 +96,12 @@ class Registry:
         try:
             inst = await self.node.start(name, 0, spec, paths)
         except errors.InitError as exc:
+            # the node's message already says it is about loading, most of the time
+            message = (exc.message if "load" in exc.message
+                       else f"the function does not load: {exc.message}")
             raise errors.LoadFailed(
-                f"the function does not load: {exc.message}",
-                type=exc.details.get("type"), traceback=exc.details.get("traceback"),
+                message, type=exc.details.get("type"), traceback=exc.details.get("traceback"),
+                output=exc.details.get("output"),
             ) from None
         await self.node.stop(inst)
         return (self.clock.monotonic() - started) * 1000

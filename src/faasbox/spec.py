@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from faasbox.autoscaler.provisioned import ProvisionedWindow
 
@@ -73,6 +80,51 @@ class FunctionSpec(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+def as_spec(value: FunctionSpec | dict[str, Any]) -> FunctionSpec:
+    """A stored spec (a version's) as a FunctionSpec."""
+    return value if isinstance(value, FunctionSpec) else FunctionSpec.model_validate(value)
+
+
+def validation_text(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``memory_mb: Input should be ...; handler: ...``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(problems) or "invalid spec"
+
+
+def validate_spec(data: dict[str, Any]) -> FunctionSpec:
+    """A FunctionSpec from a mapping; a bad one raises InvalidSpec (422) with every problem."""
+    from faasbox.errors import InvalidSpec
+
+    try:
+        return FunctionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSpec(validation_text(exc)) from None
+
+
+def merge_spec(base: FunctionSpec, changes: dict[str, Any]) -> FunctionSpec:
+    """``base`` with some fields replaced, validated as a whole (a PATCH of the spec).
+
+    A field given replaces the base's (``env`` and ``provisioned`` as a whole); a field given
+    as ``None`` goes back to its default. Unknown fields are an error.
+    """
+    from faasbox.errors import InvalidSpec
+
+    unknown = sorted(set(changes) - set(FunctionSpec.model_fields))
+    if unknown:
+        raise InvalidSpec(f"unknown spec fields: {', '.join(unknown)}")
+    data = base.model_dump()
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    return validate_spec(data)
 
 
 def check_name(name: str) -> str:

@@ -33,7 +33,9 @@ class StackItem:
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_stack(path: Path) -> list[StackItem]:
+def load_stack(path: Path, problems: list[tuple[str, str]] | None = None) -> list[StackItem]:
+    """The functions of a stack file. A bad entry raises InvalidSpec; with ``problems`` it is
+    left out and ``(name, message)`` appended there instead (the server deploys the rest)."""
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -44,19 +46,27 @@ def load_stack(path: Path) -> list[StackItem]:
         raise errors.InvalidSpec(f"{path}: expected a 'functions:' mapping")
     items = []
     for name, body in doc["functions"].items():
-        if not isinstance(body, dict):
-            raise errors.InvalidSpec(f"{path}: function {name!r} must be a mapping")
-        body = {ALIASES.get(k, k): v for k, v in body.items()}
-        folder = (path.parent / str(body.pop("path", name))).resolve()
-        if not folder.is_dir():
-            raise errors.InvalidSpec(f"{path}: function {name!r}: no folder {folder}")
-        if "env" in body and isinstance(body["env"], dict):
-            body["env"] = {str(k): str(v) for k, v in body["env"].items()}
-        triggers = body.pop("triggers", None) or {}
-        if not isinstance(triggers, dict) or not all(
-                isinstance(t, dict) for t in triggers.values()):
-            raise errors.InvalidSpec(f"{path}: function {name!r}: triggers must map each"
-                                     " trigger name to its settings")
-        items.append(StackItem(str(name), folder, body,
-                               {str(k): v for k, v in triggers.items()}))
+        try:
+            items.append(_item(path, str(name), body))
+        except errors.InvalidSpec as exc:
+            if problems is None:
+                raise
+            problems.append((str(name), exc.message))
     return items
+
+
+def _item(path: Path, name: str, body: Any) -> StackItem:
+    if not isinstance(body, dict):
+        raise errors.InvalidSpec(f"{path}: function {name!r} must be a mapping")
+    body = {ALIASES.get(k, k): v for k, v in body.items()}
+    folder = (path.parent / str(body.pop("path", name))).resolve()
+    if not folder.is_dir():
+        raise errors.InvalidSpec(f"{path}: function {name!r}: no folder {folder}")
+    if "env" in body and isinstance(body["env"], dict):
+        body["env"] = {str(k): str(v) for k, v in body["env"].items()}
+    triggers = body.pop("triggers", None) or {}
+    if not isinstance(triggers, dict) or not all(
+            isinstance(t, dict) for t in triggers.values()):
+        raise errors.InvalidSpec(f"{path}: function {name!r}: triggers must map each"
+                                 " trigger name to its settings")
+    return StackItem(name, folder, body, {str(k): v for k, v in triggers.items()})

@@ -85,6 +85,45 @@ def test_errors_are_messages_not_tracebacks(server: Server, tmp_path: Path) -> N
     assert "cannot read" in nofile.stderr
 
 
+def test_redeploy_changes_only_the_options_given(server: Server, tmp_path: Path) -> None:
+    folder = write_function(tmp_path / "keeper", {"main.py": """
+        import os
+        def handler(event, context):
+            return os.environ.get("MODE")
+    """})
+
+    def spec() -> dict[str, object]:
+        listed = json.loads(run(server, "ls", "--json").stdout)["functions"]
+        return dict(next(f["spec"] for f in listed if f["name"] == "keeper"))
+
+    first = run(server, "deploy", str(folder), "--env", "MODE=prod", "--timeout", "10",
+                "--max", "3").stdout
+    assert "deployed keeper version 1" in first
+    second = run(server, "deploy", str(folder), "--memory", "256").stdout
+    assert "deployed keeper version 2" in second
+    kept = spec()
+    assert kept["memory_mb"] == 256 and kept["env"] == {"MODE": "prod"}
+    assert kept["timeout_s"] == 10 and kept["max_instances"] == 3
+    assert json.loads(run(server, "invoke", "keeper").stdout) == "prod"
+    same = run(server, "deploy", str(folder), "--memory", "256").stdout
+    assert same.strip() == "keeper unchanged (v2)", same
+    as_json = json.loads(run(server, "deploy", str(folder), "--json").stdout)
+    assert as_json["functions"][0]["unchanged"] is True
+    reset = run(server, "deploy", str(folder), "--reset", "--memory", "256").stdout
+    assert "deployed keeper version 3" in reset
+    fresh = spec()
+    assert fresh["memory_mb"] == 256 and fresh["env"] == {}
+    assert fresh["timeout_s"] == 30 and fresh["max_instances"] == 10
+
+
+def test_a_failed_load_is_said_once(server: Server, tmp_path: Path) -> None:
+    broken = write_function(tmp_path / "once", {"main.py": "import nope_nope_once\n"})
+    failed = run(server, "deploy", str(broken), ok=False)
+    assert "nope_nope_once" in failed.stderr
+    assert failed.stderr.count("load") == 1, failed.stderr
+    assert failed.stderr.count("\n") == 1, failed.stderr  # one line
+
+
 def test_unreachable_server_is_a_clear_message() -> None:
     env_url = "http://127.0.0.1:9"  # discard port: nothing listens
     proc = subprocess.run([*FAASBOX, "ls", "--url", env_url], capture_output=True, text=True,

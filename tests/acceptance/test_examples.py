@@ -1,4 +1,5 @@
-"""The fund-earnings example: the stack's nightly cron and the sharded job with reduce."""
+"""The examples: ``make run`` without the package index, and the fund-earnings stack's nightly
+cron and sharded job with reduce."""
 
 from __future__ import annotations
 
@@ -9,7 +10,54 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import write_function
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def test_make_run_offline_serves_what_deploys(make_server: Any, tmp_path: Path) -> None:
+    """``make run`` on a machine without the package index: every example that needs no
+    package is served, each deploy that fails is one log line, and a restart with the same
+    code and specs makes no new versions."""
+    doc = yaml.safe_load((REPO / "examples" / "faasbox.yaml").read_text())
+    for body in doc["functions"].values():
+        body["path"] = str(REPO / "examples" / body["path"])
+    nodeps = write_function(tmp_path / "nodeps", {
+        "main.py": "def handler(e, c):\n    return 1\n",
+        "requirements.txt": "faasbox-no-such-package==9.9\n"})
+    noload = write_function(tmp_path / "noload", {"main.py": "import no_such_module_xyz\n"})
+    doc["functions"]["nodeps"] = {"path": str(nodeps), "handler": "main:handler"}
+    doc["functions"]["noload"] = {"path": str(noload), "handler": "main:handler"}
+    doc["functions"]["nofolder"] = {"path": str(tmp_path / "missing"), "handler": "main:handler"}
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {"FAASBOX_DEPLOY": str(stack), "PIP_NO_INDEX": "1"}
+    srv = make_server(env=env)
+
+    assert srv.invoke("hello", {"name": "ada"}).json()["hello"] == "ada"
+    assert srv.invoke("primes", {"n": 100}).json() == {"n": 100, "primes": 25}
+    assert srv.http.get("/v1/functions/fund-earnings/triggers").json()["triggers"]
+    log = srv.log.read_text()
+    assert "Traceback" not in log, log
+    failed = {line.split("cannot deploy ")[1].split(":")[0]: line
+              for line in log.splitlines() if "cannot deploy " in line}
+    # slugs fails too unless its package is at hand without the index
+    assert {"nodeps", "noload", "nofolder"} <= set(failed) <= {"nodeps", "noload", "nofolder",
+                                                               "slugs"}, log
+    assert "faasbox-no-such-package" in failed["nodeps"]
+    assert "no_such_module_xyz" in failed["noload"]
+    for name in failed:
+        assert srv.http.get(f"/v1/functions/{name}").status_code == 404
+
+    before = {f["name"]: f["latest_version"]
+              for f in srv.http.get("/v1/functions").json()["functions"]}
+    assert set(before) >= {"hello", "primes", "fund-earnings", "fund-earnings-total"}
+    srv.stop()
+    again = make_server(env=env, data=srv.data)
+    after = {f["name"]: f["latest_version"]
+             for f in again.http.get("/v1/functions").json()["functions"]}
+    assert after == before == dict.fromkeys(before, 1)
+    assert again.invoke("hello", {"name": "bob"}).json()["version"] == 1
 
 
 def test_fund_earnings_stack_job_and_nightly_cron(make_server: Any, tmp_path: Path) -> None:

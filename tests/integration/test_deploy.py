@@ -221,3 +221,75 @@ def test_openapi_spec_lists_the_api(server: Server) -> None:
     for path in ("/v1/functions/{name}", "/v1/functions/{name}/invoke", "/v1/invocations",
                  "/v1/functions/{name}/instances", "/healthz", "/metrics"):
         assert path in spec["paths"], path
+
+
+def test_a_deploy_of_the_same_content_makes_no_new_version(server: Server) -> None:
+    first = server.deploy("d-idem", ECHO, memory_mb=256)
+    assert first.status_code == 201 and first.json()["unchanged"] is False
+    again = server.deploy("d-idem", ECHO, memory_mb=256)
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["unchanged"] is True and body["latest_version"] == 1
+    assert body["load_check_ms"] is None  # nothing was loaded
+    config_only = server.deploy("d-idem", memory_mb=256)  # the latest code, the same spec
+    assert config_only.json()["unchanged"] is True
+    changed = server.deploy("d-idem", ECHO, memory_mb=512)
+    assert changed.json()["unchanged"] is False and changed.json()["latest_version"] == 2
+    versions = server.http.get("/v1/functions/d-idem/versions").json()["versions"]
+    assert [v["version"] for v in versions] == [1, 2]
+
+
+def test_patch_changes_only_the_fields_it_names(server: Server) -> None:
+    server.deploy("d-patch", ECHO, env={"MODE": "a"}, timeout_s=10, max_instances=3)
+    resp = server.http.patch("/v1/functions/d-patch", json={"memory_mb": 256})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["latest_version"] == 2 and body["unchanged"] is False
+    spec = body["spec"]
+    assert spec["memory_mb"] == 256
+    assert (spec["env"], spec["timeout_s"], spec["max_instances"]) == ({"MODE": "a"}, 10, 3)
+    v1, v2 = server.http.get("/v1/functions/d-patch/versions").json()["versions"]
+    assert v1["code_sha256"] == v2["code_sha256"]
+    same = server.http.patch("/v1/functions/d-patch", json={"memory_mb": 256})
+    assert same.status_code == 200 and same.json()["unchanged"] is True
+    assert same.json()["latest_version"] == 2
+    reset = server.http.patch("/v1/functions/d-patch", json={"env": None}).json()
+    assert reset["spec"]["env"] == {} and reset["spec"]["timeout_s"] == 10  # null: the default
+    assert server.invoke("d-patch", 1).json()["version"] == 3
+
+
+def test_patch_with_new_code_keeps_the_spec(server: Server) -> None:
+    server.deploy("d-patch-code", ECHO, timeout_s=7)
+    code = _zip({"main.py": b"def handler(e, c):\n    return 'two'\n"})
+    resp = server.http.patch("/v1/functions/d-patch-code", json={"code_zip": code})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["spec"]["timeout_s"] == 7 and resp.json()["latest_version"] == 2
+    assert server.invoke("d-patch-code").json() == "two"
+
+
+def test_invalid_patches(server: Server) -> None:
+    server.deploy("d-patch-bad", ECHO, max_instances=3)
+    cases = [({"memory_mb": 64}, "memory_mb"), ({"unknown_field": 1}, "unknown_field"),
+             ({"min_instances": 5}, "min_instances cannot exceed max_instances"),
+             ({"handler": None}, "handler"), ({"check": "maybe"}, "check")]
+    for patch, message in cases:
+        resp = server.http.patch("/v1/functions/d-patch-bad", json=patch)
+        assert resp.status_code == 422, (patch, resp.text)
+        error = resp.json()["error"]
+        assert error["code"] == "invalid_spec" and message in error["message"], error
+    malformed = server.http.patch("/v1/functions/d-patch-bad", content=b"{nope",
+                                  headers={"content-type": "application/json"})
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "malformed_json"
+    missing = server.http.patch("/v1/functions/d-patch-nobody", json={"memory_mb": 256})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "function_not_found"
+    versions = server.http.get("/v1/functions/d-patch-bad/versions").json()["versions"]
+    assert len(versions) == 1
+
+
+def test_load_error_message_says_it_once(server: Server) -> None:
+    resp = server.deploy("d-once", {"main.py": "import no_such_module_abc\n"}, expect=422)
+    message = resp.json()["error"]["message"]
+    assert message.count("load") == 1, message
+    assert "no_such_module_abc" in message

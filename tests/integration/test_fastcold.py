@@ -395,7 +395,8 @@ def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) 
 
     template.deploy("t-retire", STATE, idle_ttl_s=1)
     first = template_pid("t-retire")
-    template.deploy("t-retire", STATE, idle_ttl_s=1)  # version 2: version 1's template goes
+    # version 2 (a deploy of the same code and spec would make none): version 1's template goes
+    template.deploy("t-retire", STATE, idle_ttl_s=1, env={"VERSION": "2"})
     second = template_pid("t-retire")
     assert second != first
     template.wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=20,

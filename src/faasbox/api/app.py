@@ -23,8 +23,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await platform.start()
         if deploy is not None:
-            for line in await platform.deploy_stack(deploy):
-                log.info("deployed %s", line)
+            for line in await platform.deploy_stack(deploy):  # failures are logged there
+                log.info("%s", line)
         try:
             yield
         finally:

@@ -1,17 +1,23 @@
-"""Functions: deploy, list, describe, delete, versions, instances."""
+"""Functions: deploy, change (PATCH), list, describe, delete, versions, instances."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
 from faasbox import errors
 from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped
-from faasbox.api.models import CreateRequest, DeployRequest, function_view, version_view
+from faasbox.api.models import (
+    CreateRequest,
+    DeployRequest,
+    PatchRequest,
+    function_view,
+    version_view,
+)
 from faasbox.platform import Platform
-from faasbox.spec import check_name
+from faasbox.spec import FunctionSpec, as_spec, check_name, merge_spec
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"], route_class=ScopedRoute)
 MAX_DEPLOY = 96 * 2**20  # a 50 MiB zip in base64, plus the spec
@@ -22,7 +28,10 @@ def platform(request: Request) -> Platform:
     return p
 
 
-async def _parse(request: Request, model: type[DeployRequest]) -> DeployRequest:
+M = TypeVar("M", DeployRequest, PatchRequest)
+
+
+async def _parse(request: Request, model: type[M]) -> M:
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
@@ -34,15 +43,23 @@ async def _parse(request: Request, model: type[DeployRequest]) -> DeployRequest:
 
 
 async def _deploy(p: Platform, request: Request, name: str,
-                  req: DeployRequest) -> tuple[dict[str, Any], bool]:
+                  req: DeployRequest | PatchRequest) -> tuple[dict[str, Any], bool]:
     qualified = function_of(request, name)
-    spec = req.spec()
-    await p.check_deploy(qualified, spec)
+    if isinstance(req, DeployRequest):
+        spec: FunctionSpec | dict[str, Any] = req.spec()
+        whole = req.spec()
+    else:
+        spec = req.changes()
+        whole = merge_spec(as_spec((await p.registry.resolve(qualified, None)).spec), spec)
+    await p.check_deploy(qualified, whole)
     result = await p.registry.deploy(qualified, spec, req.code(), check=req.check)
     fn = await p.registry.get(qualified)
-    p.tenancy.record(principal_of(request), tenant_of(request), "function.deploy", name,
-                     {"version": result.version.version, "code_sha256": result.version.code_sha})
-    body = {**function_view(fn, result.version), "load_check_ms": result.check_ms}
+    if not result.unchanged:
+        p.tenancy.record(principal_of(request), tenant_of(request), "function.deploy", name,
+                         {"version": result.version.version,
+                          "code_sha256": result.version.code_sha})
+    body = {**function_view(fn, result.version), "unchanged": result.unchanged,
+            "load_check_ms": result.check_ms}
     return body, result.created
 
 
@@ -53,6 +70,16 @@ async def deploy(name: str, request: Request, response: Response) -> dict[str, A
     p = platform(request)
     body, created = await _deploy(p, request, name, await _parse(request, DeployRequest))
     response.status_code = 201 if created else 200
+    return body
+
+
+@router.patch("/{name}", summary="Change some spec fields (and optionally the code): a new"
+              " version, or none when nothing changed",
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": PatchRequest.openapi_schema()}}}})
+async def patch(name: str, request: Request) -> dict[str, Any]:
+    p = platform(request)
+    body, _ = await _deploy(p, request, name, await _parse(request, PatchRequest))
     return body
 
 

@@ -96,9 +96,11 @@ async def list_jobs(
         raise errors.InvalidRequest(f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
     qualified = None if function is None else function_of(request, function)
     rows = await p.trigger_store.list_jobs(qualified, status, limit, cursor, tenant_of(request))
-    counts = await p.queue.jobs_counts([r.id for r in rows])
+    ids = [r.id for r in rows]
+    counts, started = await p.queue.jobs_counts(ids), await p.queue.jobs_started(ids)
     body: dict[str, Any] = {"jobs": [
-        await job_view(p.queue, r, results=False, counts=counts[r.id]) for r in rows]}
+        await job_view(p.queue, r, results=False, counts=counts[r.id], started=started)
+        for r in rows]}
     if len(rows) == limit:
         body["next_cursor"] = rows[-1].id
     return body

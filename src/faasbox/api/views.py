@@ -35,13 +35,20 @@ def task_view(row: TaskRow) -> dict[str, Any]:
 
 
 async def job_view(queue: TaskQueue, job: JobRow, results: bool = True, shards: bool = False,
-                   counts: dict[str, int] | None = None) -> dict[str, Any]:
-    """The API's view of a job; ``counts``: its shards by status, if already read."""
+                   counts: dict[str, int] | None = None,
+                   started: dict[str, float] | None = None) -> dict[str, Any]:
+    """The API's view of a job; ``counts``: its shards by status, ``started``: when the
+    first shard of each job started (a listing's ``jobs_started``), if already read."""
     if counts is None:
         counts = await queue.job_counts(job.id)
     tasks = await queue.job_tasks(job.id) if results or shards else []
-    started = [t.started_at for t in tasks if t.started_at is not None]
-    timings: dict[str, Any] = {"started_at": min(started)} if started else {}
+    if tasks:
+        starts = [t.started_at for t in tasks if t.started_at is not None]
+        started_at = min(starts) if starts else None
+    else:
+        if started is None:
+            started = await queue.jobs_started([job.id])
+        started_at = started.get(job.id)
     view: dict[str, Any] = {
         "job_id": job.id, "function": display(job.function), "version": job.version,
         "status": job.status, "shard_count": job.shard_count,
@@ -50,7 +57,8 @@ async def job_view(queue: TaskQueue, job: JobRow, results: bool = True, shards: 
                       "dead", "expired", "cancelled")},
         "max_parallel": job.spec.get("max_parallel"),
         "on_failure": job.spec.get("on_failure"), "reduce": _name(job.spec.get("reduce")),
-        "created_at": job.created_at, **timings, "finished_at": job.finished_at,
+        "created_at": job.created_at, "started_at": started_at,
+        "finished_at": job.finished_at,
         "duration_s": (job.finished_at - job.created_at) if job.finished_at else None,
         "trace_id": job.trace_id, "trigger": job.trigger_name,
         "reduce_task_id": job.reduce_task_id,

@@ -14,14 +14,16 @@ from faasbox.client import ApiError
 
 
 def main() -> None:
+    # an error is one line, whatever the terminal's width (it wraps it, not us)
     try:
         app()
     except ApiError as exc:
-        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except (CliError, errors.FaasboxError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except OSError as exc:
-        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
+        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename or ''}",
+                  highlight=False, soft_wrap=True)
         raise SystemExit(1) from None

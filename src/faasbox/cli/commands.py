@@ -10,11 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, err, out, print_json, ts
+from faasbox.cli.app import (
+    CliError,
+    Col,
+    JsonOpt,
+    UrlOpt,
+    app,
+    err,
+    fit_table,
+    out,
+    print_json,
+    ts,
+)
 from faasbox.cli.tasks import invoke_async
-from faasbox.client import Client
+from faasbox.client import ApiError, Client
 from faasbox.codestore import zip_folder
 from faasbox.stack import load_stack
 
@@ -74,58 +86,113 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _deploy_one(client: Client, name: str, folder: Path, spec: dict[str, Any],
-                check: bool) -> dict[str, Any]:
+def _code(folder: Path) -> str:
     if not folder.is_dir():
         raise CliError(f"{folder} is not a folder")
-    body = {**spec, "code_zip": base64.b64encode(zip_folder(folder)).decode(), "check": check}
+    return base64.b64encode(zip_folder(folder)).decode()
+
+
+def _deploy_one(client: Client, name: str, code: str, spec: dict[str, Any],
+                check: bool) -> dict[str, Any]:
+    """PUT: the version gets ``spec`` whole (fields left out take their defaults)."""
+    body = {**spec, "code_zip": code, "check": check}
     result: dict[str, Any] = client.json("PUT", f"/v1/functions/{name}", json=body)
     return result
 
 
+def _patch_one(client: Client, name: str, code: str, changes: dict[str, Any],
+               check: bool) -> dict[str, Any]:
+    """PATCH: the new code with only ``changes`` made to the latest version's spec."""
+    body = {**changes, "code_zip": code, "check": check}
+    result: dict[str, Any] = client.json("PATCH", f"/v1/functions/{name}", json=body)
+    return result
+
+
+def _exists(client: Client, name: str) -> bool:
+    try:
+        client.json("GET", f"/v1/functions/{name}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _deployed_line(r: dict[str, Any]) -> str:
+    if r.get("unchanged"):
+        return f"{r['name']} unchanged (v{r['latest_version']})"
+    return (f"[green]deployed[/] {r['name']} version {r['latest_version']}"
+            f" (code {r['code_sha256'][:12]})")
+
+
 @app.command()
 def deploy(
-    path: Path | None = typer.Argument(None, help="The function's folder."),
-    file: Path | None = typer.Option(None, "-f", "--file", help="A faasbox.yaml stack file."),
-    name: str | None = typer.Option(None, "--name", help="Function name (default: folder)."),
-    handler: str = typer.Option("main:handler", "--handler", help="module:function"),
-    memory: int | None = typer.Option(None, "--memory", help="Memory in MB (128-10240)."),
-    timeout: float | None = typer.Option(None, "--timeout", help="Timeout in seconds."),
-    concurrency: int | None = typer.Option(None, "--concurrency"),
-    min_instances: int | None = typer.Option(None, "--min"),
-    max_instances: int | None = typer.Option(None, "--max"),
-    idle_ttl: float | None = typer.Option(None, "--idle-ttl", help="Seconds idle before stop."),
-    env: list[str] = typer.Option([], "--env", help="KEY=VALUE, repeatable."),
+    path: Path | None = typer.Argument(None, metavar="PATH", show_default=False,
+                                       help="The function's folder."),
+    file: Path | None = typer.Option(None, "-f", "--file", metavar="STACK",
+                                     help="A faasbox.yaml stack file: replaces each"
+                                     " function's whole spec."),
+    name: str | None = typer.Option(None, "--name", metavar="NAME",
+                                    help="Function name (default: the folder's)."),
+    handler: str | None = typer.Option(None, "--handler", metavar="MODULE:FUNCTION",
+                                       help="The handler (a new function's default:"
+                                       " main:handler)."),
+    memory: int | None = typer.Option(None, "--memory", metavar="MB",
+                                      help="Memory in MB (128-10240)."),
+    timeout: float | None = typer.Option(None, "--timeout", metavar="S",
+                                         help="Timeout in seconds."),
+    concurrency: int | None = typer.Option(None, "--concurrency", metavar="N",
+                                           help="Invocations one instance serves at once."),
+    min_instances: int | None = typer.Option(None, "--min", metavar="N",
+                                             help="Instances kept warm."),
+    max_instances: int | None = typer.Option(None, "--max", metavar="N",
+                                             help="Most instances."),
+    idle_ttl: float | None = typer.Option(None, "--idle-ttl", metavar="S",
+                                          help="Seconds idle before stop."),
+    env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE",
+                                  help="Repeatable; replaces the whole environment."),
+    reset: bool = typer.Option(False, "--reset",
+                               help="Replace the whole spec: what is not given takes its"
+                               " default."),
     check: bool = typer.Option(True, "--check/--no-check", help="Load-check before deploying."),
     url: str = UrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Deploy a function folder, or every function of a stack file."""
+    """Deploy a function folder, or every function of a stack file.
+
+    An existing function keeps the settings not given; --reset or -f replace the whole spec.
+
+    Code and settings equal to the latest version's make no new version.
+    """
     client = Client(url)
     results = []
     if file is not None:
         for item in load_stack(file):
-            results.append(_deploy_one(client, item.name, item.path, item.spec, check))
+            results.append(_deploy_one(client, item.name, _code(item.path), item.spec, check))
             for trigger, body in item.triggers.items():
                 client.json("PUT", f"/v1/functions/{item.name}/triggers/{trigger}", json=body)
                 if not as_json:
                     out.print(f"[green]trigger[/] {item.name}/{trigger}: {body.get('cron')}")
     elif path is not None:
-        spec: dict[str, Any] = {"handler": handler, "env": _parse_env(env)}
-        for key, value in [("memory_mb", memory), ("timeout_s", timeout),
+        given: dict[str, Any] = {"env": _parse_env(env)} if env else {}
+        for key, value in [("handler", handler), ("memory_mb", memory), ("timeout_s", timeout),
                            ("concurrency", concurrency), ("min_instances", min_instances),
                            ("max_instances", max_instances), ("idle_ttl_s", idle_ttl)]:
             if value is not None:
-                spec[key] = value
-        results.append(_deploy_one(client, name or path.resolve().name, path, spec, check))
+                given[key] = value
+        fn, code = name or path.resolve().name, _code(path)
+        if not reset and _exists(client, fn):
+            results.append(_patch_one(client, fn, code, given, check))
+        else:
+            spec = {"handler": "main:handler", **given}
+            results.append(_deploy_one(client, fn, code, spec, check))
     else:
         raise CliError("give a function folder or -f faasbox.yaml")
     if as_json:
         print_json({"functions": results})
         return
     for r in results:
-        out.print(f"[green]deployed[/] {r['name']} version {r['latest_version']}"
-                  f" (code {r['code_sha256'][:12]})")
+        out.print(_deployed_line(r), highlight=False)
 
 
 @app.command()
@@ -168,13 +235,15 @@ def list_functions(url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         print_json(body)
         return
-    table = Table("name", "version", "handler", "memory", "timeout", "min/max", "updated")
+    columns = [Col("name", name=True), Col("version"), Col("handler", drop=2),
+               Col("memory"), Col("timeout", drop=1), Col("min/max"), Col("updated", drop=3)]
+    rows = []
     for f in body["functions"]:
         s = f["spec"]
-        table.add_row(f["name"], str(f["latest_version"]), s["handler"], f"{s['memory_mb']} MB",
-                      f"{s['timeout_s']:g} s", f"{s['min_instances']}/{s['max_instances']}",
-                      ts(f["updated_at"]))
-    out.print(table)
+        rows.append([escape(f["name"]), str(f["latest_version"]), escape(s["handler"]),
+                     f"{s['memory_mb']} MB", f"{s['timeout_s']:g} s",
+                     f"{s['min_instances']}/{s['max_instances']}", ts(f["updated_at"])])
+    out.print(fit_table(columns, rows))
 
 
 @app.command()
@@ -186,16 +255,42 @@ def describe(name: str, url: str = UrlOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         print_json(body)
         return
-    out.print(f"[bold]{body['name']}[/]  latest version {body['latest_version']}"
-              f"  code {body['code_sha256'][:12]}")
+    out.print(f"[bold]{escape(body['name'])}[/]  latest version {body['latest_version']}"
+              f"  code {body['code_sha256'][:12]}", highlight=False)
     for key, value in body["spec"].items():
-        out.print(f"  {key:<14} {value}")
-    table = Table("instance", "version", "state", "age s", "calls", "rss MB")
-    for i in body["instances"]:
-        table.add_row(i["id"], str(i["version"]), i["state"], f"{i['age_s']:.0f}",
-                      str(i["calls_served"]), str(i["rss_mb"]))
-    out.print(table)
+        out.print(f"  {key:<14} {escape(_spec_value(key, value))}", highlight=False)
+    rows = [[i["id"], str(i["version"]), i["state"], f"{i['age_s']:.0f}", str(i["calls_served"]),
+             "-" if i["rss_mb"] is None else str(i["rss_mb"])] for i in body["instances"]]
+    if rows:
+        out.print(fit_table([Col("instance", name=True), Col("version"), Col("state"),
+                             Col("age s"), Col("calls"), Col("rss MB")], rows))
+    else:
+        out.print("  no instances running")
     out.print("versions: " + ", ".join(str(v["version"]) for v in body["versions"]))
+
+
+UNITS = {"memory_mb": " MB", "timeout_s": " s", "idle_ttl_s": " s"}
+
+
+def _spec_value(key: str, value: Any) -> str:
+    """A spec field as a person reads it: ``256 MB``, ``A=1, B=2``, ``-`` for none."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    if key in UNITS:
+        return f"{value}{UNITS[key]}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(_window(w) if isinstance(w, dict) else str(w) for w in value)
+    return str(value)
+
+
+def _window(w: dict[str, Any]) -> str:
+    """A provisioned window: ``10 instances 09:00-17:00 Europe/Berlin mon-fri``."""
+    return (f"{w.get('instances')} instances {w.get('start')}-{w.get('end')}"
+            f" {w.get('timezone')} {w.get('days')}")
 
 
 def _print_record(r: dict[str, Any]) -> None:

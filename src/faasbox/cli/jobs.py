@@ -17,7 +17,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, err, out, print_json, ts
+from faasbox.cli.app import (
+    CliError,
+    Col,
+    JsonOpt,
+    UrlOpt,
+    app,
+    err,
+    fit_table,
+    fits,
+    out,
+    print_json,
+    short_ts,
+    ts,
+)
 from faasbox.cli.tasks import MAX_WAIT_S, read_events
 from faasbox.client import Client
 
@@ -219,23 +232,28 @@ def _wait_with_progress(client: Client, job_id: str, as_json: bool) -> dict[str,
 
 # -- job status / cancel ----------------------------------------------------------------------
 def _progress_table(job: dict[str, Any]) -> Table:
-    table = Table(*PROGRESS, "done", title="shards", title_justify="left")
     p = job["progress"]
-    table.add_row(*(str(p[s]) if p[s] else "[dim]0[/]" for s in PROGRESS),
-                  f"{p['done']}/{job['shard_count']}")
-    return table
+    statuses = list(PROGRESS)
+    row = [str(p[s]) if p[s] else "[dim]0[/]" for s in PROGRESS]
+    columns = [Col(s) for s in statuses]
+    if not fits([*columns, Col("done")], [[*row, "done"]]):  # narrow: the statuses shards have
+        statuses = [s for s in PROGRESS if p[s]]
+        row, columns = [str(p[s]) for s in statuses], [Col(s) for s in statuses]
+    return fit_table([*columns, Col("done")], [[*row, f"{p['done']}/{job['shard_count']}"]],
+                     title="shards", title_justify="left")
 
 
 def _shards_table(shards: list[dict[str, Any]]) -> Table:
-    table = Table("shard", "task", "status", "attempts", "started", "took")
-    table.add_column("error", overflow="fold", ratio=1)
+    columns = [Col("shard"), Col("task", name=True), Col("status"), Col("attempts", drop=2),
+               Col("started", drop=4), Col("took", drop=3), Col("error", drop=1, wrap=16)]
+    rows = []
     for s in shards:
         took = (s["finished_at"] - s["started_at"]
                 if s["finished_at"] is not None and s["started_at"] is not None else None)
-        table.add_row(str(s["index"]), s["task_id"], _status(s["status"]), str(s["attempts"]),
-                      ts(s["started_at"]), _duration(took),
-                      escape(_error_text(s)) if s.get("error") else "")
-    return table
+        rows.append([str(s["index"]), s["task_id"], _status(s["status"]), str(s["attempts"]),
+                     short_ts(s["started_at"]), _duration(took),
+                     escape(_error_text(s)) if s.get("error") else ""])
+    return fit_table(columns, rows)
 
 
 def print_job(job: dict[str, Any]) -> None:
@@ -306,18 +324,13 @@ def list_jobs(
     if as_json:
         print_json(body)
         return
-    table = Table()
-    table.add_column("job", no_wrap=True, min_width=32)
-    for column in ("function", "status", "shards", "created", "took", "trigger"):
-        table.add_column(column)
-    table.add_column("error", overflow="fold", ratio=1)
-    for j in body["jobs"]:
-        table.add_row(j["job_id"], escape(j["function"]), _status(j["status"]),
-                      _shard_counts(j),
-                      ts(j["created_at"]), _duration(j["duration_s"]),
-                      escape(j["trigger"] or ""),
-                      escape(_error_text(j)) if j.get("error") else "")
-    out.print(table)
+    columns = [Col("job", name=True), Col("function", name=True), Col("status"),
+               Col("shards"), Col("created", drop=5), Col("took", drop=4),
+               Col("trigger", name=True, drop=3), Col("error", drop=2, wrap=16)]
+    rows = [[j["job_id"], escape(j["function"]), _status(j["status"]), _shard_counts(j),
+             short_ts(j["created_at"]), _duration(j["duration_s"]), escape(j["trigger"] or ""),
+             escape(_error_text(j)) if j.get("error") else ""] for j in body["jobs"]]
+    out.print(fit_table(columns, rows))
     if "next_cursor" in body:
         err.print(f"[dim]showing the newest {limit}; raise --limit for more[/]")
 
@@ -357,25 +370,29 @@ def trace(
     tasks = {t["task_id"]: t for t in body["tasks"]}
     invocations = body["invocations"]
     first = invocations[0]["started_at"] if invocations else 0.0
-    table = Table("+s", "function", "source", "status", "cold", "ms", "invocation",
-                  title=f"trace {trace_id}", title_justify="left")
+    columns = [Col("+s", justify="right"), Col("function", name=True),
+               Col("source", drop=2, wrap=12), Col("status"), Col("cold", drop=4),
+               Col("ms", drop=3, justify="right"), Col("invocation", name=True, drop=5)]
+    rows = []
     for inv in invocations:
         status = _status(inv["status"])
         if inv.get("error_code"):
             status += f" {escape(inv['error_code'])}"
-        table.add_row(f"{inv['started_at'] - first:.3f}",
-                      f"{escape(inv['function'])} v{inv['version']}",
-                      escape(_source(inv, tasks.get(inv.get("task_id") or ""))), status,
-                      "cold" if inv["cold_start"] else "", f"{inv['duration_ms']:.1f}",
-                      inv["id"])
-    out.print(table)
+        rows.append([f"{inv['started_at'] - first:.3f}",
+                     f"{escape(inv['function'])} v{inv['version']}",
+                     escape(_source(inv, tasks.get(inv.get("task_id") or ""))), status,
+                     "cold" if inv["cold_start"] else "", f"{inv['duration_ms']:.1f}",
+                     inv["id"]])
+    out.print(fit_table(columns, rows, title=f"trace {trace_id}", title_justify="left"))
     waiting = [t for t in body["tasks"] if not t["invocation_ids"]]
     if waiting:
         out.print(f"  {len(waiting)} task(s) without an invocation yet: "
                   + ", ".join(f"{t['task_id']} {_status(t['status'])}" for t in waiting[:5]),
                   highlight=False)
     for job_id in body["jobs"]:
-        out.print(f"  job  {job_id}  (faasbox job {job_id})", highlight=False)
+        out.print(f"  job  {job_id}", highlight=False)
+    if body["jobs"]:
+        out.print("  [dim](`faasbox job ID` shows a job)[/]", highlight=False)
 
 
 # -- triggers ---------------------------------------------------------------------------------

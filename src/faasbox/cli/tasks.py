@@ -20,10 +20,21 @@ import orjson
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from typer.core import TyperGroup
 
-from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, err, out, print_json, ts
+from faasbox.cli.app import (
+    CliError,
+    Col,
+    JsonOpt,
+    UrlOpt,
+    app,
+    err,
+    fit_table,
+    out,
+    print_json,
+    short_ts,
+    ts,
+)
 from faasbox.client import ApiError, Client
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
@@ -103,16 +114,14 @@ def list_tasks(
     if as_json:
         print_json(body)
         return
-    table = Table()
-    table.add_column("task", no_wrap=True, min_width=32)
-    for column in ("function", "status", "attempts", "created", "finished"):
-        table.add_column(column)
-    table.add_column("error", overflow="fold", ratio=1)
-    for t in body["tasks"]:
-        table.add_row(t["task_id"], t["function"], _status(t["status"]),
-                      f"{t['attempts']}/{t['max_attempts']}", ts(t["created_at"]),
-                      ts(t["finished_at"]), escape(_error_text(t)) if t.get("error") else "")
-    out.print(table)
+    columns = [Col("task", name=True), Col("function", name=True), Col("status"),
+               Col("attempts", drop=3), Col("created", drop=5), Col("finished", drop=4),
+               Col("error", drop=2, wrap=16)]
+    rows = [[t["task_id"], escape(t["function"]), _status(t["status"]),
+             f"{t['attempts']}/{t['max_attempts']}", short_ts(t["created_at"]),
+             short_ts(t["finished_at"]), escape(_error_text(t)) if t.get("error") else ""]
+            for t in body["tasks"]]
+    out.print(fit_table(columns, rows))
     if "next_cursor" in body:
         err.print(f"[dim]showing the newest {limit}; raise --limit for more[/]")
 

@@ -9,15 +9,15 @@ from typing import Any
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from faasbox.cli.app import JsonOpt, UrlOpt, app, out, print_json
+from faasbox.cli.app import Col, JsonOpt, UrlOpt, app, fit_table, out, print_json
 from faasbox.client import ApiError, Client
 
 
 def render(status: dict[str, Any], error: str | None = None) -> Group:
-    """One frame: a header line and a table with a row per function."""
+    """One frame: a header line and a table with a row per function (the columns that fit
+    the terminal)."""
     nodes = status.get("nodes", [])
     reserved = sum(n["reserved_mb"] for n in nodes)
     total = sum(n["memory_mb"] for n in nodes)
@@ -27,21 +27,25 @@ def render(status: dict[str, Any], error: str | None = None) -> Group:
         f"memory {reserved}/{total} MB reserved  ",
         f"keep-alive policy {status.get('keepalive_policy', '?')}",
     )
-    table = Table("function", "ver", "starting", "idle", "busy", "in-flight", "waiting",
-                  "queue", "desired", "actual", "min/max", "cold/min", "mode", "why",
-                  expand=False)
+    # on a narrow terminal the columns with the highest ``drop`` go first
+    columns = [Col("function", name=True), Col("ver", drop=4), Col("starting", drop=3),
+               Col("idle"), Col("busy"), Col("in-flight", drop=2), Col("waiting", drop=9),
+               Col("queue", drop=5), Col("desired"), Col("actual"), Col("min/max", drop=8),
+               Col("cold/min", drop=10), Col("mode", drop=6), Col("why", drop=7, wrap=12)]
+    rows: list[list[str | Text]] = []
     for f in status.get("functions", []):
         inst = f["instances"]
         actual = inst["starting"] + inst["idle"] + inst["busy"]
         want = max(f["hold"], f["target"])  # the autoscaler's count or the warm floor
         actual_cell = Text(str(actual), style="yellow" if actual < want else "")
         mode = Text("panic", style="bold red") if f["panic"] else Text("stable", style="green")
-        table.add_row(
-            f["name"], str(f["version"]), str(inst["starting"]), str(inst["idle"]),
+        rows.append([
+            Text(f["name"]), str(f["version"]), str(inst["starting"]), str(inst["idle"]),
             str(inst["busy"]), str(f["in_flight"]), str(f["waiting"]), str(f["queue_depth"]),
             str(want), actual_cell, f"{f['min_instances']}/{f['max_instances']}",
-            str(f["cold_starts_per_min"]), mode, f["reason"],
-        )
+            str(f["cold_starts_per_min"]), mode, Text(f["reason"]),
+        ])
+    table = fit_table(columns, rows)
     parts: list[Any] = [head, table]
     if error:
         parts.append(Text(f"error: {error}", style="red"))
@@ -56,8 +60,12 @@ def top(
     url: str = UrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Live view of functions: instances (starting/idle/busy), in-flight calls, queue depth,
-    desired vs actual instances, cold starts per minute."""
+    """Live view of every function's instances, demand and autoscaler.
+
+    Instances by state, calls in flight, queue depth, desired vs actual, cold starts a minute.
+
+    On a narrow terminal the less important columns are left out (--json has everything).
+    """
     client = Client(url, timeout=10.0)
     status = client.json("GET", "/v1/status")
     if as_json:

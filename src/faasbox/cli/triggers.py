@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, out, print_json, ts
+from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, out, print_json
 from faasbox.cli.jobs import _choice, parse_params
 from faasbox.client import Client
 
@@ -19,14 +21,32 @@ OVERLAP = ("allow", "skip", "queue", "replace")
 WIDE_COLUMNS = 130  # the full triggers table fits from here
 
 
-def _next_fire(t: float | None) -> str:
+def _zone(tz: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None  # local time
+
+
+def fire_time(t: float, trigger: dict[str, Any]) -> str:
+    """A fire time in its trigger's time zone, with the zone: ``02:00 CST`` today, ``Thu 02:00
+    CST`` within the week, else ``2026-12-24 02:00 CST``; seconds for a cron with seconds."""
+    zone = _zone(trigger["timezone"])
+    when = datetime.fromtimestamp(t, zone) if zone else datetime.fromtimestamp(t).astimezone()
+    days = (when.date() - datetime.now(when.tzinfo).date()).days
+    clock = when.strftime("%H:%M:%S" if len(trigger["cron"].split()) == 6 else "%H:%M")
+    day = "" if days == 0 else when.strftime("%a ") if 0 < days < 7 else when.strftime("%F ")
+    return f"{day}{clock} {when.tzname()}"
+
+
+def _next_fire(trigger: dict[str, Any]) -> str:
+    t = trigger["next_fire_at"]
     if t is None:
         return "-"
     left = max(0.0, t - time.time())
     when = (f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400
-            else f"{left / 3600:.1f} h")
-    day, clock = ts(t).split(" ")
-    return f"{clock if day == ts(time.time()).split(' ')[0] else ts(t)[:-3]} (in {when})"
+            else f"{left / 3600:.1f} h" if left < 172800 else f"{left / 86400:.1f} d")
+    return f"{fire_time(t, trigger)} (in {when})"
 
 
 @app.command("triggers")
@@ -35,7 +55,7 @@ def list_triggers(
     url: str = UrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """List cron triggers with their next fire (local time)."""
+    """List cron triggers with their next fire (in the trigger's time zone)."""
     path = f"/v1/functions/{function}/triggers" if function else "/v1/triggers"
     body = Client(url).json("GET", path)
     if as_json:
@@ -62,7 +82,7 @@ def list_triggers(
             else ("[green]on[/]" if t["enabled"] else "[red]off[/]"),
             "overlap": t["overlap"], "misfire": t["misfire"],
             "runs": f"job of {_shard_count(t['job'])}" if t["job"] else "task",
-            "next fire": _next_fire(nxt) if wide or nxt is None else ts(nxt)[5:-3],
+            "next fire": "-" if nxt is None else _next_fire(t) if wide else fire_time(nxt, t),
             "fires": str(t["fires"]), "skipped": str(t["skipped"]),
         }
         table.add_row(*(cells[c] for c in columns))
@@ -151,7 +171,8 @@ def add_trigger(
               f" {escape(t['cron'])} ({t['timezone']})"
               + ("" if t["enabled"] else ", disabled"), highlight=False)
     if t["upcoming"]:
-        out.print("  next fires   " + ", ".join(ts(u) for u in t["upcoming"]), highlight=False)
+        out.print("  next fires   " + ", ".join(fire_time(u, t) for u in t["upcoming"]),
+                  highlight=False)
 
 
 def _set_enabled(function: str, name: str, enabled: bool, url: str, as_json: bool) -> None:
@@ -160,7 +181,7 @@ def _set_enabled(function: str, name: str, enabled: bool, url: str, as_json: boo
     if as_json:
         print_json(t)
         return
-    state = f"enabled; next fire {_next_fire(t['next_fire_at'])}" if enabled else "disabled"
+    state = f"enabled; next fire {_next_fire(t)}" if enabled else "disabled"
     out.print(f"trigger {escape(name)} of {escape(function)} {state}", highlight=False)
 
 

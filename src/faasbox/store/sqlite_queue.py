@@ -230,6 +230,17 @@ class SqliteTaskQueue(TaskQueue):
 
         return await self.store.read(q) if job_ids else {}
 
+    async def jobs_started(self, job_ids: list[str]) -> dict[str, float]:
+        marks = ", ".join("?" * len(job_ids))
+
+        def q(conn: sqlite3.Connection) -> dict[str, float]:
+            return {job_id: started for job_id, started in conn.execute(
+                f"SELECT job_id, MIN(started_at) FROM tasks WHERE job_id IN ({marks})"
+                " AND source = 'shard' AND started_at IS NOT NULL GROUP BY job_id",
+                job_ids).fetchall()}
+
+        return await self.store.read(q) if job_ids else {}
+
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
         def q(conn: sqlite3.Connection) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(
