@@ -17,7 +17,7 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.events import Events, InvocationFinished
 from faasbox.metering import billed_ms, gb_seconds
-from faasbox.metrics import Metrics
+from faasbox.metrics import Metrics, labels
 from faasbox.node import Instance
 from faasbox.scheduler import Scheduler
 from faasbox.store import InvocationRecord, Store, VersionRow
@@ -63,7 +63,7 @@ class Invoker:
         try:
             self.admission.enter(row.function)
         except errors.OverLimit:
-            self.metrics.throttles.labels(row.function).inc()
+            self.metrics.throttles.labels(*labels(row.function)).inc()
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start)
@@ -87,7 +87,7 @@ class Invoker:
         try:
             inst, cold = await self.scheduler.acquire(row)
         except errors.Throttled:
-            self.metrics.throttles.labels(row.function).inc()
+            self.metrics.throttles.labels(*labels(row.function)).inc()
             raise
         except errors.InvocationError as exc:  # the cold start failed
             record.cold_start = True
@@ -100,7 +100,7 @@ class Invoker:
             on_start(inst)
         if cold:
             record.init_ms = inst.init_ms
-            self.metrics.cold_starts.labels(row.function).inc()
+            self.metrics.cold_starts.labels(*labels(row.function)).inc()
         try:
             result = await inst.invoke(request_id, payload, spec.timeout_s, extra or {})
         except errors.InvocationError as exc:
@@ -137,5 +137,5 @@ class Invoker:
         record.billed_ms = billed_ms(duration_ms)
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
         self.store.record_invocation(record)
-        self.metrics.invocations.labels(record.function, record.status).inc()
-        self.metrics.duration.labels(record.function).observe(duration_ms / 1000)
+        self.metrics.invocations.labels(*labels(record.function), record.status).inc()
+        self.metrics.duration.labels(*labels(record.function)).observe(duration_ms / 1000)

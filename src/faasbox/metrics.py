@@ -10,6 +10,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from faasbox.tenancy.names import display, tenant_of
+
+
+def labels(function: str) -> tuple[str, str]:
+    """The ``tenant`` and ``function`` labels of a qualified function name."""
+    return tenant_of(function), display(function)
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
            300, 900)
 
@@ -19,10 +26,10 @@ class _InstanceCollector(Collector):
         self._states = states
 
     def collect(self) -> Iterable[Any]:
-        family = GaugeMetricFamily(
-            "faasbox_instances", "Instances by function and state", labels=["function", "state"])
+        family = GaugeMetricFamily("faasbox_instances", "Instances by function and state",
+                                   labels=["tenant", "function", "state"])
         for (function, state), n in sorted(Tally(self._states()).items()):
-            family.add_metric([function, state], n)
+            family.add_metric([tenant_of(function), display(function), state], n)
         yield family
 
 
@@ -31,14 +38,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "faasbox_invocations", "Invocations by function and status",
-            ["function", "status"], registry=self.registry)
+            ["tenant", "function", "status"], registry=self.registry)
         self.cold_starts = Counter(
             "faasbox_cold_starts", "Invocations that started an instance",
-            ["function"], registry=self.registry)
+            ["tenant", "function"], registry=self.registry)
         self.throttles = Counter(
-            "faasbox_throttles", "Invocations refused with 429", ["function"],
+            "faasbox_throttles", "Invocations refused with 429", ["tenant", "function"],
             registry=self.registry)
         self.duration = Histogram(
-            "faasbox_invocation_duration_seconds", "Handler duration", ["function"],
+            "faasbox_invocation_duration_seconds", "Handler duration", ["tenant", "function"],
             buckets=BUCKETS, registry=self.registry)
         self.registry.register(_InstanceCollector(instance_states))

@@ -29,7 +29,7 @@ NAMES = ("fund-earnings", "fund-earnings-total")
 def narrow(server: Server | None, *args: str, ok: bool = True) -> str:
     env = {**os.environ, "COLUMNS": "80"}
     if server is not None:
-        env["FAASBOX_URL"] = server.url
+        env.update(server.cli_env())
     proc = subprocess.run([*FAASBOX, *args], capture_output=True, text=True, env=env,
                           timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -60,7 +60,8 @@ class Command:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.output if line.startswith("error:")]
+        # the CLI's "error: ..." line, or an API error body shown as a curl's output
+        return [line for line in self.output if line.startswith(("error:", '{"error":'))]
 
     @property
     def skip_reason(self) -> str | None:
@@ -130,7 +131,7 @@ def curl_fail_flag() -> str:
     return "--fail-with-body" if "--fail-with-body" in help_text else "--fail"
 
 
-def session_script(cmds: list[Command], port: int, out: Path) -> str:
+def session_script(cmds: list[Command], port: int, out: Path, key_file: Path) -> str:
     lines = ["set -o pipefail", f"cd {shlex.quote(str(REPO))}",
              f'curl() {{ command curl {curl_fail_flag()} "$@"; }}']
     for i, cmd in enumerate(cmds):
@@ -139,6 +140,7 @@ def session_script(cmds: list[Command], port: int, out: Path) -> str:
         text = cmd.text
         for host in ("localhost:8080", "127.0.0.1:8080"):
             text = text.replace(host, f"127.0.0.1:{port}")
+        text = text.replace(".faasbox/admin.key", str(key_file))
         lines += ["{", text, f"}} >{out}/{i}.out 2>{out}/{i}.err </dev/null",
                   f"__rc=$?; echo $__rc >{out}/{i}.rc; (exit $__rc)"]
     return "\n".join(lines) + "\n"
@@ -174,7 +176,7 @@ def docs_server() -> Iterator[Server]:
     try:
         deployed = subprocess.run(
             [sys.executable, "-m", "faasbox", "deploy", "-f", "examples/faasbox.yaml"],
-            cwd=REPO, env={**os.environ, "FAASBOX_URL": srv.url}, capture_output=True,
+            cwd=REPO, env={**os.environ, **srv.cli_env()}, capture_output=True,
             text=True, timeout=SESSION_TIMEOUT_S)
         assert deployed.returncode == 0, deployed.stderr
         yield srv
@@ -196,8 +198,11 @@ def test_the_docs_show_commands() -> None:
 def test_documented_commands_run_as_written(docs_server: Server, path: Path) -> None:
     cmds = commands(path)
     out = open_tempdir()
-    script = session_script(cmds, docs_server.port, out)
+    script = session_script(cmds, docs_server.port, out, docs_server.data / "admin.key")
+    # as a reader who followed the README: the admin key exported (the CLI would also find it
+    # in the server's data dir, FAASBOX_DATA)
     env = {**os.environ, "FAASBOX_URL": docs_server.url,
+           "FAASBOX_API_KEY": docs_server.admin_key, "FAASBOX_DATA": str(docs_server.data),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     try:
         subprocess.run(["bash", "--noprofile", "--norc"], input=script, text=True, env=env,

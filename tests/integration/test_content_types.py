@@ -56,6 +56,14 @@ ROUTES: dict[tuple[str, str], Callable[[Server], tuple[str, Any, int]]] = {
         200),
     ("PATCH", "/v1/functions/{name}/triggers/{trigger}"): lambda s: (
         "/v1/functions/ct-fn/triggers/daily", {"enabled": False}, 200),
+    ("PATCH", "/v1/functions/{name}"): lambda s: (
+        "/v1/functions/ct-fn", {"description": f"d{next(_n)}"}, 200),
+    ("POST", "/v1/tenants"): lambda s: (
+        "/v1/tenants", {"name": f"ct-tenant-{next(_n)}"}, 201),
+    ("PATCH", "/v1/tenants/{tenant}"): lambda s: (
+        "/v1/tenants/default", {"weight": 1}, 200),
+    ("POST", "/v1/tenants/{tenant}/keys"): lambda s: (
+        "/v1/tenants/default/keys", {"scope": "invoke"}, 201),
 }
 IDS = [f"{method} {path}" for method, path in ROUTES]
 

@@ -194,7 +194,8 @@ def test_metrics(server: Server) -> None:
     server.deploy("i-metrics", ECHO)
     server.invoke("i-metrics")
     text = server.http.get("/metrics").text
-    assert 'faasbox_invocations_total{function="i-metrics",status="succeeded"} 1.0' in text
-    assert 'faasbox_cold_starts_total{function="i-metrics"} 1.0' in text
+    assert ('faasbox_invocations_total{function="i-metrics",status="succeeded",'
+            'tenant="default"} 1.0') in text
+    assert 'faasbox_cold_starts_total{function="i-metrics",tenant="default"} 1.0' in text
     assert "faasbox_invocation_duration_seconds_bucket" in text
-    assert 'faasbox_instances{function="i-metrics",state="idle"} 1.0' in text
+    assert 'faasbox_instances{function="i-metrics",state="idle",tenant="default"} 1.0' in text

@@ -42,7 +42,8 @@ def scaling_server() -> Iterator[Server]:
     srv = Server(root / "data", SCALING_ENV).start()
     srv.http.close()
     srv.http = httpx.Client(base_url=srv.url, timeout=120,
-                            limits=httpx.Limits(max_connections=BURST + 10))
+                            limits=httpx.Limits(max_connections=BURST + 10),
+                            headers={"Authorization": f"Bearer {srv.admin_key}"})
     yield srv
     srv.stop()
     shutil.rmtree(root, ignore_errors=True)
