@@ -19,6 +19,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
+from faasbox.dispatcher.fairness import FairShare, Want
 from faasbox.dispatcher.lifecycle import TaskLifecycle
 from faasbox.dispatcher.policies import Policies
 from faasbox.events import Events, SlotReleased, TasksEnqueued
@@ -27,6 +28,7 @@ from faasbox.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
 from faasbox.tenancy.admission import Admission
+from faasbox.tenancy.names import tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Dispatcher:
         self._ready: dict[str, float] = {}  # function -> earliest run_at of its runnable tasks
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self.fair = FairShare()
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,22 +143,30 @@ class Dispatcher:
                         await self._wake.wait()
 
     async def _round(self) -> float | None:
-        """Lease what fits for every ready function; returns when the next retry is due."""
+        """Lease what fits for every ready function, shared fairly among tenants when the
+        node is short (:mod:`.fairness`); returns when the next retry is due."""
         now = self.clock.now()
         next_at: float | None = None
-        wanted: list[tuple[str, int]] = []
+        wants: list[Want] = []
         for function, run_at in list(self._ready.items()):
             if run_at > now:
                 next_at = run_at if next_at is None else min(next_at, run_at)
                 continue
             free = await self._free_slots(function)
             if free > 0:
-                wanted.append((function, min(free, LEASE_BATCH)))
+                wants.append(Want(function, tenant_of(function), min(free, LEASE_BATCH),
+                                  await self._cost_mb(function)))
+        room = self.capacity_mb() - self.lifecycle.running_mb
+        quota = self.fair.allocate(wants, room, self.weight, most=LEASE_BATCH * len(wants))
+        wanted = [(f, n) for f, n in quota.items()]
         leases = await asyncio.gather(*[self._lease(f, n, now) for f, n in wanted])
+        costs = {w.function: w.cost_mb for w in wants}
         for (function, asked), tasks in zip(wanted, leases, strict=True):
             for task in tasks:
-                self.lifecycle.start(task, self._ran)
+                self.lifecycle.start(task, self._ran, costs[function])
             if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
+                tenant = tenant_of(function)
+                self.fair.refund(tenant, asked - len(tasks), self.weight(tenant))
                 due = await self.queue.next_run_at(function)
                 if due is None:
                     self._ready.pop(function, None)
@@ -164,6 +175,20 @@ class Dispatcher:
                     if due > now:
                         next_at = due if next_at is None else min(next_at, due)
         return next_at
+
+    async def _cost_mb(self, function: str) -> float:
+        """The memory one running task of ``function`` holds (0 if it is gone)."""
+        try:
+            spec = (await self.registry.resolve(function, None)).spec
+        except errors.NotFound:
+            return 0.0
+        return spec.memory_mb / spec.concurrency
+
+    def weight(self, tenant: str) -> float:
+        return self.admission.tenancy.weight(tenant)
+
+    def capacity_mb(self) -> float:
+        return float(sum(n.memory_mb for n in self.scheduler.instances.resources.nodes.values()))
 
     async def _lease(self, function: str, limit: int, now: float) -> list[TaskRow]:
         try:

@@ -48,17 +48,20 @@ class TaskLifecycle:
         self._cancelling: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.started = 0
+        self.running_mb = 0.0  # memory the running tasks hold (for fair shares)
 
     # -- running ----------------------------------------------------------------------------
-    def start(self, task: TaskRow, done: Done) -> None:
-        """Run a leased task in the background; ``done`` hears when it ended."""
+    def start(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
+        """Run a leased task in the background; ``done`` hears when it ended. ``cost_mb``:
+        the memory it holds while it runs."""
         self.started += 1
         self.acquiring[task.function] += 1
         self.running_by_function[task.function] += 1
-        self.running[task.id] = asyncio.create_task(self._run(task, done),
+        self.running_mb += cost_mb
+        self.running[task.id] = asyncio.create_task(self._run(task, done, cost_mb),
                                                     name=f"task-{task.id}")
 
-    async def _run(self, task: TaskRow, done: Done) -> None:
+    async def _run(self, task: TaskRow, done: Done, cost_mb: float) -> None:
         acquired = False
         again: float | None = None
 
@@ -99,6 +102,7 @@ class TaskLifecycle:
             if not acquired:
                 self.acquiring[task.function] -= 1
             self.running_by_function[task.function] -= 1
+            self.running_mb -= cost_mb
             self.running.pop(task.id, None)
             self._instances.pop(task.id, None)
             self._cancelling.discard(task.id)

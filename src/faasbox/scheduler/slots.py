@@ -132,6 +132,11 @@ class Scheduler:
         if inst.state not in ("idle", "busy"):
             self.instances.retire(pool, inst)
         self.pump(pool)
+        if inst.leases == 0 and not pool.waiters:
+            # an idle instance may be evicted for another function's waiting caller
+            for other in list(self.instances.pools.values()):
+                if other.waiters and other is not pool:
+                    self.pump(other)
         self.events.emit(SlotReleased(inst.function))
 
     def slots_in_use(self, function: str) -> tuple[int, int, bool]:
