@@ -142,6 +142,23 @@ def tail(path: Path, size: int = 4000) -> str:
         return ""
 
 
+def read_admin_key(data: Path, timeout: float = 30.0) -> str:
+    """The admin key a server wrote to ``<data>/admin.key`` at start."""
+    path = data / "admin.key"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.02)
+    raise RuntimeError(f"no admin key in {path}")
+
+
+def auth_line() -> str:
+    """The ``Authorization`` header line for hand-written HTTP requests ("" without a key)."""
+    key = os.environ.get("FAASBOX_API_KEY")
+    return f"Authorization: Bearer {key}\r\n" if key else ""
+
+
 class FaasboxServer:
     """A real ``faasbox server`` on a free loopback port with its own data dir.
 
@@ -177,6 +194,9 @@ class FaasboxServer:
                                          stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         wait_healthy(self.url, self.proc, self.log)
+        self.api_key = read_admin_key(self.data)
+        self.http.headers["Authorization"] = f"Bearer {self.api_key}"
+        os.environ["FAASBOX_API_KEY"] = self.api_key  # for the raw clients (auth_line)
         say(f"faasbox server pid {self.proc.pid} on {self.url}, data {self.data}")
         return self
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import importlib.util
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from starlette.responses import Response
 from common import (
     FUNCTIONS_DIR,
     FaasboxServer,
+    auth_line,
     cpu_seconds,
     emit,
     free_port,
@@ -168,6 +170,7 @@ class RawConnection:
         self.host, self.port = u.host, u.port or 80
         self.request = (
             f"POST {u.raw_path.decode()} HTTP/1.1\r\nHost: {u.host}:{self.port}\r\n"
+            f"{auth_line()}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         self.reader: asyncio.StreamReader | None = None
@@ -198,6 +201,8 @@ class HttpxConnection:
         self.url = url
         self.body = body
         self.headers = {"content-type": "application/json"}
+        if os.environ.get("FAASBOX_API_KEY"):
+            self.headers["authorization"] = f"Bearer {os.environ['FAASBOX_API_KEY']}"
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), timeout=120)
 

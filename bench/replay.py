@@ -91,6 +91,7 @@ import orjson
 
 from common import (
     FaasboxServer,
+    auth_line,
     cpu_seconds,
     emit,
     host_busy_seconds,
@@ -289,9 +290,9 @@ class Conns:
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[
             str, str], bytes]:
         reader, writer = await self._conn()
-        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                     f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                     + body)
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth_line()}"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        writer.write(head.encode() + body)
         status, headers, payload = await read_response(reader)
         if headers.get("connection", "").lower() == "close":
             writer.close()
