@@ -24,7 +24,7 @@ run: $(STAMP)
 	@echo "  faasbox invoke hello --data '{\"name\": \"ada\"}' -v"
 	@echo "  faasbox invoke primes --data '{\"n\": 5000000}'"
 	@echo "  faasbox invoke slugs --async --wait --data '{\"text\": \"Hello, faasbox!\"}'  # needs the package index at start"
-	@echo "  curl -s $(HOST):$(PORT)/v1/functions/hello/invoke -d '{\"name\": \"bob\"}'"
+	@echo "  curl -s -H \"Authorization: Bearer \$$(cat .faasbox/admin.key)\" $(HOST):$(PORT)/v1/functions/hello/invoke -d '{\"name\": \"bob\"}'"
 	@echo "  open http://$(HOST):$(PORT)/docs for the API"
 	$(BIN)/faasbox server --host $(HOST) --port $(PORT) --deploy examples/faasbox.yaml
 
