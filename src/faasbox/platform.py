@@ -68,6 +68,10 @@ class Platform:
         self.events = Events()
         data = settings.data
         data.mkdir(parents=True, exist_ok=True)
+        # before anything touches instances, cgroups or scratch: a second server on this data
+        # dir stops here, with no side effect
+        self._lock_fd: int | None = None
+        self._lock_data_dir()
         data.chmod(0o711)  # instances may traverse to code/, not list
         self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
@@ -110,7 +114,6 @@ class Platform:
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)
         self._subscribe()
-        self._lock_fd: int | None = None
         self._resync: asyncio.Task[None] | None = None
 
     def _subscribe(self) -> None:
@@ -187,7 +190,8 @@ class Platform:
         self.admission.queued.update(counts)
 
     async def start(self) -> None:
-        self._lock_data_dir()
+        if self._lock_fd is None:  # closed and started again
+            self._lock_data_dir()
         await self.store.open()
         await self.tenancy.load()
         if not self.settings.insecure_no_auth:
@@ -223,7 +227,8 @@ class Platform:
             self._lock_fd = None
 
     def _lock_data_dir(self) -> None:
-        """One server per data dir: the queue's leases assume it."""
+        """One server per data dir: the queue's leases assume it. Raises Unavailable when
+        another server holds it."""
         path = self.settings.data / "server.lock"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:

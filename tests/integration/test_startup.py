@@ -1,0 +1,36 @@
+"""A second server on a data dir in use stops before it touches anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from tests.conftest import Server, free_port
+
+PID = {"main.py": """
+    import os
+    def handler(event, context):
+        open(os.path.join(os.environ["TMPDIR"], "mark"), "w").write("x")
+        return os.getpid()
+"""}
+
+
+def test_a_second_server_on_the_same_data_dir_exits_with_no_side_effect(
+        make_server: Any) -> None:
+    first: Server = make_server()
+    first.deploy("st-pid", PID)
+    pid = first.invoke("st-pid").json()
+    [inst] = first.instances("st-pid")
+    second = subprocess.run(
+        [sys.executable, "-m", "faasbox", "server", "--port", str(free_port()),
+         "--data", str(first.data), "--log-level", "warning"],
+        capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "Traceback" not in second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: another faasbox server is using {first.data.resolve()}"], lines
+    # the first server's warm instance, and its scratch, are untouched
+    assert first.invoke("st-pid").json() == pid
+    [again] = first.instances("st-pid")
+    assert again["id"] == inst["id"] and again["calls_served"] == 2
