@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import errors, functions, invoke, jobs, status, system, tasks
+from faasbox.api import docs, errors, functions, invoke, jobs, status, system, tasks
 from faasbox.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
             await platform.close()
 
     app = FastAPI(title="faasbox", version=__version__, lifespan=lifespan,
-                  description="A self-hosted serverless platform for Python functions and jobs.")
+                  description="A self-hosted serverless platform for Python functions and jobs.",
+                  docs_url=None, redoc_url=None)  # docs.install serves /docs offline
     app.state.platform = platform
     errors.install(app)
     app.include_router(invoke.router)  # first: the hot route matches soonest
@@ -38,4 +39,5 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(status.router)
+    docs.install(app)  # last: the API routes match first
     return app

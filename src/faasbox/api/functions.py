@@ -9,9 +9,10 @@ from fastapi import APIRouter, Request, Response
 from faasbox import errors
 from faasbox.api.body import read_capped
 from faasbox.api.models import CreateRequest, DeployRequest, function_view, version_view
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 
-router = APIRouter(prefix="/v1/functions", tags=["functions"])
+router = APIRouter(prefix="/v1/functions", tags=["functions"], responses=error_responses(*V1))
 MAX_DEPLOY = 96 * 2**20  # a 50 MiB zip in base64, plus the spec
 
 
@@ -39,6 +40,7 @@ async def _deploy(p: Platform, name: str, req: DeployRequest) -> tuple[dict[str,
 
 
 @router.put("/{name}", status_code=201, summary="Deploy a new version (creates the function)",
+            responses=error_responses(400, 413, 422),
             openapi_extra={"requestBody": {"content": {"application/json": {
                 "schema": DeployRequest.model_json_schema()}}}})
 async def deploy(name: str, request: Request, response: Response) -> dict[str, Any]:
@@ -49,6 +51,7 @@ async def deploy(name: str, request: Request, response: Response) -> dict[str, A
 
 
 @router.post("", status_code=201, summary="Create a function (409 if it exists)",
+             responses=error_responses(400, 409, 413, 422),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": CreateRequest.model_json_schema()}}}})
 async def create(request: Request) -> dict[str, Any]:
@@ -72,7 +75,7 @@ async def list_functions(request: Request) -> dict[str, Any]:
     return {"functions": out}
 
 
-@router.get("/{name}", summary="Describe a function")
+@router.get("/{name}", summary="Describe a function", responses=error_responses(404, 422))
 async def get_function(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     fn = await p.registry.get(name)
@@ -80,7 +83,8 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
     return {**function_view(fn, latest), "instances": p.scheduler.describe(name)}
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances")
+@router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances",
+               responses=error_responses(404, 422))
 async def delete_function(name: str, request: Request) -> Response:
     p = platform(request)
     await p.registry.delete(name)
@@ -89,13 +93,15 @@ async def delete_function(name: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{name}/versions", summary="List a function's versions")
+@router.get("/{name}/versions", summary="List a function's versions",
+            responses=error_responses(404, 422))
 async def versions(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     return {"versions": [version_view(v) for v in await p.registry.versions(name)]}
 
 
-@router.get("/{name}/instances", summary="A function's instances")
+@router.get("/{name}/instances", summary="A function's instances",
+            responses=error_responses(404, 422))
 async def instances(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     await p.registry.get(name)

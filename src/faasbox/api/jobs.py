@@ -8,12 +8,13 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from faasbox import errors
 from faasbox.api.body import trace_id_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobSpec
 from faasbox.triggers.store import JOB_STATUSES
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(*V1))
 
 MAX_WAIT_S = 60.0
 
@@ -25,7 +26,8 @@ def _platform(request: Request) -> Platform:
 
 # -- jobs -----------------------------------------------------------------------------------
 @router.post("/v1/jobs", status_code=202, tags=["jobs"],
-             summary="Start a sharded job (202 once the job and its shards are queued)")
+             summary="Start a sharded job (202 once the job and its shards are queued)",
+             responses=error_responses(400, 404, 422))
 async def create_job(
     spec: JobSpec, request: Request, response: Response,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
@@ -42,7 +44,8 @@ async def create_job(
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"],
-            summary="A job: progress, timings, shard results; ?wait=S long-polls for its end")
+            summary="A job: progress, timings, shard results; ?wait=S long-polls for its end",
+            responses=error_responses(404, 422))
 async def get_job(
     job_id: str, request: Request,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S),
@@ -54,7 +57,8 @@ async def get_job(
     return await p.jobs.view(job, results=results, shards=shards)
 
 
-@router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first")
+@router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first",
+            responses=error_responses(400, 422))
 async def list_jobs(
     request: Request,
     function: str | None = None,
@@ -75,7 +79,8 @@ async def list_jobs(
 
 
 @router.post("/v1/jobs/{job_id}/cancel", tags=["jobs"],
-             summary="Cancel a job: its queued shards at once, its running ones stopped")
+             summary="Cancel a job: its queued shards at once, its running ones stopped",
+             responses=error_responses(404, 422))
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return await p.jobs.view(await p.jobs.cancel(job_id), results=False)
@@ -83,7 +88,7 @@ async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 # -- triggers -------------------------------------------------------------------------------
 @router.post("/v1/functions/{name}/triggers", status_code=201, tags=["triggers"],
-             summary="Add a cron trigger")
+             summary="Add a cron trigger", responses=error_responses(400, 404, 409, 422))
 async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     body = TriggerSpec(**spec.model_dump(exclude={"name"}))
@@ -92,7 +97,7 @@ async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) ->
 
 
 @router.get("/v1/functions/{name}/triggers", tags=["triggers"],
-            summary="A function's cron triggers")
+            summary="A function's cron triggers", responses=error_responses(404, 422))
 async def list_function_triggers(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
@@ -106,14 +111,16 @@ async def list_triggers(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-            summary="One cron trigger with its fire state")
+            summary="One cron trigger with its fire state",
+            responses=error_responses(404, 422))
 async def get_trigger(name: str, trigger: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return p.triggers.view(p.triggers.get(name, trigger))
 
 
 @router.put("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-            summary="Create or replace a cron trigger (the stack file uses this)")
+            summary="Create or replace a cron trigger (the stack file uses this)",
+            responses=error_responses(400, 404, 422))
 async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
                       request: Request) -> dict[str, Any]:
     p = _platform(request)
@@ -125,7 +132,8 @@ async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
 
 
 @router.patch("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-              summary="Change some fields of a trigger (e.g. {\"enabled\": false})")
+              summary="Change some fields of a trigger (e.g. {\"enabled\": false})",
+              responses=error_responses(400, 404, 422))
 async def patch_trigger(
     name: str, trigger: str, request: Request,
     changes: dict[str, Any] = Body(..., examples=[{"enabled": False}]),
@@ -138,7 +146,7 @@ async def patch_trigger(
 
 
 @router.delete("/v1/functions/{name}/triggers/{trigger}", status_code=204, tags=["triggers"],
-               summary="Delete a cron trigger")
+               summary="Delete a cron trigger", responses=error_responses(404, 422))
 async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
     p = _platform(request)
     await p.triggers.delete(name, trigger)
@@ -147,7 +155,8 @@ async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
 
 # -- traces ---------------------------------------------------------------------------------
 @router.get("/v1/traces/{trace_id}", tags=["traces"],
-            summary="Everything one trace caused: invocations in order, tasks and jobs")
+            summary="Everything one trace caused: invocations in order, tasks and jobs",
+            responses=error_responses(404, 422))
 async def get_trace(trace_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     invocations = await p.store.list_invocations_by_trace(trace_id)

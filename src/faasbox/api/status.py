@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from faasbox import errors
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.scheduler import Scheduler
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], responses=error_responses(*V1))
 
 
 @router.get("/v1/status", summary="Instances, demand and autoscaler state of every function")

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from faasbox import errors
 from faasbox.api.body import read_capped, read_event, trace_id_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(tags=["tasks"], responses=error_responses(*V1))
 
 MAX_BATCH = 1000
 MAX_BATCH_BODY = 64 * 2**20
@@ -38,6 +39,7 @@ def _check_key(key: str | None) -> str | None:
 
 @router.post("/v1/functions/{name}/tasks", status_code=202,
              summary="Submit an async task (202 once it is durably queued)",
+             responses=error_responses(400, 404, 413, 422, 429),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": {"description": "the event: any JSON value"}}}}})
 async def submit(
@@ -58,6 +60,7 @@ async def submit(
 
 @router.post("/v1/functions/{name}/tasks:batch", status_code=202,
              summary="Submit up to 1000 tasks in one transaction",
+             responses=error_responses(400, 404, 413, 422, 429),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": {"type": "array", "maxItems": MAX_BATCH}}}}})
 async def submit_batch(
@@ -85,7 +88,8 @@ async def submit_batch(
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 
-@router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state")
+@router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state",
+            responses=error_responses(404, 422))
 async def get_task(
     task_id: str, request: Request,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the end"),
@@ -97,7 +101,7 @@ async def get_task(
     return p.queue.to_view(row)
 
 
-@router.get("/v1/tasks", summary="Tasks, newest first")
+@router.get("/v1/tasks", summary="Tasks, newest first", responses=error_responses(400, 422))
 async def list_tasks(
     request: Request,
     function: str | None = None,
@@ -115,21 +119,24 @@ async def list_tasks(
     return body
 
 
-@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
+@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task",
+             responses=error_responses(404, 422))
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.dispatcher.cancel(task_id)
     return p.queue.to_view(row)
 
 
-@router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy")
+@router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy",
+            responses=error_responses(404, 422))
 async def get_policy(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
     return (await p.dispatcher.policy(name)).model_dump()
 
 
-@router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)")
+@router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)",
+            responses=error_responses(400, 404, 422))
 async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
@@ -137,7 +144,8 @@ async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[st
     return policy.model_dump()
 
 
-@router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status")
+@router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status",
+            responses=error_responses(404, 422))
 async def queue_depth(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await p.registry.get(name)
