@@ -30,8 +30,8 @@ class ErrorBody(BaseModel):
 
 DESCRIPTIONS = {
     400: "invalid_request, malformed_json or unsafe_archive: the request is wrong as sent",
-    401: "unauthenticated: no valid API token (when authentication is on)",
-    403: "forbidden: the API token may not do this (when authentication is on)",
+    401: "no valid API token (when authentication is on)",
+    403: "the API token may not do this (when authentication is on)",
     404: "not_found, function_not_found, version_not_found or invocation_not_found",
     409: "conflict: it exists already",
     413: "payload_too_large (or response_too_large): a body over its limit",
@@ -42,6 +42,20 @@ DESCRIPTIONS = {
          " instance_crashed",
     503: "unavailable: the server cannot serve this now",
     504: "timeout: the invocation ran past the function's timeout_s",
+}
+
+EXAMPLES = {
+    400: ("malformed_json", "the event is not valid JSON: unexpected character: line 1 column 2"),
+    404: ("function_not_found", "function 'hello' does not exist"),
+    409: ("conflict", "function 'hello' already exists; PUT deploys a new version"),
+    413: ("payload_too_large", "the event is 7340032 bytes or more; the limit is 6291456 bytes"
+          " (6 MiB)"),
+    422: ("invalid_spec", "memory_mb: Input should be greater than or equal to 128"),
+    429: ("throttled", "function 'hello' is at capacity (10 instances busy) and no instance"
+          " freed up within 10 s"),
+    500: ("function_error", "division by zero"),
+    503: ("unavailable", "function 'hello' is no longer served here"),
+    504: ("timeout", "the invocation timed out after 30 s; its instance was stopped"),
 }
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
@@ -57,6 +71,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in statuses:
         response: dict[str, Any] = {"model": ErrorBody,
                                     "description": DESCRIPTIONS.get(status, "an error")}
+        if status in EXAMPLES:
+            code, message = EXAMPLES[status]
+            response["content"] = {"application/json": {
+                "example": {"error": {"code": code, "message": message}}}}
         if status == 429:
             response["headers"] = _RETRY_AFTER
         out[status] = response
