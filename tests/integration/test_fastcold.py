@@ -25,6 +25,7 @@ STATE = {"main.py": """
     IMPORT_PID = os.getpid()
     COUNTER = [0]
     COUNTER[0] += 41  # module-level code runs once per import
+    time.sleep(float(os.environ.get("IMPORT_S", "0")))  # a slow import, if asked for
 
     def channels():
         found = []
@@ -205,7 +206,8 @@ def test_fork_server_death_is_survived(make_server: Any) -> None:
 
 # -- snapshot templates -----------------------------------------------------------------------
 def test_template_instances_share_the_import_not_the_process(template: Server) -> None:
-    template.deploy("t-state", STATE, max_instances=3)
+    deployed = template.deploy("t-state", STATE, max_instances=3, env={"IMPORT_S": "1"})
+    assert deployed.json()["load_check_ms"] >= 1000  # the import takes 1 s
     outs = burst(template, "t-state", 3, {"sleep": 0.5})
     modes = {instance_of(template, "t-state", o["pid"])["start_mode"] for o in outs}
     assert modes == {"template"}
@@ -220,9 +222,10 @@ def test_template_instances_share_the_import_not_the_process(template: Server) -
         check_sandbox(template, "t-state", out)
     if template.feature("unprivileged uid"):
         assert len({o["uid"] for o in outs}) == 1  # a template's children share its uid
-    # the import ran once, in the template: the instances' own load is near instant
+    # the import ran once, in the template: an instance's own load does not take the 1 s
+    # the import takes (it is near instant, but a loaded machine can stretch that)
     inits = [instance_of(template, "t-state", o["pid"])["init_ms"] for o in outs]
-    assert all(ms < 20 for ms in inits), inits
+    assert all(ms < 1000 for ms in inits), inits
 
 
 def test_template_instance_is_oom_killed(template: Server) -> None:

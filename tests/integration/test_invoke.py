@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 
 from tests.conftest import Server
 
@@ -27,8 +26,8 @@ def test_cold_then_warm(server: Server) -> None:
     second = server.invoke("i-echo", "text")
     assert second.headers["x-faasbox-cold-start"] == "false"
     assert second.json()["event"] == "text"
-    assert float(second.headers["x-faasbox-duration-ms"]) >= 0
-    assert int(second.headers["x-faasbox-billed-ms"]) >= 1
+    billed = int(second.headers["x-faasbox-billed-ms"])
+    assert billed >= 1 and float(second.headers["x-faasbox-duration-ms"]) <= billed
     assert len(server.instances("i-echo")) == 1
 
 
@@ -53,20 +52,29 @@ def test_async_handler(server: Server) -> None:
 
 
 def test_concurrency_per_instance(server: Server) -> None:
+    # each call waits in the handler until four are in it at once (or gives up after 20 s)
     server.deploy("i-conc", {"main.py": """
         import asyncio, os
+        ARRIVED = [0]
+        ALL_IN = asyncio.Event()
         async def handler(event, context):
-            await asyncio.sleep(0.5)
-            return os.getpid()
+            if event == "start":
+                return os.getpid()
+            ARRIVED[0] += 1
+            if ARRIVED[0] == 4:
+                ALL_IN.set()
+            try:
+                await asyncio.wait_for(ALL_IN.wait(), 20)
+            except asyncio.TimeoutError:
+                return [os.getpid(), "alone"]
+            return [os.getpid(), "together"]
     """}, concurrency=4, max_instances=1)
-    server.invoke("i-conc")  # start the instance
-    started = time.monotonic()
+    pid = server.invoke("i-conc", "start").json()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: server.invoke("i-conc"), range(4)))
-    elapsed = time.monotonic() - started
     assert all(r.status_code == 200 for r in results)
-    assert len({r.json() for r in results}) == 1  # one instance served all four at once
-    assert elapsed < 1.5, elapsed
+    # one instance served all four at once
+    assert [r.json() for r in results] == [[pid, "together"]] * 4
 
 
 def test_handler_exception_is_function_error(server: Server) -> None:
@@ -171,7 +179,7 @@ def test_invocation_records(server: Server) -> None:
     rec = server.http.get(f"/v1/invocations/{ids[0]}").json()
     assert rec["function"] == "i-rec" and rec["version"] == 1
     assert rec["status"] == "succeeded" and rec["cold_start"] is True
-    assert rec["init_ms"] is not None and rec["init_ms"] >= 0
+    assert rec["init_ms"] is not None
     assert rec["duration_ms"] >= 50
     assert rec["billed_ms"] >= rec["duration_ms"] and rec["billed_ms"] - rec["duration_ms"] < 1
     assert rec["memory_mb"] == 512

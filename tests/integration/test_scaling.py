@@ -7,6 +7,7 @@ import concurrent.futures
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +20,14 @@ BURST = 50
 SLEEPY = {"main.py": """
     import os, time
     def handler(event, context):
-        began = time.time()
-        time.sleep((event or {}).get("sleep", 1.0))
-        return [os.getpid(), began]
+        event = event or {}
+        if "gate" in event:  # hold the instance until the file exists (at most 100 s)
+            deadline = time.monotonic() + 100
+            while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(event.get("sleep", 1.0))
+        return os.getpid()
 """}
 # the autoscaler alone decides when instances go: the keep-alive policy keeps nothing
 # (fixed, 0 s), the windows are short, and the grace period is 2 s
@@ -57,34 +63,43 @@ def status(server: Server, name: str) -> dict[str, Any]:
 def test_burst_scales_out_in_parallel_and_back_to_zero_after_grace(
         scaling_server: Server) -> None:
     server = scaling_server
-    server.deploy("s-burst", SLEEPY, max_instances=BURST, memory_mb=128, idle_ttl_s=60)
-    gate = threading.Barrier(BURST)
+    name = f"s-burst-{uuid.uuid4().hex[:8]}"  # its own name each run: the rates are its own
+    version = server.deploy(name, SLEEPY, max_instances=BURST, memory_mb=128,
+                            idle_ttl_s=60, timeout_s=120).json()["latest_version"]
+    gate = server.data.parent / f"gate-{uuid.uuid4().hex}"
+    start = threading.Barrier(BURST)
 
     def call(_: int) -> httpx.Response:
-        gate.wait()
-        return server.invoke("s-burst", {"sleep": 1.0})
+        start.wait()
+        return server.invoke(name, {"gate": str(gate)})
 
-    started = time.monotonic()
+    def busy() -> int:
+        return sum(i["state"] == "busy" and i["version"] == version
+                   for i in server.instances(name))
+
     with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
-        results = list(pool.map(call, range(BURST)))
-    wall = time.monotonic() - started
+        calls = [pool.submit(call, i) for i in range(BURST)]
+        try:
+            # every handler holds its instance until the gate opens: all fifty at once
+            server.wait_for(lambda: busy() == BURST, timeout=90,
+                            what=f"{BURST} calls running at once")
+        finally:
+            opened = time.monotonic()  # before any call ends, so before the grace begins
+            gate.touch()
+        results = [c.result() for c in calls]
     assert all(r.status_code == 200 for r in results), [r.text for r in results][:3]
-    pids = {r.json()[0] for r in results}
-    began = sorted(r.json()[1] for r in results)
-    # 50 sequential cold starts plus 1 s handlers would take > 50 s
-    assert wall < 10.0, wall
-    assert len(pids) >= 40, len(pids)
-    assert began[-1] - began[0] < 6.0  # the handlers overlapped
-    after = status(server, "s-burst")
-    assert after["instances"]["total"] >= 40  # held through the grace period, not dropped
+    assert len({r.json() for r in results}) == BURST
+    after = status(server, name)
+    # not dropped at once: the stable window still averages the burst (how many are kept
+    # depends on how long the burst lasted in that window), and zero comes after the grace
+    assert after["instances"]["total"] >= 1
     # calls that started instances (a few may find one the panicking autoscaler started)
     assert 1 <= after["cold_starts_per_min"] <= BURST
-    ended = time.monotonic()
-    server.wait_for(lambda: server.instances("s-burst") == [], timeout=15,
+    server.wait_for(lambda: server.instances(name) == [], timeout=60,
                     what="scale to zero after the grace period")
     # the panic hold (a 3 s stable window) and the 2 s grace come first
-    assert time.monotonic() - ended > 2.0
-    assert status(server, "s-burst")["desired"] == 0
+    assert time.monotonic() - opened > 2.0
+    assert status(server, name)["desired"] == 0
 
 
 def test_provisioned_capacity_is_kept_warm(scaling_server: Server) -> None:
@@ -123,7 +138,7 @@ def test_status_lists_every_function(scaling_server: Server) -> None:
     assert {"time", "keepalive_policy", "nodes", "functions"} <= set(body)
     assert body["keepalive_policy"] == "fixed"
     fn = next(f for f in body["functions"] if f["name"] == "s-status")
-    assert fn["instances"]["idle"] + fn["instances"]["busy"] >= 0
+    assert set(fn["instances"]) == {"starting", "idle", "busy", "stopping", "total"}
     for key in ("in_flight", "waiting", "queue_depth", "desired", "target", "floor", "panic",
                 "reason", "cold_starts_per_min", "min_instances", "max_instances"):
         assert key in fn

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import errors, functions, invoke, jobs, status, system, tasks, tenants
+from faasbox.api import docs, errors, functions, invoke, jobs, status, system, tasks, tenants
 from faasbox.api.auth import AuthMiddleware, is_loopback
 from faasbox.api.body import check_json_routes
 from faasbox.platform import Platform
@@ -31,7 +31,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
             await platform.close()
 
     app = FastAPI(title="faasbox", version=__version__, lifespan=lifespan,
-                  description="A self-hosted serverless platform for Python functions and jobs.")
+                  description="A self-hosted serverless platform for Python functions and jobs.",
+                  docs_url=None, redoc_url=None)  # docs.install serves /docs offline
     app.state.platform = platform
     errors.install(app)
     # invoke first: the hot route matches soonest. Every route is an auth.ScopedRoute: it
@@ -44,6 +45,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                        server_names=server_names(settings.host, settings.server_names),
                        metrics_public=settings.metrics_public,
                        insecure_no_auth=settings.insecure_no_auth)
+    docs.install(app)  # last: the API routes match first
     return app
 
 

@@ -16,10 +16,12 @@ from faasbox.api.models import (
     function_view,
     version_view,
 )
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.spec import FunctionSpec, as_spec, check_name, merge_spec
 
-router = APIRouter(prefix="/v1/functions", tags=["functions"], route_class=ScopedRoute)
+router = APIRouter(prefix="/v1/functions", tags=["functions"], route_class=ScopedRoute,
+                   responses=error_responses(*V1))
 MAX_DEPLOY = 96 * 2**20  # a 50 MiB zip in base64, plus the spec
 
 
@@ -64,6 +66,7 @@ async def _deploy(p: Platform, request: Request, name: str,
 
 
 @router.put("/{name}", status_code=201, summary="Deploy a new version (creates the function)",
+            responses=error_responses(400, 413, 422),
             openapi_extra={"requestBody": {"content": {"application/json": {
                 "schema": DeployRequest.model_json_schema()}}}})
 async def deploy(name: str, request: Request, response: Response) -> dict[str, Any]:
@@ -84,6 +87,7 @@ async def patch(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, summary="Create a function (409 if it exists)",
+             responses=error_responses(400, 409, 413, 422),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": CreateRequest.model_json_schema()}}}})
 async def create(request: Request) -> dict[str, Any]:
@@ -111,7 +115,7 @@ async def list_functions(request: Request) -> dict[str, Any]:
     return {"functions": out}
 
 
-@router.get("/{name}", summary="Describe a function")
+@router.get("/{name}", summary="Describe a function", responses=error_responses(404, 422))
 async def get_function(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     qualified = function_of(request, name)
@@ -120,7 +124,8 @@ async def get_function(name: str, request: Request) -> dict[str, Any]:
     return {**function_view(fn, latest), "instances": p.instances.describe(qualified)}
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances")
+@router.delete("/{name}", status_code=204, summary="Delete a function and stop its instances",
+               responses=error_responses(404, 422))
 async def delete_function(name: str, request: Request) -> Response:
     p = platform(request)
     await p.registry.delete(function_of(request, name))
@@ -128,14 +133,16 @@ async def delete_function(name: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{name}/versions", summary="List a function's versions")
+@router.get("/{name}/versions", summary="List a function's versions",
+            responses=error_responses(404, 422))
 async def versions(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     versions = await p.registry.versions(function_of(request, name))
     return {"versions": [version_view(v) for v in versions]}
 
 
-@router.get("/{name}/instances", summary="A function's instances")
+@router.get("/{name}/instances", summary="A function's instances",
+            responses=error_responses(404, 422))
 async def instances(name: str, request: Request) -> dict[str, Any]:
     p = platform(request)
     qualified = function_of(request, name)

@@ -11,6 +11,7 @@ from faasbox import errors
 from faasbox.api.auth import ScopedRoute, function_of, tenant_of
 from faasbox.api.body import read_event, trace_id_of
 from faasbox.api.errors import faasbox_error_response
+from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import record_view
 from faasbox.invoker import new_id, new_request_id
 from faasbox.platform import Platform
@@ -18,7 +19,8 @@ from faasbox.store import InvocationRecord
 from faasbox.tenancy.names import qualify
 from faasbox.tenancy.names import tenant_of as tenant_of_function
 
-router = APIRouter(tags=["invoke"], route_class=ScopedRoute)
+router = APIRouter(tags=["invoke"], route_class=ScopedRoute,
+                   responses=error_responses(*V1))
 
 
 # The hot route reads its optional query and header itself: FastAPI's parameter solving
@@ -33,7 +35,8 @@ _INVOKE_PARAMETERS = [
 
 
 @router.post("/v1/functions/{name}/invoke", summary="Invoke and wait for the result",
-             responses={200: {"description": "the handler's JSON result"}},
+             responses={200: {"description": "the handler's JSON result"},
+                        **error_responses(400, 404, 413, 422, 429, 504)},
              openapi_extra={"parameters": _INVOKE_PARAMETERS, "requestBody": {"content": {
                  "application/json": {"schema": {"description": "the event: any JSON value"}}}}})
 async def invoke(name: str, request: Request) -> Response:
@@ -68,7 +71,8 @@ def _usage_headers(rec: InvocationRecord) -> dict[str, str]:
     }
 
 
-@router.get("/v1/invocations", summary="Invocation records, newest first")
+@router.get("/v1/invocations", summary="Invocation records, newest first",
+            responses=error_responses(422))
 async def list_invocations(
     request: Request,
     function: str | None = None,
@@ -90,7 +94,8 @@ async def list_invocations(
     return body
 
 
-@router.get("/v1/invocations/{invocation_id}", summary="One invocation record")
+@router.get("/v1/invocations/{invocation_id}", summary="One invocation record",
+            responses=error_responses(404, 422))
 async def get_invocation(invocation_id: str, request: Request) -> dict[str, Any]:
     p: Platform = request.app.state.platform
     rec = await p.store.get_invocation(invocation_id)

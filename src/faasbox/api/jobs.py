@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from faasbox import errors
 from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import trace_id_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import job_view, record_view, task_view, trigger_view
 from faasbox.platform import Platform
 from faasbox.spec import check_name
@@ -18,7 +19,7 @@ from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_n
 from faasbox.triggers.jobs import JobSpec
 from faasbox.triggers.store import JOB_STATUSES
 
-router = APIRouter(route_class=ScopedRoute)
+router = APIRouter(route_class=ScopedRoute, responses=error_responses(*V1))
 
 MAX_WAIT_S = 60.0
 
@@ -42,7 +43,8 @@ def _record(p: Platform, request: Request, action: str, function: str, trigger: 
 
 # -- jobs -----------------------------------------------------------------------------------
 @router.post("/v1/jobs", status_code=202, tags=["jobs"],
-             summary="Start a sharded job (202 once the job and its shards are queued)")
+             summary="Start a sharded job (202 once the job and its shards are queued)",
+             responses=error_responses(400, 404, 422))
 async def create_job(
     spec: JobSpec, request: Request, response: Response,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
@@ -70,7 +72,8 @@ async def create_job(
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"],
-            summary="A job: progress, timings, shard results; ?wait=S long-polls for its end")
+            summary="A job: progress, timings, shard results; ?wait=S long-polls for its end",
+            responses=error_responses(404, 422))
 async def get_job(
     job_id: str, request: Request,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S),
@@ -83,7 +86,8 @@ async def get_job(
     return await job_view(p.queue, job, results=results, shards=shards)
 
 
-@router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first")
+@router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first",
+            responses=error_responses(400, 422))
 async def list_jobs(
     request: Request,
     function: str | None = None,
@@ -107,7 +111,8 @@ async def list_jobs(
 
 
 @router.post("/v1/jobs/{job_id}/cancel", tags=["jobs"],
-             summary="Cancel a job: its queued shards at once, its running ones stopped")
+             summary="Cancel a job: its queued shards at once, its running ones stopped",
+             responses=error_responses(404, 422))
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await _job(p, request, job_id)
@@ -118,7 +123,7 @@ async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 # -- triggers -------------------------------------------------------------------------------
 @router.post("/v1/functions/{name}/triggers", status_code=201, tags=["triggers"],
-             summary="Add a cron trigger")
+             summary="Add a cron trigger", responses=error_responses(400, 404, 409, 422))
 async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     body = TriggerSpec(**spec.model_dump(exclude={"name"}))
@@ -128,7 +133,7 @@ async def create_trigger(name: str, spec: NamedTriggerSpec, request: Request) ->
 
 
 @router.get("/v1/functions/{name}/triggers", tags=["triggers"],
-            summary="A function's cron triggers")
+            summary="A function's cron triggers", responses=error_responses(404, 422))
 async def list_function_triggers(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
@@ -145,14 +150,16 @@ async def list_triggers(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-            summary="One cron trigger with its fire state")
+            summary="One cron trigger with its fire state",
+            responses=error_responses(404, 422))
 async def get_trigger(name: str, trigger: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return trigger_view(p.triggers.get(function_of(request, name), trigger), p.clock.now())
 
 
 @router.put("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-            summary="Create or replace a cron trigger (the stack file uses this)")
+            summary="Create or replace a cron trigger (the stack file uses this)",
+            responses=error_responses(400, 404, 422))
 async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
                       request: Request) -> dict[str, Any]:
     p = _platform(request)
@@ -166,7 +173,8 @@ async def put_trigger(name: str, trigger: str, spec: TriggerSpec,
 
 
 @router.patch("/v1/functions/{name}/triggers/{trigger}", tags=["triggers"],
-              summary="Change some fields of a trigger (e.g. {\"enabled\": false})")
+              summary="Change some fields of a trigger (e.g. {\"enabled\": false})",
+              responses=error_responses(400, 404, 422))
 async def patch_trigger(
     name: str, trigger: str, request: Request,
     changes: dict[str, Any] = Body(..., examples=[{"enabled": False}]),
@@ -181,7 +189,7 @@ async def patch_trigger(
 
 
 @router.delete("/v1/functions/{name}/triggers/{trigger}", status_code=204, tags=["triggers"],
-               summary="Delete a cron trigger")
+               summary="Delete a cron trigger", responses=error_responses(404, 422))
 async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
     p = _platform(request)
     await p.triggers.delete(function_of(request, name), trigger)
@@ -191,7 +199,8 @@ async def delete_trigger(name: str, trigger: str, request: Request) -> Response:
 
 # -- traces ---------------------------------------------------------------------------------
 @router.get("/v1/traces/{trace_id}", tags=["traces"],
-            summary="Everything one trace caused: invocations in order, tasks and jobs")
+            summary="Everything one trace caused: invocations in order, tasks and jobs",
+            responses=error_responses(404, 422))
 async def get_trace(trace_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     tenant = tenant_of(request)

@@ -8,11 +8,13 @@ from fastapi import APIRouter, Request
 
 from faasbox import errors
 from faasbox.api.auth import ScopedRoute, principal_of, tenant_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.scheduler import InstancePools
 from faasbox.tenancy.names import display
 
-router = APIRouter(tags=["system"], route_class=ScopedRoute)
+router = APIRouter(tags=["system"], route_class=ScopedRoute,
+                   responses=error_responses(*V1))
 
 
 @router.get("/v1/status", summary="Instances, demand and autoscaler state of every function")

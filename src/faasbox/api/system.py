@@ -10,23 +10,26 @@ from starlette.responses import Response
 
 from faasbox import __version__
 from faasbox.api.auth import ScopedRoute
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 
 router = APIRouter(tags=["system"], route_class=ScopedRoute)
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness", responses=error_responses(500))
 async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses=error_responses(500))
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/node", summary="Node capacity and active isolation features")
+@router.get("/v1/node", summary="Node capacity and active isolation features",
+            responses=error_responses(*V1))
 async def node(request: Request) -> dict[str, Any]:
     p: Platform = request.app.state.platform
     return {

@@ -10,13 +10,15 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from faasbox import errors
 from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped, read_event, trace_id_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import task_view
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 from faasbox.tenancy.names import display
 from faasbox.tenancy.names import tenant_of as tenant_of_function
 
-router = APIRouter(tags=["tasks"], route_class=ScopedRoute)
+router = APIRouter(tags=["tasks"], route_class=ScopedRoute,
+                   responses=error_responses(*V1))
 
 MAX_BATCH = 1000
 MAX_BATCH_BODY = 64 * 2**20
@@ -52,6 +54,7 @@ def _check_key(key: str | None) -> str | None:
 
 @router.post("/v1/functions/{name}/tasks", status_code=202,
              summary="Submit an async task (202 once it is durably queued)",
+             responses=error_responses(400, 404, 413, 422, 429),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": {"description": "the event: any JSON value"}}}}})
 async def submit(
@@ -74,6 +77,7 @@ async def submit(
 
 @router.post("/v1/functions/{name}/tasks:batch", status_code=202,
              summary="Submit up to 1000 tasks in one transaction",
+             responses=error_responses(400, 404, 413, 422, 429),
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": {"type": "array", "maxItems": MAX_BATCH}}}}})
 async def submit_batch(
@@ -103,7 +107,8 @@ async def submit_batch(
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 
-@router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state")
+@router.get("/v1/tasks/{task_id}", summary="A task; ?wait=S long-polls for a terminal state",
+            responses=error_responses(404, 422))
 async def get_task(
     task_id: str, request: Request,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the end"),
@@ -114,7 +119,7 @@ async def get_task(
     return task_view(row)
 
 
-@router.get("/v1/tasks", summary="Tasks, newest first")
+@router.get("/v1/tasks", summary="Tasks, newest first", responses=error_responses(400, 422))
 async def list_tasks(
     request: Request,
     function: str | None = None,
@@ -133,7 +138,8 @@ async def list_tasks(
     return body
 
 
-@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
+@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a queued or running task",
+             responses=error_responses(404, 422))
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     await _task(p, request, task_id)
@@ -142,7 +148,8 @@ async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     return task_view(row)
 
 
-@router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy")
+@router.get("/v1/functions/{name}/task-policy", summary="A function's async task policy",
+            responses=error_responses(404, 422))
 async def get_policy(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
@@ -150,7 +157,8 @@ async def get_policy(name: str, request: Request) -> dict[str, Any]:
     return (await p.policies.of_function(qualified)).model_dump()
 
 
-@router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)")
+@router.put("/v1/functions/{name}/task-policy", summary="Change the task policy (no deploy)",
+            responses=error_responses(400, 404, 422))
 async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
@@ -161,7 +169,8 @@ async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[st
     return policy.model_dump()
 
 
-@router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status")
+@router.get("/v1/functions/{name}/queue", summary="Queue depth of a function by status",
+            responses=error_responses(404, 422))
 async def queue_depth(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)

@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 
 from faasbox.api.auth import ScopedRoute, principal_of, tenant_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.tenancy.model import KeyRow, KeySpec, TenantPatch, TenantRow, TenantSpec
 
-router = APIRouter(tags=["tenants"], route_class=ScopedRoute)
+router = APIRouter(tags=["tenants"], route_class=ScopedRoute,
+                   responses=error_responses(*V1))
 
 
 def _platform(request: Request) -> Platform:
