@@ -78,6 +78,7 @@ async def deploy(name: str, request: Request, response: Response) -> dict[str, A
 
 @router.patch("/{name}", summary="Change some spec fields (and optionally the code): a new"
               " version, or none when nothing changed",
+              responses=error_responses(400, 404, 413, 422),
               openapi_extra={"requestBody": {"content": {"application/json": {
                   "schema": PatchRequest.openapi_schema()}}}})
 async def patch(name: str, request: Request) -> dict[str, Any]:

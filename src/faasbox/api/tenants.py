@@ -33,7 +33,8 @@ def key_view(row: KeyRow) -> dict[str, Any]:
             "created_at": row.created_at}
 
 
-@router.post("/v1/tenants", status_code=201, summary="Create a tenant")
+@router.post("/v1/tenants", status_code=201, summary="Create a tenant",
+             responses=error_responses(409, 422))
 async def create_tenant(spec: TenantSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.tenancy.create_tenant(spec, principal_of(request))
@@ -47,7 +48,8 @@ async def list_tenants(request: Request) -> dict[str, Any]:
                                                           key=lambda t: t.name)]}
 
 
-@router.get("/v1/tenants/{tenant}", summary="A tenant, its limits and usage now")
+@router.get("/v1/tenants/{tenant}", summary="A tenant, its limits and usage now",
+            responses=error_responses(404, 422))
 async def get_tenant(tenant: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     view = tenant_view(p, p.tenancy.get(tenant))
@@ -55,14 +57,16 @@ async def get_tenant(tenant: str, request: Request) -> dict[str, Any]:
     return view
 
 
-@router.patch("/v1/tenants/{tenant}", summary="Change a tenant's weight or limits")
+@router.patch("/v1/tenants/{tenant}", summary="Change a tenant's weight or limits",
+              responses=error_responses(404, 422))
 async def patch_tenant(tenant: str, patch: TenantPatch, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return tenant_view(p, await p.tenancy.update_tenant(tenant, patch, principal_of(request)))
 
 
 @router.delete("/v1/tenants/{tenant}", status_code=204,
-               summary="Delete a tenant (it must have no functions); its keys are revoked")
+               summary="Delete a tenant (it must have no functions); its keys are revoked",
+               responses=error_responses(404, 409, 422))
 async def delete_tenant(tenant: str, request: Request) -> Response:
     p = _platform(request)
     await p.delete_tenant(tenant, principal_of(request))
@@ -70,21 +74,24 @@ async def delete_tenant(tenant: str, request: Request) -> Response:
 
 
 @router.post("/v1/tenants/{tenant}/keys", status_code=201,
-             summary="Create an API key (the secret is in this response only)")
+             summary="Create an API key (the secret is in this response only)",
+             responses=error_responses(404, 422))
 async def create_key(tenant: str, spec: KeySpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row, key = await p.tenancy.create_key(tenant, spec, principal_of(request))
     return {**key_view(row), "key": key}
 
 
-@router.get("/v1/tenants/{tenant}/keys", summary="A tenant's live keys (no secrets)")
+@router.get("/v1/tenants/{tenant}/keys", summary="A tenant's live keys (no secrets)",
+            responses=error_responses(404, 422))
 async def list_keys(tenant: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return {"keys": [key_view(k) for k in p.tenancy.list_keys(tenant)]}
 
 
 @router.delete("/v1/tenants/{tenant}/keys/{key_id}", status_code=204,
-               summary="Revoke a key (refused from the next request on)")
+               summary="Revoke a key (refused from the next request on)",
+               responses=error_responses(404, 422))
 async def revoke_key(tenant: str, key_id: str, request: Request) -> Response:
     p = _platform(request)
     await p.tenancy.revoke_key(tenant, key_id, principal_of(request))
@@ -92,7 +99,7 @@ async def revoke_key(tenant: str, key_id: str, request: Request) -> Response:
 
 
 @router.get("/v1/audit", summary="Control-plane changes, newest first (admin: every tenant"
-            " unless ?tenant=; developer: its own)")
+            " unless ?tenant=; developer: its own)", responses=error_responses(422))
 async def audit(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),

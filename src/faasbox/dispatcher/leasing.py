@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 
 from faasbox import errors
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 LEASE_BATCH = 64
 LEASE_MARGIN_S = 60.0
 PURGE_EVERY_S = 60.0
+CHECK_READY_S = 5.0
 
 
 class Dispatcher:
@@ -58,6 +60,7 @@ class Dispatcher:
         self.sweep_interval_s = sweep_interval_s
         self.owner = uuid.uuid4().hex  # this server's lease identity
         self._ready: dict[str, float] = {}  # function -> earliest run_at of its runnable tasks
+        self._notified: Counter[str] = Counter()  # function -> notifies so far
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.fair = FairShare()
@@ -113,6 +116,7 @@ class Dispatcher:
     def notify(self, function: str, run_at: float) -> None:
         """Tasks of ``function`` become runnable at ``run_at`` (an enqueue or release)."""
         self._ready[function] = min(run_at, self._ready.get(function, run_at))
+        self._notified[function] += 1
         self._wake.set()
 
     def on_slot_released(self, event: SlotReleased) -> None:
@@ -159,6 +163,7 @@ class Dispatcher:
         room = self.capacity_mb() - self.lifecycle.running_mb
         quota = self.fair.allocate(wants, room, self.weight, most=LEASE_BATCH * len(wants))
         wanted = [(f, n) for f, n in quota.items()]
+        seen = {f: self._notified[f] for f, _ in wanted}
         leases = await asyncio.gather(*[self._lease(f, n, now) for f, n in wanted])
         costs = {w.function: w.cost_mb for w in wants}
         for (function, asked), tasks in zip(wanted, leases, strict=True):
@@ -168,7 +173,9 @@ class Dispatcher:
                 tenant = tenant_of(function)
                 self.fair.refund(tenant, asked - len(tasks), self.weight(tenant))
                 due = await self.queue.next_run_at(function)
-                if due is None:
+                if self._notified[function] != seen[function]:
+                    pass  # tasks came in meanwhile (their commit may be newer than the read)
+                elif due is None:
                     self._ready.pop(function, None)
                 else:
                     self._ready[function] = due
@@ -232,8 +239,15 @@ class Dispatcher:
         return queued
 
     # -- housekeeping -----------------------------------------------------------------------
+    def _check_ready(self, runnable: dict[str, float]) -> None:
+        """A safety net: a function with runnable tasks that the dispatcher does not know of
+        (it would wait for the next enqueue) is put back, loudly."""
+        missing = [f for f in runnable if f not in self._ready]
+        for function in missing:
+            log.warning("tasks of %s were runnable but not scheduled; dispatching them", function)
+            self.notify(function, runnable[function])
     async def _sweep_loop(self) -> None:
-        last_purge = 0.0
+        last_purge = last_check = 0.0
         while True:
             await self.clock.sleep(self.sweep_interval_s)
             try:
@@ -241,6 +255,9 @@ class Dispatcher:
                 if await self.queue.recover(now, self.owner):
                     self._ready.update(await self.queue.runnable_functions(now))
                     self._wake.set()
+                elif now - last_check > CHECK_READY_S:
+                    last_check = now
+                    self._check_ready(await self.queue.runnable_functions(now))
                 if await self.queue.expire(now):
                     self.lifecycle.wake_all_waiters()
                 if now - last_purge > PURGE_EVERY_S:
