@@ -16,12 +16,15 @@ import stat
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from faasbox import errors
 
 MAX_UNZIPPED = 250 * 2**20
 MAX_ENTRIES = 20000
+MAX_NAME = 1024  # bytes of one entry's path
+MAX_DEPTH = 64  # folders deep
 PIP_TIMEOUT_S = 900
 EXCLUDED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".faasbox"}
 
@@ -71,14 +74,17 @@ class CodeStore:
         _check_entries(infos)
         tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
         try:
-            for info in infos:
-                target = tmp / info.filename
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
+            try:
+                _extract(zf, infos, tmp)
+            except errors.FaasboxError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError,
+                    OSError, ValueError) as exc:
+                # a bad CRC, a truncated or encrypted entry, an unknown compression, a name
+                # that is both a file and a folder, a path too deep: the archive, not us
+                raise errors.UnsafeArchive(
+                    f"the code archive cannot be unpacked: {type(exc).__name__}: {exc}"
+                ) from None
             sha = tree_hash(tmp)
             final = self.code_dir(sha)
             if final.exists():
@@ -144,6 +150,17 @@ async def _pip_install(code: Path, target: Path) -> None:
         )
 
 
+def _extract(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path) -> None:
+    for info in infos:
+        target = root / info.filename
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
 def _check_entries(infos: list[zipfile.ZipInfo]) -> None:
     if len(infos) > MAX_ENTRIES:
         raise errors.InvalidRequest(f"the archive has more than {MAX_ENTRIES} entries")
@@ -151,6 +168,9 @@ def _check_entries(infos: list[zipfile.ZipInfo]) -> None:
     for info in infos:
         name = info.filename
         parts = PurePosixPath(name).parts
+        if not parts or len(name) > MAX_NAME or len(parts) > MAX_DEPTH:
+            raise errors.UnsafeArchive(f"archive entry {name[:80]!r} has an empty, too long or"
+                                       f" too deep name (at most {MAX_DEPTH} folders deep)")
         if name.startswith(("/", "\\")) or ".." in parts or ":" in name or "\\" in name:
             raise errors.UnsafeArchive(f"archive entry {name!r} escapes the function folder")
         if stat.S_ISLNK(info.external_attr >> 16):

@@ -118,7 +118,7 @@ class Platform:
 
     def _subscribe(self) -> None:
         on = self.events.subscribe
-        on(InvocationFinished, Chains(self.dispatcher).on_invocation)
+        on(InvocationFinished, Chains(self.dispatcher, self.queue).on_invocation)
         on(TaskFinished, self.jobs.on_task_finished)
         on(TaskFinished, self.triggers.on_task_finished)
         on(SlotReleased, self.dispatcher.on_slot_released)

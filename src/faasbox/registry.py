@@ -22,7 +22,7 @@ from faasbox.events import Events, FunctionDeleted, FunctionDeployed
 from faasbox.node import NodeService
 from faasbox.spec import FunctionSpec, as_spec, check_name, merge_spec
 from faasbox.store import FunctionRow, Store, VersionRow
-from faasbox.tenancy.names import display
+from faasbox.tenancy.names import display, within
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ class Registry:
                 if latest is None:
                     raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
                 spec = merge_spec(as_spec(latest.spec), spec)
-            if spec.on_success == display(name):
-                raise errors.InvalidSpec(
-                    f"function {display(name)!r} cannot chain to itself (on_success)")
+            await self._check_chain(name, spec)
             if code_zip is not None:
                 sha = await self.code.put_zip(code_zip)
             elif latest is not None:
@@ -81,6 +79,24 @@ class Registry:
             await self.events.publish(FunctionDeployed(row))
             log.info("deployed %s version %d (code %s)", name, row.version, sha[:12])
             return Deployed(row, current is None, check_ms)
+
+    async def _check_chain(self, name: str, spec: FunctionSpec) -> None:
+        """Refuse an ``on_success`` that leads back to the function (a chain that would run
+        forever), naming the cycle."""
+        path = [display(name)]
+        nxt = spec.on_success
+        while nxt:
+            target = within(name, nxt)
+            if target == name:
+                raise errors.InvalidSpec(
+                    "on_success makes a cycle: " + " -> ".join([*path, display(name)]))
+            if display(target) in path:
+                return  # a cycle further on, not through this function
+            path.append(display(target))
+            try:
+                nxt = (await self.resolve(target, None)).spec.on_success
+            except errors.NotFound:
+                return
 
     def _same(self, latest: VersionRow, spec: FunctionSpec, sha: str) -> bool:
         """Whether a deploy of ``spec`` and code ``sha`` would repeat ``latest``."""
@@ -124,8 +140,10 @@ class Registry:
         try:
             number = int(version)
         except ValueError:
+            number = 0
+        if not 1 <= number < 2**31:
             raise errors.InvalidRequest(
-                f"version must be a number or 'latest', not {version!r}") from None
+                f"version must be a number from 1 or 'latest', not {str(version)[:40]!r}")
         cached = self._versions.get((name, number))
         if cached is not None and name in self._latest:
             return cached

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
 from faasbox import errors
+from faasbox.payload import MAX_EVENT
 
-MAX_EVENT = 6 * 2**20
 _JSON = (b"content-type", b"application/json")
 
 
@@ -99,12 +99,12 @@ def validate_event(body: bytes) -> bytes:
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
-    """The trace id of a W3C traceparent header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    """The trace id of a W3C traceparent header (``00-<32 hex>-<16 hex>-<2 hex>``); a header
+    that is not one is ignored (None), as the W3C Trace Context spec says."""
     if traceparent is None:
         return None
     parts = traceparent.strip().split("-")
     if (len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32
             or any(c not in "0123456789abcdef" for c in parts[1])):
-        raise errors.InvalidRequest("traceparent must be a W3C trace context header"
-                                    " (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)")
+        return None
     return parts[1]

@@ -12,6 +12,7 @@ from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped, read_event, trace_id_of
 from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import task_view
+from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
 from faasbox.queue import STATUSES, TaskPolicy
 from faasbox.tenancy.names import display
@@ -101,9 +102,14 @@ async def submit_batch(
         raise errors.PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events")
     key = _check_key(idempotency_key)
     keys = [f"{key}:{i}" if key else None for i in range(len(events))]
+    try:
+        encoded = [encode_event(e, f"event {i}") for i, e in enumerate(events)]
+    except EventTooLarge as exc:
+        raise errors.PayloadTooLarge(str(exc)) from None
+    except ValueError as exc:
+        raise errors.InvalidRequest(str(exc)) from None
     p.admit_tasks(tenant_of(request), len(events))
-    rows = await p.dispatcher.submit(
-        qualified, [orjson.dumps(e) for e in events], keys, pinned, trace_id_of(traceparent))
+    rows = await p.dispatcher.submit(qualified, encoded, keys, pinned, trace_id_of(traceparent))
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 

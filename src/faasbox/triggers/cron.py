@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from faasbox.payload import encode_event
 from faasbox.queue import TaskPolicy
 from faasbox.triggers.shards import shard_events
 
@@ -46,6 +48,10 @@ class Schedule:
             raise ValueError(f"unknown timezone {timezone!r} (use an IANA name such as"
                              " 'Europe/Berlin' or 'UTC')") from None
         self.expr = expr
+        try:
+            self.after(time.time())
+        except (CroniterBadDateError, ValueError, OverflowError):
+            raise ValueError(f"cron {expr!r} never fires (no date matches it)") from None
 
     def after(self, t: float) -> float:
         """The first fire time strictly after ``t`` (epoch seconds)."""
@@ -116,6 +122,8 @@ class TriggerSpec(BaseModel):
     @model_validator(mode="after")
     def _valid(self) -> TriggerSpec:
         Schedule(self.cron, self.timezone)  # raises ValueError with the reason
+        if self.event is not None:
+            encode_event(self.event, "the trigger's event")
         return self
 
     def schedule(self) -> Schedule:

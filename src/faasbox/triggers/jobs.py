@@ -45,7 +45,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     function: str
-    version: int | None = Field(None, ge=1, description="pin a version; default: latest")
+    version: int | None = Field(None, ge=1, lt=2**31, description="pin a version; default: latest")
     shards: list[Any] | dict[str, Any] = Field(
         description="a list of shard events (one shard each), or {\"count\": N, \"params\":"
         " {...}}: N shards that all get params as their event")

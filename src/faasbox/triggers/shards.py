@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from faasbox.payload import encode_event
 
 MAX_SHARDS = 100_000
 
@@ -17,11 +17,11 @@ def shard_events(shards: list[Any] | dict[str, Any]) -> list[bytes]:
             raise ValueError("shards must not be empty")
         if len(shards) > MAX_SHARDS:
             raise ValueError(f"a job has at most {MAX_SHARDS} shards")
-        return [orjson.dumps(e) for e in shards]
+        return [encode_event(e, f"shard {i}'s event") for i, e in enumerate(shards)]
     extra = set(shards) - {"count", "params"}
     if extra:
         raise ValueError(f"shards takes count and params, not {', '.join(sorted(extra))}")
     count = shards.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SHARDS:
         raise ValueError(f"shards.count must be an integer from 1 to {MAX_SHARDS}")
-    return [orjson.dumps(shards.get("params"))] * count
+    return [encode_event(shards.get("params"), "shards.params")] * count
