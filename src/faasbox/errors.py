@@ -36,6 +36,7 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     │   ├── InitError                 500 init_error         (import/module code failed)
     │   ├── OutOfMemory               500 out_of_memory
     │   ├── InstanceCrashed           500 instance_crashed
+    │   │   └── ProtocolViolation     500 protocol_error     (the instance broke the protocol)
     │   ├── Cancelled                 409 cancelled          (a task cancelled while running)
     │   └── InvocationTimeout         504 timeout
     └── Unavailable                   503 unavailable
@@ -204,6 +205,10 @@ class OutOfMemory(InvocationError):
 
 class InstanceCrashed(InvocationError):
     code = "instance_crashed"
+
+
+class ProtocolViolation(InstanceCrashed):
+    code = "protocol_error"
 
 
 class Cancelled(InvocationError):

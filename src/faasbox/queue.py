@@ -38,6 +38,7 @@ ERROR_CATEGORY = {
     "timeout": "timeout",
     "out_of_memory": "oom",
     "instance_crashed": "crash",
+    "protocol_error": "crash",
     "init_error": "crash",
 }
 

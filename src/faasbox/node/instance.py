@@ -140,19 +140,34 @@ class Instance:
         self._writer.write(protocol.pack(header, payload))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Frames from the instance, which is not trusted: a frame over the cap is refused
+        before it is read, and anything off the protocol kills the instance."""
         try:
             while True:
                 prefix = await reader.readexactly(4)
-                body = await reader.readexactly(protocol.parse_length(prefix))
+                body = await reader.readexactly(
+                    protocol.parse_length(prefix, protocol.MAX_FROM_INSTANCE))
                 header, payload = protocol.unpack(body)
-                if header.get("t") == "result":
-                    fut = self.in_flight.pop(header["id"], None)
-                    if fut is not None and not fut.done():
+                if header["t"] == "result":
+                    fut = self.in_flight.pop(str(header.get("id")), None)
+                    if fut is None:
+                        raise protocol.ProtocolError("a result for no call in flight")
+                    if len(payload) > protocol.MAX_RESULT:
+                        raise protocol.ProtocolError(
+                            f"a result of {len(payload)} bytes (at most {protocol.MAX_RESULT})")
+                    if not fut.done():
                         fut.set_result((header, payload))
                 elif self._control is not None and not self._control.done():
                     self._control.set_result(header)
-        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
+                else:
+                    raise protocol.ProtocolError(f"an unexpected {header['t'][:40]!r} frame")
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except protocol.ProtocolError as exc:
+            log.warning("instance %s broke the protocol (%s): killing it", self.id, exc)
+            if self._stop_reason is None:
+                self._stop_reason = errors.ProtocolViolation(
+                    f"the instance broke the node protocol ({exc}) and was killed")
         finally:
             await self._died()
 
@@ -247,6 +262,7 @@ class Instance:
         self.in_flight[request_id] = fut
         self.state = "busy"
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
+        began = self.loop.time()  # durations are the node's, never what the instance says
         self.send(header, payload)
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: see ``expect``
@@ -266,14 +282,18 @@ class Instance:
             self.last_used = self.loop.time()
             if self.state == "busy" and not self.in_flight:
                 self.state = "idle"
-        return self._result(reply, body)
+        return self._result(reply, body, (self.loop.time() - began) * 1000)
 
-    def _result(self, reply: dict[str, Any], body: bytes) -> InvokeResult:
-        self.peak_rss_mb = reply.get("peak_rss_kb", 0) / 1024
-        if reply.get("ok"):
-            return InvokeResult(body, reply["duration_ms"], reply.get("logs", ""),
-                                self.peak_rss_mb)
-        err = reply.get("error", {})
+    def _result(self, reply: dict[str, Any], body: bytes, duration_ms: float) -> InvokeResult:
+        rss = reply.get("peak_rss_kb")
+        rss_kb = float(rss) if isinstance(rss, int | float) else 0.0
+        self.peak_rss_mb = min(max(0.0, rss_kb / 1024), float(self.memory_mb))
+        logs = reply.get("logs")
+        logs = logs if isinstance(logs, str) else ""
+        if reply.get("ok") is True:
+            return InvokeResult(body, duration_ms, logs, self.peak_rss_mb)
+        err = reply.get("error")
+        err = err if isinstance(err, dict) else {}
         kind = err.get("type")
         if kind == "MemoryError":
             exc: errors.InvocationError = errors.OutOfMemory(
@@ -286,8 +306,8 @@ class Instance:
             exc = errors.FunctionError(
                 err.get("message", ""), type=kind, traceback=err.get("traceback"),
             )
-        exc.duration_ms = reply.get("duration_ms", 0.0)
-        exc.logs = reply.get("logs", "")
+        exc.duration_ms = duration_ms
+        exc.logs = logs
         raise exc
 
     def describe(self) -> dict[str, Any]:

@@ -17,7 +17,11 @@ from typing import Any
 import orjson
 
 _HEAD = struct.Struct(">II")
-MAX_FRAME = 64 * 2**20
+MAX_FRAME = 64 * 2**20  # node -> instance (an event is at most 6 MiB; room for the header)
+MAX_RESULT = 6 * 2**20  # a result's bytes
+# instance -> node: a result and its header (output and error text are capped by the runtime);
+# the node refuses a longer frame before reading it
+MAX_FROM_INSTANCE = MAX_RESULT + 2**20
 
 
 class ProtocolError(Exception):
@@ -32,14 +36,21 @@ def pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
 def unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
     """Split a frame body (everything after the total length) into header and payload."""
     (hlen,) = struct.unpack_from(">I", body)
-    header = orjson.loads(body[4 : 4 + hlen])
+    if hlen > len(body) - 4:
+        raise ProtocolError(f"a header of {hlen} bytes in a frame of {len(body)}")
+    try:
+        header = orjson.loads(body[4 : 4 + hlen])
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"a header that is not JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise ProtocolError("a header that is not an object with a type")
     return header, body[4 + hlen :]
 
 
-def parse_length(prefix: bytes) -> int:
+def parse_length(prefix: bytes, limit: int = MAX_FRAME) -> int:
     total: int = struct.unpack(">I", prefix)[0]
-    if total < 4 or total > MAX_FRAME:
-        raise ProtocolError(f"bad frame length {total}")
+    if total < 4 or total > limit:
+        raise ProtocolError(f"a frame of {total} bytes (at most {limit})")
     return total
 
 

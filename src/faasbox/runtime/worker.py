@@ -24,7 +24,8 @@ import orjson
 from faasbox.runtime import protocol
 from faasbox.runtime.context import Context, LogBuffer, current_log, install_routers
 
-MAX_RESULT = 6 * 2**20
+MAX_RESULT = protocol.MAX_RESULT
+ERROR_TEXT_LIMIT = 64 * 1024
 
 
 class Worker:
@@ -199,7 +200,13 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     import traceback
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+    # bounded: the node refuses a frame much over the result cap
+    return {"type": type(exc).__name__[:200], "message": _cut(str(exc)),
+            "traceback": _cut(tb)}
+
+
+def _cut(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more)"
 
 
 def run(sock: socket.socket) -> None:
