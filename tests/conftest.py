@@ -239,6 +239,12 @@ class Server:
             assert resp.status_code == expect, resp.text
         return resp
 
+    def deploy_body(self, files: dict[str, str], **spec: Any) -> dict[str, Any]:
+        """The body of a deploy of ``files`` (a folder made for it)."""
+        folder = self.folder(f"body-{len(list(self.functions_root.glob('body-*')))}", files)
+        return {"handler": "main:handler", **spec,
+                "code_zip": base64.b64encode(zip_folder(folder)).decode()}
+
     def invoke(self, name: str, event: Any = None, **params: Any) -> httpx.Response:
         return self.http.post(f"/v1/functions/{name}/invoke", json=event, params=params)
 

@@ -8,6 +8,8 @@ its text), shared by every version with the same requirements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from faasbox import errors
@@ -63,7 +66,8 @@ class CodeStore:
 
     async def put_zip(self, data: bytes) -> str:
         """Extract a zip archive safely and store it; returns its content hash."""
-        return await asyncio.to_thread(self._put_zip, data)
+        with _disk_errors():
+            return await asyncio.to_thread(self._put_zip, data)
 
     def _put_zip(self, data: bytes) -> str:
         try:
@@ -78,8 +82,14 @@ class CodeStore:
                 _extract(zf, infos, tmp)
             except errors.FaasboxError:
                 raise
+            except OSError as exc:
+                if exc.errno in DISK_ERRNOS:
+                    raise
+                raise errors.UnsafeArchive(
+                    f"the code archive cannot be unpacked: {type(exc).__name__}: {exc}"
+                ) from None
             except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError,
-                    OSError, ValueError) as exc:
+                    ValueError) as exc:
                 # a bad CRC, a truncated or encrypted entry, an unknown compression, a name
                 # that is both a file and a folder, a path too deep: the archive, not us
                 raise errors.UnsafeArchive(
@@ -118,13 +128,14 @@ class CodeStore:
             final = self.packages_dir(key)
             if final.exists():
                 return key
-            tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
-            try:
-                await _pip_install(self.code_dir(sha), tmp)
-                _make_readable(tmp)
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with _disk_errors():
+                tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
+                try:
+                    await _pip_install(self.code_dir(sha), tmp)
+                    _make_readable(tmp)
+                    os.replace(tmp, final)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
         return key
 
 
@@ -148,6 +159,21 @@ async def _pip_install(code: Path, target: Path) -> None:
             f"installing requirements.txt failed (pip exit code {proc.returncode}):\n"
             + text[-4000:]
         )
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """A disk that cannot take what is written is the store's trouble (503), not the
+    caller's."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise errors.StoreUnavailable(f"the code store cannot write: {exc}") from None
+        raise
 
 
 def _extract(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path) -> None:

@@ -40,6 +40,7 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     │   ├── Cancelled                 409 cancelled          (a task cancelled while running)
     │   └── InvocationTimeout         504 timeout
     └── Unavailable                   503 unavailable
+        └── StoreUnavailable          503 store_unavailable
 """
 
 from __future__ import annotations
@@ -224,3 +225,9 @@ class InvocationTimeout(InvocationError):
 class Unavailable(FaasboxError):
     status = 503
     code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """The store cannot write (its disk is full, its database unreachable)."""
+
+    code = "store_unavailable"

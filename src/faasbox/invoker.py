@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     record: InvocationRecord
     payload: bytes  # result JSON when the record's status is succeeded
+    kept: Awaitable[None] | None = None  # the record's commit, when the caller awaits it
 
 
 def new_id() -> str:
@@ -55,7 +56,7 @@ class Invoker:
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
-        on_start: Callable[[Instance], None] | None = None,
+        on_start: Callable[[Instance], None] | None = None, wait_record: bool = True,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
@@ -66,13 +67,15 @@ class Invoker:
             self.metrics.throttles.labels(*labels(row.function)).inc()
             raise
         try:
-            return await self._invoke(row, payload, trigger, request_id, extra, on_start)
+            return await self._invoke(row, payload, trigger, request_id, extra, on_start,
+                                      wait_record)
         finally:
             self.admission.leave(row.function)
 
     async def _invoke(
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
+        wait_record: bool,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -119,9 +122,11 @@ class Invoker:
         record.status = "succeeded"
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
-        self._finish(record, result.duration_ms)
+        kept = self._finish(record, result.duration_ms)
+        if wait_record:
+            await kept  # no call is reported succeeded without its record (503 if it failed)
         await self.events.publish(InvocationFinished(row, record, result.payload, extra or {}))
-        return Outcome(record, result.payload)
+        return Outcome(record, result.payload, None if wait_record else kept)
 
     def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
         record.status = "timeout" if isinstance(exc, errors.InvocationTimeout) else "failed"
@@ -132,10 +137,11 @@ class Invoker:
         if isinstance(exc, errors.InvocationError):
             exc.record = record
 
-    def _finish(self, record: InvocationRecord, duration_ms: float) -> None:
+    def _finish(self, record: InvocationRecord, duration_ms: float) -> Awaitable[None]:
         record.duration_ms = round(duration_ms, 3)
         record.billed_ms = billed_ms(duration_ms)
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
-        self.store.record_invocation(record)
+        kept = self.store.record_invocation(record)
         self.metrics.invocations.labels(*labels(record.function), record.status).inc()
         self.metrics.duration.labels(*labels(record.function)).observe(duration_ms / 1000)
+        return kept

@@ -80,7 +80,7 @@ class TaskLifecycle:
                 extra["shard"] = {"index": task.shard_index, "count": task.shard_count}
             outcome = await self.invoker.invoke(
                 row, task.event, trigger="task" if task.source == "async" else task.source,
-                request_id=invocation_id, extra=extra, on_start=on_start)
+                request_id=invocation_id, extra=extra, on_start=on_start, wait_record=False)
         except errors.Throttled:
             again = self.clock.now() + GIVE_BACK_DELAY_S
             await self.queue.give_back(task.id, task.attempts, again)
@@ -95,9 +95,13 @@ class TaskLifecycle:
             if again is None and ended:
                 self._finished(task, failure.final_status, None)
         else:
+            # the record is in the same group commit as the success, or an earlier one
             if await self.queue.succeed(task.id, task.attempts, outcome.payload,
                                         invocation_id, self.clock.now()):
                 self._finished(task, "succeeded", outcome.payload)
+            if outcome.kept is not None:
+                with contextlib.suppress(errors.StoreUnavailable):
+                    await outcome.kept
         finally:
             if not acquired:
                 self.acquiring[task.function] -= 1

@@ -7,7 +7,11 @@ A store keeps functions, their immutable versions and invocation records. Every 
 - ``put_version`` is atomic: the version number it returns is unique for the function and
   ``latest_version`` points at it once the call returns.
 - ``record_invocation`` does not wait for its commit; any read issued after it sees it
-  (read-your-writes within one store object). ``close`` flushes pending writes.
+  (read-your-writes within one store object). It returns an awaitable of the commit, for a
+  caller that must not report a call before its record is kept. ``close`` flushes pending
+  writes.
+- A write the store cannot make (its disk is full, its database unreachable) raises
+  :class:`~faasbox.errors.StoreUnavailable` (503 ``store_unavailable``).
 - Writes issued concurrently are grouped into one transaction (group commit) where the
   backend can; each write still fails or succeeds on its own.
 """
@@ -15,6 +19,7 @@ A store keeps functions, their immutable versions and invocation records. Every 
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +106,7 @@ class Store(abc.ABC):
 
     # invocation records
     @abc.abstractmethod
-    def record_invocation(self, record: InvocationRecord) -> None:
+    def record_invocation(self, record: InvocationRecord) -> Awaitable[None]:
         """Queue a record for the next group commit (does not wait)."""
 
     @abc.abstractmethod

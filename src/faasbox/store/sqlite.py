@@ -11,6 +11,7 @@ beside the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -22,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from faasbox import errors
 from faasbox.spec import FunctionSpec
 from faasbox.store.base import FunctionRow, InvocationRecord, Store, VersionRow
 from faasbox.tenancy.names import prefix_range
@@ -93,16 +95,26 @@ class _Writer(threading.Thread):
                 except Exception as exc:  # one write's failure does not fail the group
                     self.conn.execute("ROLLBACK TO w")
                     self.conn.execute("RELEASE w")
-                    outcomes.append((False, exc))
+                    outcomes.append((False, unavailable(exc)))
             self.conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:
-            log.exception("group commit of %d writes failed", len(batch))
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            outcomes = [(False, exc)] * len(batch)
+            log.error("group commit of %d writes failed: %s", len(batch), exc)
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            outcomes = [(False, unavailable(exc))] * len(batch)
         settled = [(fut, ok, value) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
         self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the whole group
+
+
+def unavailable(exc: Exception) -> Exception:
+    """A database that cannot write (disk full, I/O error, locked) as StoreUnavailable;
+    anything else (a constraint a write broke) as it is."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        return errors.StoreUnavailable(f"the store cannot write: {exc}")
+    return exc
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -160,11 +172,13 @@ class SqliteStore(Store):
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self.submit(fn)
 
-    def write_later(self, fn: WriteFn) -> None:
-        """Queue a write without waiting for it; reads wait for it (read-your-writes)."""
+    def write_later(self, fn: WriteFn) -> asyncio.Future[Any]:
+        """Queue a write without waiting for it; reads wait for it (read-your-writes).
+        Returns the future of its commit."""
         fut = self.submit(fn)
         self._unflushed.add(fut)
         fut.add_done_callback(self._forget)
+        return fut
 
     def _forget(self, fut: asyncio.Future[Any]) -> None:
         self._unflushed.discard(fut)
@@ -263,14 +277,14 @@ class SqliteStore(Store):
         return await self.write(tx)
 
     # -- invocation records -----------------------------------------------------------------
-    def record_invocation(self, record: InvocationRecord) -> None:
+    def record_invocation(self, record: InvocationRecord) -> asyncio.Future[None]:
         values = tuple(record.to_dict().values())
         marks = ", ".join("?" * len(values))
 
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute(f"INSERT INTO invocations ({_INV_COLUMNS}) VALUES ({marks})", values)
 
-        self.write_later(tx)
+        return self.write_later(tx)
 
     async def get_invocation(self, invocation_id: str) -> InvocationRecord | None:
         def q(conn: sqlite3.Connection) -> InvocationRecord | None:
