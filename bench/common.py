@@ -142,32 +142,19 @@ def tail(path: Path, size: int = 4000) -> str:
         return ""
 
 
-def read_admin_key(data: Path, timeout: float = 30.0) -> str:
-    """The admin key a server wrote to ``<data>/admin.key`` at start."""
-    path = data / "admin.key"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.02)
-    raise RuntimeError(f"no admin key in {path}")
-
-
-def auth_line() -> str:
-    """The ``Authorization`` header line for hand-written HTTP requests ("" without a key)."""
-    key = os.environ.get("FAASBOX_API_KEY")
-    return f"Authorization: Bearer {key}\r\n" if key else ""
-
-
 class FaasboxServer:
     """A real ``faasbox server`` on a free loopback port with its own data dir.
 
     ``data`` keeps a data dir across runs (its package cache saves the pip install of a
     function's requirements); by default a temporary one is made and removed on stop.
-    ``env`` adds ``FAASBOX_*`` settings, e.g. ``{"FAASBOX_ACQUIRE_TIMEOUT_S": "30"}``.
+    ``env`` adds ``FAASBOX_*`` settings, e.g. ``{"FAASBOX_ACQUIRE_TIMEOUT_S": "30"}``; ``args``
+    more options, e.g. ``["--insecure-no-auth"]``. The admin key the server writes at its
+    first start is sent with every request of ``http``, ``request`` and the helpers below,
+    and ``auth_headers`` gives it to a bench's own clients.
     """
 
-    def __init__(self, data: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data: Path | None = None, env: dict[str, str] | None = None,
+                 args: Sequence[str] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="faasbox-bench-"))
         # traversal for the unprivileged uids instances run as (as in a real install)
         self.root.chmod(0o711)
@@ -176,8 +163,15 @@ class FaasboxServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
+        self.args = list(args)  # more `faasbox server` options, e.g. --insecure-no-auth
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=900)
+        self.api_key: str | None = None  # the admin key the server wrote at its first start
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header of the admin key (none for --insecure-no-auth)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def pid(self) -> int:
@@ -188,15 +182,16 @@ class FaasboxServer:
         self.data.mkdir(parents=True, exist_ok=True)
         faasbox = Path(sys.executable).with_name("faasbox")
         cmd = [str(faasbox), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data", str(self.data), "--log-level", "warning"]
+               "--data", str(self.data), "--log-level", "warning", *self.args]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         wait_healthy(self.url, self.proc, self.log)
-        self.api_key = read_admin_key(self.data)
-        self.http.headers["Authorization"] = f"Bearer {self.api_key}"
-        os.environ["FAASBOX_API_KEY"] = self.api_key  # for the raw clients (auth_line)
+        key_file = self.data / "admin.key"  # written before the server answers
+        if key_file.exists():
+            self.api_key = key_file.read_text().strip()
+            self.http.headers.update(self.auth_headers)
         say(f"faasbox server pid {self.proc.pid} on {self.url}, data {self.data}")
         return self
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import importlib.util
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import time
@@ -42,7 +41,6 @@ from starlette.responses import Response
 from common import (
     FUNCTIONS_DIR,
     FaasboxServer,
-    auth_line,
     cpu_seconds,
     emit,
     free_port,
@@ -165,12 +163,12 @@ class RawConnection:
     ``Content-Length`` framed answers: about the least CPU per request Python can spend, so
     the server, not the load generator, is what gets measured."""
 
-    def __init__(self, url: str, body: bytes) -> None:
+    def __init__(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         u = httpx.URL(url)
         self.host, self.port = u.host, u.port or 80
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.request = (
-            f"POST {u.raw_path.decode()} HTTP/1.1\r\nHost: {u.host}:{self.port}\r\n"
-            f"{auth_line()}"
+            f"POST {u.raw_path.decode()} HTTP/1.1\r\nHost: {u.host}:{self.port}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         self.reader: asyncio.StreamReader | None = None
@@ -197,12 +195,10 @@ class HttpxConnection:
     """The same through an ``httpx.AsyncClient`` of its own (one pool shared by many
     clients costs several times more CPU per request at 32 connections)."""
 
-    def __init__(self, url: str, body: bytes) -> None:
+    def __init__(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.url = url
         self.body = body
-        self.headers = {"content-type": "application/json"}
-        if os.environ.get("FAASBOX_API_KEY"):
-            self.headers["authorization"] = f"Bearer {os.environ['FAASBOX_API_KEY']}"
+        self.headers = {"content-type": "application/json", **(headers or {})}
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), timeout=120)
 
@@ -253,9 +249,10 @@ Sampler = Callable[[], dict[int, float]]
 
 
 async def _run_client(kind: str, url: str, concurrency: int, requests: int, warmup: int,
-                      barrier: Any = None, sample: Sampler | None = None) -> Load:
+                      barrier: Any = None, sample: Sampler | None = None,
+                      headers: dict[str, str] | None = None) -> Load:
     body = orjson.dumps(EVENT)
-    conns = [CLIENTS[kind](url, body) for _ in range(concurrency)]
+    conns = [CLIENTS[kind](url, body, headers) for _ in range(concurrency)]
     try:
         # opens the connections (and, on faasbox, starts the instances) before the clock runs
         await _closed_loop(conns, max(warmup, concurrency), None)
@@ -286,8 +283,9 @@ def _run(coro: Any) -> Load:
 
 
 def _client_process(kind: str, url: str, concurrency: int, requests: int, warmup: int,
-                    barrier: Any, out: Any) -> None:
-    out.put(_run(_run_client(kind, url, concurrency, requests, warmup, barrier)))
+                    barrier: Any, out: Any, headers: dict[str, str] | None) -> None:
+    out.put(_run(_run_client(kind, url, concurrency, requests, warmup, barrier,
+                             headers=headers)))
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -295,16 +293,18 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def run_load(kind: str, url: str, concurrency: int, requests: int, warmup: int, procs: int,
-             sample: Sampler | None = None) -> Load:
+             sample: Sampler | None = None, headers: dict[str, str] | None = None) -> Load:
     """The timed load from ``procs`` client processes (1: in this process). ``sample`` reads
-    the CPU counters of the processes under test when the clock starts and when it stops."""
+    the CPU counters of the processes under test when the clock starts and when it stops;
+    ``headers`` go with every request (the API key)."""
     if procs <= 1:
-        return _run(_run_client(kind, url, concurrency, requests, warmup, None, sample))
+        return _run(_run_client(kind, url, concurrency, requests, warmup, None, sample,
+                                headers))
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(procs + 1)
     out = ctx.Queue()
     workers = [
-        ctx.Process(target=_client_process, args=(kind, url, c, r, w, barrier, out))
+        ctx.Process(target=_client_process, args=(kind, url, c, r, w, barrier, out, headers))
         for c, r, w in zip(_split(concurrency, procs), _split(requests, procs),
                            _split(warmup, procs), strict=True)
     ]
@@ -338,12 +338,14 @@ def _cpu_or_zero(pid: int) -> float:
 
 
 def measure(mode: str, url: str, groups: dict[str, Callable[[], list[int]]],
-            params: dict[str, Any], args: Any) -> Measured:
+            params: dict[str, Any], args: Any, headers: dict[str, str] | None = None,
+            ) -> Measured:
     """Warm up, then the timed run. ``groups`` names the processes under test whose CPU use
     is reported (``server``: the API process, ``instance``: faasbox's instances)."""
     c = params["concurrency"]
     warmup = max(args.warmup, 10 * c)
-    run_load(args.client, url, c, 0, warmup, 1)  # instances (and the server's code paths) warm
+    # instances (and the server's code paths) warm
+    run_load(args.client, url, c, 0, warmup, 1, headers=headers)
     pids = {name: list(get()) for name, get in groups.items()}
 
     def sample() -> dict[int, float]:
@@ -352,7 +354,8 @@ def measure(mode: str, url: str, groups: dict[str, Callable[[], list[int]]],
         return got
 
     # a short second warm-up per client process opens its connections
-    load = run_load(args.client, url, c, args.requests, 2 * c, args.client_procs, sample)
+    load = run_load(args.client, url, c, args.requests, 2 * c, args.client_procs, sample,
+                    headers)
     wall = load.ended - load.started
     if load.failures:
         raise RuntimeError(f"{mode}: {load.failures} of {args.requests} requests failed; "
@@ -402,7 +405,8 @@ def bench_level(fb: FaasboxServer, bare: BareServer, c: int, args: Any) -> None:
 
     try:
         ours = measure("faasbox", f"{fb.url}/v1/functions/{name}/invoke",
-                       {"server": lambda: [fb.pid], "instance": instance_pids}, params, args)
+                       {"server": lambda: [fb.pid], "instance": instance_pids}, params, args,
+                       fb.auth_headers)
     finally:
         fb.delete(name)  # stops its instances before the bare run
     bare_pid = bare.pid

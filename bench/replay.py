@@ -91,7 +91,6 @@ import orjson
 
 from common import (
     FaasboxServer,
-    auth_line,
     cpu_seconds,
     emit,
     host_busy_seconds,
@@ -274,8 +273,9 @@ class Conns:
 
     IDLE_S = 2.0  # the server closes a connection idle for 5 s (uvicorn's keep-alive)
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
         self.port = port
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         # (last used, reader, writer), most recently used last
         self.free: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
 
@@ -290,9 +290,9 @@ class Conns:
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[
             str, str], bytes]:
         reader, writer = await self._conn()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth_line()}"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        writer.write(head.encode() + body)
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.extra}Content-Type:"
+                     f" application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + body)
         status, headers, payload = await read_response(reader)
         if headers.get("connection", "").lower() == "close":
             writer.close()
@@ -336,9 +336,9 @@ async def _poll(conns: Conns, names: set[str], t0: float, every: float, live: Li
 
 
 async def drive(port: int, fns: list[Fn], speed: float, poll_s: float, slice_s: float,
-                live: Live) -> None:
+                live: Live, headers: dict[str, str] | None = None) -> None:
     events = sorted((t / speed, d / speed, f.name) for f in fns for t, d in f.calls)
-    conns = Conns(port)
+    conns = Conns(port, headers)
     stop = asyncio.Event()
     t0 = time.monotonic() + 0.2
     poller = asyncio.create_task(_poll(conns, {f.name for f in fns}, t0, poll_s, live, stop))
@@ -425,7 +425,7 @@ def run_live(policy: str, fns: list[Fn], args: argparse.Namespace, code: Path) -
         say(f"{policy}: replaying {sum(len(f.calls) for f in fns)} calls of {len(fns)} "
             f"functions over {args.minutes * 60 / c:.0f} s")
         mine0 = time.process_time()
-        run_loop(drive(fb.port, fns, c, args.poll, args.minutes * 60.0, live))
+        run_loop(drive(fb.port, fns, c, args.poll, args.minutes * 60.0, live, fb.auth_headers))
         wall = time.monotonic() - wall0
         live.client_cpu = (time.process_time() - mine0) / wall
         live.server_cpu = (cpu_seconds(fb.pid) - cpu0) / wall

@@ -110,7 +110,7 @@ def measure(args: argparse.Namespace, mode: str) -> None:
         wait_zero(fb, name)
         params = {"burst": args.burst, "hold_s": args.hold, "sandbox": fb.sandbox(),
                   "start_mode": mode, "rounds": args.rounds}
-        client = httpx.Client(base_url=fb.url, timeout=120,
+        client = httpx.Client(base_url=fb.url, timeout=120, headers=fb.auth_headers,
                               limits=httpx.Limits(max_connections=args.burst + 4))
         rounds = []
         try:

@@ -116,17 +116,20 @@ class AuthMiddleware:
                 return
         path: str = scope["path"]
         principal: Principal | None = None
+        # served to anyone by configuration: its route runs without a principal
+        public = path == "/metrics" and self.metrics_public
         if self.insecure_no_auth:
             principal = Principal(None, "default", "admin")
-        elif not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-                  or (path == "/metrics" and self.metrics_public)):
+        elif not (public or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)):
             principal = self._principal(headers.get(b"authorization"))
             if principal is None:
                 await _refuse(scope, receive, send, errors.Unauthenticated(
                     "this request needs an API key: Authorization: Bearer <key>"
                     " (faasbox login, or FAASBOX_API_KEY)"))
                 return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["public"] = public
         await self.app(scope, receive, send)
 
     def _principal(self, header: bytes | None) -> Principal | None:
@@ -166,6 +169,8 @@ class ScopedRoute(JSONBodyRoute):
             return handler
 
         async def scoped(request: Request) -> Response:
+            if request.state.principal is None and getattr(request.state, "public", False):
+                return await handler(request)  # FAASBOX_METRICS_PUBLIC
             try:
                 authorize(request, scope)
             except errors.FaasboxError as exc:
@@ -177,7 +182,7 @@ class ScopedRoute(JSONBodyRoute):
 
 def authorize(request: Request, scope: str) -> None:
     principal: Principal | None = request.state.principal
-    if principal is None:  # an open path that is not open for this route (metrics)
+    if principal is None:  # an open path that is not open for this route
         raise errors.Unauthenticated("this request needs an API key")
     if not principal.allows(scope):
         raise errors.Forbidden(f"a {principal.scope} key cannot do this (needs {scope})")
@@ -185,6 +190,8 @@ def authorize(request: Request, scope: str) -> None:
     if asked is not None and asked != principal.tenant:
         if principal.scope != "admin":
             raise errors.Forbidden("only an admin key can act on another tenant")
+        if asked not in request.app.state.platform.tenancy.tenants:
+            raise errors.NotFound(f"no tenant {asked!r}")  # nothing is there, nor made there
         request.state.tenant = asked
     else:
         request.state.tenant = principal.tenant

@@ -26,8 +26,11 @@ def display(qualified: str) -> str:
 
 
 def within(qualified: str, name: str) -> str:
-    """``name`` (plain, or already qualified) in the tenant of ``qualified``."""
-    return name if SEP in name else qualify(tenant_of(qualified), name)
+    """``name`` (plain, or already qualified) in the tenant of ``qualified``. Never a function
+    of another tenant: a name qualified with one is put under this tenant too (where no
+    function can have it)."""
+    tenant = tenant_of(qualified)
+    return name if name.startswith(f"{tenant}{SEP}") else qualify(tenant, name)
 
 
 def prefix_range(tenant: str) -> tuple[str, str]:

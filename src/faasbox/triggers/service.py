@@ -23,6 +23,7 @@ from faasbox.events import Events, FunctionDeleted, ScheduleChanged, TaskFinishe
 from faasbox.invoker import new_id
 from faasbox.queue import TaskQueue
 from faasbox.registry import Registry
+from faasbox.spec import check_name
 from faasbox.tenancy.names import display, within
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
@@ -193,6 +194,10 @@ class TriggerService:
         await self.registry.get(function)  # 404 for an unknown function
         if spec.job is not None:  # the job it would start must be valid now, not at 2 am
             if spec.job.reduce is not None:
+                try:  # a plain name: the reduce runs in the trigger's own tenant
+                    check_name(spec.job.reduce)
+                except errors.InvalidSpec as exc:
+                    raise errors.InvalidSpec(f"job.reduce: {exc.message}") from None
                 await self.registry.get(within(function, spec.job.reduce))
         now = self.clock.now()
         async with self._lock:
