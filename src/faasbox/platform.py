@@ -171,6 +171,9 @@ class Platform:
         if await self.registry.functions(tenant):
             raise errors.Conflict(f"tenant {tenant!r} still has functions; delete them first")
         await self.tenancy.delete_tenant(tenant, by)
+        # what its functions left (records, tasks, jobs, triggers, policies) goes too: a new
+        # tenant given the name must not inherit it (the audit log keeps what happened)
+        await self.store.purge_tenant(tenant)
 
     async def _resync_loop(self) -> None:
         """Recount unfinished tasks per tenant now and then: tasks that end outside the

@@ -427,8 +427,6 @@ def test_a_tenant_key_cannot_raise_its_own_privileges(world: World) -> None:
     assert world.a.get("/v1/whoami").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="a deleted tenant's invocation records, tasks and jobs"
-                   " stay under its name, and a new tenant given that name sees them")
 def test_a_reused_tenant_name_does_not_inherit_the_old_tenants_records(world: World) -> None:
     server = world.server
     make_tenant(server, "kreuse")

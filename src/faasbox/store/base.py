@@ -101,6 +101,11 @@ class Store(abc.ABC):
     async def list_versions(self, function: str) -> list[VersionRow]: ...
 
     @abc.abstractmethod
+    async def purge_tenant(self, tenant: str) -> None:
+        """Delete everything left under a deleted tenant's names: invocation records, tasks,
+        jobs, triggers, task policies, versions."""
+
+    @abc.abstractmethod
     async def delete_function(self, name: str) -> bool:
         """Remove a function and its versions; invocation records stay. False if unknown."""
 

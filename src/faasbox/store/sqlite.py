@@ -269,6 +269,19 @@ class SqliteStore(Store):
 
         return await self.read(q)
 
+    async def purge_tenant(self, tenant: str) -> None:
+        lo, hi = prefix_range(tenant)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for table, column in (("invocations", "function"), ("tasks", "function"),
+                                  ("jobs", "function"), ("triggers", "function"),
+                                  ("task_policies", "function"), ("versions", "function"),
+                                  ("functions", "name")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} >= ? AND {column} < ?",
+                             (lo, hi))
+
+        await self.write(tx)
+
     async def delete_function(self, name: str) -> bool:
         def tx(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM versions WHERE function = ?", (name,))
