@@ -21,8 +21,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses=error_responses(500))
+@router.get("/metrics", summary="Prometheus metrics (an admin key, unless"
+            " FAASBOX_METRICS_PUBLIC=1)", response_class=Response,
+            responses=error_responses(401, 403, 500))
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -34,7 +34,7 @@ def key_view(row: KeyRow) -> dict[str, Any]:
 
 
 @router.post("/v1/tenants", status_code=201, summary="Create a tenant",
-             responses=error_responses(409, 422))
+             responses=error_responses(400, 409, 422))
 async def create_tenant(spec: TenantSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.tenancy.create_tenant(spec, principal_of(request))
@@ -58,7 +58,7 @@ async def get_tenant(tenant: str, request: Request) -> dict[str, Any]:
 
 
 @router.patch("/v1/tenants/{tenant}", summary="Change a tenant's weight or limits",
-              responses=error_responses(404, 422))
+              responses=error_responses(400, 404, 422))
 async def patch_tenant(tenant: str, patch: TenantPatch, request: Request) -> dict[str, Any]:
     p = _platform(request)
     return tenant_view(p, await p.tenancy.update_tenant(tenant, patch, principal_of(request)))
@@ -75,7 +75,7 @@ async def delete_tenant(tenant: str, request: Request) -> Response:
 
 @router.post("/v1/tenants/{tenant}/keys", status_code=201,
              summary="Create an API key (the secret is in this response only)",
-             responses=error_responses(404, 422))
+             responses=error_responses(400, 404, 422))
 async def create_key(tenant: str, spec: KeySpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row, key = await p.tenancy.create_key(tenant, spec, principal_of(request))
@@ -103,7 +103,8 @@ async def revoke_key(tenant: str, key_id: str, request: Request) -> Response:
 async def audit(
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
-    cursor: int | None = Query(None, description="next_cursor of the previous page"),
+    cursor: int | None = Query(None, ge=0, lt=2**63,
+                               description="next_cursor of the previous page"),
 ) -> dict[str, Any]:
     p = _platform(request)
     principal = principal_of(request)
