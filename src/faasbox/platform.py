@@ -43,7 +43,7 @@ from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.scheduler import InstancePools, ScalingLoop, Scheduler
 from faasbox.spec import FunctionSpec, validate_spec, validation_text
-from faasbox.stack import StackItem, load_stack
+from faasbox.stack import StackItem, load_stack, load_workflows
 from faasbox.store import SqliteStore
 from faasbox.store.sqlite_delivery import SqliteDeliveryStore
 from faasbox.store.sqlite_queue import SqliteTaskQueue
@@ -322,6 +322,28 @@ class Platform:
                 message = exc.message if isinstance(exc, errors.FaasboxError) else str(exc)
                 log.error("cannot deploy %s: %s", item.name, one_line(message))
                 log.debug("the deploy of %s failed", item.name, exc_info=True)
+        done += await self._deploy_workflows(path)
+        return done
+
+    async def _deploy_workflows(self, path: Path) -> list[str]:
+        from faasbox.delivery.workflows import parse_spec
+        from faasbox.spec import check_name
+
+        done: list[str] = []
+        try:
+            flows = load_workflows(path)
+        except errors.FaasboxError as exc:
+            log.error("cannot deploy the workflows of %s: %s", path, exc.message)
+            return done
+        for name, body in flows.items():
+            try:
+                spec = parse_spec(body)
+                await self.delivery_store.put_definition(
+                    qualify(DEFAULT_TENANT, check_name(name)), spec.model_dump(),
+                    self.clock.now())
+                done.append(f"deployed workflow {name}")
+            except errors.FaasboxError as exc:
+                log.error("cannot deploy workflow %s: %s", name, one_line(exc.message))
         return done
 
     async def _deploy_item(self, item: StackItem) -> list[str]:

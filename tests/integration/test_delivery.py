@@ -492,3 +492,45 @@ def test_metrics_show_queues_final_states_deliveries_and_redrives(srv: Server) -
     assert "faasbox_tasks_finished{" in text and "faasbox_deliveries_total{" in text
     assert "faasbox_redrives_total{" in text
     srv.http.post("/v1/functions/d-metrics/queue:resume")
+
+
+# -- the CLI and the stack file -------------------------------------------------------------
+def test_cli_covers_queues_redrive_topics_and_workflows(srv: Server) -> None:
+    from tests.acceptance.test_cli import run
+
+    srv.deploy("c-step", {"main.py": "def handler(e, c):\n    return (e or 0) + 1\n"})
+    srv.deploy("c-bad", FAIL)
+    set_policy(srv, "c-bad", max_attempts=1)
+    assert "paused" in run(srv, "queue", "pause", "c-step").stdout
+    task_id = submit(srv, "c-step", 1)
+    shown = json.loads(run(srv, "queue", "show", "c-step", "--json").stdout)
+    assert shown["paused"] is True and shown["counts"] == {"queued": 1}
+    run(srv, "queue", "resume", "c-step")
+    assert wait_task(srv, task_id)["result"] == 2
+    dead = submit(srv, "c-bad", 1)
+    assert wait_task(srv, dead)["status"] == "dead"
+    redriven = json.loads(run(srv, "task", "redrive", "-f", "c-bad", "--json").stdout)
+    assert redriven["redriven"] == 1 and redriven["tasks"][0]["redrive_of"] == dead
+    run(srv, "queue", "pause", "c-step")
+    submit(srv, "c-step", 5)
+    assert "cancelled 1 tasks" in run(srv, "task", "cancel", "-f", "c-step").stdout
+    run(srv, "queue", "resume", "c-step")
+    run(srv, "topic", "create", "c-news")
+    run(srv, "topic", "subscribe", "c-news", "c-step", "--filter", '{"k": 1}')
+    published = json.loads(run(srv, "topic", "publish", "c-news", "-d", "3", "--json").stdout)
+    assert published["tasks"] == []  # 3 is not an object: the filter does not match
+    assert "c-step" in run(srv, "topic", "show", "c-news").stdout
+    out = run(srv, "workflow", "run", "--chain", '["c-step", {"group": ["c-step", "c-step"]}]',
+              "--input", "1", "--wait", "--json").stdout
+    wf = json.loads(out)
+    assert wf["status"] == "succeeded" and wf["result"] == [3, 3]
+    assert "succeeded" in run(srv, "workflow", "show", wf["workflow_id"]).stdout
+    stack = srv.functions_root / "flows.yaml"
+    folder = srv.folder("c-stackfn", {"main.py": "def handler(e, c):\n    return e * 10\n"})
+    stack.write_text(f"functions:\n  c-stackfn:\n    path: {folder}\n    handler: main:handler\n"
+                     "workflows:\n  tenfold:\n    chain: [c-stackfn, c-stackfn]\n")
+    run(srv, "deploy", "-f", str(stack))
+    wf = json.loads(run(srv, "workflow", "run", "tenfold", "-d", "2", "--wait",
+                        "--json").stdout)
+    assert wf["result"] == 200 and wf["name"] == "tenfold"
+    assert run(srv, "webhook-secret").stdout.startswith("whsec_")
