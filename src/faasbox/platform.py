@@ -139,7 +139,8 @@ class Platform:
         self.destinations = DestinationService(
             self.delivery_store, self.queue, self.dispatcher, self.policies, self.topics,
             self.webhooks, self.clock, executed_version=self._executed_version,
-            on_delivery=lambda kind, outcome: deliveries.labels(kind, outcome).inc())
+            on_delivery=lambda kind, outcome: deliveries.labels(kind, outcome).inc(),
+            retention_s=settings.task_retention_s)
         self.operations = TaskOperations(
             self.queue, self.dispatcher, self.tasks, self.policies, self.events, self.clock,
             on_redrive=lambda f, n: self.metrics.redrives.labels(*labels(f)).inc(n))

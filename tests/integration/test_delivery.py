@@ -534,3 +534,30 @@ def test_cli_covers_queues_redrive_topics_and_workflows(srv: Server) -> None:
                         "--json").stdout)
     assert wf["result"] == 200 and wf["name"] == "tenfold"
     assert run(srv, "webhook-secret").stdout.startswith("whsec_")
+
+
+def test_another_tenants_topics_workflows_deliveries_and_dead_letters_are_out_of_reach(
+        srv: Server) -> None:
+    assert srv.http.post("/v1/tenants", json={"name": "d-other-team"}).status_code == 201
+    key = srv.http.post("/v1/tenants/d-other-team/keys",
+                        json={"scope": "developer"}).json()["key"]
+    other = srv.client(key)
+    srv.deploy("d-mine", FAIL)
+    set_policy(srv, "d-mine", max_attempts=1)
+    dead = submit(srv, "d-mine", 1)
+    assert wait_task(srv, dead)["status"] == "dead"
+    srv.http.post("/v1/topics", json={"name": "d-private-topic"})
+    wf = srv.http.post("/v1/workflows", json={"chain": ["d-mine"], "input": 1}).json()
+    try:
+        assert other.get(f"/v1/tasks/{dead}/deliveries").status_code == 404
+        assert other.get("/v1/topics/d-private-topic").status_code == 404
+        assert other.post("/v1/topics/d-private-topic/publish",
+                          json={"message": 1}).status_code == 404
+        assert other.get(f"/v1/workflows/{wf['workflow_id']}").status_code == 404
+        assert other.post("/v1/tasks:redrive", json={"ids": [dead]}).json()["redriven"] == 0
+        assert other.post("/v1/tasks:purge", json={"ids": [dead]}).json()["purged"] == 0
+        assert other.post("/v1/functions/d-mine/queue:pause").status_code == 404
+        assert other.get("/v1/webhook-secret").json()["secret"] != secret(srv)
+        assert srv.http.get(f"/v1/tasks/{dead}").json()["status"] == "dead"
+    finally:
+        other.close()

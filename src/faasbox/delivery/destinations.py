@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_HOPS = 16  # chained and destination tasks in one trace
 FAILURE_SWEEP_S = 2.0
 FAILURE_LOOKBACK_S = 86400.0
+PURGE_EVERY_S = 60.0
 HOP_SOURCES = ("chain", "destination")
 
 
@@ -52,6 +53,7 @@ class DestinationService:
         policies: Policies, topics: Topics, webhooks: Webhooks, clock: Clock,
         executed_version: Callable[[TaskRow], Awaitable[int | None]],
         on_delivery: Callable[[str, str], None] | None = None, max_hops: int = MAX_HOPS,
+        retention_s: float = 7 * 86400.0,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -63,6 +65,7 @@ class DestinationService:
         self.executed_version = executed_version
         self.on_delivery = on_delivery or (lambda kind, outcome: None)
         self.max_hops = max_hops
+        self.retention_s = retention_s
         self._kick = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
 
@@ -116,9 +119,13 @@ class DestinationService:
             self._kick.set()
 
     async def _failure_loop(self) -> None:
+        last_purge = 0.0
         while True:
             try:
                 await self.fire_failures()
+                if self.clock.now() - last_purge > PURGE_EVERY_S:  # finished deliveries go
+                    last_purge = self.clock.now()                # with their tasks
+                    await self.store.purge(last_purge - self.retention_s)
             except Exception:
                 log.exception("firing on_failure destinations failed")
             with contextlib.suppress(TimeoutError):
