@@ -51,6 +51,16 @@ class Settings:
     idempotency_window_s: float = 86400.0
     # finished tasks are queryable this long
     task_retention_s: float = 7 * 86400.0
+    # webhook destinations (docs/delivery.md): per-attempt timeout, how long retries go on,
+    # the backoff between them, attempts in flight (in all, and to one host), and whether
+    # private and loopback addresses may be targets (refused by default)
+    webhook_timeout_s: float = 10.0
+    webhook_max_age_s: float = 86400.0
+    webhook_backoff_base_s: float = 2.0
+    webhook_backoff_cap_s: float = 300.0
+    webhook_concurrency: int = 32
+    webhook_per_host: int = 4
+    webhook_allow_private: bool = False
     # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"

@@ -33,6 +33,37 @@ class _InstanceCollector(Collector):
         yield family
 
 
+class _TaskCollector(Collector):
+    """Queue depth, oldest-task age and retained tasks by status, from a snapshot the
+    ``/metrics`` route refreshes from the store before it renders."""
+
+    def __init__(self) -> None:
+        self.depth: dict[str, tuple[int, float]] = {}
+        self.states: dict[tuple[str, str], int] = {}
+        self.paused: set[str] = set()
+        self.now = 0.0
+
+    def collect(self) -> Iterable[Any]:
+        depth = GaugeMetricFamily("faasbox_task_queue_depth", "Runnable and waiting tasks",
+                                  labels=["tenant", "function"])
+        age = GaugeMetricFamily("faasbox_task_queue_oldest_age_seconds",
+                                "Age of the oldest runnable or waiting task",
+                                labels=["tenant", "function"])
+        paused = GaugeMetricFamily("faasbox_task_queue_paused", "1 while a queue is paused",
+                                   labels=["tenant", "function"])
+        for function, (n, oldest) in sorted(self.depth.items()):
+            depth.add_metric(list(labels(function)), n)
+            age.add_metric(list(labels(function)), max(0.0, self.now - oldest))
+        for function in sorted(self.paused):
+            paused.add_metric(list(labels(function)), 1)
+        states = GaugeMetricFamily("faasbox_tasks_finished", "Finished tasks kept (task"
+                                   " retention) by final state", labels=["tenant", "function",
+                                                                        "state"])
+        for (function, state), n in sorted(self.states.items()):
+            states.add_metric([*labels(function), state], n)
+        yield from (depth, age, paused, states)
+
+
 class Metrics:
     def __init__(self, instance_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry = CollectorRegistry()
@@ -49,3 +80,10 @@ class Metrics:
             "faasbox_invocation_duration_seconds", "Handler duration", ["tenant", "function"],
             buckets=BUCKETS, registry=self.registry)
         self.registry.register(_InstanceCollector(instance_states))
+        self.deliveries = Counter(
+            "faasbox_deliveries", "Destination deliveries by type and outcome (webhook"
+            " attempts: delivered, retry, failed)", ["type", "outcome"], registry=self.registry)
+        self.redrives = Counter(
+            "faasbox_redrives", "Tasks redriven", ["tenant", "function"], registry=self.registry)
+        self.tasks = _TaskCollector()
+        self.registry.register(self.tasks)

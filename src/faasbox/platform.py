@@ -19,6 +19,11 @@ from faasbox.autoscaler import ScalerConfig, make_policy
 from faasbox.clock import Clock, SystemClock
 from faasbox.codestore import CodeStore, zip_folder
 from faasbox.config import Settings
+from faasbox.delivery.destinations import DestinationService
+from faasbox.delivery.operations import TaskOperations
+from faasbox.delivery.topics import Topics
+from faasbox.delivery.webhooks import Webhooks
+from faasbox.delivery.workflows import Workflows
 from faasbox.dispatcher import Dispatcher, Policies, TaskLifecycle
 from faasbox.events import (
     Events,
@@ -31,14 +36,16 @@ from faasbox.events import (
     TasksEnqueued,
 )
 from faasbox.invoker import Invoker
-from faasbox.metrics import Metrics
+from faasbox.metrics import Metrics, labels
 from faasbox.node import NodeService, SandboxFeatures, detect
+from faasbox.queue import TaskRow
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.scheduler import InstancePools, ScalingLoop, Scheduler
 from faasbox.spec import FunctionSpec, validate_spec, validation_text
-from faasbox.stack import StackItem, load_stack
+from faasbox.stack import StackItem, load_stack, load_workflows
 from faasbox.store import SqliteStore
+from faasbox.store.sqlite_delivery import SqliteDeliveryStore
 from faasbox.store.sqlite_queue import SqliteTaskQueue
 from faasbox.store.sqlite_tenancy import SqliteTenancyStore
 from faasbox.store.sqlite_triggers import SqliteTriggerStore
@@ -46,7 +53,6 @@ from faasbox.tenancy.admission import Admission
 from faasbox.tenancy.model import EffectiveLimits, Principal
 from faasbox.tenancy.names import DEFAULT_TENANT, qualify, tenant_of
 from faasbox.tenancy.service import Tenancy
-from faasbox.triggers.chains import Chains
 from faasbox.triggers.cron import TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobService
 from faasbox.triggers.service import TriggerService
@@ -113,12 +119,59 @@ class Platform:
         self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)
+        self._delivery(settings)
         self._subscribe()
         self._resync: asyncio.Task[None] | None = None
 
+    def _delivery(self, settings: Settings) -> None:
+        """Destinations, webhooks, topics, workflows and task operations (delivery/)."""
+        self.delivery_store = SqliteDeliveryStore(self.store)
+        deliveries = self.metrics.deliveries
+        self.webhooks = Webhooks(
+            self.delivery_store, self.clock, timeout_s=settings.webhook_timeout_s,
+            max_age_s=settings.webhook_max_age_s,
+            backoff_base_s=settings.webhook_backoff_base_s,
+            backoff_cap_s=settings.webhook_backoff_cap_s,
+            concurrency=settings.webhook_concurrency, per_host=settings.webhook_per_host,
+            allow_private=settings.webhook_allow_private,
+            on_outcome=lambda outcome: deliveries.labels("webhook", outcome).inc())
+        self.topics = Topics(self.delivery_store, self.dispatcher, self.clock)
+        self.destinations = DestinationService(
+            self.delivery_store, self.queue, self.dispatcher, self.policies, self.topics,
+            self.webhooks, self.clock, executed_version=self._executed_version,
+            on_delivery=lambda kind, outcome: deliveries.labels(kind, outcome).inc(),
+            retention_s=settings.task_retention_s)
+        self.operations = TaskOperations(
+            self.queue, self.dispatcher, self.tasks, self.policies, self.events, self.clock,
+            on_redrive=lambda f, n: self.metrics.redrives.labels(*labels(f)).inc(n))
+        self.workflows = Workflows(self.delivery_store, self.queue, self.dispatcher,
+                                   self.registry, self.clock)
+
+    async def _executed_version(self, task: TaskRow) -> int | None:
+        """The version the last attempt of ``task`` ran (None: it never ran)."""
+        if not task.invocation_ids:
+            return None
+        record = await self.store.get_invocation(task.invocation_ids[-1])
+        return None if record is None else record.version
+
+    async def refresh_task_metrics(self) -> None:
+        snapshot = self.metrics.tasks
+        snapshot.depth = await self.queue.depth()
+        snapshot.states = await self.delivery_store.task_states()
+        snapshot.paused = set(self.dispatcher.paused)
+        snapshot.now = self.clock.now()
+
+    async def _drop_delivery(self, event: FunctionDeleted) -> None:
+        self.dispatcher.paused.discard(event.function)
+        await self.delivery_store.drop_function(event.function)
+
     def _subscribe(self) -> None:
         on = self.events.subscribe
-        on(InvocationFinished, Chains(self.dispatcher, self.queue).on_invocation)
+        # on_success chains and destinations: before the task is marked succeeded
+        on(InvocationFinished, self.destinations.on_invocation)
+        on(TaskFinished, self.destinations.on_task_finished)  # on_failure destinations
+        on(TaskFinished, self.workflows.on_task_finished)
+        on(FunctionDeleted, self._drop_delivery)
         on(TaskFinished, self.jobs.on_task_finished)
         on(TaskFinished, self.triggers.on_task_finished)
         on(SlotReleased, self.dispatcher.on_slot_released)
@@ -206,9 +259,13 @@ class Platform:
         await self._resync_queued()
         self._resync = asyncio.create_task(self._resync_loop(), name="queue-recount")
         self.scaling.start()
+        await self.operations.start()  # paused queues, before anything is leased
         await self.dispatcher.start()
         await self.jobs.start()
         await self.triggers.start()
+        await self.webhooks.start()
+        await self.destinations.start()
+        await self.workflows.start()
         for name, active, detail in self.features.report():
             log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
 
@@ -217,6 +274,9 @@ class Platform:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync
+        await self.workflows.close()
+        await self.destinations.close()
+        await self.webhooks.close()
         await self.triggers.close()
         await self.jobs.close()
         await self.dispatcher.close()
@@ -266,6 +326,28 @@ class Platform:
                 message = exc.message if isinstance(exc, errors.FaasboxError) else str(exc)
                 log.error("cannot deploy %s: %s", item.name, one_line(message))
                 log.debug("the deploy of %s failed", item.name, exc_info=True)
+        done += await self._deploy_workflows(path)
+        return done
+
+    async def _deploy_workflows(self, path: Path) -> list[str]:
+        from faasbox.delivery.workflows import parse_spec
+        from faasbox.spec import check_name
+
+        done: list[str] = []
+        try:
+            flows = load_workflows(path)
+        except errors.FaasboxError as exc:
+            log.error("cannot deploy the workflows of %s: %s", path, exc.message)
+            return done
+        for name, body in flows.items():
+            try:
+                spec = parse_spec(body)
+                await self.delivery_store.put_definition(
+                    qualify(DEFAULT_TENANT, check_name(name)), spec.model_dump(),
+                    self.clock.now())
+                done.append(f"deployed workflow {name}")
+            except errors.FaasboxError as exc:
+                log.error("cannot deploy workflow %s: %s", name, one_line(exc.message))
         return done
 
     async def _deploy_item(self, item: StackItem) -> list[str]:

@@ -24,10 +24,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
+from faasbox.delivery.model import Destinations
+
+# redriven: a dead (failed, expired) task submitted again as a new task (``redriven_to``)
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead", "redriven"})
 # held: a job shard waiting for a place within the job's max_parallel
 STATUSES = frozenset({"held", "queued", "running", "retry_wait"}) | TERMINAL
-SOURCES = frozenset({"async", "cron", "shard", "reduce", "chain"})
+SOURCES = frozenset({"async", "cron", "shard", "reduce", "chain", "destination", "topic",
+                     "workflow"})
+MAX_PRIORITY = 1000
 RetryOn = Literal["function_error", "timeout", "oom", "crash"]
 ALL_RETRY_ON: list[RetryOn] = ["function_error", "timeout", "oom", "crash"]
 
@@ -57,6 +62,9 @@ class TaskPolicy(BaseModel):
     async_concurrency: int | None = Field(
         None, ge=1, le=10000, description="most tasks of this function running at once;"
         " default: max_instances x concurrency")
+    destinations: Destinations = Field(
+        default_factory=Destinations, description="where results go: on_success after a"
+        " success, on_failure after the task ended dead or expired (docs/delivery.md)")
 
     @model_validator(mode="after")
     def _cap(self) -> TaskPolicy:
@@ -101,6 +109,11 @@ class TaskRow:
     shard_index: int | None = None
     shard_count: int | None = None
     trigger_name: str | None = None
+    priority: int = 0
+    redrive_of: str | None = None  # the task this one redrives
+    redriven_to: str | None = None  # the task that redrove this one
+    workflow_id: str | None = None
+    workflow_step: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -119,6 +132,23 @@ class NewTask:
     shard_count: int | None = None
     trigger_name: str | None = None
     held: bool = False  # a job shard: runnable only once released
+    run_at: float | None = None  # a delayed task: not before this (default: now)
+    priority: int = 0  # higher first within the function's queue
+    redrive_of: str | None = None
+    workflow_id: str | None = None
+    workflow_step: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks a batch operation (redrive, cancel, purge) acts on; None: any."""
+
+    tenant: str | None = None
+    function: str | None = None  # qualified
+    statuses: tuple[str, ...] = ()
+    since: float | None = None  # finished (created, for unfinished tasks) at or after
+    before: float | None = None  # finished before
+    ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +240,39 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         """Tasks of one trace, oldest first (events left out)."""
+
+    # -- batch operations and queue control (docs/tasks.md) ----------------------------------
+    @abc.abstractmethod
+    async def find(self, where: TaskFilter, limit: int) -> list[TaskRow]:
+        """Tasks matching ``where``, oldest first (events left out)."""
+
+    @abc.abstractmethod
+    async def redrive(
+        self, ids: list[str], policies: dict[str, TaskPolicy], now: float,
+    ) -> list[tuple[TaskRow, TaskRow]]:
+        """In one transaction: for each task that is still dead, failed or expired and not
+        redriven yet, a new task with its event and fresh attempts (``redrive_of``); the old
+        one becomes ``redriven`` (``redriven_to``). ``[(old, new)]``."""
+
+    @abc.abstractmethod
+    async def cancel_where(self, where: TaskFilter, now: float) -> tuple[list[TaskRow], list[str]]:
+        """Cancel matching held, queued and waiting tasks now; mark running ones
+        ``cancel_requested``. Returns (the tasks cancelled, the ids of running ones)."""
+
+    @abc.abstractmethod
+    async def purge_where(self, where: TaskFilter) -> int:
+        """Delete matching terminal tasks."""
+
+    @abc.abstractmethod
+    async def depth(self) -> dict[str, tuple[int, float]]:
+        """Runnable and waiting tasks by function: (count, oldest created_at)."""
+
+    @abc.abstractmethod
+    async def paused(self) -> set[str]:
+        """Functions whose queue is paused."""
+
+    @abc.abstractmethod
+    async def set_paused(self, function: str, paused: bool, now: float) -> None: ...
 
     @abc.abstractmethod
     async def list(

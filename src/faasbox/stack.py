@@ -9,6 +9,10 @@
         memory_mb: 128          # any FunctionSpec field
         triggers:               # cron triggers by name (see docs/triggers.md)
           nightly: {cron: "0 2 * * *", timezone: Europe/Berlin}
+    workflows:                  # workflow definitions by name (see docs/delivery.md)
+      thumbnails:
+        chain: [hello, {map: resize, callback: count}]
+        on_failure: report
 """
 
 from __future__ import annotations
@@ -53,6 +57,21 @@ def load_stack(path: Path, problems: list[tuple[str, str]] | None = None) -> lis
                 raise
             problems.append((str(name), exc.message))
     return items
+
+
+def load_workflows(path: Path) -> dict[str, dict[str, Any]]:
+    """The workflow definitions of a stack file (its optional ``workflows:`` mapping)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}  # load_stack reports it
+    flows = doc.get("workflows") if isinstance(doc, dict) else None
+    if flows is None:
+        return {}
+    if not isinstance(flows, dict) or not all(isinstance(f, dict) for f in flows.values()):
+        raise errors.InvalidSpec(f"{path}: workflows must map each workflow name to its"
+                                 " chain and on_failure")
+    return {str(k): dict(v) for k, v in flows.items()}
 
 
 def _item(path: Path, name: str, body: Any) -> StackItem:

@@ -64,8 +64,26 @@ ROUTES: dict[tuple[str, str], Callable[[Server], tuple[str, Any, int]]] = {
         "/v1/tenants/default", {"weight": 1}, 200),
     ("POST", "/v1/tenants/{tenant}/keys"): lambda s: (
         "/v1/tenants/default/keys", {"scope": "invoke"}, 201),
+    ("POST", "/v1/tasks:redrive"): lambda s: ("/v1/tasks:redrive", {"ids": ["nope"]}, 200),
+    ("POST", "/v1/tasks:cancel"): lambda s: ("/v1/tasks:cancel", {"ids": ["nope"]}, 200),
+    ("POST", "/v1/tasks:purge"): lambda s: ("/v1/tasks:purge", {"ids": ["nope"]}, 200),
+    ("POST", "/v1/topics"): lambda s: ("/v1/topics", {"name": f"ct-topic-{next(_n)}"}, 201),
+    ("POST", "/v1/topics/{topic}/subscriptions"): lambda s: (
+        f"/v1/topics/{new_topic(s)}/subscriptions", {"function": "ct-fn"}, 201),
+    ("POST", "/v1/topics/{topic}/publish"): lambda s: (
+        f"/v1/topics/{new_topic(s)}/publish", {"message": {"a": 1}}, 202),
+    ("POST", "/v1/workflows"): lambda s: (
+        "/v1/workflows", {"chain": ["ct-fn"], "input": {"a": 1}}, 202),
+    ("PUT", "/v1/workflow-definitions/{workflow}"): lambda s: (
+        "/v1/workflow-definitions/ct-flow", {"chain": ["ct-fn"]}, 200),
 }
 IDS = [f"{method} {path}" for method, path in ROUTES]
+
+
+def new_topic(server: Server) -> str:
+    name = f"ct-topic-{next(_n)}"
+    assert server.http.post("/v1/topics", json={"name": name}).status_code == 201
+    return name
 
 
 @pytest.fixture(scope="module")

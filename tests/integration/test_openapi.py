@@ -28,6 +28,14 @@ EXPECTED = {
     ("get", "/v1/tasks/{task_id}"): {"404"},
     ("post", "/v1/jobs"): {"400", "404", "422"},
     ("post", "/v1/functions/{name}/triggers"): {"400", "404", "409", "422"},
+    ("get", "/v1/tasks/{task_id}/deliveries"): {"404"},
+    ("post", "/v1/tasks:redrive"): {"400"},
+    ("post", "/v1/tasks:cancel"): {"400"},
+    ("post", "/v1/functions/{name}/queue:pause"): {"404"},
+    ("post", "/v1/topics"): {"400", "409"},
+    ("post", "/v1/topics/{topic}/publish"): {"400", "404", "413"},
+    ("post", "/v1/workflows"): {"400", "404", "422"},
+    ("get", "/v1/workflows/{workflow_id}"): {"404"},
 }
 
 

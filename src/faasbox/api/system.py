@@ -26,6 +26,7 @@ async def healthz() -> dict[str, str]:
             responses=error_responses(401, 403, 500))
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
+    await p.refresh_task_metrics()
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -12,9 +12,11 @@ from faasbox.api.auth import ScopedRoute, function_of, principal_of, tenant_of
 from faasbox.api.body import read_capped, read_event, trace_id_of
 from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import task_view
+from faasbox.delivery.webhooks import WebhookRefused, check_url
+from faasbox.invoker import new_id
 from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
-from faasbox.queue import STATUSES, TaskPolicy
+from faasbox.queue import MAX_PRIORITY, STATUSES, NewTask, TaskPolicy, TaskRow
 from faasbox.tenancy.names import display
 from faasbox.tenancy.names import tenant_of as tenant_of_function
 
@@ -47,6 +49,35 @@ async def _task(p: Platform, request: Request, task_id: str) -> None:
         raise errors.TaskNotFound(f"no task {task_id!r}")
 
 
+MAX_DELAY_S = 30 * 86400.0
+
+DelayQuery = Query(None, ge=0, le=MAX_DELAY_S,
+                   description="run no sooner than this many seconds from now (a countdown)")
+RunAtQuery = Query(None, ge=0, description="run no sooner than this Unix time (an eta)")
+PriorityQuery = Query(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY,
+                      description="higher runs first within the function's queue")
+
+
+def _run_at(p: Platform, delay_s: float | None, run_at: float | None) -> float | None:
+    if delay_s is not None and run_at is not None:
+        raise errors.InvalidRequest("give delay_s or run_at, not both")
+    now = p.clock.now()
+    if delay_s is not None:
+        return now + delay_s
+    if run_at is not None and run_at > now + MAX_DELAY_S:
+        raise errors.InvalidRequest("run_at is more than 30 days ahead")
+    return run_at
+
+
+async def _submit(
+    p: Platform, function: str, events: list[bytes], keys: list[str | None],
+    version: int | None, trace_id: str | None, run_at: float | None, priority: int,
+) -> list[tuple[TaskRow, bool]]:
+    new = [NewTask(new_id(), e, k, trace_id or new_id(), run_at=run_at, priority=priority)
+           for e, k in zip(events, keys, strict=True)]
+    return await p.dispatcher.enqueue(function, new, version)
+
+
 def _check_key(key: str | None) -> str | None:
     if key is not None and not 0 < len(key) <= KEY_MAX:
         raise errors.InvalidRequest(f"Idempotency-Key must be 1-{KEY_MAX} characters")
@@ -63,17 +94,22 @@ async def submit(
     version: str | None = Query(None, description="pin a version; default: latest at run time"),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
     traceparent: str | None = Header(None),
+    delay_s: float | None = DelayQuery,
+    run_at: float | None = RunAtQuery,
+    priority: int = PriorityQuery,
 ) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
     pinned = await _version(p, qualified, version)
+    when = _run_at(p, delay_s, run_at)
     event = await read_event(request)
     p.admit_tasks(tenant_of(request), 1)
-    [(row, created)] = await p.dispatcher.submit(
-        qualified, [event], [_check_key(idempotency_key)], pinned, trace_id_of(traceparent))
+    [(row, created)] = await _submit(
+        p, qualified, [event], [_check_key(idempotency_key)], pinned, trace_id_of(traceparent),
+        when, priority)
     if not created:
         response.status_code = 200
-    return {"task_id": row.id, "status": row.status, "created": created}
+    return {"task_id": row.id, "status": row.status, "created": created, "run_at": row.run_at}
 
 
 @router.post("/v1/functions/{name}/tasks:batch", status_code=202,
@@ -87,10 +123,14 @@ async def submit_batch(
     idempotency_key: str | None = Header(
         None, alias="Idempotency-Key", description="each task gets '<key>:<index>'"),
     traceparent: str | None = Header(None),
+    delay_s: float | None = DelayQuery,
+    run_at: float | None = RunAtQuery,
+    priority: int = PriorityQuery,
 ) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
     pinned = await _version(p, qualified, version)
+    when = _run_at(p, delay_s, run_at)
     body = await read_capped(request, MAX_BATCH_BODY, "batch")
     try:
         events = orjson.loads(body)
@@ -109,7 +149,8 @@ async def submit_batch(
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
     p.admit_tasks(tenant_of(request), len(events))
-    rows = await p.dispatcher.submit(qualified, encoded, keys, pinned, trace_id_of(traceparent))
+    rows = await _submit(p, qualified, encoded, keys, pinned, trace_id_of(traceparent), when,
+                         priority)
     return {"tasks": [{"task_id": r.id, "status": r.status, "created": c} for r, c in rows]}
 
 
@@ -169,6 +210,12 @@ async def put_policy(name: str, policy: TaskPolicy, request: Request) -> dict[st
     p = _platform(request)
     qualified = function_of(request, name)
     await p.registry.get(qualified)
+    for dest in [*policy.destinations.on_success, *policy.destinations.on_failure]:
+        if dest.type == "webhook":
+            try:
+                check_url(dest.url, p.settings.webhook_allow_private)
+            except WebhookRefused as exc:
+                raise errors.InvalidSpec(f"destinations: {exc}") from None
     await p.dispatcher.set_policy(qualified, policy)
     p.tenancy.record(principal_of(request), tenant_of(request), "task_policy.put", name,
                      policy.model_dump())
@@ -181,5 +228,9 @@ async def queue_depth(name: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     qualified = function_of(request, name)
     await p.registry.get(qualified)
+    depth = (await p.queue.depth()).get(qualified)
     return {"function": name, "counts": await p.queue.counts(qualified),
+            "paused": p.operations.is_paused(qualified),
+            "depth": depth[0] if depth else 0,
+            "oldest_age_s": round(p.clock.now() - depth[1], 3) if depth else None,
             **p.dispatcher.stats(qualified)}

@@ -20,8 +20,13 @@ def task_view(row: TaskRow) -> dict[str, Any]:
         "created_at": row.created_at, "started_at": row.started_at,
         "finished_at": row.finished_at, "run_at": row.run_at, "expires_at": row.expires_at,
         "idempotency_key": row.idempotency_key, "invocation_ids": row.invocation_ids,
-        "trace_id": row.trace_id, "source": row.source,
+        "trace_id": row.trace_id, "source": row.source, "priority": row.priority,
     }
+    for key in ("redrive_of", "redriven_to", "workflow_id"):
+        if getattr(row, key) is not None:
+            view[key] = getattr(row, key)
+    if row.workflow_id is not None:
+        view["workflow_stage"] = row.workflow_step
     if row.job_id is not None:
         view["job_id"] = row.job_id
         view["shard"] = {"index": row.shard_index, "count": row.shard_count}

@@ -28,7 +28,7 @@ from faasbox.cli.app import (
 from faasbox.cli.tasks import invoke_async
 from faasbox.client import ApiError, Client
 from faasbox.codestore import zip_folder
-from faasbox.stack import load_stack
+from faasbox.stack import load_stack, load_workflows
 
 
 @app.command()
@@ -173,6 +173,7 @@ def deploy(
                 client.json("PUT", f"/v1/functions/{item.name}/triggers/{trigger}", json=body)
                 if not as_json:
                     out.print(f"[green]trigger[/] {item.name}/{trigger}: {body.get('cron')}")
+        _deploy_workflows(client, file, as_json)
     elif path is not None:
         given: dict[str, Any] = {"env": _parse_env(env)} if env else {}
         for key, value in [("handler", handler), ("memory_mb", memory), ("timeout_s", timeout),
@@ -193,6 +194,14 @@ def deploy(
         return
     for r in results:
         out.print(_deployed_line(r), highlight=False)
+
+
+def _deploy_workflows(client: Client, file: Path, quiet: bool) -> None:
+    """The workflow definitions of a stack file (its ``workflows:``)."""
+    for flow, body in load_workflows(file).items():
+        client.json("PUT", f"/v1/workflow-definitions/{flow}", json=body)
+        if not quiet:
+            out.print(f"[green]workflow[/] {flow}", highlight=False)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from faasbox.cli.app import (
 )
 from faasbox.client import ApiError, Client
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead", "redriven"})
 STATUSES = ("queued", "running", "retry_wait", *sorted(TERMINAL))
 MAX_WAIT_S = 60.0  # the server's cap on ?wait=
 BATCH = 1000  # the server's cap on a tasks:batch request
@@ -179,12 +179,32 @@ def show_task(
 
 @task_app.command("cancel")
 def cancel_task(
-    task_id: str = typer.Argument(..., metavar="ID"),
+    task_id: str | None = typer.Argument(None, metavar="[ID]"),
+    function: str | None = typer.Option(None, "--function", "-f",
+                                        help="Cancel this function's tasks (with --status)."),
+    status: list[str] = typer.Option([], "--status", "-s",
+                                     help="With --function: only these (queued, retry_wait,"
+                                     " held, running); default: all unfinished."),
     url: str = UrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Cancel a queued task, or stop a running one."""
-    task = Client(url).json("POST", f"/v1/tasks/{task_id}/cancel")
+    """Cancel a queued task, or stop a running one; or every matching task of a function."""
+    client = Client(url)
+    if task_id is None:
+        if function is None:
+            raise CliError("give a task ID, or --function (and --status) to cancel many")
+        body: dict[str, Any] = {"function": function}
+        if status:
+            body["status"] = status
+        done = client.json("POST", "/v1/tasks:cancel", json=body)
+        if as_json:
+            print_json(done)
+            return
+        out.print(f"cancelled {done['cancelled']} tasks of {escape(function)}"
+                  f" ({done['queued_cancelled']} queued, {done['running_stopped']} running)",
+                  highlight=False)
+        return
+    task = client.json("POST", f"/v1/tasks/{task_id}/cancel")
     if as_json:
         print_json(task)
         return

@@ -64,6 +64,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.fair = FairShare()
+        # functions whose queue is paused: nothing of theirs is leased (delivery.QueueControl
+        # keeps this set and notifies on resume)
+        self.paused: set[str] = set()
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,6 +210,8 @@ class Dispatcher:
         return await self.queue.lease(function, limit, now, lease_s, self.owner)
 
     async def _free_slots(self, function: str) -> int:
+        if function in self.paused:
+            return 0
         try:
             row = await self.registry.resolve(function, None)
         except errors.NotFound:
@@ -229,7 +234,7 @@ class Dispatcher:
     async def backlog(self, function: str) -> int:
         """Runnable async tasks of a function (the autoscaler's queue depth): queued ones, and
         retries once the earliest is due (approximate: counts are per status)."""
-        if function not in self._ready:
+        if function not in self._ready or function in self.paused:
             return 0
         counts = await self.queue.counts(function)
         queued, retrying = counts.get("queued", 0), counts.get("retry_wait", 0)

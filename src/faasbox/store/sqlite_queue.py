@@ -7,12 +7,13 @@ can never interleave with another's.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
 import orjson
 
-from faasbox.queue import Failure, NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.queue import Failure, NewTask, TaskFilter, TaskPolicy, TaskQueue, TaskRow
 from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
@@ -33,9 +34,10 @@ def insert_tasks(
     policy: TaskPolicy, now: float, dedup_window_s: float,
 ) -> list[tuple[TaskRow, bool]]:
     """Insert tasks inside the caller's transaction, deduplicating by idempotency key."""
-    expires = now + policy.max_event_age_s
     out: list[tuple[TaskRow, bool]] = []
     for t in tasks:
+        run_at = now if t.run_at is None else max(now, t.run_at)
+        expires = run_at + policy.max_event_age_s
         if t.idempotency_key is not None:
             seen = conn.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE function = ?"
@@ -50,20 +52,43 @@ def insert_tasks(
             id=t.id, function=function, version=version,
             status="held" if t.held else "queued",
             event=t.event, idempotency_key=t.idempotency_key, attempts=0,
-            max_attempts=policy.max_attempts, created_at=now, run_at=now,
+            max_attempts=policy.max_attempts, created_at=now, run_at=run_at,
             expires_at=expires, trace_id=t.trace_id, source=t.source, job_id=t.job_id,
             shard_index=t.shard_index, shard_count=t.shard_count,
-            trigger_name=t.trigger_name)
+            trigger_name=t.trigger_name, priority=t.priority, redrive_of=t.redrive_of,
+            workflow_id=t.workflow_id, workflow_step=t.workflow_step)
         conn.execute(
             "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
             " max_attempts, created_at, run_at, expires_at, trace_id, source, job_id,"
-            " shard_index, shard_count, trigger_name)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " shard_index, shard_count, trigger_name, priority, redrive_of, workflow_id,"
+            " workflow_step)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.id, function, version, row.status, row.event, row.idempotency_key,
-             row.max_attempts, now, now, expires, row.trace_id, row.source, row.job_id,
-             row.shard_index, row.shard_count, row.trigger_name))
+             row.max_attempts, now, run_at, expires, row.trace_id, row.source, row.job_id,
+             row.shard_index, row.shard_count, row.trigger_name, row.priority,
+             row.redrive_of, row.workflow_id, row.workflow_step))
         out.append((row, True))
     return out
+
+
+def _filter(where: TaskFilter) -> tuple[str, list[Any]]:
+    """A WHERE clause (never empty: later conditions are ANDed to it) for a task filter."""
+    ids = where.ids
+    statuses = where.statuses
+    clause, args = where_clause(
+        ("function = ?", where.function),
+        ("COALESCE(finished_at, created_at) >= ?", where.since),
+        ("COALESCE(finished_at, created_at) < ?", where.before),
+        *tenant_range("function", where.tenant))
+    extra = []
+    if statuses:
+        extra.append(f"status IN ({', '.join('?' * len(statuses))})")
+        args += list(statuses)
+    if ids is not None:
+        extra.append(f"id IN ({', '.join('?' * len(ids))})" if ids else "0")
+        args += list(ids)
+    text = " AND ".join([clause.removeprefix("WHERE ")] * bool(clause) + extra) or "1"
+    return f"WHERE {text}", args
 
 
 class SqliteTaskQueue(TaskQueue):
@@ -86,10 +111,10 @@ class SqliteTaskQueue(TaskQueue):
                 " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
                 " WHERE id IN (SELECT id FROM tasks WHERE function = ?"
                 f" AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
-                " ORDER BY run_at LIMIT ?)"
+                " ORDER BY priority DESC, run_at LIMIT ?)"
                 f" RETURNING {_COLUMNS}",
                 (now + lease_s, owner, now, function, now, now, limit)).fetchall()
-            return sorted((_row(r) for r in rows), key=lambda t: t.run_at)
+            return sorted((_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
 
         return await self.store.write(tx)
 
@@ -185,7 +210,8 @@ class SqliteTaskQueue(TaskQueue):
         def tx(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM tasks WHERE finished_at < ? AND status IN"
-                " ('succeeded', 'failed', 'cancelled', 'expired', 'dead')", (before,)).rowcount
+                " ('succeeded', 'failed', 'cancelled', 'expired', 'dead', 'redriven')",
+                (before,)).rowcount
 
         return await self.store.write(tx)
 
@@ -269,6 +295,96 @@ class SqliteTaskQueue(TaskQueue):
                 (trace_id,)).fetchall()]
 
         return await self.store.read(q)
+
+    # -- batch operations and queue control --------------------------------------------------
+    async def find(self, where: TaskFilter, limit: int) -> list[TaskRow]:
+        clause, args = _filter(where)
+
+        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+            return [_row(r) for r in conn.execute(
+                f"SELECT {_LIGHT} FROM tasks {clause} ORDER BY created_at, id LIMIT ?",
+                (*args, limit)).fetchall()]
+
+        return await self.store.read(q)
+
+    async def redrive(
+        self, ids: list[str], policies: dict[str, TaskPolicy], now: float,
+    ) -> list[tuple[TaskRow, TaskRow]]:
+        def tx(conn: sqlite3.Connection) -> list[tuple[TaskRow, TaskRow]]:
+            out: list[tuple[TaskRow, TaskRow]] = []
+            for task_id in ids:
+                r = conn.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND redriven_to IS NULL"
+                    " AND status IN ('dead', 'failed', 'expired')", (task_id,)).fetchone()
+                if r is None:
+                    continue
+                old = _row(r)
+                new = NewTask(os.urandom(16).hex(), old.event, None, old.trace_id,
+                              source=old.source, trigger_name=old.trigger_name,
+                              priority=old.priority,
+                              redrive_of=old.id)
+                [(row, _)] = insert_tasks(conn, old.function, [new], old.version,
+                                          policies[old.function], now, 0)
+                conn.execute("UPDATE tasks SET status = 'redriven', redriven_to = ?"
+                             " WHERE id = ?", (row.id, old.id))
+                old.status, old.redriven_to = "redriven", row.id
+                out.append((old, row))
+            return out
+
+        return await self.store.write(tx)
+
+    async def cancel_where(self, where: TaskFilter, now: float) -> tuple[list[TaskRow], list[str]]:
+        clause, args = _filter(where)
+
+        def tx(conn: sqlite3.Connection) -> tuple[list[TaskRow], list[str]]:
+            cancelled = [_row(r) for r in conn.execute(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
+                " error_code = 'cancelled', error_message = 'cancelled before it ran'"
+                f" WHERE id IN (SELECT id FROM tasks {clause}"
+                "   AND status IN ('held', 'queued', 'retry_wait'))"
+                f" RETURNING {_LIGHT}", (now, *args)).fetchall()]
+            running = [r[0] for r in conn.execute(
+                "UPDATE tasks SET cancel_requested = 1"
+                f" WHERE id IN (SELECT id FROM tasks {clause} AND status = 'running')"
+                " RETURNING id", args).fetchall()]
+            return cancelled, running
+
+        return await self.store.write(tx)
+
+    async def purge_where(self, where: TaskFilter) -> int:
+        clause, args = _filter(where)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {clause} AND status IN"
+                " ('succeeded', 'failed', 'cancelled', 'expired', 'dead', 'redriven'))",
+                args).rowcount
+
+        return await self.store.write(tx)
+
+    async def depth(self) -> dict[str, tuple[int, float]]:
+        def q(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT function, COUNT(*), MIN(created_at) FROM tasks"
+                f" WHERE status IN {_RUNNABLE} GROUP BY function")}
+
+        return await self.store.read(q)
+
+    async def paused(self) -> set[str]:
+        def q(conn: sqlite3.Connection) -> set[str]:
+            return {r[0] for r in conn.execute(
+                "SELECT function FROM queue_state WHERE paused = 1")}
+
+        return await self.store.read(q)
+
+    async def set_paused(self, function: str, paused: bool, now: float) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO queue_state (function, paused, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (function) DO UPDATE SET paused = excluded.paused,"
+                " updated_at = excluded.updated_at", (function, int(paused), now))
+
+        await self.store.write(tx)
 
     async def list(
         self, function: str | None, status: str | None, limit: int, before: str | None,
