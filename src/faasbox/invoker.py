@@ -139,7 +139,7 @@ class Invoker:
 
     def _finish(self, record: InvocationRecord, duration_ms: float) -> Awaitable[None]:
         record.duration_ms = round(duration_ms, 3)
-        record.billed_ms = billed_ms(duration_ms)
+        record.billed_ms = billed_ms(record.duration_ms)  # the duration as recorded
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
         kept = self.store.record_invocation(record)
         self.metrics.invocations.labels(*labels(record.function), record.status).inc()
