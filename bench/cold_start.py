@@ -69,7 +69,8 @@ class Invoker:
     def __init__(self, fb: FaasboxServer) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", fb.port, timeout=900)
         self.body = orjson.dumps(EVENT)
-        self.headers = {"Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json",
+                        "Authorization": f"Bearer {fb.api_key}"}
 
     def __call__(self, name: str) -> tuple[float, dict[str, str]]:
         """``(latency_ms, headers)`` of one invoke; headers with lower-case names."""
