@@ -41,14 +41,17 @@ def zip_folder(folder: Path) -> bytes:
 
 
 class CodeStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, private: bool = False) -> None:
+        """``private``: instances get their code and packages bound into a mount namespace of
+        their own, so the folders are closed to other users (0700); else they may traverse
+        them (0711) to reach their own."""
         self.code_root = data_dir / "code"
         self.packages_root = data_dir / "packages"
         self.tmp_root = data_dir / "tmp"
         for d in (self.code_root, self.packages_root, self.tmp_root):
             d.mkdir(parents=True, exist_ok=True)
-        self.code_root.chmod(0o711)
-        self.packages_root.chmod(0o711)
+        self.code_root.chmod(0o700 if private else 0o711)
+        self.packages_root.chmod(0o700 if private else 0o711)
         self.tmp_root.chmod(0o700)
         self._pip_locks: dict[str, asyncio.Lock] = {}
 

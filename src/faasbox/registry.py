@@ -64,6 +64,11 @@ class Registry:
             if spec.on_success == display(name):
                 raise errors.InvalidSpec(
                     f"function {display(name)!r} cannot chain to itself (on_success)")
+            cap = self.node.features.ephemeral_cap_mb
+            if spec.ephemeral_storage_mb > cap:
+                raise errors.InvalidSpec(
+                    f"ephemeral_storage_mb {spec.ephemeral_storage_mb} is above this node's"
+                    f" cap of {cap} MB (FAASBOX_MAX_EPHEMERAL_STORAGE_MB)")
             if code_zip is not None:
                 sha = await self.code.put_zip(code_zip)
             elif latest is not None:
