@@ -121,9 +121,10 @@ class SandboxFeatures:
              "scratch, /tmp, /var/tmp, /dev/shm on one tmpfs of ephemeral_storage_mb "
              f"(at most {self.ephemeral_cap_mb} MB); gone with the instance"
              if self.mount_ns else self._why("mount namespace") + "; scratch dir on disk"),
-            ("private /proc", "private /proc" in self.confine,
-             "hidepid=invisible: only its own processes" if "private /proc" in self.confine
-             else self._why("private /proc")),
+            ("private /proc", self.mount_ns and "private /proc" in self.confine,
+             "hidepid=invisible: only its own processes"
+             if self.mount_ns and "private /proc" in self.confine
+             else self._why("private /proc" if self.mount_ns else "mount namespace")),
             ("network namespace", self.net_ns,
              "network none (loopback only) by default; egress on request"
              if self.net_ns else self._why("network namespace")
@@ -173,11 +174,21 @@ def detect(data_dir: Path, mode: str = "auto", start_mode: str = "auto") -> Sand
                          for k in ("memory", "cpu", "pids", "uid", "egress", *CONFINE_FEATURES)}
     else:
         feats = SandboxFeatures()
+        # FAASBOX_SANDBOX_DISABLE="seccomp,network egress,...": protections turned off by
+        # name (to show and test the degraded paths, or around a kernel that misbehaves)
+        disabled = {n.strip() for n in os.environ.get("FAASBOX_SANDBOX_DISABLE", "").split(",")
+                    if n.strip()}
         _detect_cgroups(feats)
         _detect_confine(feats)
+        for name in disabled & set(CONFINE_FEATURES):
+            feats.confine.discard(name)
+            feats.reasons[name] = "disabled by FAASBOX_SANDBOX_DISABLE"
         _detect_uid(feats, data_dir)
         _detect_uid_leases(feats)
-        _detect_egress(feats)
+        if "network egress" in disabled:
+            feats.reasons["egress"] = "disabled by FAASBOX_SANDBOX_DISABLE"
+        else:
+            _detect_egress(feats)
     feats.output_cap = int(os.environ.get("FAASBOX_OUTPUT_CAP_BYTES", OUTPUT_CAP))
     feats.ephemeral_cap_mb = int(os.environ.get("FAASBOX_MAX_EPHEMERAL_STORAGE_MB",
                                                 EPHEMERAL_CAP_MB))
