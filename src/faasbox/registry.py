@@ -78,7 +78,7 @@ class Registry:
                     f"function {display(name)!r} is new: its code is required")
             if latest is not None and self._same(latest, spec, sha):
                 return Deployed(latest, False, None, unchanged=True)
-            packages = await self.code.install_requirements(sha)
+            packages = await self.code.install_requirements(sha, spec.source_builds)
             check_ms = await self._load_check(name, spec, sha, packages) if check else None
             row = await self.store.put_version(name, spec, sha, packages, self.clock.now())
             self._remember(row)
@@ -90,7 +90,7 @@ class Registry:
     def _same(self, latest: VersionRow, spec: FunctionSpec, sha: str) -> bool:
         """Whether a deploy of ``spec`` and code ``sha`` would repeat ``latest``."""
         return (latest.code_sha == sha
-                and latest.packages_key == self.code.requirements_key(sha)
+                and latest.packages_key == self.code.requirements_key(sha, spec.source_builds)
                 and as_spec(latest.spec).model_dump() == spec.model_dump())
 
     async def _load_check(

@@ -513,3 +513,13 @@ def _host_address() -> str | None:
         return None if addr.startswith("127.") else addr
     return None
 
+
+
+def test_requirements_from_host_paths_or_vcs_are_422(plain: Server) -> None:
+    for line in ("../../code/x/evil.whl", "/etc/passwd", "file:///etc/passwd",
+                 "git+https://example.invalid/r.git", "pkg @ git+ssh://example.invalid/r",
+                 "-e .", "-r /etc/requirements.txt", "--find-links /root"):
+        resp = plain.deploy("reqs", {"main.py": "def handler(e, c):\n    return 1\n",
+                                     "requirements.txt": line + "\n"}, expect=422)
+        assert "requirements.txt" in resp.json()["error"]["message"], line
+    still_serves(plain, "attack")
