@@ -47,14 +47,17 @@ def zip_folder(folder: Path) -> bytes:
 
 
 class CodeStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, private: bool = False) -> None:
+        """``private``: instances get their code and packages bound into a mount namespace of
+        their own, so the folders are closed to other users (0700); else they may traverse
+        them (0711) to reach their own."""
         self.code_root = data_dir / "code"
         self.packages_root = data_dir / "packages"
         self.tmp_root = data_dir / "tmp"
         for d in (self.code_root, self.packages_root, self.tmp_root):
             d.mkdir(parents=True, exist_ok=True)
-        self.code_root.chmod(0o711)
-        self.packages_root.chmod(0o711)
+        self.code_root.chmod(0o700 if private else 0o711)
+        self.packages_root.chmod(0o700 if private else 0o711)
         self.tmp_root.chmod(0o700)
         self._pip_locks: dict[str, asyncio.Lock] = {}
 
@@ -105,7 +108,9 @@ class CodeStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def requirements_key(self, sha: str) -> str | None:
+    def requirements_key(self, sha: str, source_builds: bool = False) -> str | None:
+        """The key of the code's requirements (None: it has none); raises InvalidSpec (422)
+        for a requirement that names a local path or a version-control URL."""
         req = self.code_dir(sha) / "requirements.txt"
         if not req.is_file():
             return None
@@ -113,14 +118,17 @@ class CodeStore:
         lines = [ln.strip() for ln in text.decode(errors="replace").splitlines()]
         if not any(ln and not ln.startswith("#") for ln in lines):
             return None
-        # relative paths in requirements resolve against the code, so the code is in the key
-        relative = any(ln.startswith((".", "file:")) for ln in lines)
-        seed = text + (sha.encode() if relative else b"")
+        check_requirements(lines)
+        # a wheel shipped in the code (./x.whl) resolves against it: the code is in the key
+        relative = any(ln.startswith("./") for ln in lines)
+        seed = (text + (sha.encode() if relative else b"")
+                + (b"\0source-builds" if source_builds else b""))
         return hashlib.sha256(seed).hexdigest()
 
-    async def install_requirements(self, sha: str) -> str | None:
-        """Install the code's requirements.txt once per distinct content; returns its key."""
-        key = self.requirements_key(sha)
+    async def install_requirements(self, sha: str, source_builds: bool = False) -> str | None:
+        """Install the code's requirements.txt once per distinct content; returns its key.
+        Only wheels, unless the version opts in to ``source_builds``."""
+        key = self.requirements_key(sha, source_builds)
         if key is None:
             return None
         lock = self._pip_locks.setdefault(key, asyncio.Lock())
@@ -131,7 +139,7 @@ class CodeStore:
             with _disk_errors():
                 tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
                 try:
-                    await _pip_install(self.code_dir(sha), tmp)
+                    await _pip_install(self.code_dir(sha), tmp, source_builds)
                     _make_readable(tmp)
                     os.replace(tmp, final)
                 finally:
@@ -139,10 +147,41 @@ class CodeStore:
         return key
 
 
-async def _pip_install(code: Path, target: Path) -> None:
+VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
+LOCAL_PREFIXES = (".", "/", "~", "file:")
+FILE_OPTIONS = ("-e", "--editable", "-r", "--requirement", "-c", "--constraint", "-f",
+                "--find-links", "--index-url", "-i", "--extra-index-url")
+
+
+def check_requirements(lines: list[str]) -> None:
+    """Refuse what pip would fetch from this machine's files or from version control: paths
+    outside the function's own code (absolute, ``~``, ``..``), ``file:`` URLs, VCS URLs
+    (``git+...``), editable installs, nested requirement or constraint files, other indexes and
+    find-links. A wheel shipped in the code itself (``./name.whl``, no ``..``) is allowed."""
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("./") and ".." not in PurePosixPath(line.split()[0]).parts:
+            continue  # inside the code folder (the archive has no symlinks)
+        target = line.split("@", 1)[1].strip() if "@" in line else line
+        if line.startswith(FILE_OPTIONS) or line.split()[0] in FILE_OPTIONS:
+            raise errors.InvalidSpec(
+                f"requirements.txt: {raw!r}: pip options that read files or other indexes are "
+                "not allowed; list packages from the package index")
+        if (line.startswith(LOCAL_PREFIXES) or target.startswith(LOCAL_PREFIXES)
+                or line.lower().startswith(VCS_PREFIXES)
+                or target.lower().startswith(VCS_PREFIXES)):
+            raise errors.InvalidSpec(
+                f"requirements.txt: {raw!r} is a local path or a version-control URL; only "
+                "packages from the package index can be installed")
+
+
+async def _pip_install(code: Path, target: Path, source_builds: bool = False) -> None:
+    binary = [] if source_builds else ["--only-binary=:all:"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
-        "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
+        "--disable-pip-version-check", "--no-warn-script-location", "--quiet", *binary,
         "-r", "requirements.txt",
         cwd=code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )

@@ -78,12 +78,12 @@ class Platform:
         # dir stops here, with no side effect
         self._lock_fd: int | None = None
         self._lock_data_dir()
-        data.chmod(0o711)  # instances may traverse to code/, not list
+        data.chmod(0o711)  # instances may traverse to code/, not list (without a mount ns)
         self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
                                 self.features.start_mode)
-        self.code = CodeStore(data)
+        self.code = CodeStore(data, private=self.features.mount_ns)
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])

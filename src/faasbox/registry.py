@@ -62,6 +62,11 @@ class Registry:
                     raise errors.FunctionNotFound(f"function {display(name)!r} does not exist")
                 spec = merge_spec(as_spec(latest.spec), spec)
             await self._check_chain(name, spec)
+            cap = self.node.features.ephemeral_cap_mb
+            if spec.ephemeral_storage_mb > cap:
+                raise errors.InvalidSpec(
+                    f"ephemeral_storage_mb {spec.ephemeral_storage_mb} is above this node's"
+                    f" cap of {cap} MB (FAASBOX_MAX_EPHEMERAL_STORAGE_MB)")
             if code_zip is not None:
                 sha = await self.code.put_zip(code_zip)
             elif latest is not None:
@@ -71,7 +76,7 @@ class Registry:
                     f"function {display(name)!r} is new: its code is required")
             if latest is not None and self._same(latest, spec, sha):
                 return Deployed(latest, False, None, unchanged=True)
-            packages = await self.code.install_requirements(sha)
+            packages = await self.code.install_requirements(sha, spec.source_builds)
             check_ms = await self._load_check(name, spec, sha, packages) if check else None
             row = await self.store.put_version(name, spec, sha, packages, self.clock.now())
             self._remember(row)
@@ -101,7 +106,7 @@ class Registry:
     def _same(self, latest: VersionRow, spec: FunctionSpec, sha: str) -> bool:
         """Whether a deploy of ``spec`` and code ``sha`` would repeat ``latest``."""
         return (latest.code_sha == sha
-                and latest.packages_key == self.code.requirements_key(sha)
+                and latest.packages_key == self.code.requirements_key(sha, spec.source_builds)
                 and as_spec(latest.spec).model_dump() == spec.model_dump())
 
     async def _load_check(

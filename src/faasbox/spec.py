@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,6 +42,19 @@ class FunctionSpec(BaseModel):
         None, ge=0, le=100_000, description="executions of this function at once: guaranteed"
         " out of the tenant's max_concurrency, and a cap (0 stops the function)")
     env: dict[str, str] = Field(default_factory=dict)
+    network: Literal["none", "egress"] = Field(
+        "none", description="none: its own loopback only; egress: outbound connections through"
+        " NAT, where the host's addresses and the private ranges stay unreachable unless listed"
+        " in network_allow (docs/sandbox.md)")
+    network_allow: list[str] = Field(
+        default_factory=list, max_length=64, description="IPv4 addresses or CIDR ranges an"
+        " egress instance may reach although they are private or the host's")
+    ephemeral_storage_mb: int = Field(
+        512, ge=16, le=10240, description="size of the instance's private tmpfs (scratch dir,"
+        " /tmp, /var/tmp, /dev/shm); the node may cap it lower (422)")
+    source_builds: bool = Field(
+        False, description="let requirements.txt build packages from source distributions"
+        " (in the build sandbox); by default only wheels are installed")
     description: str = Field("", max_length=256)
     on_success: str | None = Field(
         None, description="a function started (as an async task) with this one's result as"
@@ -63,6 +77,21 @@ class FunctionSpec(BaseModel):
                 raise ValueError(f"env name {key!r} is reserved (FAASBOX_ prefix)")
         return v
 
+    @field_validator("network_allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                net = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"network_allow {item!r} is not an IP address or CIDR range"
+                                 ) from None
+            if net.version != 4:
+                raise ValueError(f"network_allow {item!r}: only IPv4 is routed to instances")
+            out.append(str(net))
+        return out
+
     @field_validator("on_success")
     @classmethod
     def _next(cls, v: str | None) -> str | None:
@@ -76,6 +105,8 @@ class FunctionSpec(BaseModel):
             raise ValueError("min_instances cannot exceed max_instances")
         if any(w.instances > self.max_instances for w in self.provisioned):
             raise ValueError("provisioned instances cannot exceed max_instances")
+        if self.network_allow and self.network != "egress":
+            raise ValueError('network_allow needs network: "egress"')
         return self
 
     def to_dict(self) -> dict[str, Any]:

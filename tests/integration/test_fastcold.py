@@ -30,6 +30,8 @@ STATE = {"main.py": """
     def channels():
         found = []
         for fd in os.listdir("/proc/self/fd"):
+            if fd in ("1", "2"):  # stdout and stderr: the node's output pipe
+                continue
             try:
                 target = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:

@@ -73,6 +73,14 @@ def test_requirements_key(tmp_path: Path) -> None:
     a = asyncio.run(store.put_zip(_zip({"main.py": b"1", "requirements.txt": b"six\n"})))
     b = asyncio.run(store.put_zip(_zip({"main.py": b"2", "requirements.txt": b"six\n"})))
     assert store.requirements_key(a) == store.requirements_key(b)  # shared by content
+    assert store.requirements_key(a, source_builds=True) != store.requirements_key(a)
     c = asyncio.run(store.put_zip(_zip({"main.py": b"1", "requirements.txt": b"./w.whl\n"})))
     d = asyncio.run(store.put_zip(_zip({"main.py": b"2", "requirements.txt": b"./w.whl\n"})))
-    assert store.requirements_key(c) != store.requirements_key(d)  # local paths: per code
+    assert store.requirements_key(c) != store.requirements_key(d)  # in the code: per code
+    for bad in (b"../w.whl\n", b"./a/../../w.whl\n", b"/abs/pkg\n", b"~/pkg\n", b"file:///x.whl\n", b"git+https://h/r.git\n",
+                b"pkg @ git+https://h/r.git\n", b"pkg @ file:///x\n", b"-e .\n",
+                b"-r other.txt\n", b"--extra-index-url https://x\n"):
+        sha = asyncio.run(store.put_zip(_zip({"main.py": bad, "requirements.txt": bad})))
+        with pytest.raises(errors.InvalidSpec) as err:
+            store.requirements_key(sha)
+        assert err.value.status == 422, bad

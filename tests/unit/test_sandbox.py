@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from faasbox.node.sandbox import SandboxFeatures, detect, first_inaccessible, rlimits
+from faasbox.node.sandbox import (
+    SandboxFeatures,
+    _detect_uid,
+    detect,
+    first_inaccessible,
+    rlimits,
+)
 from tests.conftest import open_tempdir
 
 
@@ -41,9 +47,14 @@ def test_uid_drop_is_refused_when_the_data_dir_is_closed() -> None:
     closed = open_tempdir() / "closed"
     closed.mkdir(mode=0o700)
     closed.chmod(0o700)
-    feats = detect(closed / "data", "auto")
+    feats = SandboxFeatures()  # no mount namespace: instances reach their code on disk
+    _detect_uid(feats, closed / "data")
     assert feats.uid_drop is False
     assert str(closed) in feats.reasons["uid"] and "chmod o+x" in feats.reasons["uid"]
+    # with one, the data dir is a tmpfs of the instance's own: its modes do not matter
+    with_ns = SandboxFeatures(confine={"mount namespace"})
+    _detect_uid(with_ns, closed / "data")
+    assert with_ns.uid_drop is True
 
 
 def test_rlimits_fall_back_when_cgroups_are_missing() -> None:

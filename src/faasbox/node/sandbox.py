@@ -10,12 +10,15 @@ and the instance runs without it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import stat
+import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,18 @@ CGROUP_MOUNT = Path("/sys/fs/cgroup")
 GROUP_NAME = "faasbox"
 PIDS_MAX = 256
 NOFILE = 1024
+OUTPUT_CAP = 2**20  # bytes of an instance's output file (FAASBOX_OUTPUT_CAP_BYTES)
+EPHEMERAL_CAP_MB = 10240  # the most ephemeral_storage_mb a version may ask (FAASBOX_MAX_...)
+UID_LOCK_DIR = Path("/run/faasbox/uids")  # host-wide uid leases (FAASBOX_UID_LOCK_DIR)
+CGROUP_REMOVE_WAIT_S = 2.0
+# what runtime/confine.py's probe tries, as reported (feature name -> probe keys needed)
+CONFINE_FEATURES = {
+    "mount namespace": ("mount namespace", "private mounts", "read-only root", "tmpfs"),
+    "private /proc": ("mount namespace", "private mounts", "private /proc"),
+    "network namespace": ("network namespace",),
+    "no_new_privs": ("no_new_privs",),
+    "seccomp": ("seccomp",),
+}
 
 
 @dataclass
@@ -34,6 +49,14 @@ class SandboxFeatures:
     # controller -> parent directory under which per-instance groups are made
     cgroup_dirs: dict[str, Path] = field(default_factory=dict)
     uid_drop: bool = False
+    # host-wide uid leases (lock files), so that servers on one host never share a uid
+    uid_lock_dir: Path | None = None
+    # runtime/confine.py features that work here (names of CONFINE_FEATURES)
+    confine: set[str] = field(default_factory=set)
+    # network: "egress" needs veth pairs and nftables NAT on top of the namespace
+    egress: bool = False
+    output_cap: int = OUTPUT_CAP
+    ephemeral_cap_mb: int = EPHEMERAL_CAP_MB
     # how instances start (node/startmode.py): the setting, or spawn when fork is unusable
     start_mode: str = "auto"
     reasons: dict[str, str] = field(default_factory=dict)
@@ -49,6 +72,26 @@ class SandboxFeatures:
     @property
     def pids_limit(self) -> bool:
         return "pids" in self.cgroup_dirs
+
+    @property
+    def mount_ns(self) -> bool:
+        return "mount namespace" in self.confine
+
+    @property
+    def net_ns(self) -> bool:
+        return "network namespace" in self.confine
+
+    def plan(self, *, uid: int | None, scratch: Path, data_dir: Path, read_only: list[str],
+             network: str, tmpfs_mb: int, template: bool = False) -> dict[str, object]:
+        """What runtime/confine.py does in a new instance (or template) before user code."""
+        c = self.confine
+        return {
+            "uid": uid, "scratch": str(scratch), "data_dir": str(data_dir),
+            "read_only": read_only, "tmpfs_mb": tmpfs_mb, "template": template,
+            "mount": self.mount_ns, "proc": self.mount_ns and "private /proc" in c,
+            "network": network if self.net_ns else "host",
+            "no_new_privs": "no_new_privs" in c, "seccomp": "seccomp" in c,
+        }
 
     def report(self) -> list[tuple[str, bool, str]]:
         """``(feature, active, detail)`` rows for ``faasbox doctor`` and ``/v1/node``."""
@@ -68,11 +111,44 @@ class SandboxFeatures:
             ("unprivileged uid", self.uid_drop,
              "each instance runs as its own uid" if self.uid_drop
              else self.reasons.get("uid", "unavailable")),
+            ("host-unique uids", self.uid_lock_dir is not None,
+             f"uids leased host-wide under {self.uid_lock_dir}" if self.uid_lock_dir
+             else self.reasons.get("uid_lock", self.reasons.get("uid", "unavailable"))),
+            ("mount namespace", self.mount_ns,
+             "code and packages read-only, the rest of the data dir hidden, host read-only"
+             if self.mount_ns else self._why("mount namespace")),
+            ("private tmpfs", self.mount_ns,
+             "scratch, /tmp, /var/tmp, /dev/shm on one tmpfs of ephemeral_storage_mb "
+             f"(at most {self.ephemeral_cap_mb} MB); gone with the instance"
+             if self.mount_ns else self._why("mount namespace") + "; scratch dir on disk"),
+            ("private /proc", self.mount_ns and "private /proc" in self.confine,
+             "hidepid=invisible: only its own processes"
+             if self.mount_ns and "private /proc" in self.confine
+             else self._why("private /proc" if self.mount_ns else "mount namespace")),
+            ("network namespace", self.net_ns,
+             "network none (loopback only) by default; egress on request"
+             if self.net_ns else self._why("network namespace")
+             + "; instances use the host network"),
+            ("network egress", self.egress,
+             "veth + NAT; host addresses and private ranges blocked unless network_allow"
+             if self.egress else self.reasons.get("egress", "unavailable")
+             + "; network: egress runs on the host network"),
+            ("no_new_privs", "no_new_privs" in self.confine,
+             "setuid binaries cannot raise privileges" if "no_new_privs" in self.confine
+             else self._why("no_new_privs")),
+            ("seccomp", "seccomp" in self.confine,
+             "denies ptrace, mount, bpf, keyctl, kexec, modules, new namespaces, ..."
+             if "seccomp" in self.confine else self._why("seccomp")),
+            ("output cap", self.enabled,
+             f"instance output files keep the first {self.output_cap} bytes"),
             ("private scratch dir", self.enabled, "cwd, HOME and TMPDIR; removed on stop"),
             ("limited environment", self.enabled, "only the function's env and the runtime's"),
             ("fast start", self.start_mode != "spawn", self._start_detail()),
         ]
         return rows
+
+    def _why(self, feature: str) -> str:
+        return self.reasons.get(feature, "unavailable")
 
     def _start_detail(self) -> str:
         if self.start_mode != "spawn":
@@ -95,11 +171,27 @@ def detect(data_dir: Path, mode: str = "auto", start_mode: str = "auto") -> Sand
     if mode == "off":
         feats = SandboxFeatures(enabled=False)
         feats.reasons = {k: "sandbox disabled (FAASBOX_SANDBOX=off)"
-                         for k in ("memory", "cpu", "pids", "uid")}
+                         for k in ("memory", "cpu", "pids", "uid", "egress", *CONFINE_FEATURES)}
     else:
         feats = SandboxFeatures()
+        # FAASBOX_SANDBOX_DISABLE="seccomp,network egress,...": protections turned off by
+        # name (to show and test the degraded paths, or around a kernel that misbehaves)
+        disabled = {n.strip() for n in os.environ.get("FAASBOX_SANDBOX_DISABLE", "").split(",")
+                    if n.strip()}
         _detect_cgroups(feats)
+        _detect_confine(feats)
+        for name in disabled & set(CONFINE_FEATURES):
+            feats.confine.discard(name)
+            feats.reasons[name] = "disabled by FAASBOX_SANDBOX_DISABLE"
         _detect_uid(feats, data_dir)
+        _detect_uid_leases(feats)
+        if "network egress" in disabled:
+            feats.reasons["egress"] = "disabled by FAASBOX_SANDBOX_DISABLE"
+        else:
+            _detect_egress(feats)
+    feats.output_cap = int(os.environ.get("FAASBOX_OUTPUT_CAP_BYTES", OUTPUT_CAP))
+    feats.ephemeral_cap_mb = int(os.environ.get("FAASBOX_MAX_EPHEMERAL_STORAGE_MB",
+                                                EPHEMERAL_CAP_MB))
     feats.start_mode = start_mode
     _detect_fork(feats)
     return feats
@@ -114,6 +206,59 @@ def _detect_fork(feats: SandboxFeatures) -> None:
     except (AttributeError, OSError) as exc:
         feats.reasons["start"] = f"pidfd_open is not available ({exc}), so instances spawn"
         feats.start_mode = "spawn"
+
+
+def _detect_confine(feats: SandboxFeatures) -> None:
+    """Run runtime/confine.py's probe in a throw-away process (namespaces cannot be tried in
+    the server itself) and keep the features whose every step worked."""
+    if os.geteuid() != 0:
+        for name in CONFINE_FEATURES:
+            feats.reasons[name] = "the server is not root"
+        return
+    try:
+        out = subprocess.run([sys.executable, "-I", "-m", "faasbox.runtime.confine"],
+                             capture_output=True, timeout=30, check=True).stdout
+        found: dict[str, str | None] = json.loads(out)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        for name in CONFINE_FEATURES:
+            feats.reasons[name] = f"the probe failed: {exc}"
+        return
+    for name, steps in CONFINE_FEATURES.items():
+        failed = [f"{step}: {found.get(step, 'not tried')}" for step in steps
+                  if found.get(step, "not tried") is not None]
+        if failed:
+            feats.reasons[name] = "; ".join(failed)
+        else:
+            feats.confine.add(name)
+
+
+def _detect_uid_leases(feats: SandboxFeatures) -> None:
+    if not feats.uid_drop:
+        return
+    lock_dir = Path(os.environ.get("FAASBOX_UID_LOCK_DIR", str(UID_LOCK_DIR)))
+    try:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = lock_dir / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        feats.reasons["uid_lock"] = (f"{lock_dir} is not writable ({exc.strerror}); uids are "
+                                     "unique within this server only")
+        return
+    feats.uid_lock_dir = lock_dir
+
+
+def _detect_egress(feats: SandboxFeatures) -> None:
+    from faasbox.node import network
+
+    if not feats.net_ns:
+        feats.reasons["egress"] = "no network namespaces"
+        return
+    why = network.egress_unavailable()
+    if why is not None:
+        feats.reasons["egress"] = why
+    else:
+        feats.egress = True
 
 
 def _detect_cgroups(feats: SandboxFeatures) -> None:
@@ -151,7 +296,7 @@ def _detect_v2(feats: SandboxFeatures) -> None:
 
 
 def _detect_v1(feats: SandboxFeatures) -> None:
-    for c in ("memory", "cpu", "pids"):
+    for c in ("memory", "cpu", "pids", "freezer"):
         root = CGROUP_MOUNT / c
         if not root.is_dir():
             feats.reasons[c] = f"no cgroup v1 {c} controller mounted"
@@ -182,8 +327,9 @@ def _detect_uid(feats: SandboxFeatures, data_dir: Path) -> None:
         Path(sysconfig.get_paths()["stdlib"]).resolve() / "os.py",
         Path(faasbox.__file__).resolve(),
         Path(orjson.__file__).resolve(),
-        data_dir.resolve(),
     ]
+    if not feats.mount_ns:  # else the data dir is a tmpfs of the instance's own
+        needed.append(data_dir.resolve())
     for path in needed:
         blocker = first_inaccessible(path)
         if blocker is not None:
@@ -265,19 +411,73 @@ class Cgroup:
         return False
 
     def kill_all(self) -> None:
+        """SIGKILL every process in the group, including any it forked meanwhile: v2 writes
+        ``cgroup.kill``; v1 freezes the group first (when the freezer is mounted), so that
+        nothing can fork while the pids are read and killed, then thaws it to let them die."""
+        if self.version == 2:
+            for d in set(self.dirs.values()):
+                with contextlib.suppress(OSError):
+                    (d / "cgroup.kill").write_text("1")
+                    return
+        freezer = self.dirs.get("freezer")
+        frozen = False
+        if freezer is not None:
+            with contextlib.suppress(OSError):
+                (freezer / "freezer.state").write_text("FROZEN")
+                frozen = True
+                deadline = time.monotonic() + 0.1
+                while ((freezer / "freezer.state").read_text().strip() != "FROZEN"
+                       and time.monotonic() < deadline):
+                    time.sleep(0.001)
+        try:
+            for d in set(self.dirs.values()):
+                try:
+                    pids = (d / "cgroup.procs").read_text().split()
+                except OSError:
+                    continue
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+        finally:
+            if frozen and freezer is not None:
+                with contextlib.suppress(OSError):
+                    (freezer / "freezer.state").write_text("THAWED")
+
+    def empty(self) -> bool:
         for d in set(self.dirs.values()):
             try:
-                pids = (d / "cgroup.procs").read_text().split()
+                if (d / "cgroup.procs").read_text().strip():
+                    return False
             except OSError:
                 continue
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+        return True
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove the group's directories; False if some could not be (still has tasks)."""
+        done = True
         for d in set(self.dirs.values()):
-            with contextlib.suppress(OSError):
+            try:
                 d.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                done = False
+        return done
+
+    async def destroy(self) -> None:
+        """Kill everything in the group and remove it once the last task has exited (killed
+        tasks take a moment to leave); what still cannot be removed is logged."""
+        import asyncio
+
+        self.kill_all()
+        deadline = time.monotonic() + CGROUP_REMOVE_WAIT_S
+        while not self.remove():
+            if time.monotonic() > deadline:
+                log.warning("cgroup %s still has tasks; left behind",
+                            next(iter(self.dirs.values()), None))
+                return
+            await asyncio.sleep(0.01)
+            self.kill_all()
 
 
 def rlimits(feats: SandboxFeatures, memory_mb: int) -> dict[str, int]:

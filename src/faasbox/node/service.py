@@ -10,7 +10,7 @@ from pathlib import Path
 
 from faasbox import errors
 from faasbox.events import FunctionDeployed
-from faasbox.node import startmode
+from faasbox.node import network, startmode
 from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
@@ -30,6 +30,7 @@ class NodeService:
         self.env = InstanceEnvironment(data_dir, features, uid_base)
         self.env.reset()
         self.starter = Starter(self.env, startmode.check_mode(start_mode))
+        self._egress: dict[str, tuple[int, list[str]]] = {}  # instance id -> (slot, allow)
 
     async def start(
         self, function: str, version: int, spec: FunctionSpec, paths: list[str],
@@ -61,6 +62,11 @@ class NodeService:
         # child has the module imported already, but runs none of it before ``load``).
         if inst.cgroup is not None:
             inst.cgroup.add(inst.pid)  # type: ignore[arg-type]
+        if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
+                and self.env.network(inst.spec) == "egress"):
+            slot = network.slot_of(inst.uid, self.env.uid_base)
+            self._egress[inst.id] = (slot, list(inst.spec.network_allow))
+            await network.attach(inst.pid, slot, list(inst.spec.network_allow))  # type: ignore[arg-type]
         inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
         try:
             reply = await inst.expect("ready", INIT_TIMEOUT_S)
@@ -78,6 +84,7 @@ class NodeService:
     async def close(self) -> None:
         """Retire the fork server and the templates (instances are stopped by their owner)."""
         await self.starter.close()
+        await self.env.close()
 
     def on_function_deployed(self, event: FunctionDeployed) -> None:
         """A new latest version: older versions of the function lose their template."""
@@ -89,8 +96,11 @@ class NodeService:
     async def stop(self, inst: Instance, reason: errors.InvocationError | None = None) -> None:
         await inst.stop(reason)
         if inst.cgroup is not None:
-            inst.cgroup.kill_all()
-            inst.cgroup.remove()
+            await inst.cgroup.destroy()
+        self.env.close_output(inst.id)
+        egress = self._egress.pop(inst.id, None)
+        if egress is not None:
+            await network.detach(*egress)
         if inst.uid is not None and inst.start_mode != startmode.TEMPLATE:
             self.env.release_uid(inst.uid)  # a template's children share its uid: it releases
         with contextlib.suppress(OSError):

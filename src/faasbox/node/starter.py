@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from faasbox import errors
-from faasbox.node import startmode
+from faasbox.node import network, startmode
 from faasbox.node.environment import RUNTIME_ENV, InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import Cgroup
@@ -74,6 +76,7 @@ class Template:
     last_used: float = 0.0
     forks: int = 0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    egress: tuple[int, list[str]] | None = None  # (slot, network_allow) when attached
 
 
 class Starter:
@@ -108,14 +111,14 @@ class Starter:
     async def _try(self, way: str, inst: Instance, paths: list[str],
                    notes: list[str]) -> socket.socket | None:
         if way == startmode.SPAWN:
-            return await self._spawn(inst)
+            return await self._spawn(inst, paths)
         if way == startmode.FORK:
             forkserver = await self._fork_server()
             clash = self._shadowed(paths, forkserver)
             if clash:
                 notes.append(f"fork: {clash}")
                 return None
-            return await self._fork(inst, forkserver)
+            return await self._fork(inst, forkserver, paths)
         template = await self._template(inst, paths, notes)
         if template is None:
             return None
@@ -125,44 +128,54 @@ class Starter:
             self._retire(template)
             raise
 
-    async def _spawn(self, inst: Instance) -> socket.socket:
-        """Start the instance as a new interpreter; returns the node's end of its socket."""
+    async def _spawn(self, inst: Instance, paths: list[str]) -> socket.socket:
+        """Start the instance as a new interpreter; returns the node's end of its socket. It
+        starts as the server's user and confines itself (runtime/confine.py) before it says
+        hello: namespaces, mounts, its uid, no_new_privs, seccomp."""
         self.env.prepare(inst)
         env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
+        plan = self.env.plan(inst.spec, inst.uid, inst.scratch, paths)
+        sink = self.env.output(inst.id, inst.output_path)
         parent, child = socket.socketpair()
         try:
-            with inst.output_path.open("wb") as out:
-                proc = await popen_in_thread(lambda: (
-                    subprocess.Popen(
-                        [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno())],
-                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                        pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
-                        process_group=0, user=inst.uid, group=inst.uid,
-                        extra_groups=[] if inst.uid is not None else None,
-                    )))
+            proc = await popen_in_thread(lambda: (
+                subprocess.Popen(
+                    [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno()),
+                     orjson.dumps(plan).decode()],
+                    stdin=subprocess.DEVNULL, stdout=sink.write_fd, stderr=subprocess.STDOUT,
+                    pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+                    process_group=0,
+                )))
         except BaseException:
             parent.close()
             raise
         finally:
             child.close()
+            sink.start()
         inst.proc = SpawnedProcess(proc)
         inst.start_mode = startmode.SPAWN
         return parent
 
-    async def _fork(self, inst: Instance, zygote: Zygote) -> socket.socket:
+    async def _fork(self, inst: Instance, zygote: Zygote, paths: list[str],
+                    template: bool = False) -> socket.socket:
         self.env.prepare(inst)
         env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
+        # a template's child inherits the template's confinement; it only makes its scratch
+        plan = ({"uid": inst.uid, "scratch": str(inst.scratch)} if template
+                else self.env.plan(inst.spec, inst.uid, inst.scratch, paths))
+        sink = self.env.output(inst.id, inst.output_path)
         parent, child = socket.socketpair()
         try:
-            with inst.output_path.open("wb") as out:
-                inst.proc = await zygote.fork(
-                    inst.id, {"t": "fork", "uid": inst.uid, "cwd": str(inst.scratch), "env": env},
-                    [child.fileno(), out.fileno()])
+            inst.proc = await zygote.fork(
+                inst.id, {"t": "fork", "uid": inst.uid, "cwd": str(inst.scratch), "env": env,
+                          "confine": plan},
+                [child.fileno(), sink.write_fd])
         except BaseException:
             parent.close()
             raise
         finally:
             child.close()
+            sink.start()
         inst.start_mode = startmode.FORK
         return parent
 
@@ -171,7 +184,7 @@ class Starter:
         own_uid = inst.uid
         inst.uid = template.uid
         try:
-            sock = await self._fork(inst, template.zygote)
+            sock = await self._fork(inst, template.zygote, [], template=True)
             expected = (template.zygote.pid, os.getuid() if template.uid is None else template.uid)
             if parent_and_uid(inst.pid or -1) != expected:
                 # a template runs user code: never act on a pid it names without checking
@@ -307,21 +320,27 @@ class Starter:
             if template.cgroup is not None:
                 template.cgroup.create(spec.memory_mb)
             env = node.variables(function, version, spec, template.scratch)
+            plan = node.plan(spec, template.uid, template.scratch, paths, template=True)
+            sink = node.output(tid, template.output_path)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                with template.output_path.open("wb") as out:
-                    proc = await forkserver.fork(
-                        tid, {"t": "template", "uid": template.uid,
-                              "cwd": str(template.scratch), "env": env},
-                        [child.fileno(), out.fileno()])
+                proc = await forkserver.fork(
+                    tid, {"t": "template", "uid": template.uid,
+                          "cwd": str(template.scratch), "env": env, "confine": plan},
+                    [child.fileno(), sink.write_fd])
             finally:
                 child.close()
+                sink.start()
             template.zygote = Zygote("template", parent, proc)
             parent = None
             self._spawn_task(self._watch(template))
             await template.zygote.expect(HELLO_TIMEOUT_S)
             if template.cgroup is not None:
                 template.cgroup.add(proc.pid)
+            if plan.get("network") == "egress" and template.uid is not None:
+                template.egress = (network.slot_of(template.uid, node.uid_base),
+                                   list(spec.network_allow))
+                await network.attach(proc.pid, *template.egress)
             template.zygote.send(node.load_message(function, version, spec, paths))
             reply = await template.zygote.expect(INIT_TIMEOUT_S)
             if reply.get("t") != "ready":
@@ -373,7 +392,11 @@ class Starter:
     def _cleanup(self, template: Template) -> None:
         if template.cgroup is not None:
             template.cgroup.kill_all()
-            template.cgroup.remove()
+            if not template.cgroup.remove():
+                self._spawn_task(template.cgroup.destroy())
+        self.env.close_output(template.id)
+        if template.egress is not None:
+            self._spawn_task(network.detach(*template.egress))
         if template.zygote is not None and isinstance(template.zygote.process, ForkedProcess):
             template.zygote.process.close()
         shutil.rmtree(template.scratch, ignore_errors=True)

@@ -222,4 +222,15 @@ def run(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    run(socket.socket(fileno=int(argv[1])))
+    """``python -I -m faasbox.runtime FD [PLAN]``: PLAN (JSON) is what the process does to
+    itself before it says hello (runtime/confine.py); if that fails it exits at once."""
+    sock = socket.socket(fileno=int(argv[1]))
+    if len(argv) > 2:
+        from faasbox.runtime.confine import confine
+
+        try:
+            confine(orjson.loads(argv[2]))
+        except OSError as exc:
+            print(f"faasbox: cannot confine the instance: {exc}", file=sys.stderr, flush=True)
+            os._exit(1)
+    run(sock)

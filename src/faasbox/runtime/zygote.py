@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from faasbox.runtime import worker
+from faasbox.runtime import confine, worker
 from faasbox.runtime.context import install_routers
 
 # imported once here instead of in every instance (the worker imports them lazily)
@@ -75,6 +75,7 @@ class Zygote:
         self.ctl = ctl
         self.role = role  # "forkserver" or "template"
         self.children: dict[int, int] = {}  # pidfd -> pid
+        self.scratch: dict[int, str] = {}  # pid -> scratch dir (a template's children)
         self.retiring = False
         self.selector = selectors.DefaultSelector()
 
@@ -118,6 +119,11 @@ class Zygote:
         os.close(pidfd)
         del self.children[pidfd]
         _, status = os.waitpid(pid, 0)
+        scratch = self.scratch.pop(pid, None)
+        if scratch is not None:  # a template's child: its scratch is in the template's tmpfs
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
         self._report({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
     def _fork(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -142,6 +148,8 @@ class Zygote:
             os.close(fd)
         pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
         self.children[pidfd] = pid
+        if self.role == "template" and isinstance(message.get("cwd"), str):
+            self.scratch[pid] = message["cwd"]
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
         self._report({"t": "forked", "id": message.get("id"), "pid": pid}, [pidfd])
 
@@ -210,14 +218,14 @@ def sandbox_self(message: dict[str, Any], out_fd: int) -> None:
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
     os.close(out_fd)
-    os.chdir(message["cwd"])
-    uid = message.get("uid")
-    if uid is not None and os.getuid() != uid:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
     os.environ.clear()
     os.environ.update(message["env"])
+    # namespaces, mounts, uid, no_new_privs, seccomp (a template's child: only its scratch)
+    confine.confine(message.get("confine") or {"uid": message.get("uid"),
+                                                "scratch": message["cwd"]})
+    uid = message.get("uid")
+    if uid is not None and os.getuid() != uid:
+        raise PermissionError(f"running as uid {os.getuid()}, not {uid}")
 
 
 def after_fork_in_instance() -> None:
@@ -273,6 +281,11 @@ def _open_channels() -> list[tuple[int, str]]:
 def main(argv: list[str]) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
+    confine.libc()  # loaded once here, not in every child
+    try:
+        confine.compile_filter()
+    except OSError:
+        pass  # the node asks for no seccomp where the probe found none
     import concurrent.futures.thread  # noqa: F401 - what a concurrency > 1 worker uses
 
     ctl = socket.socket(fileno=int(argv[1]))

@@ -1,0 +1,525 @@
+"""Attacks on the instance sandbox (docs/sandbox.md): each deploys a function that tries one
+thing a function must not be able to do, asserts that it fails, and that the platform serves
+the next call. The filesystem, identity and process attacks run under every start mode (a
+spawned instance, a fork-server instance, a template's instance)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faasbox.node.sandbox import detect
+from tests.conftest import Server, open_tempdir, remove_tree
+
+pytestmark = [
+    pytest.mark.xdist_group("sandbox-attacks"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root"),
+]
+
+ATTACK = {"main.py": r'''
+import ctypes, errno, os, socket, subprocess, sys, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+def _errno(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+def _sys(res):
+    return 0 if res == 0 else ctypes.get_errno()
+
+def fs(event):
+    out = {}
+    data = event["data"]
+    for name, path in {"db": f"{data}/faasbox.db", "admin_key": f"{data}/admin.key",
+                       "instances": f"{data}/instances", "root_home": "/root/.bashrc"}.items():
+        out[name] = _errno(lambda: open(path, "rb").read(1))
+    here = os.path.dirname(os.path.abspath(__file__))
+    out["other_code"] = [_errno(lambda: open(f"{d}/main.py", "rb").read(1))
+                         for d in event.get("code_dirs", []) if d != here]
+    out["data_listing"] = sorted(os.listdir(data)) if os.path.isdir(data) else None
+    code = f"{data}/code"
+    out["code_listing"] = sorted(os.listdir(code)) if os.path.isdir(code) else None
+    out["write_code"] = _errno(lambda: open(os.path.join(here, "x.py"), "w").write("x"))
+    out["write_etc"] = _errno(lambda: open("/etc/faasbox-attack", "w").write("x"))
+    out["write_usr"] = _errno(lambda: open("/usr/faasbox-attack", "w").write("x"))
+    for d in ("/tmp", "/var/tmp", "/dev/shm", os.getcwd()):
+        mark = os.path.join(d, f"mark-{os.getpid()}")
+        out[f"write {d}"] = _errno(lambda: open(mark, "w").write("x"))
+    out["tmp_listing"] = sorted(os.listdir("/tmp"))
+    out["cwd"] = os.getcwd()
+    out["scratch_listing"] = sorted(os.listdir(os.path.dirname(os.getcwd())))
+    return out
+
+def fill(event):
+    try:
+        with open("/tmp/big", "wb") as f:
+            for _ in range(event["mb"]):
+                f.write(b"\0" * 2**20)
+                f.flush()
+        return {"errno": 0}
+    except OSError as exc:
+        return {"errno": exc.errno}
+    finally:
+        with __import__("contextlib").suppress(OSError):
+            os.unlink("/tmp/big")
+
+def procs(event):
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    uids = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        uids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return {"pids": len(pids), "uids": sorted(uids), "me": os.getuid(),
+            "see_1": os.path.exists("/proc/1/status")}
+
+def identity(event):
+    status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+    libc.ptrace.restype = ctypes.c_long
+    out = {
+        "uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups(),
+        "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+        "ptrace": _sys(libc.ptrace(0, 0, None, None)),   # PTRACE_TRACEME
+        "unshare_net": _sys(libc.unshare(0x40000000)),
+        "unshare_user": _sys(libc.unshare(0x10000000)),
+        "mount": _sys(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        "keyctl": _sys(libc.syscall(250, 0, 0, 0, 0, 0)),   # keyctl (x86_64)
+        "bpf": _sys(libc.syscall(321, 0, 0, 0)),            # bpf (x86_64)
+        "init_module": _sys(libc.syscall(175, 0, 0, 0)),
+        "setns": _sys(libc.setns(0, 0)),
+        "setuid0": _errno(lambda: os.setuid(0)),
+        "hostname": socket.gethostname(),
+    }
+    # clone with a namespace flag, as a shell's `unshare -n` would do: refused
+    out["unshare_cmd"] = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode
+    return out
+
+def status(event):
+    status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+    return {"no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+            "unshare_net": _sys(libc.unshare(0x40000000))}
+
+def connect(event):
+    s = socket.socket()
+    s.settimeout(event.get("timeout", 3))
+    try:
+        s.connect((event["host"], event["port"]))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return {"ok": True, "reply": s.recv(200).decode(errors="replace")}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "error": str(exc)}
+    finally:
+        s.close()
+
+def daemon(event):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.close(r)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            os.closerange(3, 1024)
+            time.sleep(3600)
+        os._exit(0)
+    os.close(w)
+    pid = int(os.read(r, 32))
+    os.close(r)
+    os.wait()
+    return {"daemon": pid, "me": os.getpid()}
+
+def flood(event):
+    chunk = b"y" * 65536
+    for _ in range(event["kb"] // 64):
+        os.write(1, chunk)
+    os._exit(3)
+
+def hog(event):
+    blocks = []
+    while True:
+        blocks.append(bytearray(16 * 2**20))
+
+def sleep(event):
+    time.sleep(event["s"])
+
+def handler(event, context):
+    if event.get("action") == "ping":
+        return {"pong": True, "pid": os.getpid()}
+    return globals()[event["action"]](event)
+'''}
+
+
+def cgroup_scope(data: Path) -> str:
+    return "srv-" + hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+
+
+def cgroup_dirs(data: Path) -> list[Path]:
+    """The instance cgroups this server's scope holds, across controllers."""
+    found = []
+    for root in Path("/sys/fs/cgroup").iterdir():
+        scope = root / "faasbox" / cgroup_scope(data)
+        if scope.is_dir():
+            found += [d for d in scope.iterdir() if d.is_dir()]
+    return found
+
+
+def call(srv: Server, name: str, **event: Any) -> Any:
+    resp = srv.invoke(name, event)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def still_serves(srv: Server, name: str) -> None:
+    assert call(srv, name, action="ping")["pong"] is True
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except OSError:
+        return True
+
+
+# -- one server per start mode --------------------------------------------------------------
+@pytest.fixture(scope="module", params=["spawn", "forkserver", "template"])
+def moded(request: pytest.FixtureRequest) -> Iterator[Server]:
+    root = open_tempdir()
+    srv = Server(root / "data", {"FAASBOX_START_MODE": request.param,
+                                 "FAASBOX_ACQUIRE_TIMEOUT_S": "5"}).start()
+    srv.deploy("attack", ATTACK, memory_mb=128, timeout_s=5, ephemeral_storage_mb=32)
+    srv.deploy("other", {"main.py": "SECRET = 1\ndef handler(e, c):\n    return 1\n"})
+    yield srv
+    srv.stop()
+    remove_tree(root)
+
+
+def started_as(srv: Server, name: str, pid: int) -> str:
+    for inst in srv.instances(name):
+        if inst["pid"] == pid:
+            return str(inst["start_mode"])
+    raise AssertionError(f"no instance with pid {pid}")
+
+
+def test_protections_are_reported_active(moded: Server) -> None:
+    rows = {r["feature"]: r for r in moded.node()["sandbox"]}
+    for feature in ("mount namespace", "private tmpfs", "private /proc", "network namespace",
+                    "no_new_privs", "seccomp", "host-unique uids", "output cap"):
+        assert rows[feature]["active"], rows[feature]
+
+
+def test_filesystem_attacks_fail(moded: Server) -> None:
+    data = str(moded.data.resolve())
+    code_dirs = [str(d) for d in (moded.data / "code").iterdir()]
+    assert len(code_dirs) == 2  # "attack" and "other"
+    out = call(moded, "attack", action="fs", data=data, code_dirs=code_dirs)
+    # the database, the admin key, the output files, other code: not there at all
+    assert out["db"] == out["admin_key"] == out["instances"] == 2, out  # ENOENT
+    assert out["other_code"] == [2]
+    # of the data dir, only its own code (and scratch) is visible
+    assert set(out["data_listing"]) <= {"code", "packages", "scratch", ".tmp", ".var-tmp",
+                                        ".shm"}, out["data_listing"]
+    assert len(out["code_listing"]) == 1
+    # its code and the host are read-only; scratch, /tmp, /var/tmp and /dev/shm are not
+    assert out["write_code"] == out["write_etc"] == out["write_usr"] == 30  # EROFS
+    for d in ("/tmp", "/var/tmp", "/dev/shm", out["cwd"]):
+        assert out[f"write {d}"] == 0, (d, out)
+    # the host's /tmp (where this test's data dir is) is not the instance's /tmp: it holds
+    # its own files and, when the data dir is under /tmp, the path down to it (re-made)
+    path = Path(data).parts
+    made = {path[2]} if path[1] == "tmp" else set()
+    assert {n for n in out["tmp_listing"] if not n.startswith("mark-")} == made
+    # on disk, code is not open to other users
+    assert (moded.data / "code").stat().st_mode & 0o007 == 0
+    still_serves(moded, "attack")
+
+
+def test_nothing_written_outlives_the_instance(moded: Server) -> None:
+    moded.deploy("scribble", ATTACK, idle_ttl_s=0)
+    data = str(moded.data.resolve())
+    first = call(moded, "scribble", action="fs", data=data)
+    moded.wait_for(lambda: not moded.instances("scribble"), what="the instance to stop")
+    second = call(moded, "scribble", action="fs", data=data)
+    assert second["cwd"] != first["cwd"]
+    old_pid = Path(first["cwd"]).name
+    # its scratch dir is gone (a template's children share the template's tmpfs: the
+    # template removes each child's scratch dir when it reaps it)
+    assert Path(first["cwd"]).name not in second["scratch_listing"]
+    assert not Path(first["cwd"]).exists()  # nor on the host
+    if moded.env["FAASBOX_START_MODE"] != "template":  # /tmp is the template's (documented)
+        assert [n for n in first["tmp_listing"] if n.startswith("mark-")]
+        assert not [n for n in second["tmp_listing"]
+                    if n in first["tmp_listing"] and n.startswith("mark-")], old_pid
+
+
+def test_tmpfs_is_capped_by_ephemeral_storage(moded: Server) -> None:
+    assert call(moded, "attack", action="fill", mb=64)["errno"] == 28  # ENOSPC at 32 MB
+    assert call(moded, "attack", action="fill", mb=8)["errno"] == 0
+    still_serves(moded, "attack")
+
+
+def test_host_processes_are_hidden(moded: Server) -> None:
+    out = call(moded, "attack", action="procs")
+    assert out["uids"] == [out["me"]] and not out["see_1"], out
+    still_serves(moded, "attack")
+
+
+def test_identity_and_seccomp(moded: Server) -> None:
+    out = call(moded, "attack", action="identity")
+    assert out["uid"] == out["euid"] and out["uid"] >= 200000 and out["groups"] == []
+    assert out["no_new_privs"] == "1" and out["seccomp"] == "2"
+    for syscall in ("ptrace", "unshare_net", "unshare_user", "mount", "keyctl", "bpf",
+                    "init_module", "setns", "setuid0"):
+        assert out[syscall] == 1, (syscall, out)  # EPERM
+    assert out["unshare_cmd"] != 0
+    assert out["hostname"] == "faasbox"
+    still_serves(moded, "attack")
+
+
+def test_a_daemon_dies_with_its_instance(moded: Server) -> None:
+    out = call(moded, "attack", action="daemon")
+    assert not gone(out["daemon"])
+    [inst] = [i["id"] for i in moded.instances("attack") if i["pid"] == out["me"]]
+    assert inst in {d.name for d in cgroup_dirs(moded.data)}
+    # the invocation times out: its instance is killed, and with it everything it started
+    resp = moded.invoke("attack", {"action": "sleep", "s": 30})
+    assert resp.status_code == 504, resp.text
+    moded.wait_for(lambda: gone(out["daemon"]), what="the daemon to die")
+    moded.wait_for(lambda: inst not in {d.name for d in cgroup_dirs(moded.data)},
+                   what="the killed instance's cgroup to go")
+    still_serves(moded, "attack")
+
+
+def test_output_flood_is_truncated(moded: Server) -> None:
+    resp = moded.invoke("attack", {"action": "flood", "kb": 4096})
+    assert resp.status_code == 500, resp.text
+    assert "output truncated at 1048576 bytes" in resp.text
+    still_serves(moded, "attack")
+
+
+def test_oom_leaves_no_cgroup_behind(moded: Server) -> None:
+    resp = moded.invoke("attack", {"action": "hog"})
+    assert resp.status_code == 500 and "out_of_memory" in resp.text, resp.text
+    names = lambda: {d.name for d in cgroup_dirs(moded.data)}  # noqa: E731
+    live = lambda: {i["id"] for f in ("attack", "other") for i in moded.instances(f)}  # noqa: E731
+    moded.wait_for(lambda: {n for n in names() if not n.startswith("tmpl-")} <= live(),
+                   what="the OOM-killed instance's cgroup to go")
+    still_serves(moded, "attack")
+
+
+# -- one server ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain() -> Iterator[Server]:
+    root = open_tempdir()
+    srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "5"}).start()
+    srv.deploy("attack", ATTACK, timeout_s=10)
+    yield srv
+    srv.stop()
+    remove_tree(root)
+
+
+def test_network_none_reaches_nothing_not_even_the_server(plain: Server) -> None:
+    out = call(plain, "attack", action="connect", host="127.0.0.1", port=plain.port)
+    assert out["ok"] is False and out["errno"] == 111, out  # its own loopback: refused
+    host_ip = _host_address()
+    if host_ip is not None:
+        out = call(plain, "attack", action="connect", host=host_ip, port=plain.port)
+        assert out["ok"] is False and out["errno"] == 101, out  # ENETUNREACH: no route
+    still_serves(plain, "attack")
+
+
+def test_bad_spec_values_are_422(plain: Server) -> None:
+    for spec in ({"network": "host"}, {"network_allow": ["10.0.0.0/8"]},
+                 {"network": "egress", "network_allow": ["nope"]},
+                 {"ephemeral_storage_mb": 20000}, {"ephemeral_storage_mb": 1}):
+        plain.deploy("bad", ATTACK, expect=422, **spec)
+
+
+def test_ephemeral_storage_above_the_node_cap_is_422(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_MAX_EPHEMERAL_STORAGE_MB": "256"})
+    resp = srv.deploy("big", ATTACK, expect=422, ephemeral_storage_mb=512)
+    assert "cap of 256 MB" in resp.text
+    srv.deploy("small", ATTACK, ephemeral_storage_mb=256)
+
+
+def test_uids_are_unique_across_servers(make_server: Any) -> None:
+    a = make_server()
+    b = make_server()
+    for srv in (a, b):
+        srv.deploy("who", ATTACK)
+    uid_a = call(a, "who", action="identity")["uid"]
+    uid_b = call(b, "who", action="identity")["uid"]
+    assert uid_a != uid_b
+
+
+def test_clean_shutdown_leaves_no_cgroup(make_server: Any) -> None:
+    srv = make_server()
+    srv.deploy("attack", ATTACK, min_instances=2)
+    call(srv, "attack", action="daemon")
+    assert cgroup_dirs(srv.data)
+    srv.stop()
+    assert cgroup_dirs(srv.data) == []
+    for root in Path("/sys/fs/cgroup").iterdir():
+        assert not (root / "faasbox" / cgroup_scope(srv.data)).exists()
+
+
+def test_doctor_lists_each_protection(tmp_path: Path) -> None:
+    data = open_tempdir() / "data"
+    out = subprocess.run(["faasbox", "doctor", "--json", "--data", str(data)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:"
+                              + os.environ["PATH"]})
+    rows = {r["feature"]: r for r in json.loads(out.stdout)["sandbox"]}
+    for feature in ("mount namespace", "private tmpfs", "private /proc", "network namespace",
+                    "network egress", "no_new_privs", "seccomp", "host-unique uids",
+                    "output cap", "memory limit", "unprivileged uid"):
+        assert feature in rows and rows[feature]["detail"], feature
+
+
+# -- degraded: no network namespace, no seccomp ----------------------------------------------
+def test_without_namespaces_instances_use_the_host_network(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_SANDBOX_DISABLE": "network namespace,seccomp"})
+    rows = {r["feature"]: r for r in srv.node()["sandbox"]}
+    assert not rows["network namespace"]["active"]
+    assert "FAASBOX_SANDBOX_DISABLE" in rows["network namespace"]["detail"]
+    assert "host network" in rows["network namespace"]["detail"]
+    assert not rows["seccomp"]["active"] and rows["mount namespace"]["active"]
+    srv.deploy("attack", ATTACK)
+    out = call(srv, "attack", action="connect", host="127.0.0.1", port=srv.port)
+    assert out["ok"] is True  # on the host network: the server's port is reachable
+    ident = call(srv, "attack", action="status")
+    assert ident["seccomp"] == "0" and ident["no_new_privs"] == "1"
+    assert ident["unshare_net"] == 1  # still refused: not root
+    assert detect(srv.data, "auto").net_ns  # the machine itself has them
+
+
+# -- egress, against a test host in a network namespace of the test's own --------------------
+class FakeHost:
+    """A network namespace with a tiny HTTP server on ``addr``:``port``, joined to the host by
+    a veth pair (the host side gets ``gw``)."""
+
+    def __init__(self, name: str, addr: str, gw: str) -> None:
+        self.name, self.addr, self.gw, self.port = name, addr, gw, 8080
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FakeHost:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _start(self) -> FakeHost:
+        n, h = self.name, f"{self.name}h"
+        for cmd in (f"ip netns add {n}", f"ip link add {h} type veth peer name {n}i",
+                    f"ip link set {n}i netns {n}", f"ip addr add {self.gw}/24 dev {h}",
+                    f"ip link set {h} up",
+                    f"ip -n {n} addr add {self.addr}/24 dev {n}i", f"ip -n {n} link set {n}i up",
+                    f"ip -n {n} link set lo up", f"ip -n {n} route add default via {self.gw}"):
+            subprocess.run(cmd.split(), check=True, capture_output=True)
+        server = ("import socket\n"
+                  f"s = socket.create_server(('{self.addr}', {self.port}))\n"
+                  "while True:\n"
+                  "    c, _ = s.accept()\n"
+                  "    c.recv(1000)\n"
+                  "    c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\ntest-host')\n"
+                  "    c.close()\n")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", n, os.sys.executable, "-S", "-c",
+                                      server])
+        deadline = time.monotonic() + 60  # a loaded machine may start Python slowly
+        while True:  # from the host, through the pair
+            try:
+                socket.create_connection((self.addr, self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "test host did not start"
+                time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        subprocess.run(["ip", "link", "del", f"{self.name}h"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+@pytest.fixture
+def fake_hosts() -> Iterator[tuple[FakeHost, FakeHost]]:
+    tag = f"{os.getpid() % 10000}"
+    with FakeHost(f"tpub{tag}", "203.0.113.10", "203.0.113.1") as public, \
+            FakeHost(f"tprv{tag}", "10.123.45.10", "10.123.45.1") as private:
+        yield public, private
+
+
+def test_egress_reaches_outside_but_not_the_host_or_private_ranges(
+        make_server: Any, fake_hosts: tuple[FakeHost, FakeHost]) -> None:
+    public, private = fake_hosts
+    srv = make_server()
+    if not srv.feature("network egress"):
+        pytest.skip("egress is not available here")
+    srv.deploy("out", ATTACK, network="egress", timeout_s=15)
+    srv.deploy("allowed", ATTACK, network="egress", network_allow=[f"{private.addr}/32"],
+               timeout_s=15)
+    srv.deploy("none", ATTACK, timeout_s=15)
+    got = call(srv, "out", action="connect", host=public.addr, port=public.port)
+    assert got["ok"] and "test-host" in got["reply"], got
+    # private ranges and the host itself: refused, unless listed
+    assert call(srv, "out", action="connect", host=private.addr, port=private.port)["ok"] is False
+    assert call(srv, "out", action="connect", host=public.gw, port=srv.port)["ok"] is False
+    assert call(srv, "out", action="connect", host="127.0.0.1", port=srv.port)["ok"] is False
+    got = call(srv, "allowed", action="connect", host=private.addr, port=private.port)
+    assert got["ok"] and "test-host" in got["reply"], got
+    # network none: nothing at all
+    assert call(srv, "none", action="connect", host=public.addr, port=public.port,
+                timeout=2)["ok"] is False
+    still_serves(srv, "out")
+
+
+def test_egress_unavailable_runs_on_the_host_network(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_SANDBOX_DISABLE": "network egress"})
+    rows = {r["feature"]: r for r in srv.node()["sandbox"]}
+    assert not rows["network egress"]["active"]
+    assert "host network" in rows["network egress"]["detail"]
+    srv.deploy("out", ATTACK, network="egress")
+    assert call(srv, "out", action="connect", host="127.0.0.1", port=srv.port)["ok"] is True
+    srv.deploy("none", ATTACK)  # network none is unaffected
+    assert call(srv, "none", action="connect", host="127.0.0.1", port=srv.port)["ok"] is False
+    assert "network egress is unavailable" in srv.log.read_text()
+
+
+def _host_address() -> str | None:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent: only picks the source address
+        addr = str(s.getsockname()[0])
+        return None if addr.startswith("127.") else addr
+    return None
+
+
+
+def test_requirements_from_host_paths_or_vcs_are_422(plain: Server) -> None:
+    for line in ("../../code/x/evil.whl", "/etc/passwd", "file:///etc/passwd",
+                 "git+https://example.invalid/r.git", "pkg @ git+ssh://example.invalid/r",
+                 "-e .", "-r /etc/requirements.txt", "--find-links /root"):
+        resp = plain.deploy("reqs", {"main.py": "def handler(e, c):\n    return 1\n",
+                                     "requirements.txt": line + "\n"}, expect=422)
+        assert "requirements.txt" in resp.json()["error"]["message"], line
+    still_serves(plain, "attack")
