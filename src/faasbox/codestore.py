@@ -19,7 +19,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from faasbox import errors
@@ -47,10 +47,12 @@ def zip_folder(folder: Path) -> bytes:
 
 
 class CodeStore:
-    def __init__(self, data_dir: Path, private: bool = False) -> None:
+    def __init__(self, data_dir: Path, private: bool = False,
+                 pip: PipRunner | None = None) -> None:
         """``private``: instances get their code and packages bound into a mount namespace of
         their own, so the folders are closed to other users (0700); else they may traverse
         them (0711) to reach their own."""
+        self.pip = pip or plain_pip
         self.code_root = data_dir / "code"
         self.packages_root = data_dir / "packages"
         self.tmp_root = data_dir / "tmp"
@@ -118,7 +120,7 @@ class CodeStore:
         lines = [ln.strip() for ln in text.decode(errors="replace").splitlines()]
         if not any(ln and not ln.startswith("#") for ln in lines):
             return None
-        check_requirements(lines)
+        check_requirements(lines, source_builds)
         # a wheel shipped in the code (./x.whl) resolves against it: the code is in the key
         relative = any(ln.startswith("./") for ln in lines)
         seed = (text + (sha.encode() if relative else b"")
@@ -139,7 +141,7 @@ class CodeStore:
             with _disk_errors():
                 tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
                 try:
-                    await _pip_install(self.code_dir(sha), tmp, source_builds)
+                    await _pip_install(self.code_dir(sha), tmp, source_builds, self.pip)
                     _make_readable(tmp)
                     os.replace(tmp, final)
                 finally:
@@ -153,17 +155,24 @@ FILE_OPTIONS = ("-e", "--editable", "-r", "--requirement", "-c", "--constraint",
                 "--find-links", "--index-url", "-i", "--extra-index-url")
 
 
-def check_requirements(lines: list[str]) -> None:
+def check_requirements(lines: list[str], source_builds: bool = False) -> None:
     """Refuse what pip would fetch from this machine's files or from version control: paths
     outside the function's own code (absolute, ``~``, ``..``), ``file:`` URLs, VCS URLs
     (``git+...``), editable installs, nested requirement or constraint files, other indexes and
-    find-links. A wheel shipped in the code itself (``./name.whl``, no ``..``) is allowed."""
+    find-links. A wheel shipped in the code itself (``./name.whl``, no ``..``) is allowed; a
+    source tree in it (``./pkg``) only with ``source_builds`` (pip builds a local tree even
+    with ``--only-binary``, running its build hooks)."""
     for raw in lines:
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("./") and ".." not in PurePosixPath(line.split()[0]).parts:
-            continue  # inside the code folder (the archive has no symlinks)
+        first = line.split()[0]
+        if line.startswith("./") and ".." not in PurePosixPath(first).parts:
+            if first.endswith(".whl") or source_builds:
+                continue  # inside the code folder (the archive has no symlinks)
+            raise errors.InvalidSpec(
+                f"requirements.txt: {raw!r} is a source tree: building it runs its code;"
+                " ship a wheel, or set source_builds: true in the spec")
         target = line.split("@", 1)[1].strip() if "@" in line else line
         if line.startswith(FILE_OPTIONS) or line.split()[0] in FILE_OPTIONS:
             raise errors.InvalidSpec(
@@ -177,25 +186,40 @@ def check_requirements(lines: list[str]) -> None:
                 "packages from the package index can be installed")
 
 
-async def _pip_install(code: Path, target: Path, source_builds: bool = False) -> None:
-    binary = [] if source_builds else ["--only-binary=:all:"]
+# runs ``pip install ARGS`` for a code folder into a target: (exit code or None on timeout,
+# output); the node's BuildSandbox confines it (node/builds.py)
+PipRunner = Callable[[Path, Path, list[str], float], Awaitable[tuple[int | None, bytes]]]
+
+
+async def plain_pip(code: Path, target: Path, args: list[str],
+                    timeout_s: float) -> tuple[int | None, bytes]:
+    """pip as the server's own user (where builds cannot be sandboxed)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
-        "--disable-pip-version-check", "--no-warn-script-location", "--quiet", *binary,
-        "-r", "requirements.txt",
+        sys.executable, "-m", "pip", "install", *args,
         cwd=code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), PIP_TIMEOUT_S)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
+        return None, b""
+    return proc.returncode, out
+
+
+async def _pip_install(code: Path, target: Path, source_builds: bool = False,
+                       runner: PipRunner = plain_pip) -> None:
+    binary = [] if source_builds else ["--only-binary=:all:"]
+    args = ["--target", str(target), "--no-input", "--disable-pip-version-check",
+            "--no-warn-script-location", "--quiet", *binary, "-r", "requirements.txt"]
+    returncode, out = await runner(code, target, args, PIP_TIMEOUT_S)
+    if returncode is None:
         raise errors.DependencyInstallFailed(
-            f"pip install did not finish within {PIP_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
+            f"pip install did not finish within {PIP_TIMEOUT_S} s")
+    if returncode != 0:
         text = out.decode(errors="replace").strip()
         raise errors.DependencyInstallFailed(
-            f"installing requirements.txt failed (pip exit code {proc.returncode}):\n"
+            f"installing requirements.txt failed (pip exit code {returncode}):\n"
             + text[-4000:]
         )
 

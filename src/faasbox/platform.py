@@ -38,6 +38,7 @@ from faasbox.events import (
 from faasbox.invoker import Invoker
 from faasbox.metrics import Metrics, labels
 from faasbox.node import NodeService, SandboxFeatures, detect
+from faasbox.node.builds import BuildSandbox
 from faasbox.queue import TaskRow
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
@@ -83,7 +84,8 @@ class Platform:
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
                                 self.features.start_mode)
-        self.code = CodeStore(data, private=self.features.mount_ns)
+        self.builds = BuildSandbox(self.node.env)
+        self.code = CodeStore(data, private=self.features.mount_ns, pip=self.builds.pip)
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])

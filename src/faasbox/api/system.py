@@ -36,5 +36,6 @@ async def node(request: Request) -> dict[str, Any]:
     p: Platform = request.app.state.platform
     return {
         "nodes": p.resources.describe(),
-        "sandbox": [{"feature": f, "active": a, "detail": d} for f, a, d in p.features.report()],
+        "sandbox": [{"feature": f, "active": a, "detail": d}
+                    for f, a, d in [*p.features.report(), p.builds.report()]],
     }

@@ -245,6 +245,8 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
     scratch = str(plan["scratch"])
     # what stays visible of the data dir, opened before the tmpfs covers it
     keep = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in plan.get("read_only", ())]
+    writable = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY))
+                for p in plan.get("read_write", ())]
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates to the host
         read_only_tree("/")
@@ -273,6 +275,10 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
             os.makedirs(path, mode=0o755, exist_ok=True)
             mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
             mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        for path, fd in writable:  # a build's output folder
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         os.chmod(scratch, 0o700)
         if uid is not None:
@@ -284,7 +290,7 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
         if plan.get("proc"):
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
     finally:
-        for _, fd in keep:
+        for _, fd in keep + writable:
             os.close(fd)
 
 
