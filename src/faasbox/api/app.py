@@ -10,7 +10,18 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from faasbox import __version__
-from faasbox.api import docs, errors, functions, invoke, jobs, status, system, tasks, tenants
+from faasbox.api import (
+    docs,
+    errors,
+    functions,
+    invoke,
+    jobs,
+    status,
+    system,
+    tasks,
+    tenants,
+    usage,
+)
 from faasbox.api.auth import AuthMiddleware, is_loopback
 from faasbox.api.body import check_json_routes
 from faasbox.platform import Platform
@@ -38,7 +49,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     # invoke first: the hot route matches soonest. Every route is an auth.ScopedRoute: it
     # checks the key's scope, and reads its body as JSON whatever the Content-Type
     # (body.JSONBodyRoute), so curl -d works on all of them.
-    for module in (invoke, functions, tasks, jobs, system, status, tenants):
+    for module in (invoke, functions, tasks, jobs, system, status, tenants, usage):
         app.include_router(check_json_routes(module.router))
     settings = platform.settings
     app.add_middleware(AuthMiddleware, tenancy=platform.tenancy,

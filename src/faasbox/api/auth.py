@@ -79,6 +79,10 @@ SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/tenants/{tenant}/keys"): "admin",
     ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}"): "admin",
     ("GET", "/healthz"): "open",
+    # metering (api/usage.py)
+    ("GET", "/v1/usage"): "developer",
+    ("GET", "/v1/cost"): "developer",
+    ("GET", "/v1/waste"): "developer",
 }
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
