@@ -25,6 +25,7 @@ from faasbox.api import (
 from faasbox.api.auth import AuthMiddleware, is_loopback
 from faasbox.api.body import check_json_routes
 from faasbox.platform import Platform
+from faasbox.ui import app as ui
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                        server_names=server_names(settings.host, settings.server_names),
                        metrics_public=settings.metrics_public,
                        insecure_no_auth=settings.insecure_no_auth)
+    ui.install(app, platform)  # the dashboard at /ui (not in the API's spec)
     docs.install(app)  # last: the API routes match first
     return app
 

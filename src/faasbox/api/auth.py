@@ -29,8 +29,10 @@ from faasbox.tenancy.names import qualify
 from faasbox.tenancy.service import Tenancy
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                        "/redoc"})
-OPEN_PREFIXES = ("/docs/",)
+                        "/redoc", "/ui"})
+# the dashboard signs its users in itself (a session cookie; ui/session.py) and calls the API
+# with their keys, through this middleware
+OPEN_PREFIXES = ("/docs/", "/ui/")
 
 # (method, path) -> the least scope that may call it
 SCOPES: dict[tuple[str, str], str] = {

@@ -80,9 +80,11 @@ class Reports:
         qualified = None if function is None else await self.check_function(tenant, function)
         hours = await self._hours(tenant, lo, hi, qualified)
         per: dict[str, dict[int, Usage]] = defaultdict(lambda: defaultdict(Usage))
+        every: dict[int, Usage] = defaultdict(Usage)  # all functions together, per bucket
         total = Usage()
         for (fn, hour), u in hours.items():
             per[fn][hour // size * size].add(u)
+            every[hour // size * size].add(u)
             total.add(u)
         functions = []
         for fn in sorted(per):
@@ -94,14 +96,9 @@ class Reports:
             functions.append({"function": display(fn), "total": fn_total.view(),
                               "buckets": buckets})
         return {"tenant": tenant, "from": lo, "to": hi, "step": step,
-                "total": total.view(), "functions": functions}
-
-    async def series(self, tenant: str, lo: float, hi: float) -> list[dict[str, Any]]:
-        """The tenant's usage per hour over all its functions (the dashboard's charts)."""
-        per: dict[int, Usage] = defaultdict(Usage)
-        for (_, hour), u in (await self._hours(tenant, lo, hi)).items():
-            per[hour].add(u)
-        return [{"start": h, **per[h].view()} for h in sorted(per)]
+                "total": total.view(),
+                "buckets": [{"start": t, **every[t].view()} for t in sorted(every)],
+                "functions": functions}
 
     # -- cost ---------------------------------------------------------------------------------
     async def cost(self, tenant: str, start: str | None, end: str | None) -> dict[str, Any]:
