@@ -128,6 +128,9 @@ class Invoker:
         if cold:
             record.init_ms = inst.init_ms
             self.metrics.cold_starts.labels(*labels(row.function)).inc()
+            if inst.init_ms is not None:
+                self.metrics.cold_start_latency.labels(*labels(row.function)).observe(
+                    inst.init_ms / 1000)
         try:
             result = await inst.invoke(request_id, payload, spec.timeout_s, extra or {})
         except errors.InvocationError as exc:
@@ -167,5 +170,6 @@ class Invoker:
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
         kept = self.store.record_invocation(record)
         self.metrics.invocations.labels(*labels(record.function), record.status).inc()
+        self.metrics.gb_seconds.labels(*labels(record.function)).inc(record.gb_s)
         self.metrics.duration.labels(*labels(record.function)).observe(duration_ms / 1000)
         return kept

@@ -233,3 +233,20 @@ def test_interruptible_tasks_are_preempted_for_room_and_retried(make_server: Any
     assert [r["error_code"] for r in records if r["task_id"] == task][-1] == "preempted"
     body = server.http.get("/v1/usage", params={"function": "batch", "from": 0}).json()
     assert body["functions"][0]["total"]["by_status"].get("failed", 0) >= 1
+
+
+def test_prometheus_metering_series(server: Server, tenant: httpx.Client) -> None:
+    deploy(server, tenant, "scraped", WORK, memory_mb=512)
+    assert tenant.post("/v1/functions/scraped/invoke", json={}).status_code == 200
+    job = tenant.post("/v1/jobs", json={"function": "scraped", "shards": [{}, {}]})
+    assert job.status_code == 202, job.text
+    records = invocations(tenant, "scraped")
+    text = server.http.get("/metrics").text
+    labels = 'function="scraped",tenant="mt-a"'
+    gb_s = next(line for line in text.splitlines()
+                if line.startswith(f"faasbox_gb_seconds_total{{{labels}}}"))
+    assert float(gb_s.split()[-1]) >= sum(r["gb_s"] for r in records) - 1e-9
+    assert f"faasbox_cold_start_seconds_count{{{labels}}} 1.0" in text
+    assert 'faasbox_jobs{function="scraped",state="' in text  # labels in name order
+    assert 'faasbox_tasks{function="scraped",state="' in text
+    assert "faasbox_instances{" in text

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from faasbox import __version__
 from faasbox.api.auth import ScopedRoute
 from faasbox.api.responses import V1, error_responses
+from faasbox.metering import gauges
 from faasbox.platform import Platform
 
 router = APIRouter(tags=["system"], route_class=ScopedRoute)
@@ -26,6 +27,7 @@ async def healthz() -> dict[str, str]:
             responses=error_responses(401, 403, 500))
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
+    await gauges.refresh(p.store, p.metrics, p.clock.now())  # tasks, queues, jobs
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
