@@ -49,20 +49,12 @@ class Metrics:
             "faasbox_invocation_duration_seconds", "Handler duration", ["tenant", "function"],
             buckets=BUCKETS, registry=self.registry)
         self.registry.register(_InstanceCollector(instance_states))
-        # metering (docs/cost.md); the task and job gauges are refreshed at each scrape
+        # metering (docs/cost.md); jobs by state are read from the store at each scrape
         self.gb_seconds = Counter(
             "faasbox_gb_seconds", "Billed GB-seconds", ["tenant", "function"],
             registry=self.registry)
         self.cold_start_latency = Histogram(
             "faasbox_cold_start_seconds", "Time to start an instance for a cold start",
             ["tenant", "function"], buckets=BUCKETS, registry=self.registry)
-        self.tasks = Gauge("faasbox_tasks", "Tasks by state", ["tenant", "function", "state"],
-                           registry=self.registry)
-        self.queue_depth = Gauge(
-            "faasbox_queue_depth", "Tasks waiting to run (queued or waiting for a retry)",
-            ["tenant", "function"], registry=self.registry)
-        self.queue_oldest = Gauge(
-            "faasbox_queue_oldest_age_seconds", "Age of the oldest task waiting to run",
-            ["tenant", "function"], registry=self.registry)
         self.jobs = Gauge("faasbox_jobs", "Jobs by state", ["tenant", "function", "state"],
                           registry=self.registry)

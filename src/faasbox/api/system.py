@@ -27,7 +27,7 @@ async def healthz() -> dict[str, str]:
             responses=error_responses(401, 403, 500))
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
-    await gauges.refresh(p.store, p.metrics, p.clock.now())  # tasks, queues, jobs
+    await gauges.refresh(p.store, p.metrics)  # jobs by state
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

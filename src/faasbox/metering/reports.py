@@ -4,6 +4,7 @@ them (the rollups read back and handed to the pure ``cost`` and ``waste`` code).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -17,6 +18,7 @@ from faasbox.registry import Registry
 from faasbox.tenancy.names import display, qualify
 
 STEPS = {"hour": HOUR_S, "day": DAY_S}
+MAX_TIME = 1e11  # epoch seconds: the year 5138
 
 
 def parse_time(value: str | None, default: float) -> float:
@@ -24,9 +26,13 @@ def parse_time(value: str | None, default: float) -> float:
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(t) or not 0 <= t < MAX_TIME:
+            raise errors.InvalidRequest(f"{value!r} is not a time between 1970 and 5138")
+        return t
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -34,7 +40,7 @@ def parse_time(value: str | None, default: float) -> float:
             f"{value!r} is neither epoch seconds nor an ISO 8601 date or time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+    return max(0.0, when.timestamp())
 
 
 def month_start(now: float) -> float:
