@@ -78,6 +78,16 @@ class Settings:
     server_names: str = ""
     # /metrics without a key
     metrics_public: bool = False
+    # metering (docs/cost.md): seconds between flushes of the usage rollups, days they are kept
+    metering_flush_s: float = 5.0
+    usage_retention_days: float = 90.0
+    # the price book (USD): AWS Lambda's public x86 on-demand prices (us-east-1) per GB-s and
+    # per million requests; the reserved model's monthly fee per GB reserved; the spot model's
+    # discount for interruptible work
+    price_gb_s: float = 0.0000166667
+    price_per_million_requests: float = 0.20
+    price_reserved_gb_month: float = 36.50
+    price_spot_discount: float = 0.70
     # no API keys at all (refused on a non-loopback address; for local experiments only)
     insecure_no_auth: bool = False
 

@@ -208,6 +208,12 @@ class InstanceCrashed(InvocationError):
     code = "instance_crashed"
 
 
+class Preempted(InstanceCrashed):
+    """An interruptible task's instance was stopped to make room (it is retried)."""
+
+    code = "preempted"
+
+
 class ProtocolViolation(InstanceCrashed):
     code = "protocol_error"
 

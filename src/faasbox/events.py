@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from faasbox.node import Instance
     from faasbox.queue import TaskRow
     from faasbox.store import InvocationRecord, VersionRow
 
@@ -41,6 +42,22 @@ class InvocationFinished(Event):
     record: InvocationRecord
     payload: bytes | None
     extra: dict[str, Any] = field(default_factory=dict)  # task_id, attempt, shard, trace_id
+
+
+@dataclass(frozen=True)
+class InvocationThrottled(Event):
+    """A call of ``function`` was refused with 429 (over a concurrency limit, or no slot
+    within the acquire timeout)."""
+
+    function: str
+
+
+@dataclass(frozen=True)
+class InstanceRetired(Event):
+    """An instance was taken out of service (its memory given back); it is being stopped.
+    Emitted before its process is killed, so it can still be measured."""
+
+    instance: Instance
 
 
 @dataclass(frozen=True)

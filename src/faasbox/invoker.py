@@ -15,7 +15,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
-from faasbox.events import Events, InvocationFinished
+from faasbox.events import Events, InvocationFinished, InvocationThrottled
 from faasbox.metering import billed_ms, gb_seconds
 from faasbox.metrics import Metrics, labels
 from faasbox.node import Instance
@@ -57,6 +57,7 @@ class Invoker:
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
         on_start: Callable[[Instance], None] | None = None, wait_record: bool = True,
+        interruptible: bool = False,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
@@ -65,17 +66,18 @@ class Invoker:
             self.admission.enter(row.function)
         except errors.OverLimit:
             self.metrics.throttles.labels(*labels(row.function)).inc()
+            self.events.emit(InvocationThrottled(row.function))
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start,
-                                      wait_record)
+                                      wait_record, interruptible)
         finally:
             self.admission.leave(row.function)
 
     async def _invoke(
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
-        wait_record: bool,
+        wait_record: bool, interruptible: bool = False,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -88,9 +90,10 @@ class Invoker:
         )
         t0 = self.clock.monotonic()
         try:
-            inst, cold = await self.scheduler.acquire(row)
+            inst, cold = await self.scheduler.acquire(row, interruptible=interruptible)
         except errors.Throttled:
             self.metrics.throttles.labels(*labels(row.function)).inc()
+            self.events.emit(InvocationThrottled(row.function))
             raise
         except errors.InvocationError as exc:  # the cold start failed
             record.cold_start = True
@@ -99,11 +102,35 @@ class Invoker:
             raise
         record.cold_start = cold
         record.instance_id = inst.id
+        if interruptible:
+            self.scheduler.instances.interruptible[inst.id] += 1
+            # the meter prices this call at the spot rate
+            finished = {**(extra or {}), "interruptible": True}
+        else:
+            finished = extra or {}
+        return await self._run(row, payload, record, inst, cold, request_id, extra,
+                               on_start, wait_record, finished, t0, interruptible)
+
+    def _release(self, inst: Instance, interruptible: bool) -> None:
+        if interruptible:  # first: the slot may go to a sync caller at once
+            self.scheduler.instances.not_interruptible(inst)
+        self.scheduler.release(inst)
+
+    async def _run(
+        self, row: VersionRow, payload: bytes, record: InvocationRecord, inst: Instance,
+        cold: bool, request_id: str, extra: dict[str, Any] | None,
+        on_start: Callable[[Instance], None] | None, wait_record: bool,
+        finished: dict[str, Any], t0: float, interruptible: bool,
+    ) -> Outcome:
+        spec = row.spec
         if on_start is not None:
             on_start(inst)
         if cold:
             record.init_ms = inst.init_ms
             self.metrics.cold_starts.labels(*labels(row.function)).inc()
+            if inst.init_ms is not None:
+                self.metrics.cold_start_latency.labels(*labels(row.function)).observe(
+                    inst.init_ms / 1000)
         try:
             result = await inst.invoke(request_id, payload, spec.timeout_s, extra or {})
         except errors.InvocationError as exc:
@@ -112,20 +139,20 @@ class Invoker:
                 elapsed = spec.timeout_s * 1000
             self._fail(record, exc, exc.duration_ms or elapsed)
             record.peak_rss_mb = inst.peak_rss_mb or None
-            self.scheduler.release(inst)
-            await self.events.publish(InvocationFinished(row, record, None, extra or {}))
+            self._release(inst, interruptible)
+            await self.events.publish(InvocationFinished(row, record, None, finished))
             raise
         except BaseException:
-            self.scheduler.release(inst)
+            self._release(inst, interruptible)
             raise
-        self.scheduler.release(inst)
+        self._release(inst, interruptible)
         record.status = "succeeded"
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
         kept = self._finish(record, result.duration_ms)
         if wait_record:
             await kept  # no call is reported succeeded without its record (503 if it failed)
-        await self.events.publish(InvocationFinished(row, record, result.payload, extra or {}))
+        await self.events.publish(InvocationFinished(row, record, result.payload, finished))
         return Outcome(record, result.payload, None if wait_record else kept)
 
     def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
@@ -143,5 +170,6 @@ class Invoker:
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
         kept = self.store.record_invocation(record)
         self.metrics.invocations.labels(*labels(record.function), record.status).inc()
+        self.metrics.gb_seconds.labels(*labels(record.function)).inc(record.gb_s)
         self.metrics.duration.labels(*labels(record.function)).observe(duration_ms / 1000)
         return kept

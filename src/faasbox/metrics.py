@@ -6,7 +6,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -87,3 +87,12 @@ class Metrics:
             "faasbox_redrives", "Tasks redriven", ["tenant", "function"], registry=self.registry)
         self.tasks = _TaskCollector()
         self.registry.register(self.tasks)
+        # metering (docs/cost.md); jobs by state are read from the store at each scrape
+        self.gb_seconds = Counter(
+            "faasbox_gb_seconds", "Billed GB-seconds", ["tenant", "function"],
+            registry=self.registry)
+        self.cold_start_latency = Histogram(
+            "faasbox_cold_start_seconds", "Time to start an instance for a cold start",
+            ["tenant", "function"], buckets=BUCKETS, registry=self.registry)
+        self.jobs = Gauge("faasbox_jobs", "Jobs by state", ["tenant", "function", "state"],
+                          registry=self.registry)

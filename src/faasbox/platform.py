@@ -29,13 +29,19 @@ from faasbox.events import (
     Events,
     FunctionDeleted,
     FunctionDeployed,
+    InstanceRetired,
     InvocationFinished,
+    InvocationThrottled,
     ScheduleChanged,
     SlotReleased,
     TaskFinished,
     TasksEnqueued,
 )
 from faasbox.invoker import Invoker
+from faasbox.metering.cost import PriceBook
+from faasbox.metering.reports import Reports
+from faasbox.metering.rollup import Meter
+from faasbox.metering.store import UsageStore
 from faasbox.metrics import Metrics, labels
 from faasbox.node import NodeService, SandboxFeatures, detect
 from faasbox.node.builds import BuildSandbox
@@ -94,7 +100,8 @@ class Platform:
         self.admission = Admission(self.tenancy, self.clock)
         self.instances = InstancePools(
             self.registry, self.node, self.resources, self.clock, **scaling_options(settings),
-            tenant_memory_mb=lambda tenant: self.tenancy.limits(tenant).max_memory_mb)
+            tenant_memory_mb=lambda tenant: self.tenancy.limits(tenant).max_memory_mb,
+            events=self.events)
         self.scheduler = Scheduler(self.instances, self.events, self.clock,
                                    acquire_timeout_s=settings.acquire_timeout_s)
         self.metrics = Metrics(self.instances.states)
@@ -122,6 +129,10 @@ class Platform:
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)
         self._delivery(settings)
+        self.meter = Meter(UsageStore(self.store), self.instances, self.clock,
+                           flush_s=settings.metering_flush_s,
+                           retention_days=settings.usage_retention_days)
+        self.reports = Reports(self.meter, self.registry, price_book(settings), self.clock)
         self._subscribe()
         self._resync: asyncio.Task[None] | None = None
 
@@ -184,6 +195,10 @@ class Platform:
         on(FunctionDeployed, lambda e: self.admission.set_reservation(e.row.function, e.row.spec))
         on(TasksEnqueued, lambda e: self.admission.queued_delta(tenant_of(e.function), e.count))
         on(TaskFinished, lambda e: self.admission.queued_delta(tenant_of(e.task.function), -1))
+        # metering: usage rollups (docs/cost.md)
+        on(InvocationFinished, self.meter.on_invocation)
+        on(InvocationThrottled, self.meter.on_throttle)
+        on(InstanceRetired, self.meter.on_instance_retired)
 
     def on_function_deleted(self, event: FunctionDeleted) -> None:
         self.instances.drop(event.function)
@@ -229,6 +244,7 @@ class Platform:
         # what its functions left (records, tasks, jobs, triggers, policies) goes too: a new
         # tenant given the name must not inherit it (the audit log keeps what happened)
         await self.store.purge_tenant(tenant)
+        await self.meter.usage.purge_tenant(tenant)
 
     async def _resync_loop(self) -> None:
         """Recount unfinished tasks per tenant now and then: tasks that end outside the
@@ -262,6 +278,7 @@ class Platform:
         self._resync = asyncio.create_task(self._resync_loop(), name="queue-recount")
         self.scaling.start()
         await self.operations.start()  # paused queues, before anything is leased
+        self.meter.start()
         await self.dispatcher.start()
         await self.jobs.start()
         await self.triggers.start()
@@ -285,6 +302,7 @@ class Platform:
         await self.scaling.close()
         await self.instances.close()
         await self.events.drain()
+        await self.meter.close()
         await self.node.close()
         await self.store.close()
         if self._lock_fd is not None:
@@ -403,6 +421,13 @@ def scaling_options(settings: Settings) -> dict[str, Any]:
     )
     return {"policy": make_policy(settings.keepalive_policy, **args), "scaler": scaler,
             "lead_margin_s": settings.prewarm_lead_s}
+
+
+def price_book(settings: Settings) -> PriceBook:
+    return PriceBook(gb_s=settings.price_gb_s,
+                     per_million_requests=settings.price_per_million_requests,
+                     reserved_gb_month=settings.price_reserved_gb_month,
+                     spot_discount=settings.price_spot_discount)
 
 
 def default_limits(settings: Settings) -> EffectiveLimits:

@@ -43,6 +43,7 @@ ERROR_CATEGORY = {
     "timeout": "timeout",
     "out_of_memory": "oom",
     "instance_crashed": "crash",
+    "preempted": "crash",
     "protocol_error": "crash",
     "init_error": "crash",
 }
@@ -59,6 +60,9 @@ class TaskPolicy(BaseModel):
     max_event_age_s: float = Field(21600.0, ge=1, le=7 * 86400)
     retry_on: list[RetryOn] = Field(
         default_factory=lambda: list(ALL_RETRY_ON))
+    interruptible: bool = Field(
+        False, description="its tasks may be stopped when the node needs room for other work"
+        " and are then retried; priced at the spot rate (docs/cost.md)")
     async_concurrency: int | None = Field(
         None, ge=1, le=10000, description="most tasks of this function running at once;"
         " default: max_instances x concurrency")

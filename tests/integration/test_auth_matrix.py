@@ -210,6 +210,10 @@ ROUTES: dict[tuple[str, str], Case] = {
         lambda w: (f"{FN}/triggers/{w.victim('trigger')}", None), victim="trigger"),
     # the audit log: a developer sees its own tenant's
     ("GET", "/v1/audit"): Case("developer", "own", 200, lambda w: ("/v1/audit", None)),
+    # metering: the caller's own tenant
+    ("GET", "/v1/usage"): Case("developer", "own", 200, lambda w: ("/v1/usage", None)),
+    ("GET", "/v1/cost"): Case("developer", "own", 200, lambda w: ("/v1/cost", None)),
+    ("GET", "/v1/waste"): Case("developer", "own", 200, lambda w: ("/v1/waste", None)),
     # the platform: admin only
     ("GET", "/v1/node"): Case("admin", "platform", 200, lambda w: ("/v1/node", None)),
     ("GET", "/metrics"): Case("admin", "platform", 200, lambda w: ("/metrics", None)),

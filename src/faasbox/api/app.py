@@ -21,10 +21,12 @@ from faasbox.api import (
     system,
     tasks,
     tenants,
+    usage,
 )
 from faasbox.api.auth import AuthMiddleware, is_loopback
 from faasbox.api.body import check_json_routes
 from faasbox.platform import Platform
+from faasbox.ui import app as ui
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,14 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     # invoke first: the hot route matches soonest. Every route is an auth.ScopedRoute: it
     # checks the key's scope, and reads its body as JSON whatever the Content-Type
     # (body.JSONBodyRoute), so curl -d works on all of them.
-    for module in (invoke, functions, tasks, delivery, jobs, system, status, tenants):
+    for module in (invoke, functions, tasks, delivery, jobs, system, status, tenants, usage):
         app.include_router(check_json_routes(module.router))
     settings = platform.settings
     app.add_middleware(AuthMiddleware, tenancy=platform.tenancy,
                        server_names=server_names(settings.host, settings.server_names),
                        metrics_public=settings.metrics_public,
                        insecure_no_auth=settings.insecure_no_auth)
+    ui.install(app, platform)  # the dashboard at /ui (not in the API's spec)
     docs.install(app)  # last: the API routes match first
     return app
 

@@ -29,8 +29,10 @@ from faasbox.tenancy.names import qualify
 from faasbox.tenancy.service import Tenancy
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                        "/redoc"})
-OPEN_PREFIXES = ("/docs/",)
+                        "/redoc", "/ui"})
+# the dashboard signs its users in itself (a session cookie; ui/session.py) and calls the API
+# with their keys, through this middleware
+OPEN_PREFIXES = ("/docs/", "/ui/")
 
 # (method, path) -> the least scope that may call it
 SCOPES: dict[tuple[str, str], str] = {
@@ -103,6 +105,10 @@ SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/workflow-definitions/{workflow}"): "developer",
     ("DELETE", "/v1/workflow-definitions/{workflow}"): "developer",
     ("GET", "/healthz"): "open",
+    # metering (api/usage.py)
+    ("GET", "/v1/usage"): "developer",
+    ("GET", "/v1/cost"): "developer",
+    ("GET", "/v1/waste"): "developer",
 }
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})

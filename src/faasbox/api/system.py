@@ -11,6 +11,7 @@ from starlette.responses import Response
 from faasbox import __version__
 from faasbox.api.auth import ScopedRoute
 from faasbox.api.responses import V1, error_responses
+from faasbox.metering import gauges
 from faasbox.platform import Platform
 
 router = APIRouter(tags=["system"], route_class=ScopedRoute)
@@ -27,6 +28,7 @@ async def healthz() -> dict[str, str]:
 async def metrics(request: Request) -> Response:
     p: Platform = request.app.state.platform
     await p.refresh_task_metrics()
+    await gauges.refresh(p.store, p.metrics)  # jobs by state
     return Response(generate_latest(p.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

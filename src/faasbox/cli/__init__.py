@@ -10,6 +10,7 @@ from faasbox.cli import tasks as _tasks  # noqa: F401
 from faasbox.cli import tenancy as _tenancy  # noqa: F401
 from faasbox.cli import top as _top  # noqa: F401
 from faasbox.cli import triggers as _triggers  # noqa: F401
+from faasbox.cli import usage as _usage  # noqa: F401
 from faasbox.cli.app import CliError, app, err
 from faasbox.client import ApiError
 

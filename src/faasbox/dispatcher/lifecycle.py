@@ -78,9 +78,11 @@ class TaskLifecycle:
                                      "trace_id": task.trace_id}
             if task.source == "shard":
                 extra["shard"] = {"index": task.shard_index, "count": task.shard_count}
+            policy = await self.policies.of_task(task)
             outcome = await self.invoker.invoke(
                 row, task.event, trigger="task" if task.source == "async" else task.source,
-                request_id=invocation_id, extra=extra, on_start=on_start, wait_record=False)
+                request_id=invocation_id, extra=extra, on_start=on_start, wait_record=False,
+                interruptible=policy.interruptible)
         except errors.Throttled:
             again = self.clock.now() + GIVE_BACK_DELAY_S
             await self.queue.give_back(task.id, task.attempts, again)
@@ -131,7 +133,8 @@ class TaskLifecycle:
             return Failure(exc.code, exc.message, None, "failed")
         policy = await self.policies.of_task(task)
         category = ERROR_CATEGORY.get(exc.code)
-        if category not in policy.retry_on:
+        # a preempted task did nothing wrong: it is retried whatever retry_on says
+        if category not in policy.retry_on and exc.code != "preempted":
             return Failure(exc.code, exc.message, None, "failed")
         if task.attempts >= task.max_attempts:
             return Failure(exc.code, f"{exc.message} (after {task.attempts} attempts)", None,

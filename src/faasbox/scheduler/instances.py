@@ -19,6 +19,7 @@ from faasbox import errors
 from faasbox.autoscaler import KeepAlivePolicy, ScalerConfig
 from faasbox.autoscaler.planner import FunctionPlanner, IdleWindow
 from faasbox.clock import Clock
+from faasbox.events import Events, InstanceRetired
 from faasbox.node import Instance, NodeService
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class Waiter:
     version: VersionRow
     future: asyncio.Future[tuple[Instance, bool]]
+    preempt: bool = False  # may stop interruptible tasks for room
 
 
 @dataclass
@@ -61,6 +63,7 @@ class InstancePools:
         self, registry: Registry, node: NodeService, resources: ResourceManager, clock: Clock,
         policy: KeepAlivePolicy, scaler: ScalerConfig, lead_margin_s: float,
         tenant_memory_mb: Callable[[str], int] = lambda tenant: 0,
+        events: Events | None = None,
     ) -> None:
         self.registry = registry
         self.node = node
@@ -70,12 +73,16 @@ class InstancePools:
         self.scaler = scaler
         self.lead_margin_s = lead_margin_s
         self.tenant_memory_mb = tenant_memory_mb  # a tenant's memory limit (0: none)
+        self.events = events or Events()
         self.memory: Counter[str] = Counter()  # tenant -> memory_mb of its instances
         self.pools: dict[str, Pool] = {}
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
         self.cold_starts = 0
+        # instance id -> calls of interruptible tasks on it (those may be preempted)
+        self.interruptible: Counter[str] = Counter()
+        self.preemptions = 0
 
     def pool(self, function: str) -> Pool:
         """The function's pool, made on first use (only for a function that exists)."""
@@ -91,9 +98,24 @@ class InstancePools:
         return not self.closing and self.pools.get(pool.function) is pool
 
     # -- room -------------------------------------------------------------------------------
-    def make_room(self, pool: Pool, row: VersionRow) -> Node | None:
-        """Reserve a node for a cold start now, evicting idle instances that are in the way;
-        None when the function is at max_instances or no node can make room."""
+    def not_interruptible(self, inst: Instance) -> None:
+        """An interruptible call on ``inst`` ended."""
+        self.interruptible[inst.id] -= 1
+        if self.interruptible[inst.id] <= 0:
+            del self.interruptible[inst.id]
+
+    def _preemptible(self, candidates: list[Instance]) -> Instance | None:
+        """A busy instance all of whose calls are interruptible tasks (the one that started
+        last: the least work is lost)."""
+        found = [i for i in candidates if i.state == "busy" and not i.retired
+                 and 0 < i.leases <= self.interruptible.get(i.id, 0)]
+        return max(found, key=lambda i: i.last_used, default=None)
+
+    def make_room(self, pool: Pool, row: VersionRow, preempt: bool = False) -> Node | None:
+        """Reserve a node for a cold start now, evicting idle instances that are in the way
+        (and with ``preempt``, when no idle one is left, stopping an instance that runs only
+        interruptible tasks: they are retried); None when the function is at max_instances
+        or no node can make room."""
         if pool.size() >= row.spec.max_instances:
             victim = self._idle_victim(pool.instances, exclude_version=row.version)
             if victim is None:
@@ -107,6 +129,16 @@ class InstancePools:
                 return node
             everyone = [i for p in self.pools.values() for i in p.instances]
             victim = self._idle_victim(everyone, exclude_version=None)
+            if victim is None and preempt:
+                victim = self._preemptible(everyone)
+                if victim is not None:
+                    log.info("preempting instance %s (interruptible tasks) for %s", victim.id,
+                             row.function)
+                    self.preemptions += 1
+                    self.retire(self.pools[victim.function], victim, errors.Preempted(
+                        "the instance was stopped to make room for other work (the task is"
+                        " interruptible); it is retried"))
+                    continue
             if victim is None:
                 return None
             self.retire(self.pools[victim.function], victim)
@@ -167,6 +199,7 @@ class InstancePools:
             if self._placement.pop(inst.id, None) is not None:
                 self.resources.release(node, row.spec.memory_mb)
                 self.memory[tenant_of(inst.function)] -= inst.memory_mb
+                self.events.emit(InstanceRetired(inst))
             raise
         if not self.serves(pool):
             # the pool was dropped (closing, function deleted) while this one started: drop
@@ -177,8 +210,10 @@ class InstancePools:
         pool.planner.observe_cold_start(self.clock.monotonic() - began)
         return inst
 
-    def retire(self, pool: Pool, inst: Instance) -> None:
-        """Take an instance out of service now and stop it in the background."""
+    def retire(self, pool: Pool, inst: Instance,
+               reason: errors.InvocationError | None = None) -> None:
+        """Take an instance out of service now and stop it in the background (its calls in
+        flight fail with ``reason``)."""
         if inst in pool.instances:
             pool.instances.remove(inst)
         pool.idle.pop(inst.id, None)
@@ -186,11 +221,12 @@ class InstancePools:
         if node is not None:
             self.resources.release(node, inst.memory_mb)
             self.memory[tenant_of(inst.function)] -= inst.memory_mb
+            self.events.emit(InstanceRetired(inst))  # before it is stopped: still measurable
         if not inst.retired:
             inst.retired = True
             if inst.state != "stopped":
                 inst.state = "stopping"
-            self.spawn(self.node.stop(inst))
+            self.spawn(self.node.stop(inst, reason))
 
     def clear_dead(self, pool: Pool) -> None:
         """Retire the instances that died (while idle, or killed from outside)."""

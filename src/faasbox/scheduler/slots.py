@@ -35,14 +35,15 @@ class Scheduler:
         self.acquire_timeout_s = acquire_timeout_s
 
     # -- acquire / release ------------------------------------------------------------------
-    async def acquire(self, row: VersionRow) -> tuple[Instance, bool]:
-        """A slot on an instance of ``row``: ``(instance, cold)``. Release it with release()."""
+    async def acquire(self, row: VersionRow, interruptible: bool = False) -> tuple[Instance, bool]:
+        """A slot on an instance of ``row``: ``(instance, cold)``. Release it with release().
+        A caller that is not ``interruptible`` may preempt interruptible tasks for room."""
         pool = self.instances.pool(row.function)
         if not pool.planner.configured:
             pool.planner.configure(row.spec)
         meter(pool, +1, self.clock.monotonic())
         try:
-            inst, cold = await self._acquire(pool, row)
+            inst, cold = await self._acquire(pool, row, not interruptible)
         except BaseException:
             meter(pool, -1, self.clock.monotonic())
             raise
@@ -50,12 +51,13 @@ class Scheduler:
         pool.planner.arrival(self.clock.now(), cold)
         return inst, cold
 
-    async def _acquire(self, pool: Pool, row: VersionRow) -> tuple[Instance, bool]:
+    async def _acquire(self, pool: Pool, row: VersionRow,
+                       preempt: bool) -> tuple[Instance, bool]:
         inst = self._warm(pool, row)
         if inst is not None:
             return inst, False
         if not pool.waiters:
-            node = self.instances.make_room(pool, row)
+            node = self.instances.make_room(pool, row, preempt)
             if node is not None:
                 return await self._cold(pool, row, node), True
             if not pool.size() and self.instances.over_tenant_memory(row):
@@ -64,7 +66,7 @@ class Scheduler:
                     f" max_memory_mb ({self.instances.tenant_memory_mb(tenant_of(row.function))}"
                     " MB) and none is idle", retry_after=1.0)
         fut: asyncio.Future[tuple[Instance, bool]] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(row, fut)
+        waiter = Waiter(row, fut, preempt)
         pool.waiters.append(waiter)
         self.pump(pool)
         try:
@@ -158,7 +160,7 @@ class Scheduler:
                 pool.waiters.popleft()
                 waiter.future.set_result((inst, False))
                 continue
-            node = self.instances.make_room(pool, waiter.version)
+            node = self.instances.make_room(pool, waiter.version, waiter.preempt)
             if node is None:
                 return
             pool.waiters.popleft()
