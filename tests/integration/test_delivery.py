@@ -292,7 +292,9 @@ def test_kill_9_with_deliveries_due_then_all_delivered_after_restart(make_server
         second.wait_for(lambda: len({a["record"]["requestContext"]["requestId"]
                                      for a in rec.accepted}) == 20, timeout=60,
                         what="every delivery after the restart")
-        assert all(deliveries(second, t)[0]["status"] == "delivered" for t in ids)
+        # the receiver answered before the server recorded it: wait for the records too
+        second.wait_for(lambda: all(deliveries(second, t)[0]["status"] == "delivered"
+                                    for t in ids), what="every delivery recorded")
         assert rec.bad_signatures == 0
     finally:
         rec.close()
