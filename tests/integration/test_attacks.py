@@ -499,6 +499,9 @@ def test_guessed_secrets_for_a_real_key_id_are_refused(world: World) -> None:
         f"fbx_{ident}", f"fbx_{ident}_", f"FBX_{ident}_{secret}", f"fbx_{ident.upper()}_{secret}",
         f"fbx_{key_id(world.b_key)}_{secret}",
     ]
+    # a key id (12 hex digits) or secret without letters has no upper-case variant: that
+    # "guess" would be the key itself (about 1 run in 280)
+    guesses = [guess for guess in guesses if guess != real]
     pool = Clients()
     try:
         for guess in guesses:
