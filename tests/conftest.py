@@ -31,16 +31,38 @@ READY_TIMEOUT_S = 30.0
 # process and passed to xdist workers in the environment. A test's dirs are removed after the
 # test, a module's after the module, and the session fails if anything is left at its end.
 TMP_ROOT_ENV = "FAASBOX_TEST_TMP_ROOT"
+# gate dirs (see gate_dir) have a session root of their own, where instances can see them
+GATE_ROOT_ENV = "FAASBOX_TEST_GATE_ROOT"
+GATE_PARENT = Path("/run")
 _tempdirs: list[Path] = []
+
+
+def _make_root(env: str, parent: Path | None = None) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="faasbox-test-", dir=parent))
+    path.chmod(0o711)
+    os.environ[env] = str(path)
+    return path
 
 
 def _tmp_root() -> Path:
     root = os.environ.get(TMP_ROOT_ENV)
     if root is None or not Path(root).is_dir():  # imported outside a configured session
-        path = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
-        path.chmod(0o711)
-        os.environ[TMP_ROOT_ENV] = root = str(path)
+        return _make_root(TMP_ROOT_ENV)
     return Path(root)
+
+
+def _gate_root() -> Path | None:
+    """The session root of gate dirs under /run, or None where this process cannot write
+    there (not root: then instances have no mount namespace either, see gate_dir)."""
+    root = os.environ.get(GATE_ROOT_ENV)
+    if root is not None and Path(root).is_dir():
+        return Path(root)
+    if os.geteuid() != 0 or not os.access(GATE_PARENT, os.W_OK):
+        return None
+    try:
+        return _make_root(GATE_ROOT_ENV, GATE_PARENT)
+    except OSError:
+        return None
 
 
 def open_tempdir() -> Path:
@@ -48,6 +70,26 @@ def open_tempdir() -> Path:
     running under their own uids can reach code in a server's data dir. It is removed after
     the test (or the module, for a module-scoped fixture) that made it."""
     path = Path(tempfile.mkdtemp(prefix="t-", dir=_tmp_root()))
+    path.chmod(0o711)
+    _tempdirs.append(path)
+    return path
+
+
+def gate_dir() -> Path:
+    """A temp dir for gate files: a handler that waits until the test creates a file in it
+    must see that file from inside its instance.
+
+    An instance's mount namespace (docs/sandbox.md) covers /tmp, /var/tmp, /dev/shm and the
+    server's data dir with a tmpfs of its own, so an open_tempdir() (under /tmp) is not there
+    for it; the rest of the host stays visible, read-only, files made after the instance
+    started included. So a gate dir lives under /run (traversable by the instances' uids) when
+    this process may write there, as it may whenever it is root, which the mount namespace
+    needs; elsewhere (no mount namespace) it is an open_tempdir(). Either way it is removed
+    after the test (or module) that made it. Instances cannot write into it."""
+    root = _gate_root()
+    if root is None:
+        return open_tempdir()
+    path = Path(tempfile.mkdtemp(prefix="gate-", dir=root))
     path.chmod(0o711)
     _tempdirs.append(path)
     return path
@@ -111,24 +153,29 @@ def _test_tempdirs() -> Iterator[None]:
 def pytest_configure(config: pytest.Config) -> None:
     # pytest-xdist registers it too; here for runs without xdist (-p no:xdist)
     config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
-    if not hasattr(config, "workerinput"):  # the controlling process: a fresh session root
-        root = Path(tempfile.mkdtemp(prefix="faasbox-test-"))
-        root.chmod(0o711)
-        os.environ[TMP_ROOT_ENV] = str(root)
+    if not hasattr(config, "workerinput"):  # the controlling process: fresh session roots
+        _make_root(TMP_ROOT_ENV)
+        os.environ.pop(GATE_ROOT_ENV, None)
+        _gate_root()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Fail the session if it left temp dirs behind (then remove them and the root)."""
+    """Fail the session if it left temp dirs behind (then remove them and the roots)."""
     if hasattr(session.config, "workerinput") or TMP_ROOT_ENV not in os.environ:
         return
-    root = Path(os.environ[TMP_ROOT_ENV])
-    left = sorted(root.iterdir()) if root.is_dir() else []
-    problems = [f"left {len(left)} temp dir(s) behind in {root}: "
-                + ", ".join(p.name for p in left[:10])] if left else []
-    try:
-        remove_tree(root)
-    except OSError as exc:
-        problems.append(f"could not remove {root}: {exc}")
+    problems = []
+    for env in (TMP_ROOT_ENV, GATE_ROOT_ENV):
+        if env not in os.environ:
+            continue
+        root = Path(os.environ[env])
+        left = sorted(root.iterdir()) if root.is_dir() else []
+        if left:
+            problems.append(f"left {len(left)} temp dir(s) behind in {root}: "
+                            + ", ".join(p.name for p in left[:10]))
+        try:
+            remove_tree(root)
+        except OSError as exc:
+            problems.append(f"could not remove {root}: {exc}")
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = "the test session " + "; ".join(problems)

@@ -6,8 +6,14 @@ instance, calls the server's API, reads files, lists directories, writes to its 
 other processes' environments, and reports what it got. After each attack, ``alpha`` must not
 have run (its invocation records are counted) and nothing of ``ka`` may have reached ``kb``.
 
-The sandbox attacks need instances that run under their own uid (a root server whose
-interpreter and data dir other uids can reach); elsewhere they are skipped, saying why.
+A function's attacks meet the sandbox first (docs/sandbox.md): its own network namespace
+(network "none": the server's port is closed on its loopback), a mount namespace where the data
+dir is a tmpfs holding only its own code and scratch, and a /proc of its own processes. So on
+the module's server (``world``) they are asserted to fail for those reasons. The second line of
+defence (API keys; uids and file permissions) is what remains where the namespaces are
+unavailable, so the same attacks run again on a server started without them (``bare``). Each
+part is skipped, saying why, where what it tests is not active on this machine (the namespaces
+and instances under their own uids need a root server).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import httpx
 import pytest
 
 from faasbox.tenancy.names import within
-from tests.conftest import Server
+from tests.conftest import Server, open_tempdir, remove_tree
 from tests.tenants import (
     Clients,
     deploy,
@@ -37,6 +43,7 @@ from tests.tenants import (
 )
 
 A, B = "ka", "kb"
+BARE = "network namespace,mount namespace"  # FAASBOX_SANDBOX_DISABLE of the ``bare`` server
 ALPHA = {"main.py": """
     import os
     def handler(event, context):
@@ -60,6 +67,10 @@ PROBE = {"main.py": """
                 return resp.status
         except urllib.error.HTTPError as exc:
             return exc.code
+        except urllib.error.URLError as exc:  # no HTTP answer: why not
+            return f"error:{getattr(exc.reason, 'errno', exc.reason)}"
+        except OSError as exc:
+            return f"error:{exc.errno}"
 
     def read(path):
         try:
@@ -74,9 +85,11 @@ PROBE = {"main.py": """
 
     def listing(path):
         try:
-            return "listed:" + ",".join(sorted(os.listdir(path))[:5])
+            return "listed:" + ",".join(sorted(os.listdir(path))[:20])
         except PermissionError:
             return "denied"
+        except FileNotFoundError:
+            return "missing"
         except OSError as exc:
             return f"error:{exc.errno}"
 
@@ -103,7 +116,7 @@ PROBE = {"main.py": """
 
     def handler(event, context):
         event = event if isinstance(event, dict) else {}
-        out = {"uid": os.getuid(), "pid": os.getpid(),
+        out = {"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(),
                "env_with_keys": sorted(k for k, v in os.environ.items() if "fbx_" in v)}
         api = event.get("api")
         if api:
@@ -113,6 +126,7 @@ PROBE = {"main.py": """
         out["list"] = {p: listing(p) for p in event.get("list", [])}
         if event.get("write_own_code"):
             here = os.path.dirname(os.path.abspath(__file__))
+            out["code_mount_read_only"] = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
             out["write"] = {"main.py": write(__file__),
                             "new file": write(os.path.join(here, "planted.py"))}
         if event.get("scan"):
@@ -142,87 +156,186 @@ class World:
         return dict(resp.json())
 
 
-@pytest.fixture(scope="module")
-def world(server: Server) -> Iterator[World]:
+def _make_world(server: Server, pool: Clients) -> World:
     make_tenant(server, A)
     make_tenant(server, B)
-    pool = Clients()
     a_key, b_key = make_key(server, A, "developer"), make_key(server, B, "developer")
     a, b = pool(server, a_key), pool(server, b_key)
     secret = f"a-secret-{secrets.token_hex(8)}"
     deploy(server, a, "alpha", ALPHA, env={"SECRET": secret})
     deploy(server, b, "probe", PROBE, timeout_s=60)
-    yield World(server, a, b, a_key, b_key, secret)
+    return World(server, a, b, a_key, b_key, secret)
+
+
+@pytest.fixture(scope="module")
+def world(server: Server) -> Iterator[World]:
+    """The attacks on a server with every protection this machine has."""
+    pool = Clients()
+    yield _make_world(server, pool)
     pool.close()
 
 
-@pytest.fixture
-def sandboxed(server: Server) -> None:
-    if not server.feature("unprivileged uid"):
-        reason = next(f["detail"] for f in server.node()["sandbox"]
-                      if f["feature"] == "unprivileged uid")
-        pytest.skip(f"instances run under the server's own uid here ({reason}), so the"
-                    " file permissions of the data dir cannot keep them out")
+@pytest.fixture(scope="module")
+def bare() -> Iterator[World]:
+    """The same on a server without the network and mount namespaces (as where they are
+    unavailable, docs/sandbox.md): what the second line of defence (API keys, uids, file
+    permissions) has to stop on its own."""
+    root = open_tempdir()
+    srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "3",
+                                 "FAASBOX_SANDBOX_DISABLE": BARE}).start()
+    pool = Clients()
+    try:
+        assert not srv.feature("network namespace") and not srv.feature("mount namespace")
+        yield _make_world(srv, pool)
+    finally:
+        pool.close()
+        srv.stop()
+        remove_tree(root)
+
+
+def require(server: Server, *features: str) -> None:
+    """Skip unless each feature is active on ``server`` (saying why one is not)."""
+    rows = {f["feature"]: f for f in server.node()["sandbox"]}
+    off = [f"{name} ({rows[name]['detail']})" for name in features if not rows[name]["active"]]
+    if off:
+        pytest.skip("inactive here: " + "; ".join(off))
+
+
+def _api_paths() -> list[list[str]]:
+    return [["GET", "/v1/functions"], ["GET", "/v1/tenants"], ["GET", "/v1/whoami"],
+            ["POST", f"/v1/functions/alpha/invoke?tenant={A}"], ["GET", "/metrics"],
+            ["PUT", "/v1/functions/planted"], ["GET", f"/v1/audit?tenant={A}"]]
+
+
+def _secret_files(w: World) -> tuple[list[str], list[str]]:
+    """The server's files and dirs an attacker wants (files, dirs)."""
+    data = w.server.data
+    assert w.server.proc is not None
+    files = [str(data / "admin.key"), str(data / "faasbox.db"), str(data / "faasbox.db-wal"),
+             str(data / "server.lock"), f"/proc/{w.server.proc.pid}/environ"]
+    dirs = [str(data), str(data / "code"), str(data / "packages"), str(data / "scratch"),
+            str(data / "instances"), str(data / "tmp")]
+    return files, dirs
+
+
+def _alpha_instance(w: World) -> tuple[str, int]:
+    """A file with A's secret in the scratch dir of a live instance of alpha, and its pid."""
+    resp = w.a.post("/v1/functions/alpha/invoke", json={"scratch": w.secret})
+    assert resp.status_code == 200, resp.text
+    scratch, pid = resp.json()["path"], resp.json()["pid"]
+    listed = w.a.get("/v1/functions/alpha/instances").json()["instances"]
+    assert pid in [i["pid"] for i in listed]  # alive while B looks
+    return scratch, pid
 
 
 # -- a hostile function ---------------------------------------------------------------------
-def test_a_function_calling_the_api_without_a_key_is_refused(world: World) -> None:
+def test_a_function_cannot_reach_the_api_from_its_network_namespace(world: World) -> None:
+    """Network "none": the server's port on the instance's own loopback is closed."""
+    require(world.server, "network namespace")
     before = world.alpha_runs()
-    paths = [["GET", "/v1/functions"], ["GET", "/v1/tenants"], ["GET", "/v1/whoami"],
-             ["POST", f"/v1/functions/alpha/invoke?tenant={A}"], ["GET", "/metrics"],
-             ["PUT", "/v1/functions/planted"], ["GET", f"/v1/audit?tenant={A}"]]
+    paths = _api_paths()
     got = world.probe(api=world.server.url, paths=paths)
-    assert got["api"] == [401] * len(paths)
-    # nor with a real key id and a made-up secret
+    assert got["api"] == ["error:111"] * len(paths)  # ECONNREFUSED: no server there
     forged = f"fbx_{key_id(world.a_key)}_{'0' * 64}"
-    assert world.probe(api=world.server.url, paths=paths, key=forged)["api"] == [401] * len(
-        paths)
+    got = world.probe(api=world.server.url, paths=paths, key=forged)
+    assert got["api"] == ["error:111"] * len(paths)
     assert got["env_with_keys"] == []  # the instance was given no key
     assert world.alpha_runs() == before
 
 
-@pytest.mark.usefixtures("sandboxed")
-def test_a_sandboxed_function_cannot_read_the_servers_secrets(world: World) -> None:
-    data = world.server.data
-    assert world.server.proc is not None
-    admin_key = str(data / "admin.key")
-    files = [admin_key, str(data / "faasbox.db"), str(data / "faasbox.db-wal"),
-             str(data / "server.lock"), f"/proc/{world.server.proc.pid}/environ"]
-    dirs = [str(data), str(data / "code"), str(data / "packages"), str(data / "scratch"),
-            str(data / "instances"), str(data / "tmp")]
-    got = world.probe(api=world.server.url, read=files, list=dirs, steal=admin_key)
+def test_a_function_on_the_host_network_calling_the_api_without_a_key_is_refused(
+        bare: World) -> None:
+    """Where the server is reachable, the API still wants a key the instance does not have."""
+    before = bare.alpha_runs()
+    paths = _api_paths()
+    got = bare.probe(api=bare.server.url, paths=paths)
+    assert got["api"] == [401] * len(paths)
+    # nor with a real key id and a made-up secret
+    forged = f"fbx_{key_id(bare.a_key)}_{'0' * 64}"
+    assert bare.probe(api=bare.server.url, paths=paths, key=forged)["api"] == [401] * len(
+        paths)
+    assert got["env_with_keys"] == []  # the instance was given no key
+    assert bare.alpha_runs() == before
+
+
+def test_a_sandboxed_function_cannot_see_the_servers_secrets(world: World) -> None:
+    """The data dir is a tmpfs of the instance's own (its code and scratch only) and /proc
+    shows its own processes: the server's files are not there at all."""
+    require(world.server, "mount namespace", "private /proc")
+    files, dirs = _secret_files(world)
+    data, code, packages, scratch, instances, tmp = dirs
+    got = world.probe(api=world.server.url, read=files, list=dirs, steal=files[0])
     assert got["uid"] != 0
-    assert got["read"][admin_key] == "denied"
-    assert got["read"][str(data / "faasbox.db")] == "denied"
-    assert got["read"][str(data / "faasbox.db-wal")] in ("denied", "missing")
-    assert got["read"][str(data / "server.lock")] == "denied"
-    assert got["read"][f"/proc/{world.server.proc.pid}/environ"] == "denied"
+    assert got["read"] == dict.fromkeys(files, "missing")  # ENOENT, the admin key included
+    assert set(got["list"][data].removeprefix("listed:").split(",")) <= {
+        "code", "packages", "scratch", ".tmp", ".var-tmp", ".shm"}, got["list"][data]
+    assert len(got["list"][code].removeprefix("listed:").split(",")) == 1  # its own code
+    scratches = got["list"][scratch].removeprefix("listed:").split(",")
+    assert os.path.basename(got["cwd"]) in scratches  # its own scratch dir, no other function's
+    assert all(n.startswith(f"{B}.probe-") for n in scratches), scratches
+    assert got["list"][packages] == got["list"][instances] == got["list"][tmp] == "missing"
+    assert "with_stolen_key" not in got
+
+
+def test_without_a_mount_namespace_file_permissions_keep_the_servers_secrets(
+        bare: World) -> None:
+    """On the host's filesystem, under its own uid, the instance is denied every secret (and
+    on the host network it would use a key it read)."""
+    require(bare.server, "unprivileged uid")
+    files, dirs = _secret_files(bare)
+    admin_key, db, wal, lock, environ = files
+    got = bare.probe(api=bare.server.url, read=files, list=dirs, steal=admin_key)
+    assert got["uid"] != 0
+    assert got["read"][admin_key] == got["read"][db] == got["read"][lock] == "denied"
+    assert got["read"][wal] in ("denied", "missing")
+    assert got["read"][environ] == "denied"
     assert got["list"] == dict.fromkeys(dirs, "denied")
     assert "with_stolen_key" not in got
 
 
-@pytest.mark.usefixtures("sandboxed")
-def test_a_function_cannot_read_another_tenants_instance(world: World) -> None:
-    resp = world.a.post("/v1/functions/alpha/invoke", json={"scratch": world.secret})
-    assert resp.status_code == 200, resp.text
-    scratch, pid = resp.json()["path"], resp.json()["pid"]
-    listed = world.a.get("/v1/functions/alpha/instances").json()["instances"]
-    assert pid in [i["pid"] for i in listed]  # alive while B looks
+def test_a_function_cannot_see_another_tenants_instance(world: World) -> None:
+    """Another instance's scratch dir is in that instance's tmpfs, and its process is hidden
+    by the instance's own /proc (hidepid)."""
+    require(world.server, "mount namespace", "private /proc")
+    scratch, pid = _alpha_instance(world)
     got = world.probe(read=[scratch, f"/proc/{pid}/environ", f"/proc/{pid}/cmdline"],
                       list=[os.path.dirname(scratch)], scan=world.secret)
+    assert got["read"] == {scratch: "missing", f"/proc/{pid}/environ": "missing",
+                           f"/proc/{pid}/cmdline": "missing"}
+    assert got["list"][os.path.dirname(scratch)] == "missing"
+    assert got["scan"] == []  # no process whose env holds A's secret is even listed
+
+
+def test_without_a_mount_namespace_another_tenants_instance_is_unreadable(
+        bare: World) -> None:
+    """On the host's filesystem and /proc: the other instance's uid keeps B out."""
+    require(bare.server, "unprivileged uid")
+    scratch, pid = _alpha_instance(bare)
+    got = bare.probe(read=[scratch, f"/proc/{pid}/environ", f"/proc/{pid}/cmdline"],
+                     list=[os.path.dirname(scratch)], scan=bare.secret)
     assert got["read"][scratch] == "denied"
     assert got["read"][f"/proc/{pid}/environ"] == "denied"
-    assert world.secret not in got["read"][f"/proc/{pid}/cmdline"]
+    assert got["read"][f"/proc/{pid}/cmdline"].startswith("read:")  # there, visible ...
+    assert bare.secret not in got["read"][f"/proc/{pid}/cmdline"]  # ... and holds nothing
     assert got["list"][os.path.dirname(scratch)] == "denied"
     assert got["scan"] == []  # no process whose env holds A's secret is readable
 
 
-@pytest.mark.usefixtures("sandboxed")
 def test_a_function_cannot_change_its_code_which_same_code_deploys_share(
         world: World) -> None:
     """Code is stored by content: a tenant deploying the same files as another gets the
-    same directory. So no instance may write there."""
+    same directory. So no instance may write there: it is bound in read-only."""
+    require(world.server, "mount namespace")
     got = world.probe(write_own_code=True)
+    assert got["code_mount_read_only"] is True
+    assert got["write"] == {"main.py": "denied", "new file": "error:30"}  # EROFS
+
+
+def test_without_a_mount_namespace_file_permissions_keep_the_code_unchanged(
+        bare: World) -> None:
+    require(bare.server, "unprivileged uid")
+    got = bare.probe(write_own_code=True)
+    assert got["code_mount_read_only"] is False  # the host's filesystem
     assert got["write"] == {"main.py": "denied", "new file": "denied"}
 
 
@@ -386,6 +499,9 @@ def test_guessed_secrets_for_a_real_key_id_are_refused(world: World) -> None:
         f"fbx_{ident}", f"fbx_{ident}_", f"FBX_{ident}_{secret}", f"fbx_{ident.upper()}_{secret}",
         f"fbx_{key_id(world.b_key)}_{secret}",
     ]
+    # a key id (12 hex digits) or secret without letters has no upper-case variant: that
+    # "guess" would be the key itself (about 1 run in 280)
+    guesses = [guess for guess in guesses if guess != real]
     pool = Clients()
     try:
         for guess in guesses:

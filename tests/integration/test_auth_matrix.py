@@ -6,7 +6,8 @@ must cover each of them with the scope this test expects, so a route added witho
 who may call it fails here.
 
 Each route is called with eight keys against the resources of tenant ``A`` (a function, a task,
-a job, a trigger, an invocation and its trace; tenant ``B`` has the same of its own):
+a job, a trigger, an invocation and its trace, a topic, a workflow and a workflow definition;
+tenant ``B`` has the same of its own, under other names):
 
 - no key, a malformed key, a revoked key: 401 ``unauthenticated`` with ``WWW-Authenticate``;
 - a key whose scope is below the route's: 403 ``forbidden``;
@@ -17,12 +18,17 @@ a job, a trigger, an invocation and its trace; tenant ``B`` has the same of its 
 - A's invoke and developer keys, and the admin key (of the default tenant, with
   ``?tenant=A``): the route's success status.
 
-A refused delete must leave its victim in place; an allowed one gets a fresh victim next time.
+A route that destroys or changes something acts on a victim of A's (a function, a trigger, a
+topic, a subscription, a definition, a dead task, a queued task, a running workflow, the webhook
+secret, ...): a refused request, and tenant B's accepted one (which acts in B), must leave it
+as it was; one of A's accepted requests must have changed it, and gets a fresh victim next
+time.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,15 +50,22 @@ from tests.tenants import (
 
 A, B = "mx-a", "mx-b"
 FN_A, FN_B = "alpha-fn", "beta-fn"
+# A's other functions: one whose queue is paused (its tasks and workflows wait), one that fails
+PARKED, FAILING = "alpha-parked", "alpha-failing"
 ECHO = {"main.py": """
     def handler(event, context):
         return {"event": event}
+"""}
+FAIL = {"main.py": """
+    def handler(event, context):
+        raise RuntimeError("fails on purpose")
 """}
 KEYS = ("none", "malformed", "revoked", "other_tenant", "invoke", "invoke_other", "developer",
         "admin")
 KEY_SCOPE = {"invoke": "invoke", "invoke_other": "invoke", "developer": "developer",
              "other_tenant": "developer", "admin": "admin"}
 RANK = {"invoke": 0, "developer": 1, "admin": 2}
+TERMINAL = {"succeeded", "failed", "cancelled", "expired", "dead", "redriven"}
 HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 
 
@@ -60,7 +73,8 @@ HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 class World:
     server: Server
     keys: dict[str, str | None]
-    a: dict[str, str]  # A's ids: function, task, job, trigger, invocation, trace
+    # A's ids: function, task, job, invocation, trace, topic, workflow, definition
+    a: dict[str, str]
     b: dict[str, str]
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     victims: dict[str, str] = field(default_factory=dict)
@@ -80,33 +94,73 @@ class World:
 
     def _make(self, kind: str) -> str:
         http, name = self.server.http, self.fresh(f"victim-{kind}")
+        a = {"tenant": A}
         if kind == "function":
-            resp = http.put(f"/v1/functions/{name}", params={"tenant": A}, json={
+            resp = http.put(f"/v1/functions/{name}", params=a, json={
                 "handler": "main:handler", "check": False,
                 "code_zip": code_zip(self.server, name, ECHO)})
         elif kind == "trigger":
-            resp = http.put(f"/v1/functions/{FN_A}/triggers/{name}", params={"tenant": A},
+            resp = http.put(f"/v1/functions/{FN_A}/triggers/{name}", params=a,
                             json={"cron": "0 4 * * *"})
         elif kind == "tenant":
             resp = http.post("/v1/tenants", json={"name": f"mx-{name}"})
             name = f"mx-{name}"
-        else:  # key
+        elif kind == "key":
             resp = http.post(f"/v1/tenants/{A}/keys", json={"scope": "invoke"})
             name = resp.json().get("key_id", "")
-        assert resp.status_code in (200, 201), resp.text
+        elif kind in ("topic", "bare-topic", "subscription"):
+            resp = http.post("/v1/topics", params=a, json={"name": name})
+            if kind == "subscription":
+                assert resp.status_code == 201, resp.text
+                resp = http.post(f"/v1/topics/{name}/subscriptions", params=a,
+                                 json={"function": FN_A})
+        elif kind == "definition":
+            resp = http.put(f"/v1/workflow-definitions/{name}", params=a,
+                            json={"chain": [FN_A]})
+        elif kind in ("dead-task", "dead-letter"):  # to redrive, to purge
+            resp = http.post(f"/v1/functions/{FAILING}/tasks", params=a, json={})
+            name = resp.json().get("task_id", "")
+            assert _wait_task(self, name)["status"] == "dead"
+        elif kind == "queued-task":
+            resp = http.post(f"/v1/functions/{PARKED}/tasks", params=a, json={})
+            name = resp.json().get("task_id", "")
+        elif kind == "workflow":  # running: its one task waits in a paused queue
+            resp = http.post("/v1/workflows", params=a, json={"chain": [PARKED]})
+            name = resp.json().get("workflow_id", "")
+        else:  # the webhook secret
+            resp = http.get("/v1/webhook-secret", params=a)
+            name = resp.json().get("secret", "")
+        assert resp.status_code in (200, 201, 202), resp.text
         return name
 
-    def exists(self, kind: str) -> bool:
+    def untouched(self, kind: str) -> bool:
+        """Whether the victim is still as it was made."""
         http, name = self.server.http, self.victims[kind]
+        a = {"tenant": A}
         if kind == "function":
-            return http.get(f"/v1/functions/{name}", params={"tenant": A}).status_code == 200
+            return http.get(f"/v1/functions/{name}", params=a).status_code == 200
         if kind == "trigger":
             return http.get(f"/v1/functions/{FN_A}/triggers/{name}",
-                            params={"tenant": A}).status_code == 200
+                            params=a).status_code == 200
         if kind == "tenant":
             return http.get(f"/v1/tenants/{name}").status_code == 200
-        keys = http.get(f"/v1/tenants/{A}/keys").json()["keys"]
-        return any(k["key_id"] == name for k in keys)
+        if kind == "key":
+            keys = http.get(f"/v1/tenants/{A}/keys").json()["keys"]
+            return any(k["key_id"] == name for k in keys)
+        if kind in ("topic", "bare-topic", "subscription"):
+            resp = http.get(f"/v1/topics/{name}", params=a)
+            subscribers = [s["function"] for s in resp.json().get("subscriptions", [])]
+            return resp.status_code == 200 and subscribers == (
+                [FN_A] if kind == "subscription" else [])
+        if kind == "definition":
+            return http.get(f"/v1/workflow-definitions/{name}", params=a).status_code == 200
+        if kind in ("dead-task", "dead-letter", "queued-task"):
+            resp = http.get(f"/v1/tasks/{name}", params=a)
+            return resp.status_code == 200 and resp.json()["status"] == (
+                "queued" if kind == "queued-task" else "dead")
+        if kind == "workflow":
+            return http.get(f"/v1/workflows/{name}", params=a).json()["status"] == "running"
+        return bool(http.get("/v1/webhook-secret", params=a).json()["secret"] == name)
 
     def client(self, key: str) -> httpx.Client:
         if key not in self.clients:
@@ -120,8 +174,10 @@ class Case:
     to it (path and JSON body, None for none) against tenant A's resources.
 
     ``target``: ``open`` (no key needed), ``own`` (the caller's own tenant: lists, whoami,
-    creating something new), ``function`` (names A's function), ``resource`` (names one of A's
-    tasks, jobs, invocations or traces), ``platform`` (tenants, node, metrics)."""
+    creating something new, operations on tasks picked by a filter), ``function`` (names A's
+    function), ``resource`` (names one of A's tasks, jobs, invocations, traces, topics,
+    workflows or workflow definitions), ``platform`` (tenants, node, metrics).
+    ``victim``: the kind of A's thing the request destroys or changes (see World)."""
 
     scope: str
     target: str
@@ -234,6 +290,74 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}"): Case(
         "admin", "platform", 204, lambda w: (f"/v1/tenants/{A}/keys/{w.victim('key')}", None),
         victim="key"),
+    # delivery: a task's deliveries, the webhook secret
+    ("GET", "/v1/tasks/{task_id}/deliveries"): Case(
+        "developer", "resource", 200, lambda w: (f"/v1/tasks/{w.a['task']}/deliveries", None)),
+    ("GET", "/v1/webhook-secret"): Case(
+        "developer", "own", 200, lambda w: ("/v1/webhook-secret", None)),
+    ("POST", "/v1/webhook-secret:rotate"): Case(
+        "developer", "own", 200, lambda w: ("/v1/webhook-secret:rotate", None),
+        victim="secret"),
+    # task operations: by filter (the ids of A's tasks; B's filter finds none of them)
+    ("POST", "/v1/tasks:redrive"): Case(
+        "developer", "own", 200,
+        lambda w: ("/v1/tasks:redrive", {"ids": [w.victim("dead-task")]}), victim="dead-task"),
+    ("POST", "/v1/tasks:cancel"): Case(
+        "developer", "own", 200,
+        lambda w: ("/v1/tasks:cancel", {"ids": [w.victim("queued-task")]}),
+        victim="queued-task"),
+    ("POST", "/v1/tasks:purge"): Case(
+        "developer", "own", 200,
+        lambda w: ("/v1/tasks:purge", {"ids": [w.victim("dead-letter")]}),
+        victim="dead-letter"),
+    ("POST", "/v1/functions/{name}/queue:pause"): Case(
+        "developer", "function", 200, lambda w: (f"{FN}/queue:pause", None)),
+    ("POST", "/v1/functions/{name}/queue:resume"): Case(
+        "developer", "function", 200, lambda w: (f"{FN}/queue:resume", None)),
+    # topics
+    ("POST", "/v1/topics"): Case(
+        "developer", "own", 201, lambda w: ("/v1/topics", {"name": w.fresh("topic")})),
+    ("GET", "/v1/topics"): Case("developer", "own", 200, lambda w: ("/v1/topics", None)),
+    ("GET", "/v1/topics/{topic}"): Case(
+        "developer", "resource", 200, lambda w: (f"/v1/topics/{w.a['topic']}", None)),
+    ("DELETE", "/v1/topics/{topic}"): Case(
+        "developer", "resource", 204, lambda w: (f"/v1/topics/{w.victim('topic')}", None),
+        victim="topic"),
+    ("POST", "/v1/topics/{topic}/subscriptions"): Case(
+        "developer", "resource", 201,
+        lambda w: (f"/v1/topics/{w.victim('bare-topic')}/subscriptions", {"function": FN_A}),
+        victim="bare-topic"),
+    ("DELETE", "/v1/topics/{topic}/subscriptions/{function}"): Case(
+        "developer", "resource", 204,
+        lambda w: (f"/v1/topics/{w.victim('subscription')}/subscriptions/{FN_A}", None),
+        victim="subscription"),
+    ("POST", "/v1/topics/{topic}/publish"): Case(
+        "developer", "resource", 202,
+        lambda w: (f"/v1/topics/{w.a['topic']}/publish", {"message": {"x": 1}})),
+    # workflows (a run names A's function) and their definitions
+    ("POST", "/v1/workflows"): Case(
+        "developer", "function", 202,
+        lambda w: ("/v1/workflows", {"chain": [FN_A], "input": 1})),
+    ("GET", "/v1/workflows"): Case("developer", "own", 200, lambda w: ("/v1/workflows", None)),
+    ("GET", "/v1/workflows/{workflow_id}"): Case(
+        "developer", "resource", 200, lambda w: (f"/v1/workflows/{w.a['workflow']}", None)),
+    ("POST", "/v1/workflows/{workflow_id}/cancel"): Case(
+        "developer", "resource", 200,
+        lambda w: (f"/v1/workflows/{w.victim('workflow')}/cancel", None), victim="workflow"),
+    # a new definition in the caller's tenant (its steps name no function of A: B's would
+    # otherwise show A's function name in its own listing)
+    ("PUT", "/v1/workflow-definitions/{workflow}"): Case(
+        "developer", "own", 200,
+        lambda w: (f"/v1/workflow-definitions/{w.fresh('flow')}", {"chain": ["any-step"]})),
+    ("GET", "/v1/workflow-definitions"): Case(
+        "developer", "own", 200, lambda w: ("/v1/workflow-definitions", None)),
+    ("GET", "/v1/workflow-definitions/{workflow}"): Case(
+        "developer", "resource", 200,
+        lambda w: (f"/v1/workflow-definitions/{w.a['definition']}", None)),
+    ("DELETE", "/v1/workflow-definitions/{workflow}"): Case(
+        "developer", "resource", 204,
+        lambda w: (f"/v1/workflow-definitions/{w.victim('definition')}", None),
+        victim="definition"),
 }
 
 
@@ -253,8 +377,19 @@ def expected(case: Case, key: str) -> int:
     return case.ok
 
 
-def _populate(server: Server, dev: str, fn: str) -> dict[str, str]:
-    """A function with an invocation (and its trace), a finished task and job, a trigger."""
+def _wait_task(w: World, task_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        resp = w.server.http.get(f"/v1/tasks/{task_id}", params={"tenant": A, "wait": 5})
+        assert resp.status_code == 200, resp.text
+        if resp.json()["status"] in TERMINAL:
+            return dict(resp.json())
+        assert time.monotonic() < deadline, resp.text
+
+
+def _populate(server: Server, dev: str, fn: str, prefix: str) -> dict[str, str]:
+    """A function with an invocation (and its trace), a finished task, job and workflow, a
+    trigger, a topic it subscribes to and a workflow definition."""
     client = server.client(dev)
     deploy(server, client, fn, ECHO)
     inv = client.post(f"/v1/functions/{fn}/invoke", json={"hello": fn})
@@ -265,11 +400,23 @@ def _populate(server: Server, dev: str, fn: str) -> dict[str, str]:
     assert job.status_code == 202, job.text
     trigger = client.put(f"/v1/functions/{fn}/triggers/nightly", json={"cron": "0 3 * * *"})
     assert trigger.status_code in (200, 201), trigger.text
+    topic, definition = f"{prefix}-topic", f"{prefix}-flow"
+    made = client.post("/v1/topics", json={"name": topic})
+    assert made.status_code == 201, made.text
+    made = client.post(f"/v1/topics/{topic}/subscriptions", json={"function": fn})
+    assert made.status_code == 201, made.text
+    made = client.put(f"/v1/workflow-definitions/{definition}", json={"chain": [fn]})
+    assert made.status_code == 200, made.text
+    workflow = client.post("/v1/workflows", json={"name": definition, "input": 1})
+    assert workflow.status_code == 202, workflow.text
     ids = {"function": fn, "invocation": inv.headers["x-faasbox-request-id"],
            "trace": inv.headers["x-faasbox-trace-id"], "task": task.json()["task_id"],
-           "job": job.json()["job_id"]}
+           "job": job.json()["job_id"], "topic": topic, "definition": definition,
+           "workflow": workflow.json()["workflow_id"]}
     wait_task(client, ids["task"])
     wait_job(client, ids["job"])
+    server.wait_for(lambda: client.get(f"/v1/workflows/{ids['workflow']}").json()[
+        "status"] == "succeeded", timeout=60, what="the workflow")
     client.close()
     return ids
 
@@ -291,8 +438,14 @@ def world(server: Server) -> Iterator[World]:
         "admin": server.admin_key,
     }
     assert keys["developer"] and keys["other_tenant"]
-    w = World(server, keys, _populate(server, keys["developer"], FN_A),
-              _populate(server, keys["other_tenant"], FN_B))
+    w = World(server, keys, _populate(server, keys["developer"], FN_A, "alpha"),
+              _populate(server, keys["other_tenant"], FN_B, "beta"))
+    dev = w.client("developer")
+    deploy(server, dev, PARKED, ECHO)
+    assert dev.post(f"/v1/functions/{PARKED}/queue:pause").status_code == 200
+    deploy(server, dev, FAILING, FAIL)
+    resp = dev.put(f"/v1/functions/{FAILING}/task-policy", json={"max_attempts": 1})
+    assert resp.status_code == 200, resp.text
     yield w
     for client in w.clients.values():
         client.close()
@@ -312,7 +465,9 @@ def test_the_matrix_covers_every_route_of_the_live_server(server: Server) -> Non
 
 def _markers(w: World) -> list[str]:
     """Strings that only A's things contain: none may reach tenant B."""
-    return [FN_A, *(v for k, v in w.a.items() if k != "function"), "victim-"]
+    secret = w.server.http.get("/v1/webhook-secret", params={"tenant": A}).json()["secret"]
+    return [FN_A, PARKED, FAILING, *(v for k, v in w.a.items() if k != "function"),
+            "victim-", *w.victims.values(), secret]
 
 
 def _problems(w: World, key: str, case: Case, resp: httpx.Response) -> list[str]:
@@ -342,6 +497,8 @@ def test_each_key_gets_exactly_its_answer(world: World, route: tuple[str, str]) 
     got: dict[str, int] = {}
     problems: list[str] = []
     for key in KEYS:
+        if case.victim is not None:
+            world.victim(case.victim)  # made before the request, which may not name it
         path, body = case.request(world)
         params = {"tenant": A} if key == "admin" else None
         resp = world.client(key).request(method, path, params=params,
@@ -352,10 +509,14 @@ def test_each_key_gets_exactly_its_answer(world: World, route: tuple[str, str]) 
         else:
             problems += _problems(world, key, case, resp)
         if case.victim is not None:
-            if resp.status_code < 300:
-                world.consume(case.victim)
-            elif not world.exists(case.victim):
-                problems.append(f"{key}: refused with {resp.status_code}, yet the"
-                                f" {case.victim} is gone")
+            if resp.status_code < 300 and key != "other_tenant":
+                if world.untouched(case.victim):
+                    problems.append(f"{key}: answered {resp.status_code}, yet A's"
+                                    f" {case.victim} is as it was")
+                world.consume(case.victim)  # A's own request did it: a fresh one next
+            elif not world.untouched(case.victim):  # refused, or done in B: A's stays
+                problems.append(f"{key}: answered {resp.status_code}, yet A's"
+                                f" {case.victim} was changed")
+                world.consume(case.victim)  # so that the next key's answer is its own
     assert got == {key: expected(case, key) for key in KEYS}, problems
     assert not problems, problems

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, gate_dir
 
 SLEEPER = {"main.py": """
     import os, time
@@ -19,10 +19,13 @@ SLEEPER = {"main.py": """
         time.sleep((event or {}).get("sleep", 0))
         return os.getpid()
 """}
-# holds its instance until the file ``event["gate"]`` exists (at most 100 s)
+# holds its instance until the file ``event["gate"]`` exists (at most 100 s); the gate's dir
+# (a gate_dir()) must be visible inside the instance
 GATED = {"main.py": """
     import os, time
     def handler(event, context):
+        if not os.path.isdir(os.path.dirname(event["gate"])):
+            raise RuntimeError("the gate dir is not visible in the instance")
         deadline = time.monotonic() + 100
         while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -52,7 +55,7 @@ def test_burst_starts_instances_in_parallel(make_server: Any) -> None:
     server: Server = make_server(env={"FAASBOX_ACQUIRE_TIMEOUT_S": "60"})
     version = server.deploy("l-burst", GATED, max_instances=6, timeout_s=120).json()[
         "latest_version"]
-    gate = server.data.parent / f"gate-{uuid.uuid4().hex}"
+    gate = gate_dir() / f"gate-{uuid.uuid4().hex}"
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         calls = [pool.submit(server.invoke, "l-burst", {"gate": str(gate)}) for _ in range(6)]
         try:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, open_tempdir
+from tests.conftest import Server, gate_dir, open_tempdir
 
 BURST = 50
 SLEEPY = {"main.py": """
@@ -22,6 +22,8 @@ SLEEPY = {"main.py": """
     def handler(event, context):
         event = event or {}
         if "gate" in event:  # hold the instance until the file exists (at most 100 s)
+            if not os.path.isdir(os.path.dirname(event["gate"])):
+                raise RuntimeError("the gate dir is not visible in the instance")
             deadline = time.monotonic() + 100
             while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -66,7 +68,7 @@ def test_burst_scales_out_in_parallel_and_back_to_zero_after_grace(
     name = f"s-burst-{uuid.uuid4().hex[:8]}"  # its own name each run: the rates are its own
     version = server.deploy(name, SLEEPY, max_instances=BURST, memory_mb=128,
                             idle_ttl_s=60, timeout_s=120).json()["latest_version"]
-    gate = server.data.parent / f"gate-{uuid.uuid4().hex}"
+    gate = gate_dir() / f"gate-{uuid.uuid4().hex}"
     start = threading.Barrier(BURST)
 
     def call(_: int) -> httpx.Response:

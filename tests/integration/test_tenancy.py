@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port, open_tempdir
+from tests.conftest import Server, free_port, gate_dir, open_tempdir
 from tests.tenants import (
     Clients,
     deploy,
@@ -48,6 +48,8 @@ ECHO = {"main.py": """
 BLOCK = {"main.py": """
     import os, time
     def handler(event, context):
+        if not os.path.isdir(os.path.dirname(event["release"])):
+            raise RuntimeError("the gate dir is not visible in the instance")
         deadline = time.monotonic() + 60
         while not os.path.exists(event["release"]) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -287,7 +289,7 @@ def test_tenant_concurrency_limit(server: Server, clients: Clients) -> None:
     dev = clients(server, make_key(server, "tl-conc", "developer"))
     deploy(server, dev, "block", BLOCK)
     deploy(server, dev, "other", ECHO)
-    release = open_tempdir() / "release"
+    release = gate_dir() / "release"
     results: list[httpx.Response] = []
     background = clients(server, dev.headers["authorization"].split()[1])
     first = threading.Thread(target=lambda: results.append(background.post(
