@@ -5,7 +5,10 @@ before the cron fires of the group's functions)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -394,3 +397,45 @@ def test_cron_fires_of_its_functions_prewarm_the_group(server: Server) -> None:
     server.http.delete("/v1/functions/nightly-fn/triggers/five")
     server.http.delete("/v1/functions/nightly-fn")
     server.http.delete("/v1/service-groups/nightly")
+
+
+# -- the CLI and stack files ------------------------------------------------------------------
+def cli(srv: Server, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "faasbox", *args], capture_output=True,
+                          text=True, env={**os.environ, **srv.cli_env(), "COLUMNS": "200"},
+                          timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert (proc.returncode == 0) == ok, (proc.stdout, proc.stderr)
+    return proc
+
+
+def test_the_cli_and_stack_files(server: Server) -> None:
+    made = cli(server, "group", "create", "cli-batch", "--memory", "512", "--cpus", "1",
+               "--max", "3", "--window", "0 2 * * *,3600,2", "--timezone", "Europe/Berlin")
+    assert "created service group cli-batch" in made.stdout and "isolation:" in made.stdout
+    view = json.loads(cli(server, "group", "show", "cli-batch", "--json").stdout)
+    assert view["schedule"] == [{"cron": "0 2 * * *", "duration_s": 3600.0, "instances": 2,
+                                 "timezone": "Europe/Berlin"}]
+    folder = server.folder("cli-fn", ECHO)
+    cli(server, "deploy", str(folder), "--service-group", "cli-batch")
+    assert show(server, "cli-batch")["functions"] == ["cli-fn"]
+    listed = cli(server, "group", "ls").stdout
+    assert "cli-batch" in listed and "512" in listed
+    shown = cli(server, "group", "show", "cli-batch").stdout
+    assert "cli-fn" in shown and "0 2 * * *" in shown
+    refused = cli(server, "group", "rm", "cli-batch", ok=False)
+    assert "error: service group 'cli-batch' is used by functions: cli-fn" in refused.stderr
+    cli(server, "group", "update", "cli-batch", "--cpus", "0", "--no-windows", "--max", "2")
+    view = show(server, "cli-batch")
+    assert (view["cpus"], view["schedule"], view["max_instances"]) == (None, [], 2)
+    # a stack file names the group as any spec field
+    stack = folder.parent / "stack.yaml"
+    stack.write_text(f"functions:\n  cli-fn:\n    path: {folder}\n    handler: main:handler\n"
+                     "    service_group: cli-batch\n    memory: 256\n")
+    cli(server, "deploy", "-f", str(stack))
+    fn = server.http.get("/v1/functions/cli-fn").json()
+    assert fn["spec"]["service_group"] == "cli-batch" and fn["spec"]["memory_mb"] == 256
+    cli(server, "deploy", str(folder), "--service-group", "")
+    assert show(server, "cli-batch")["functions"] == []
+    assert "deleted service group cli-batch" in cli(server, "group", "rm", "cli-batch").stdout
+    server.http.delete("/v1/functions/cli-fn")
