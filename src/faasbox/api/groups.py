@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from faasbox.api.auth import ScopedRoute, principal_of, tenant_of
+from faasbox.api.responses import V1, error_responses
 from faasbox.platform import Platform
 from faasbox.tenancy.groups import ServiceGroupPatch, ServiceGroupSpec
 
 router = APIRouter(prefix="/v1/service-groups", tags=["service groups"],
-                   route_class=ScopedRoute)
+                   route_class=ScopedRoute, responses=error_responses(*V1))
 
 
 def _platform(request: Request) -> Platform:
@@ -21,7 +22,8 @@ def _platform(request: Request) -> Platform:
 
 
 @router.post("", status_code=201, summary="Create a service group: its memory is carved out"
-             " of the node (admin; ?tenant= names the owner)")
+             " of the node (admin; ?tenant= names the owner)",
+             responses=error_responses(404, 409, 422))
 async def create_group(spec: ServiceGroupSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.groups.create(tenant_of(request), spec, principal_of(request))
@@ -34,14 +36,16 @@ async def list_groups(request: Request) -> dict[str, Any]:
     return {"service_groups": [p.groups.view(r) for r in p.groups.of_tenant(tenant_of(request))]}
 
 
-@router.get("/{group}", summary="A service group: usage, warm floor, upcoming fires, isolation")
+@router.get("/{group}", summary="A service group: usage, warm floor, upcoming fires, isolation",
+            responses=error_responses(404, 422))
 async def get_group(group: str, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = p.groups.get(tenant_of(request), group)
     return await p.groups.describe(row, admin=principal_of(request).scope == "admin")
 
 
-@router.patch("/{group}", summary="Change a service group (admin)")
+@router.patch("/{group}", summary="Change a service group (admin)",
+              responses=error_responses(404, 409, 422))
 async def patch_group(group: str, patch: ServiceGroupPatch, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.groups.update(tenant_of(request), group, patch, principal_of(request))
@@ -49,7 +53,8 @@ async def patch_group(group: str, patch: ServiceGroupPatch, request: Request) ->
 
 
 @router.delete("/{group}", status_code=204,
-               summary="Delete a service group no function uses (admin); its memory goes back")
+               summary="Delete a service group no function uses (admin); its memory goes back",
+               responses=error_responses(404, 409, 422))
 async def delete_group(group: str, request: Request) -> Response:
     p = _platform(request)
     await p.groups.delete(tenant_of(request), group, principal_of(request))
