@@ -190,9 +190,9 @@ class InstancePools:
         group's idle instances when ``evict``: those above their function's floor first; then
         with ``preempt``, one of the group's that runs only interruptible tasks)."""
         group = self.group_of(row)
-        if group is None:
-            log.warning("%s cannot start: its service group %r does not exist",
-                        row.function, row.spec.service_group)
+        if group is None:  # callers hear it from the scheduler (Unavailable)
+            log.debug("%s cannot start: its service group %r does not exist",
+                      row.function, row.spec.service_group)
             return None
         room = group.room
         while True:
@@ -262,6 +262,8 @@ class InstancePools:
         """Carve the group's memory out of the node, evicting idle instances outside groups
         that are in the way: 422 when the node could never hold it, 409 when busy instances
         hold the memory now."""
+        if key in self.groups:
+            raise errors.Conflict(f"service group {spec.name!r} already exists")
         if spec.memory_mb > self.resources.carvable_mb():
             raise errors.LimitExceeded(
                 "node_memory_exceeded", f"memory_mb {spec.memory_mb} is more than the node"
