@@ -207,12 +207,15 @@ def test_groups_belong_to_a_tenant(server: Server) -> None:
 def test_groups_survive_a_restart(make_server: Any) -> None:
     data = open_tempdir() / "data"
     srv = make_server(env={"FAASBOX_NODE_MEMORY_MB": "1024"}, data=data)
-    group(srv, "kept", memory_mb=384, cpus=0.5, max_instances=2)
+    dirs = group(srv, "kept", memory_mb=384, cpus=0.5, max_instances=2)["cgroup"] or {}
     srv.deploy("kept-fn", ECHO, service_group="kept")
+    assert srv.invoke("kept-fn", 1).status_code == 200
     srv.stop()
+    assert not any(Path(d).exists() for d in dirs.values())  # a stopped server leaves none
     again = make_server(env={"FAASBOX_NODE_MEMORY_MB": "1024"}, data=data)
     view = show(again, "kept")
     assert view["memory_mb"] == 384 and view["functions"] == ["kept-fn"]
+    assert view["cgroup"] == (dirs or None) and all(Path(d).is_dir() for d in dirs.values())
     assert again.http.get("/v1/status").json()["nodes"][0]["service_groups_mb"] == 384
     assert again.invoke("kept-fn", 1).status_code == 200
 

@@ -302,14 +302,17 @@ class InstancePools:
             self.retire(self.pools[victim.function], victim)
         group.spec = spec
 
-    def remove_group(self, key: str) -> None:
-        """Stop the group's instances (versions that left it) and give its memory back."""
+    def remove_group(self, key: str) -> list[Instance]:
+        """Stop the group's instances (versions that left it) and give its memory back; the
+        instances being stopped."""
         group = self.groups.pop(key, None)
         if group is None:
-            return
-        for inst in self._in(group.room):
+            return []
+        stopping = self._in(group.room)
+        for inst in stopping:
             self.retire(self.pools[inst.function], inst)
         self.resources.uncarve(group.room)
+        return stopping
 
     def group_usage(self, key: str) -> dict[str, Any]:
         group = self.groups.get(key)

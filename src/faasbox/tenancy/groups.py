@@ -15,6 +15,8 @@ cgroup in :mod:`faasbox.node.environment`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from faasbox.scheduler.instances import InstancePools
 
 log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 10.0  # a deleted group's cgroup goes once its instances are stopped
 
 
 @lru_cache(maxsize=256)
@@ -296,9 +300,19 @@ class ServiceGroups:
         self.groups.pop(row.key, None)
         self.isolation.pop(row.key, None)
         self.problems.pop(row.key, None)
-        self.instances.remove_group(row.key)  # older versions' instances stop now
+        stopping = self.instances.remove_group(row.key)  # older versions' instances
+        with contextlib.suppress(TimeoutError):  # they are killed: this is quick
+            async with asyncio.timeout(STOP_WAIT_S):
+                while any(inst.state != "stopped" for inst in stopping):
+                    await asyncio.sleep(0.05)
         self.node.env.remove_group(tenant, name)
         self.tenancy.audit(tenant, by.key_id if by else None, "service_group.delete", name, {})
+
+    def close(self) -> None:
+        """Remove the groups' cgroups (at server stop, once every instance is stopped; the
+        next start makes them again)."""
+        for row in self.groups.values():
+            self.node.env.remove_group(row.tenant, row.name)
 
     async def delete_tenant(self, tenant: str, by: Principal | None) -> None:
         """Delete every group of a tenant that is being deleted (it has no functions)."""
