@@ -23,7 +23,7 @@ def _platform(request: Request) -> Platform:
 
 @router.post("", status_code=201, summary="Create a service group: its memory is carved out"
              " of the node (admin; ?tenant= names the owner)",
-             responses=error_responses(404, 409, 422))
+             responses=error_responses(400, 404, 409, 422))
 async def create_group(spec: ServiceGroupSpec, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.groups.create(tenant_of(request), spec, principal_of(request))
@@ -45,7 +45,7 @@ async def get_group(group: str, request: Request) -> dict[str, Any]:
 
 
 @router.patch("/{group}", summary="Change a service group (admin)",
-              responses=error_responses(404, 409, 422))
+              responses=error_responses(400, 404, 409, 422))
 async def patch_group(group: str, patch: ServiceGroupPatch, request: Request) -> dict[str, Any]:
     p = _platform(request)
     row = await p.groups.update(tenant_of(request), group, patch, principal_of(request))
