@@ -307,7 +307,7 @@ class Platform:
         await self.dispatcher.close()
         await self.scaling.close()
         await self.instances.close()
-        self.groups.close()  # the groups' cgroups, now that their instances are gone
+        await self.groups.close()  # the groups' cgroups, now their instances are gone
         await self.events.drain()
         await self.meter.close()
         await self.node.close()

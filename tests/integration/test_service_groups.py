@@ -22,14 +22,16 @@ ECHO = {"main.py": """
     def handler(event, context):
         return {"event": event}
 """}
-# a call holds its instance until the test creates the file it names
+# a call holds its instance until the file ``event["gate"]`` exists in the function's code
+# folder (bound into a sandboxed instance as it is on the host: the instance sees it appear)
 GATE = {"main.py": """
     import os, time
     def handler(event, context):
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), event["gate"])
         deadline = time.time() + 60
-        while not os.path.exists(event["gate"]) and time.time() < deadline:
+        while not os.path.exists(path) and time.time() < deadline:
             time.sleep(0.02)
-        return {"opened": os.path.exists(event["gate"])}
+        return {"opened": os.path.exists(path)}
 """}
 
 
@@ -59,13 +61,21 @@ class Gate:
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv
-        self.path = open_tempdir() / "gate"
+        self.folder: Path | None = None
+        self.opened = 0
         self.pool = ThreadPoolExecutor(16)
         self.calls: list[Future[httpx.Response]] = []
-        self.opened: list[Path] = []
+
+    def at(self, deployed: httpx.Response) -> None:
+        """The gate is in the code folder of this deploy (every gated function's)."""
+        self.folder = self.srv.data / "code" / deployed.json()["code_sha256"]
+
+    @property
+    def event(self) -> dict[str, str]:
+        return {"gate": f"gate{self.opened}"}
 
     def call(self, function: str) -> Future[httpx.Response]:
-        fut = self.pool.submit(self.srv.invoke, function, {"gate": str(self.path)})
+        fut = self.pool.submit(self.srv.invoke, function, self.event)
         self.calls.append(fut)
         return fut
 
@@ -77,18 +87,21 @@ class Gate:
         self.srv.wait_for(lambda: busy(self.srv, function) == before + n, timeout=30,
                           what=f"{before + n} busy instances of {function}")
 
+    def _touch(self) -> None:
+        assert self.folder is not None
+        (self.folder / self.event["gate"]).write_text("")
+
     def open(self) -> list[httpx.Response]:
         """Let every held call end; later calls are held by a new gate."""
-        self.path.write_text("")
+        self._touch()
         done = [f.result(timeout=60) for f in self.calls]
         self.calls.clear()
-        self.path = self.path.with_name(f"gate{len(self.opened)}")
-        self.opened.append(self.path)
+        self.opened += 1
         return done
 
     def close(self) -> None:
-        if not self.path.exists():
-            self.path.write_text("")
+        if self.folder is not None:
+            self._touch()
         self.pool.shutdown(wait=True)
 
 
@@ -228,14 +241,14 @@ def test_nothing_outside_the_group_uses_its_memory(make_server: Any) -> None:
     gate = Gate(srv)
     try:
         group(srv, "reserved", memory_mb=512, max_instances=4)
-        srv.deploy("outside", GATE, memory_mb=256, max_instances=10)
+        gate.at(srv.deploy("outside", GATE, memory_mb=256, max_instances=10))
         srv.deploy("inside", GATE, memory_mb=256, service_group="reserved")
         # the node's 512 MB outside the group are held...
         gate.hold("outside", 2)
         node = srv.http.get("/v1/status").json()["nodes"][0]
         assert node["reserved_mb"] == 1024 and node["service_groups_mb"] == 512
         # ...so one more instance outside is refused, though the group's 512 MB are free
-        resp = srv.invoke("outside", {"gate": str(gate.path)})
+        resp = srv.invoke("outside", gate.event)
         assert resp.status_code == 429, resp.text
         assert show(srv, "reserved")["usage"]["memory_mb"] == 0
         # while the group's functions still start in the group's memory
@@ -252,12 +265,13 @@ def test_group_functions_stay_within_the_group(make_server: Any) -> None:
     gate = Gate(srv)
     try:
         group(srv, "small", memory_mb=512, max_instances=3)
-        srv.deploy("many", GATE, memory_mb=128, max_instances=10, service_group="small")
+        gate.at(srv.deploy("many", GATE, memory_mb=128, max_instances=10,
+                           service_group="small"))
         srv.deploy("wide", GATE, memory_mb=384, max_instances=10, service_group="small")
         # max_instances: 3 instances of the group, though 128 MB are left and the node
         # has 3.5 GB free
         gate.hold("many", 3)
-        resp = srv.invoke("many", {"gate": str(gate.path)})
+        resp = srv.invoke("many", gate.event)
         assert resp.status_code == 429, resp.text
         assert show(srv, "small")["usage"]["instances"] == 3
         gate.open()
@@ -267,7 +281,7 @@ def test_group_functions_stay_within_the_group(make_server: Any) -> None:
         gate.hold("many", 1)
         assert show(srv, "small")["usage"]["memory_mb"] == 512
         for fn in ("wide", "many"):
-            resp = srv.invoke(fn, {"gate": str(gate.path)})
+            resp = srv.invoke(fn, gate.event)
             assert resp.status_code == 429, (fn, resp.text)
         node = srv.http.get("/v1/status").json()["nodes"][0]
         assert node["reserved_mb"] == 512  # nothing of it outside the group
@@ -323,10 +337,10 @@ def test_without_writable_cgroups_groups_are_pools_only(make_server: Any) -> Non
         assert view["isolation"] == ("none (cgroups not writable: sandbox disabled"
                                      " (FAASBOX_SANDBOX=off))")
         assert view["cgroup"] is None
-        srv.deploy("plain-fn", GATE, service_group="plain", max_instances=5)
+        gate.at(srv.deploy("plain-fn", GATE, service_group="plain", max_instances=5))
         gate.hold("plain-fn", 1)
         # still a pool: max_instances 1 of the group holds
-        assert srv.invoke("plain-fn", {"gate": str(gate.path)}).status_code == 429
+        assert srv.invoke("plain-fn", gate.event).status_code == 429
         assert [r.status_code for r in gate.open()] == [200]
     finally:
         gate.close()

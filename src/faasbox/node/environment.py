@@ -217,17 +217,15 @@ class InstanceEnvironment:
             parts.append(f"cpu not limited ({why})")
         return f"cgroup v{self.features.cgroup_version}: " + ", ".join(parts)
 
-    def remove_group(self, tenant: str, group: str) -> None:
-        """Remove a deleted service group's cgroup (and what is left below it)."""
+    async def remove_group(self, tenant: str, group: str) -> None:
+        """Remove a service group's cgroup, and what is left below it (killed)."""
         cg = self.group_cgroup(tenant, group)
         if cg is None:
             return
         name = group_cgroup_name(tenant, group)
         for child in cg.children():
-            stale = self.cgroup(f"{name}/{child}")
-            stale.kill_all()
-            stale.remove()
-        cg.remove()
+            await self.cgroup(f"{name}/{child}").destroy()
+        await cg.destroy()
 
     def prepare(self, inst: Instance) -> None:
         """Make the instance's scratch dir (owned by its uid) and cgroup."""

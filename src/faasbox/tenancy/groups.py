@@ -305,14 +305,14 @@ class ServiceGroups:
             async with asyncio.timeout(STOP_WAIT_S):
                 while any(inst.state != "stopped" for inst in stopping):
                     await asyncio.sleep(0.05)
-        self.node.env.remove_group(tenant, name)
+        await self.node.env.remove_group(tenant, name)
         self.tenancy.audit(tenant, by.key_id if by else None, "service_group.delete", name, {})
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Remove the groups' cgroups (at server stop, once every instance is stopped; the
         next start makes them again)."""
-        for row in self.groups.values():
-            self.node.env.remove_group(row.tenant, row.name)
+        for row in list(self.groups.values()):
+            await self.node.env.remove_group(row.tenant, row.name)
 
     async def delete_tenant(self, tenant: str, by: Principal | None) -> None:
         """Delete every group of a tenant that is being deleted (it has no functions)."""
