@@ -19,7 +19,8 @@ HTTP status and a stable error ``code``; the CLI prints the message.
     │   ├── TaskNotFound              404 task_not_found
     │   ├── JobNotFound               404 job_not_found
     │   ├── TriggerNotFound           404 trigger_not_found
-    │   └── TraceNotFound             404 trace_not_found
+    │   ├── TraceNotFound             404 trace_not_found
+    │   └── ServiceGroupNotFound      404 service_group_not_found
     ├── Conflict                      409 conflict
     ├── PayloadTooLarge               413 payload_too_large
     ├── InvalidSpec                   422 invalid_spec
@@ -121,6 +122,10 @@ class TriggerNotFound(NotFound):
 
 class TraceNotFound(NotFound):
     code = "trace_not_found"
+
+
+class ServiceGroupNotFound(NotFound):
+    code = "service_group_not_found"
 
 
 class Conflict(FaasboxError):

@@ -57,6 +57,7 @@ from faasbox.store.sqlite_queue import SqliteTaskQueue
 from faasbox.store.sqlite_tenancy import SqliteTenancyStore
 from faasbox.store.sqlite_triggers import SqliteTriggerStore
 from faasbox.tenancy.admission import Admission
+from faasbox.tenancy.groups import ServiceGroups
 from faasbox.tenancy.model import EffectiveLimits, Principal
 from faasbox.tenancy.names import DEFAULT_TENANT, qualify, tenant_of
 from faasbox.tenancy.service import Tenancy
@@ -102,6 +103,8 @@ class Platform:
             self.registry, self.node, self.resources, self.clock, **scaling_options(settings),
             tenant_memory_mb=lambda tenant: self.tenancy.limits(tenant).max_memory_mb,
             events=self.events)
+        self.groups = ServiceGroups(self.tenancy.store, self.tenancy, self.registry,
+                                    self.instances, self.node, self.clock)
         self.scheduler = Scheduler(self.instances, self.events, self.clock,
                                    acquire_timeout_s=settings.acquire_timeout_s)
         self.metrics = Metrics(self.instances.states)
@@ -225,6 +228,7 @@ class Platform:
                     "max_functions_exceeded", f"tenant {tenant!r} has {count} functions, its"
                     f" max_functions")
         self.admission.check_reservation(function, spec)
+        self.groups.check_function(function, spec)
 
     def admit_tasks(self, tenant: str, n: int) -> None:
         """Submitting ``n`` tasks: within the tenant's rate and queue, or 429."""
@@ -245,6 +249,7 @@ class Platform:
         # tenant given the name must not inherit it (the audit log keeps what happened)
         await self.store.purge_tenant(tenant)
         await self.meter.usage.purge_tenant(tenant)
+        await self.groups.delete_tenant(tenant, by)  # no function uses them
 
     async def _resync_loop(self) -> None:
         """Recount unfinished tasks per tenant now and then: tasks that end outside the
@@ -268,6 +273,7 @@ class Platform:
             self._lock_data_dir()
         await self.store.open()
         await self.tenancy.load()
+        await self.groups.load()
         if not self.settings.insecure_no_auth:
             path = await self.tenancy.bootstrap(self.settings.data)
             log.info("the admin key of the default tenant is in %s", path)
@@ -301,6 +307,7 @@ class Platform:
         await self.dispatcher.close()
         await self.scaling.close()
         await self.instances.close()
+        await self.groups.close()  # the groups' cgroups, now their instances are gone
         await self.events.drain()
         await self.meter.close()
         await self.node.close()

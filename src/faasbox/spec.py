@@ -59,6 +59,9 @@ class FunctionSpec(BaseModel):
     on_success: str | None = Field(
         None, description="a function started (as an async task) with this one's result as"
         " its event after each success: a chain")
+    service_group: str | None = Field(
+        None, description="a service group of the tenant: the function's instances run only"
+        " in its dedicated capacity")
 
     @field_validator("handler")
     @classmethod
@@ -97,6 +100,13 @@ class FunctionSpec(BaseModel):
     def _next(cls, v: str | None) -> str | None:
         if v is not None and not NAME_RE.match(v):
             raise ValueError(f"on_success {v!r} is not a function name")
+        return v
+
+    @field_validator("service_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"service_group {v!r} is not a service group name")
         return v
 
     @model_validator(mode="after")

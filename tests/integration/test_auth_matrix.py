@@ -105,6 +105,9 @@ class World:
         elif kind == "tenant":
             resp = http.post("/v1/tenants", json={"name": f"mx-{name}"})
             name = f"mx-{name}"
+        elif kind == "group":
+            resp = http.post("/v1/service-groups", params=a,
+                             json={"name": name, "memory_mb": 128})
         elif kind == "key":
             resp = http.post(f"/v1/tenants/{A}/keys", json={"scope": "invoke"})
             name = resp.json().get("key_id", "")
@@ -144,6 +147,8 @@ class World:
                             params=a).status_code == 200
         if kind == "tenant":
             return http.get(f"/v1/tenants/{name}").status_code == 200
+        if kind == "group":
+            return http.get(f"/v1/service-groups/{name}", params=a).status_code == 200
         if kind == "key":
             keys = http.get(f"/v1/tenants/{A}/keys").json()["keys"]
             return any(k["key_id"] == name for k in keys)
@@ -358,6 +363,21 @@ ROUTES: dict[tuple[str, str], Case] = {
         "developer", "resource", 204,
         lambda w: (f"/v1/workflow-definitions/{w.victim('definition')}", None),
         victim="definition"),
+    # service groups: the admin manages them, a developer reads its own tenant's
+    ("POST", "/v1/service-groups"): Case(
+        "admin", "platform", 201,
+        lambda w: ("/v1/service-groups", {"name": w.fresh("grp"), "memory_mb": 128})),
+    ("GET", "/v1/service-groups"): Case(
+        "developer", "own", 200, lambda w: ("/v1/service-groups", None)),
+    ("GET", "/v1/service-groups/{group}"): Case(
+        "developer", "resource", 200,
+        lambda w: (f"/v1/service-groups/{w.victim('group')}", None)),
+    ("PATCH", "/v1/service-groups/{group}"): Case(
+        "admin", "platform", 200,
+        lambda w: (f"/v1/service-groups/{w.victim('group')}", {"min_instances": 0})),
+    ("DELETE", "/v1/service-groups/{group}"): Case(
+        "admin", "platform", 204, lambda w: (f"/v1/service-groups/{w.victim('group')}", None),
+        victim="group"),
 }
 
 

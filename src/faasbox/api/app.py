@@ -15,6 +15,7 @@ from faasbox.api import (
     docs,
     errors,
     functions,
+    groups,
     invoke,
     jobs,
     status,
@@ -51,7 +52,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     # invoke first: the hot route matches soonest. Every route is an auth.ScopedRoute: it
     # checks the key's scope, and reads its body as JSON whatever the Content-Type
     # (body.JSONBodyRoute), so curl -d works on all of them.
-    for module in (invoke, functions, tasks, delivery, jobs, system, status, tenants, usage):
+    for module in (invoke, functions, tasks, delivery, jobs, system, status, tenants, usage,
+                   groups):
         app.include_router(check_json_routes(module.router))
     settings = platform.settings
     app.add_middleware(AuthMiddleware, tenancy=platform.tenancy,

@@ -104,6 +104,12 @@ SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/workflow-definitions"): "developer",
     ("GET", "/v1/workflow-definitions/{workflow}"): "developer",
     ("DELETE", "/v1/workflow-definitions/{workflow}"): "developer",
+    # service groups (api/groups.py)
+    ("POST", "/v1/service-groups"): "admin",
+    ("GET", "/v1/service-groups"): "developer",
+    ("GET", "/v1/service-groups/{group}"): "developer",
+    ("PATCH", "/v1/service-groups/{group}"): "admin",
+    ("DELETE", "/v1/service-groups/{group}"): "admin",
     ("GET", "/healthz"): "open",
     # metering (api/usage.py)
     ("GET", "/v1/usage"): "developer",

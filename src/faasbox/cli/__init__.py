@@ -5,6 +5,7 @@ from __future__ import annotations
 from faasbox import errors
 from faasbox.cli import commands as _commands  # noqa: F401  (registers the commands)
 from faasbox.cli import delivery as _delivery  # noqa: F401
+from faasbox.cli import groups as _groups  # noqa: F401
 from faasbox.cli import jobs as _jobs  # noqa: F401
 from faasbox.cli import tasks as _tasks  # noqa: F401
 from faasbox.cli import tenancy as _tenancy  # noqa: F401

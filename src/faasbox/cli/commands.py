@@ -151,6 +151,9 @@ def deploy(
                                           help="Seconds idle before stop."),
     env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE",
                                   help="Repeatable; replaces the whole environment."),
+    service_group: str | None = typer.Option(
+        None, "--service-group", metavar="NAME", help="Run only in this service group of the"
+        " tenant ('' leaves it)."),
     reset: bool = typer.Option(False, "--reset",
                                help="Replace the whole spec: what is not given takes its"
                                " default."),
@@ -176,6 +179,8 @@ def deploy(
         _deploy_workflows(client, file, as_json)
     elif path is not None:
         given: dict[str, Any] = {"env": _parse_env(env)} if env else {}
+        if service_group is not None:
+            given["service_group"] = service_group or None
         for key, value in [("handler", handler), ("memory_mb", memory), ("timeout_s", timeout),
                            ("concurrency", concurrency), ("min_instances", min_instances),
                            ("max_instances", max_instances), ("idle_ttl_s", idle_ttl)]:

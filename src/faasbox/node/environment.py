@@ -1,5 +1,6 @@
 """What an instance process is given on this node, whichever way it starts: a uid, its
-scratch and output files, its cgroup, its environment variables and its load message."""
+scratch and output files, its cgroup, its environment variables and its load message; and the
+parent cgroups of service groups, under which their instances' cgroups are made."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faasbox.node.instance import Instance
 from faasbox.node.output import OutputSink
 from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
 from faasbox.spec import FunctionSpec
 from faasbox.tenancy.names import display, tenant_of
+
+if TYPE_CHECKING:
+    from faasbox.tenancy.groups import ServiceGroupSpec
+
+log = logging.getLogger(__name__)
 
 RUNTIME_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -25,8 +31,12 @@ RUNTIME_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 UID_RANGE = 60000
+GROUP_PREFIX = "grp-"
 
-log = logging.getLogger(__name__)
+
+def group_cgroup_name(tenant: str, group: str) -> str:
+    """The cgroup of a service group, below the server's scope: ``grp-<tenant>.<group>``."""
+    return f"{GROUP_PREFIX}{tenant}.{group}"
 
 
 class InstanceEnvironment:
@@ -75,8 +85,11 @@ class InstanceEnvironment:
             if not scope.is_dir():
                 continue
             for child in scope.iterdir():
-                if child.is_dir():
-                    stale = self.cgroup(child.name)
+                if not child.is_dir():
+                    continue
+                names = [f"{child.name}/{g.name}" for g in child.iterdir() if g.is_dir()]
+                for name in [*names, child.name]:  # a service group's instances first
+                    stale = self.cgroup(name)
                     stale.kill_all()
                     stale.remove()
 
@@ -120,12 +133,17 @@ class InstanceEnvironment:
         return Cgroup(self.features, f"{self.cgroup_scope}/{name}")
 
     def new_instance(self, function: str, version: int, spec: FunctionSpec) -> Instance:
-        """A new instance in state ``starting`` with its uid, folders and cgroup named."""
+        """A new instance in state ``starting`` with its uid, folders and cgroup named: a
+        child of its service group's cgroup when it is in one (not the deploy's load check,
+        version 0, which reserves no memory of the group)."""
         inst = Instance(function, version, spec, Path(), Path(), None, self.allocate_uid())
         inst.scratch = self.scratch_root / inst.id
         inst.output_path = self.output_root / f"{inst.id}.out"
         if self.features.cgroup_dirs:
-            inst.cgroup = self.cgroup(inst.id)
+            name = inst.id
+            if spec.service_group is not None and version > 0:
+                name = f"{group_cgroup_name(tenant_of(function), spec.service_group)}/{name}"
+            inst.cgroup = self.cgroup(name)
         return inst
 
     def network(self, spec: FunctionSpec) -> str:
@@ -159,6 +177,55 @@ class InstanceEnvironment:
         if sink is not None:
             sink.drain()
             sink.close()
+
+    # -- service groups ---------------------------------------------------------------------
+    def group_cgroup(self, tenant: str, group: str) -> Cgroup | None:
+        """A service group's parent cgroup (None: cgroups are not writable here)."""
+        if not self.features.cgroup_dirs:
+            return None
+        return self.cgroup(group_cgroup_name(tenant, group))
+
+    def ensure_group(self, tenant: str, spec: ServiceGroupSpec) -> str:
+        """Make (or update) a service group's parent cgroup with its memory and CPU limits;
+        what the node enforces, as one line (``GET /v1/service-groups/{group}``)."""
+        cg = self.group_cgroup(tenant, spec.name)
+        if cg is None:
+            reason = self.features.reasons.get("memory", "unavailable")
+            return f"none (cgroups not writable: {reason})"
+        try:
+            cg.create_parent(spec.memory_mb, spec.cpus)
+        except OSError as exc:
+            log.warning("cannot make the cgroup of service group %s/%s: %s", tenant,
+                        spec.name, exc)
+            return f"none (the group's cgroup cannot be made: {exc.strerror or exc})"
+        memory, cpus = cg.limits()
+        v2 = self.features.cgroup_version == 2
+        memory_file = "memory.max" if v2 else "memory.limit_in_bytes"
+        cpu_file = "cpu.max" if v2 else "cpu.cfs_quota_us"
+        parts = []
+        if memory == spec.memory_mb:
+            parts.append(f"{memory_file} {memory} MB")
+        else:
+            why = self.features.reasons.get("memory") or f"{memory_file} was not accepted"
+            parts.append(f"memory not limited ({why})")
+        if spec.cpus is None:
+            parts.append("cpu not limited (no cpus set)")
+        elif cpus is not None and abs(cpus - spec.cpus) < 0.01:
+            parts.append(f"{cpu_file} {cpus:g} cpus")
+        else:
+            why = self.features.reasons.get("cpu") or f"{cpu_file} was not accepted"
+            parts.append(f"cpu not limited ({why})")
+        return f"cgroup v{self.features.cgroup_version}: " + ", ".join(parts)
+
+    async def remove_group(self, tenant: str, group: str) -> None:
+        """Remove a service group's cgroup, and what is left below it (killed)."""
+        cg = self.group_cgroup(tenant, group)
+        if cg is None:
+            return
+        name = group_cgroup_name(tenant, group)
+        for child in cg.children():
+            await self.cgroup(f"{name}/{child}").destroy()
+        await cg.destroy()
 
     def prepare(self, inst: Instance) -> None:
         """Make the instance's scratch dir (owned by its uid) and cgroup."""

@@ -40,6 +40,7 @@ CONFINE_FEATURES = {
     "no_new_privs": ("no_new_privs",),
     "seccomp": ("seccomp",),
 }
+CPU_PERIOD_US = 100_000
 
 
 @dataclass
@@ -382,6 +383,60 @@ class Cgroup:
             self._write("memory", "memory.swappiness", "0")
             self._write("cpu", "cpu.shares", str(max(2, memory_mb)))
             self._write("pids", "pids.max", str(PIDS_MAX))
+
+    def create_parent(self, memory_mb: int, cpus: float | None) -> None:
+        """Make this cgroup a parent of instance cgroups (a service group's) with the limits
+        its children share: ``memory_mb`` without swap and, with ``cpus``, a CPU quota of that
+        many cores (no quota without). Idempotent: a second call sets the new limits."""
+        for d in set(self.dirs.values()):
+            d.mkdir(parents=True, exist_ok=True)
+            if self.version == 2:  # the scope and the group pass their controllers down
+                for level in (d.parent, d):
+                    for c in self.dirs:
+                        with contextlib.suppress(OSError):
+                            (level / "cgroup.subtree_control").write_text(f"+{c}")
+        limit = memory_mb * 2**20
+        quota = None if cpus is None else max(1000, round(cpus * CPU_PERIOD_US))
+        if self.version == 2:
+            self._write("memory", "memory.max", str(limit))
+            self._write("memory", "memory.swap.max", "0")
+            self._write("cpu", "cpu.max", f"{quota or 'max'} {CPU_PERIOD_US}")
+        else:
+            # memsw must stay >= the limit: growing needs memsw first, shrinking the limit
+            self._write("memory", "memory.limit_in_bytes", str(limit))
+            self._write("memory", "memory.memsw.limit_in_bytes", str(limit))
+            self._write("memory", "memory.limit_in_bytes", str(limit))
+            self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            self._write("cpu", "cpu.cfs_quota_us", str(quota or -1))
+
+    def limits(self) -> tuple[int | None, float | None]:
+        """``(memory MB, cpus)`` the kernel holds for this cgroup (None: no limit, or it
+        cannot be read)."""
+        memory: int | None = None
+        cpus: float | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+            raw = (self.dirs["memory"] / name).read_text().strip()
+            if raw != "max" and int(raw) < 2**60:
+                memory = int(raw) // 2**20
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            d = self.dirs["cpu"]
+            if self.version == 2:
+                quota, period = (d / "cpu.max").read_text().split()
+            else:
+                quota = (d / "cpu.cfs_quota_us").read_text().strip()
+                period = (d / "cpu.cfs_period_us").read_text().strip()
+            if quota not in ("max", "-1"):
+                cpus = int(quota) / int(period)
+        return memory, cpus
+
+    def children(self) -> list[str]:
+        """Names of the cgroups below this one."""
+        names: set[str] = set()
+        for d in set(self.dirs.values()):
+            with contextlib.suppress(OSError):
+                names.update(c.name for c in d.iterdir() if c.is_dir())
+        return sorted(names)
 
     def _write(self, controller: str, name: str, value: str) -> None:
         d = self.dirs.get(controller)

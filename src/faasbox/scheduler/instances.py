@@ -4,6 +4,12 @@ retired (stopped in the background) when idle too long, evicted or dropped.
 Nothing here hands out slots or decides how many instances a function needs: the
 :class:`~faasbox.scheduler.slots.Scheduler` and the
 :class:`~faasbox.scheduler.scaling.ScalingLoop` do, on top of these pools.
+
+Service groups: a group's memory is carved out of the node (:meth:`InstancePools.add_group`);
+an instance of a function in a group reserves from the group's pool only, under the group's
+``max_instances``, and evicts only the group's idle instances to make room; an instance outside
+groups reserves from what the node has left and never evicts a group's. A group's instances
+count against the group, not against the tenant's ``max_memory_mb``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from faasbox.node import Instance, NodeService
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.store import VersionRow
+from faasbox.tenancy.groups import ServiceGroupSpec, group_key
 from faasbox.tenancy.names import display, tenant_of
 
 log = logging.getLogger(__name__)
@@ -50,12 +57,25 @@ class Pool:
     completions: int = 0
     mark: float = 0.0
     since: float = 0.0
+    used_at: float = 0.0  # monotonic time of the last call that got a slot
+    floor: int = 0  # warm instances the last plan asked for (eviction spares these)
 
     def size(self) -> int:
         return len(self.instances) + self.starting
 
     def latest(self, version: int) -> list[Instance]:
         return [i for i in self.instances if i.version == version and not i.retired]
+
+
+@dataclass
+class GroupState:
+    """A service group's capacity: its spec and the memory pool carved for it."""
+
+    key: str  # "<tenant>/<group>"
+    spec: ServiceGroupSpec
+    room: Node
+    floor: int = 0  # warm instances the last scaling tick planned for the group
+    base_floor: int = 0  # of which min_instances and open schedule windows
 
 
 class InstancePools:
@@ -74,8 +94,10 @@ class InstancePools:
         self.lead_margin_s = lead_margin_s
         self.tenant_memory_mb = tenant_memory_mb  # a tenant's memory limit (0: none)
         self.events = events or Events()
-        self.memory: Counter[str] = Counter()  # tenant -> memory_mb of its instances
+        # tenant -> memory_mb of its instances outside service groups
+        self.memory: Counter[str] = Counter()
         self.pools: dict[str, Pool] = {}
+        self.groups: dict[str, GroupState] = {}  # service groups by "<tenant>/<group>"
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
@@ -111,33 +133,43 @@ class InstancePools:
                  and 0 < i.leases <= self.interruptible.get(i.id, 0)]
         return max(found, key=lambda i: i.last_used, default=None)
 
+    def _preempt(self, victim: Instance, row: VersionRow) -> None:
+        log.info("preempting instance %s (interruptible tasks) for %s", victim.id, row.function)
+        self.preemptions += 1
+        self.retire(self.pools[victim.function], victim, errors.Preempted(
+            "the instance was stopped to make room for other work (the task is"
+            " interruptible); it is retried"))
+
+    def group_of(self, row: VersionRow) -> GroupState | None:
+        """The service group ``row`` runs in (None: outside groups, or its group is gone)."""
+        key = group_key(row.function, row.spec)
+        return None if key is None else self.groups.get(key)
+
     def make_room(self, pool: Pool, row: VersionRow, preempt: bool = False) -> Node | None:
         """Reserve a node for a cold start now, evicting idle instances that are in the way
         (and with ``preempt``, when no idle one is left, stopping an instance that runs only
         interruptible tasks: they are retried); None when the function is at max_instances
-        or no node can make room."""
+        or no node can make room. A function in a service group makes room in its group only,
+        one outside groups only outside them."""
         if pool.size() >= row.spec.max_instances:
             victim = self._idle_victim(pool.instances, exclude_version=row.version)
             if victim is None:
                 return None
             self.retire(pool, victim)
+        if row.spec.service_group is not None:
+            return self._group_room(row, evict=True, preempt=preempt)
         if not self._tenant_room(row, evict=True):
             return None
         while True:
             node = self.resources.reserve(row.spec.memory_mb)
             if node is not None:
                 return node
-            everyone = [i for p in self.pools.values() for i in p.instances]
-            victim = self._idle_victim(everyone, exclude_version=None)
+            shared = self._shared()
+            victim = self._idle_victim(shared, exclude_version=None)
             if victim is None and preempt:
-                victim = self._preemptible(everyone)
+                victim = self._preemptible(shared)
                 if victim is not None:
-                    log.info("preempting instance %s (interruptible tasks) for %s", victim.id,
-                             row.function)
-                    self.preemptions += 1
-                    self.retire(self.pools[victim.function], victim, errors.Preempted(
-                        "the instance was stopped to make room for other work (the task is"
-                        " interruptible); it is retried"))
+                    self._preempt(victim, row)
                     continue
             if victim is None:
                 return None
@@ -145,20 +177,72 @@ class InstancePools:
 
     def reserve_free(self, pool: Pool, row: VersionRow) -> Node | None:
         """Reserve a node only from free room (no eviction) and under max_instances."""
-        if pool.size() >= row.spec.max_instances or not self._tenant_room(row, evict=False):
+        if pool.size() >= row.spec.max_instances:
+            return None
+        if row.spec.service_group is not None:
+            return self._group_room(row, evict=False)
+        if not self._tenant_room(row, evict=False):
             return None
         return self.resources.reserve(row.spec.memory_mb)
 
+    def _group_room(self, row: VersionRow, evict: bool, preempt: bool = False) -> Node | None:
+        """Reserve in the row's service group, under the group's max_instances (evicting the
+        group's idle instances when ``evict``: those above their function's floor first; then
+        with ``preempt``, one of the group's that runs only interruptible tasks)."""
+        group = self.group_of(row)
+        if group is None:  # callers hear it from the scheduler (Unavailable)
+            log.debug("%s cannot start: its service group %r does not exist",
+                      row.function, row.spec.service_group)
+            return None
+        room = group.room
+        while True:
+            if room.reservations < group.spec.max_instances:
+                node = self.resources.reserve(row.spec.memory_mb, within=room)
+                if node is not None:
+                    return node
+            if not evict:
+                return None
+            victim = self._group_victim(room, row)
+            if victim is None and preempt:
+                victim = self._preemptible(self._in(room))
+                if victim is not None:
+                    self._preempt(victim, row)
+                    continue
+            if victim is None:
+                return None
+            self.retire(self.pools[victim.function], victim)
+
+    def _in(self, room: Node) -> list[Instance]:
+        return [i for p in self.pools.values() for i in p.instances
+                if self._placement.get(i.id) is room]
+
+    def _shared(self) -> list[Instance]:
+        """Instances outside service groups."""
+        return [i for p in self.pools.values() for i in p.instances
+                if (n := self._placement.get(i.id)) is not None and n.parent is None]
+
+    def _group_victim(self, room: Node, row: VersionRow) -> Instance | None:
+        """The idle instance of a group to stop for a start of ``row``: never one of the same
+        version (it would be started again), one above its function's warm floor first, then
+        the least recently used."""
+        idle = [i for i in self._in(room) if i.state == "idle" and i.leases == 0
+                and not (i.function == row.function and i.version == row.version)]
+
+        def kept(inst: Instance) -> bool:
+            pool = self.pools.get(inst.function)
+            return pool is not None and len(pool.instances) <= pool.floor
+
+        return min(idle, key=lambda i: (kept(i), i.last_used), default=None)
+
     def _tenant_room(self, row: VersionRow, evict: bool) -> bool:
         """Whether the function's tenant stays within its memory limit with one more instance
-        (evicting the tenant's own idle instances when ``evict``)."""
+        (evicting the tenant's own idle instances outside groups when ``evict``)."""
         tenant = tenant_of(row.function)
         limit = self.tenant_memory_mb(tenant)
         while limit and self.memory[tenant] + row.spec.memory_mb > limit:
             if not evict:
                 return False
-            mine = [i for p in self.pools.values() if tenant_of(p.function) == tenant
-                    for i in p.instances]
+            mine = [i for i in self._shared() if tenant_of(i.function) == tenant]
             victim = self._idle_victim(mine, exclude_version=None)
             if victim is None:
                 return False
@@ -167,9 +251,78 @@ class InstancePools:
 
     def over_tenant_memory(self, row: VersionRow) -> bool:
         """The tenant's instances hold its whole memory limit (no start can fit)."""
+        if row.spec.service_group is not None:
+            return False  # a group's instances count against the group
         tenant = tenant_of(row.function)
         limit = self.tenant_memory_mb(tenant)
         return bool(limit) and self.memory[tenant] + row.spec.memory_mb > limit
+
+    # -- service groups -----------------------------------------------------------------------
+    def add_group(self, key: str, spec: ServiceGroupSpec) -> GroupState:
+        """Carve the group's memory out of the node, evicting idle instances outside groups
+        that are in the way: 422 when the node could never hold it, 409 when busy instances
+        hold the memory now."""
+        if key in self.groups:
+            raise errors.Conflict(f"service group {spec.name!r} already exists")
+        if spec.memory_mb > self.resources.carvable_mb():
+            raise errors.LimitExceeded(
+                "node_memory_exceeded", f"memory_mb {spec.memory_mb} is more than the node"
+                f" has outside other service groups ({self.resources.carvable_mb()} MB)")
+        while True:
+            room = self.resources.carve(key, spec.memory_mb)
+            if room is not None:
+                group = self.groups[key] = GroupState(key, spec, room)
+                return group
+            victim = self._idle_victim(self._shared(), exclude_version=None)
+            if victim is None:
+                free = max(n.free_mb for n in self.resources.nodes.values())
+                raise errors.Conflict(
+                    f"memory_mb {spec.memory_mb} does not fit now: the node has {free} MB free"
+                    " outside service groups and busy instances hold the rest")
+            self.retire(self.pools[victim.function], victim)
+
+    def update_group(self, key: str, spec: ServiceGroupSpec) -> None:
+        """A group's new spec; its memory grows from the node's free memory (evicting idle
+        instances outside groups) or shrinks (evicting the group's idle instances): 409 when
+        busy instances are in the way."""
+        group = self.groups.get(key)
+        if group is None:  # not placed at start: try again
+            self.add_group(key, spec)
+            return
+        room = group.room
+        while not self.resources.resize(room, spec.memory_mb):
+            growing = spec.memory_mb > room.memory_mb
+            candidates = self._shared() if growing else self._in(room)
+            victim = self._idle_victim(candidates, exclude_version=None)
+            if victim is None:
+                raise errors.Conflict(
+                    f"memory_mb cannot change to {spec.memory_mb} now: " + (
+                        "the node has not that much free outside service groups" if growing
+                        else f"the group's busy instances hold {room.reserved_mb} MB"))
+            self.retire(self.pools[victim.function], victim)
+        group.spec = spec
+
+    def remove_group(self, key: str) -> list[Instance]:
+        """Stop the group's instances (versions that left it) and give its memory back; the
+        instances being stopped."""
+        group = self.groups.pop(key, None)
+        if group is None:
+            return []
+        stopping = self._in(group.room)
+        for inst in stopping:
+            self.retire(self.pools[inst.function], inst)
+        self.resources.uncarve(group.room)
+        return stopping
+
+    def group_usage(self, key: str) -> dict[str, Any]:
+        group = self.groups.get(key)
+        if group is None:
+            return {"instances": 0, "memory_mb": 0, "free_mb": 0}
+        room = group.room
+        states = Counter(i.state for i in self._in(room))
+        return {"instances": room.reservations, "memory_mb": room.reserved_mb,
+                "free_mb": room.free_mb, "idle": states["idle"], "busy": states["busy"],
+                "starting": room.reservations - states["idle"] - states["busy"]}
 
     @staticmethod
     def _idle_victim(candidates: list[Instance], exclude_version: int | None) -> Instance | None:
@@ -188,7 +341,8 @@ class InstancePools:
         inst.leases = 1
         pool.instances.append(inst)
         self._placement[inst.id] = node
-        self.memory[tenant_of(inst.function)] += inst.memory_mb
+        if node.parent is None:
+            self.memory[tenant_of(inst.function)] += inst.memory_mb
         began = self.clock.monotonic()
         try:
             await self.node.boot(inst, self.registry.paths(row))
@@ -198,7 +352,8 @@ class InstancePools:
                 pool.instances.remove(inst)
             if self._placement.pop(inst.id, None) is not None:
                 self.resources.release(node, row.spec.memory_mb)
-                self.memory[tenant_of(inst.function)] -= inst.memory_mb
+                if node.parent is None:
+                    self.memory[tenant_of(inst.function)] -= inst.memory_mb
                 self.events.emit(InstanceRetired(inst))
             raise
         if not self.serves(pool):
@@ -220,7 +375,8 @@ class InstancePools:
         node = self._placement.pop(inst.id, None)
         if node is not None:
             self.resources.release(node, inst.memory_mb)
-            self.memory[tenant_of(inst.function)] -= inst.memory_mb
+            if node.parent is None:
+                self.memory[tenant_of(inst.function)] -= inst.memory_mb
             self.events.emit(InstanceRetired(inst))  # before it is stopped: still measurable
         if not inst.retired:
             inst.retired = True

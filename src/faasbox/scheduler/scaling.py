@@ -5,7 +5,8 @@ autoscaler, the keep-alive policy, min_instances, provisioned windows, known fir
 demand since the last tick (slots held plus callers waiting, time-averaged), the async backlog
 and the latency, and acts on its plan: starts what is missing in parallel, stops idle
 instances whose window ran out, pre-warms instances before predicted calls, and clears
-instances that died while idle.
+instances that died while idle. The floors of functions in a service group are set by their
+group (:mod:`faasbox.scheduler.groups`) between planning and acting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from faasbox import errors
 from faasbox.autoscaler.planner import Observation, Plan
@@ -21,9 +23,11 @@ from faasbox.clock import Clock
 from faasbox.events import ScheduleChanged
 from faasbox.registry import Registry
 from faasbox.resources import Node
+from faasbox.scheduler.groups import Member, base_floor, spread
 from faasbox.scheduler.instances import InstancePools, Pool
 from faasbox.scheduler.slots import Scheduler, meter
 from faasbox.store import VersionRow
+from faasbox.tenancy.groups import group_key
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class ScalingLoop:
         now = self.clock.now()
         for pool in list(self.pools.pools.values()):
             self.pools.clear_dead(pool)
+        work: list[tuple[Pool, VersionRow, Plan]] = []
         for name in await self._function_names():
             try:
                 latest = await self.registry.resolve(name, None)
@@ -81,11 +86,48 @@ class ScalingLoop:
             backlog = await self.backlog(name)
             if not self.pools.serves(pool):
                 continue  # deleted while we read
-            plan = self._plan(pool, latest, backlog, now)
+            work.append((pool, latest, self._plan(pool, latest, backlog, now)))
+        work = self._group_floors(work, now)
+        for pool, latest, plan in work:
+            if not self.pools.serves(pool):
+                continue
+            pool.floor = plan.floor
             self._scale_in(pool, latest, plan, now)
             self._prewarm_due(pool, latest, plan, now)
             self._scale_out(pool, latest, plan)
             self.scheduler.pump(pool)
+
+    def _group_floors(self, work: list[tuple[Pool, VersionRow, Plan]],
+                      now: float) -> list[tuple[Pool, VersionRow, Plan]]:
+        """The plans of functions in service groups with their floors set by their group
+        (:mod:`faasbox.scheduler.groups`): the group's warm floor spread over its functions,
+        within the group's capacity."""
+        members: dict[str, list[int]] = {}  # group key -> indexes into work
+        for i, (_, latest, _) in enumerate(work):
+            key = group_key(latest.function, latest.spec)
+            if key is not None:
+                members.setdefault(key, []).append(i)
+        out = list(work)
+        for key, group in self.pools.groups.items():
+            mine = members.get(key, [])
+            lead = max((work[i][0].planner.lead_s for i in mine),
+                       default=self.pools.lead_margin_s)
+            group.base_floor = base_floor(group.spec, now, lead)
+            floors = spread([Member(work[i][1].function, work[i][1].spec.memory_mb,
+                                    work[i][1].spec.max_instances, work[i][2].floor,
+                                    work[i][0].used_at) for i in mine],
+                            group.spec.memory_mb, group.spec.max_instances, group.base_floor)
+            group.floor = sum(floors.values())
+            for i in mine:
+                pool, latest, plan = work[i]
+                floor = floors[latest.function]
+                more = plan.target if plan.target > plan.floor else 0
+                reason = plan.reason + ("; group floor" if floor > plan.floor else "")
+                plan = replace(plan, floor=floor, hold=max(plan.desired, floor), reason=reason,
+                               target=min(max(more, floor), latest.spec.max_instances))
+                pool.planner.last_plan = plan
+                out[i] = (pool, latest, plan)
+        return out
 
     async def _function_names(self) -> list[str]:
         names = set(self.pools.pools)

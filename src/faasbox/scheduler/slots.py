@@ -48,6 +48,7 @@ class Scheduler:
             meter(pool, -1, self.clock.monotonic())
             raise
         pool.idle.pop(inst.id, None)
+        pool.used_at = self.clock.monotonic()
         pool.planner.arrival(self.clock.now(), cold)
         return inst, cold
 
@@ -60,6 +61,9 @@ class Scheduler:
             node = self.instances.make_room(pool, row, preempt)
             if node is not None:
                 return await self._cold(pool, row, node), True
+            if row.spec.service_group is not None and self.instances.group_of(row) is None:
+                raise errors.Unavailable(f"service group {row.spec.service_group!r} of"
+                                         f" {display(row.function)!r} does not exist")
             if not pool.size() and self.instances.over_tenant_memory(row):
                 raise errors.OverLimit(
                     "tenant_memory_exceeded", f"the tenant's instances hold all of its"

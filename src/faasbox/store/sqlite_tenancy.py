@@ -8,6 +8,7 @@ import sqlite3
 import orjson
 
 from faasbox.store.sqlite import SqliteStore
+from faasbox.tenancy.groups import ServiceGroupRow, ServiceGroupSpec
 from faasbox.tenancy.model import AuditRow, KeyRow, Limits, TenantRow
 from faasbox.tenancy.store import TenancyStore
 
@@ -92,6 +93,44 @@ class SqliteTenancyStore(TenancyStore):
                 sql += " AND tenant = ?"
                 args = (tenant,)
             return [_key(r) for r in conn.execute(sql + " ORDER BY created_at", args)]
+
+        return await self.store.read(q)
+
+    async def create_group(self, row: ServiceGroupRow) -> bool:
+        args = (row.tenant, row.name, row.spec.model_dump_json(), row.created_at,
+                row.updated_at)
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "INSERT INTO service_groups (tenant, name, spec, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, name) DO NOTHING",
+                args).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def update_group(self, row: ServiceGroupRow) -> bool:
+        args = (row.spec.model_dump_json(), row.updated_at, row.tenant, row.name)
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE service_groups SET spec = ?, updated_at = ? WHERE tenant = ?"
+                " AND name = ?", args).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def delete_group(self, tenant: str, name: str) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM service_groups WHERE tenant = ? AND name = ?",
+                                (tenant, name)).rowcount > 0
+
+        return await self.store.write(tx)
+
+    async def list_groups(self) -> list[ServiceGroupRow]:
+        def q(conn: sqlite3.Connection) -> list[ServiceGroupRow]:
+            return [ServiceGroupRow(r[0], ServiceGroupSpec.model_validate_json(r[1]), r[2], r[3])
+                    for r in conn.execute(
+                        "SELECT tenant, spec, created_at, updated_at FROM service_groups"
+                        " ORDER BY tenant, name")]
 
         return await self.store.read(q)
 

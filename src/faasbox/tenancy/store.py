@@ -3,14 +3,19 @@
 - Every method returns once what it wrote is committed.
 - ``create_tenant`` and ``create_key`` fail with ``Conflict`` semantics (return False) on an
   existing name or id; ``delete_tenant`` also revokes its keys in the same transaction.
+- ``create_group`` returns False on an existing ``(tenant, name)``.
 - ``append_audit`` is queued for the next group commit like an invocation record.
 """
 
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING
 
 from faasbox.tenancy.model import AuditRow, KeyRow, TenantRow
+
+if TYPE_CHECKING:
+    from faasbox.tenancy.groups import ServiceGroupRow
 
 
 class TenancyStore(abc.ABC):
@@ -35,6 +40,18 @@ class TenancyStore(abc.ABC):
     @abc.abstractmethod
     async def list_keys(self, tenant: str | None) -> list[KeyRow]:
         """Keys not revoked (of one tenant, or all)."""
+
+    @abc.abstractmethod
+    async def create_group(self, row: ServiceGroupRow) -> bool: ...
+
+    @abc.abstractmethod
+    async def update_group(self, row: ServiceGroupRow) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_group(self, tenant: str, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list_groups(self) -> list[ServiceGroupRow]: ...
 
     @abc.abstractmethod
     def append_audit(self, row: AuditRow) -> None: ...
