@@ -64,6 +64,10 @@ ROUTES: dict[tuple[str, str], Callable[[Server], tuple[str, Any, int]]] = {
         "/v1/tenants/default", {"weight": 1}, 200),
     ("POST", "/v1/tenants/{tenant}/keys"): lambda s: (
         "/v1/tenants/default/keys", {"scope": "invoke"}, 201),
+    ("POST", "/v1/service-groups"): lambda s: (
+        "/v1/service-groups", {"name": f"ct-group-{next(_n)}", "memory_mb": 128}, 201),
+    ("PATCH", "/v1/service-groups/{group}"): lambda s: (
+        f"/v1/service-groups/{_group(s)}", {"min_instances": 0}, 200),
     ("POST", "/v1/tasks:redrive"): lambda s: ("/v1/tasks:redrive", {"ids": ["nope"]}, 200),
     ("POST", "/v1/tasks:cancel"): lambda s: ("/v1/tasks:cancel", {"ids": ["nope"]}, 200),
     ("POST", "/v1/tasks:purge"): lambda s: ("/v1/tasks:purge", {"ids": ["nope"]}, 200),
@@ -78,6 +82,15 @@ ROUTES: dict[tuple[str, str], Callable[[Server], tuple[str, Any, int]]] = {
         "/v1/workflow-definitions/ct-flow", {"chain": ["ct-fn"]}, 200),
 }
 IDS = [f"{method} {path}" for method, path in ROUTES]
+
+
+def _group(server: Server) -> str:
+    """A service group to change (made once)."""
+    if server.http.get("/v1/service-groups/ct-patched").status_code == 404:
+        resp = server.http.post("/v1/service-groups", json={"name": "ct-patched",
+                                                            "memory_mb": 128})
+        assert resp.status_code == 201, resp.text
+    return "ct-patched"
 
 
 def new_topic(server: Server) -> str:
