@@ -61,7 +61,8 @@ class BuildSandbox:
                 os.chown(target, uid, uid)
             plan = self.env.features.plan(
                 uid=uid, scratch=self.env.scratch_root / name, data_dir=self.env.data_dir,
-                read_only=[str(code)], network="host", tmpfs_mb=BUILD_TMPFS_MB)
+                read_only=[str(code), *self.env.runtime_paths()], network="host",
+                tmpfs_mb=BUILD_TMPFS_MB)
             plan["read_write"] = [str(target)]
             plan["code"] = str(code)
             plan["proc"] = False  # pip reads /proc/self for itself only; keep it simple

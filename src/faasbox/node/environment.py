@@ -10,9 +10,11 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import faasbox
 from faasbox.node.instance import Instance
 from faasbox.node.output import OutputSink
 from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
@@ -158,13 +160,25 @@ class InstanceEnvironment:
             return "host"
         return spec.network
 
+    def runtime_paths(self) -> list[str]:
+        """The interpreter's and faasbox's own folders where the instance's private mounts
+        would hide them (a checkout or virtualenv under /tmp, say): bound back read-only."""
+        hidden = [Path(p) for p in ("/tmp", "/var/tmp", "/dev/shm")] + [self.data_dir]
+        found: list[str] = []
+        for path in (sys.prefix, sys.base_prefix, str(Path(faasbox.__file__).parent.parent)):
+            real = Path(path).resolve()
+            if any(real == h or h in real.parents for h in hidden) and str(real) not in found:
+                found.append(str(real))
+        return found
+
     def plan(self, spec: FunctionSpec, uid: int | None, scratch: Path, paths: list[str],
              template: bool = False) -> dict[str, object]:
         """What the new process does to itself before user code (runtime/confine.py)."""
         if not self.features.enabled:
             return {"uid": uid, "scratch": str(scratch)}
         return self.features.plan(
-            uid=uid, scratch=scratch, data_dir=self.data_dir, read_only=paths,
+            uid=uid, scratch=scratch, data_dir=self.data_dir,
+            read_only=[*paths, *self.runtime_paths()],
             network=self.network(spec), tmpfs_mb=spec.ephemeral_storage_mb, template=template)
 
     def output(self, key: str, path: Path) -> OutputSink:
