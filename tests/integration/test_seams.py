@@ -41,8 +41,8 @@ def test_a_deleted_function_leaves_no_pool_behind() -> None:
                                     zip_folder(folder))
             row = await p.registry.resolve("slow", None)
             running = asyncio.create_task(p.invoker.invoke(row, b'{"sleep": 1.0}'))
-            while not p.instances.describe("slow") or p.scheduler.slots_in_use("slow")[0] == 0:
-                await asyncio.sleep(0.02)
+            while [i["state"] for i in p.instances.describe("slow")] != ["busy"]:
+                await asyncio.sleep(0.02)  # running the call, not starting
             await p.registry.delete("slow")  # while the call runs
             assert deleted == ["slow"]
             assert "slow" not in p.instances.pools
