@@ -33,7 +33,7 @@ SUM = {"main.py": """
 
 @pytest.fixture(scope="module")
 def functions(server: Server) -> Server:
-    server.deploy("cj-shard", SHARD, max_instances=4)
+    server.deploy("cj-shard", SHARD, max_instances=4, timeout_s=300)  # shards sleep 60 s
     server.deploy("cj-sum", SUM)
     return server
 
