@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from faasbox.node.cgroups import Cgroup
 from faasbox.node.environment import InstanceEnvironment
-from faasbox.node.sandbox import Cgroup
 
 BUILD_MEMORY_MB = 2048
 BUILD_TMPFS_MB = 2048  # pip's cache and build folders

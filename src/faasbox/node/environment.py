@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faasbox
+from faasbox.node.cgroups import Cgroup
 from faasbox.node.instance import Instance
 from faasbox.node.output import OutputSink
-from faasbox.node.sandbox import Cgroup, SandboxFeatures, rlimits
+from faasbox.node.sandbox import SandboxFeatures, rlimits
 from faasbox.spec import FunctionSpec
 from faasbox.tenancy.names import display, tenant_of
 

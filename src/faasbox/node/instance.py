@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faasbox import errors
-from faasbox.node.sandbox import Cgroup
+from faasbox.node.cgroups import Cgroup
 from faasbox.node.zygote import ForkedProcess
 from faasbox.runtime import protocol
 from faasbox.spec import FunctionSpec

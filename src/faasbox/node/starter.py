@@ -35,9 +35,9 @@ import orjson
 
 from faasbox import errors
 from faasbox.node import network, startmode
+from faasbox.node.cgroups import Cgroup
 from faasbox.node.environment import RUNTIME_ENV, InstanceEnvironment
 from faasbox.node.instance import Instance
-from faasbox.node.sandbox import Cgroup
 from faasbox.node.zygote import (
     ForkedProcess,
     SpawnedProcess,
