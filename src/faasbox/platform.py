@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -14,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.autoscaler import ScalerConfig, make_policy
 from faasbox.clock import Clock, SystemClock
 from faasbox.codestore import CodeStore, zip_folder
@@ -295,10 +294,7 @@ class Platform:
             log.info("sandbox %-20s %s  %s", name, "on " if active else "off", detail)
 
     async def close(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
+        await background.stop(self._resync)
         await self.workflows.close()
         await self.destinations.close()
         await self.webhooks.close()

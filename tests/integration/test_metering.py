@@ -248,6 +248,9 @@ def test_prometheus_metering_series(server: Server, tenant: httpx.Client) -> Non
     gb_s = next(line for line in text.splitlines()
                 if line.startswith(f"faasbox_gb_seconds_total{{{labels}}}"))
     assert float(gb_s.split()[-1]) >= sum(r["gb_s"] for r in records) - 1e-9
-    assert f"faasbox_cold_start_seconds_count{{{labels}}} 1.0" in text
+    # the call's cold start, and maybe the shards' (they may need a second instance)
+    cold = next(line for line in text.splitlines()
+                if line.startswith(f"faasbox_cold_start_seconds_count{{{labels}}}"))
+    assert float(cold.split()[-1]) >= 1.0
     assert 'faasbox_jobs{function="scraped",state="' in text  # labels in name order
     assert "faasbox_instances{" in text

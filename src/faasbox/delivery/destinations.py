@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.delivery import records
 from faasbox.delivery.model import Destination, FunctionDestination
@@ -73,10 +73,7 @@ class DestinationService:
         self._loop = asyncio.create_task(self._failure_loop(), name="destinations")
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
 
     # -- success ----------------------------------------------------------------------------
     def on_invocation(self, event: InvocationFinished) -> Awaitable[None] | None:

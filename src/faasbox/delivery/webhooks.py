@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from faasbox import __version__
+from faasbox import __version__, background
 from faasbox.clock import Clock
 from faasbox.store.sqlite_delivery import AttemptRow, DeliveryRow, SqliteDeliveryStore
 
@@ -140,10 +140,7 @@ class Webhooks:
         self._loop = asyncio.create_task(self._run(), name="webhooks")
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
         running = list(self._inflight.values())
         for task in running:
             task.cancel()

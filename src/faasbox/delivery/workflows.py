@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher
 from faasbox.events import TaskFinished
@@ -137,10 +137,7 @@ class Workflows:
         self._kick.set()
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
 
     # -- starting ---------------------------------------------------------------------------
     async def run(self, tenant: str, spec: WorkflowSpec, event: bytes, name: str | None = None,

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher.fairness import FairShare, Want
 from faasbox.dispatcher.lifecycle import TaskLifecycle
@@ -78,11 +78,7 @@ class Dispatcher:
                        asyncio.create_task(self._sweep_loop(), name="task-sweep")]
 
     async def close(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(*self._loops)
         await self.lifecycle.close()
 
     # -- submitting -------------------------------------------------------------------------

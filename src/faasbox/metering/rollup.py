@@ -23,6 +23,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from faasbox import background
 from faasbox.clock import Clock
 from faasbox.events import InstanceRetired, InvocationFinished, InvocationThrottled
 from faasbox.metering import accounting
@@ -192,10 +193,7 @@ class Meter:
 
     async def close(self) -> None:
         """Stop the flush loop and write what is pending (after the instances are gone)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush()

@@ -12,12 +12,11 @@ group (:mod:`faasbox.scheduler.groups`) between planning and acting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.autoscaler.planner import Observation, Plan
 from faasbox.clock import Clock
 from faasbox.events import ScheduleChanged
@@ -53,10 +52,7 @@ class ScalingLoop:
         self._loop = asyncio.create_task(self._run(), name="scaling")
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
 
     def on_schedule(self, event: ScheduleChanged) -> None:
         """Have instances warm shortly before each known fire (a cron trigger's next fires);

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
 from faasbox.events import Events, TaskFinished, TasksEnqueued
@@ -101,10 +101,7 @@ class JobService:
         self._kick.set()
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
 
     # -- creating ---------------------------------------------------------------------------
     async def create(

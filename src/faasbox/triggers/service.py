@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from faasbox import errors
+from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
 from faasbox.events import Events, FunctionDeleted, ScheduleChanged, TaskFinished
@@ -61,10 +61,7 @@ class TriggerService:
         self._loop = asyncio.create_task(self._run(), name="cron")
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await background.stop(self._loop)
 
     async def _run(self) -> None:
         while True:
