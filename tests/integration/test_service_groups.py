@@ -309,7 +309,7 @@ def test_the_group_is_a_parent_cgroup(server: Server) -> None:
     assert "384 MB" in view["isolation"] and "0.5 cpus" in view["isolation"]
     dirs = view["cgroup"]
     assert all(Path(d).name == "grp-default.cg" for d in dirs.values()), dirs
-    assert limits_of(dirs) == (384 * 2**20, "50000 100000")
+    assert limits_of(dirs) == (384 * 2**20, "5000 10000")  # a 10 ms period
     server.deploy("cg-fn", ECHO, service_group="cg", memory_mb=128)
     assert server.invoke("cg-fn", 1).status_code == 200
     [inst] = server.instances("cg-fn")
@@ -319,10 +319,10 @@ def test_the_group_is_a_parent_cgroup(server: Server) -> None:
     # new limits
     resp = server.http.patch("/v1/service-groups/cg", json={"memory_mb": 512, "cpus": 1.5})
     assert resp.status_code == 200, resp.text
-    assert limits_of(dirs) == (512 * 2**20, "150000 100000")
+    assert limits_of(dirs) == (512 * 2**20, "15000 10000")
     resp = server.http.patch("/v1/service-groups/cg", json={"cpus": None})
     assert "cpu not limited" in resp.json()["isolation"]
-    assert limits_of(dirs)[1] in ("-1 100000", "max 100000")
+    assert limits_of(dirs)[1] in ("-1 10000", "max 10000")
     server.http.delete("/v1/functions/cg-fn")
     assert server.http.delete("/v1/service-groups/cg").status_code == 204
     server.wait_for(lambda: not any(Path(d).exists() for d in dirs.values()),

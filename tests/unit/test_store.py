@@ -117,3 +117,15 @@ def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
     asyncio.run(write())
     assert (tmp_path / "s.db").stat().st_mode & 0o077 == 0
     asyncio.run(read())
+
+
+def test_leasing_walks_the_priority_index_without_sorting_the_backlog(tmp_path: Path) -> None:
+    """Without statistics SQLite would pick the (function, run_at) index and sort the whole
+    backlog on every lease (3 ms for 10,000 queued tasks, all on the writer thread)."""
+    from faasbox.store.sqlite_queue import _LEASE_SQL
+
+    conn = sqlite3.connect(tmp_path / "q.db")
+    migrate(conn)
+    plan = " ".join(str(row[3]) for row in conn.execute(
+        "EXPLAIN QUERY PLAN " + _LEASE_SQL, (1.0, "o", 1.0, "f", 1.0, 1.0, 4)))
+    assert "tasks_runnable_priority" in plan and "TEMP B-TREE" not in plan, plan

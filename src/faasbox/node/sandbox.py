@@ -38,7 +38,7 @@ CONFINE_FEATURES = {
     "no_new_privs": ("no_new_privs",),
     "seccomp": ("seccomp",),
 }
-CPU_PERIOD_US = 100_000
+CPU_PERIOD_US = 10_000
 
 
 @dataclass

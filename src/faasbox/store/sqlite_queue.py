@@ -91,6 +91,17 @@ def _filter(where: TaskFilter) -> tuple[str, list[Any]]:
     return f"WHERE {text}", args
 
 
+# the priority index, named: without statistics the planner takes (function, run_at) and
+# sorts the whole backlog on every lease
+_LEASE_SQL = (
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+    " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
+    " WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_runnable_priority"
+    f" WHERE function = ? AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
+    " ORDER BY priority DESC, run_at LIMIT ?)"
+    f" RETURNING {_COLUMNS}")
+
+
 class SqliteTaskQueue(TaskQueue):
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -107,13 +118,7 @@ class SqliteTaskQueue(TaskQueue):
     ) -> list[TaskRow]:
         def tx(conn: sqlite3.Connection) -> list[TaskRow]:
             rows = conn.execute(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
-                " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
-                " WHERE id IN (SELECT id FROM tasks WHERE function = ?"
-                f" AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
-                " ORDER BY priority DESC, run_at LIMIT ?)"
-                f" RETURNING {_COLUMNS}",
-                (now + lease_s, owner, now, function, now, now, limit)).fetchall()
+                _LEASE_SQL, (now + lease_s, owner, now, function, now, now, limit)).fetchall()
             return sorted((_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
 
         return await self.store.write(tx)
