@@ -8,7 +8,7 @@ throughput is tasks / (last ``finished_at`` - first submit). A burst this size q
 latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
 time (submit, long-poll its result, next), i.e. what dispatch itself costs.
 
-The queue alone (``queue.*``): :class:`SqliteTaskQueue` on a fresh ``SqliteStore`` in this
+The queue alone (``queue.*``): :class:`SqlTaskQueue` on a fresh ``SqlStore`` in this
 process, no server and no execution. ``--queue-concurrency`` coroutines enqueue one task per
 call, then lease one task and complete it per step; ops/s and the commits the store made per
 1000 operations show what group commit buys (concurrency 1 makes one commit per write).
@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 
 from common import FUNCTIONS_DIR, FaasboxServer, cpu_seconds, emit, percentile, say
-from faasbox.queue import TERMINAL, NewTask, TaskPolicy
-from faasbox.store import SqliteStore
-from faasbox.store.sqlite_queue import SqliteTaskQueue
+from faasbox.store import SqlStore
+from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy
+from faasbox.store.relational.queue import SqlTaskQueue
 
 FUNCTION = "echo"
 WAIT_S = 60  # the server's cap on ?wait=
@@ -129,7 +129,7 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
 
 
 # -- the queue alone ----------------------------------------------------------------------------
-async def _enqueue(queue: SqliteTaskQueue, n: int, concurrency: int) -> None:
+async def _enqueue(queue: SqlTaskQueue, n: int, concurrency: int) -> None:
     policy = TaskPolicy.model_validate({})  # (mypy without the pydantic plugin)
 
     async def worker(first: int) -> None:
@@ -140,7 +140,7 @@ async def _enqueue(queue: SqliteTaskQueue, n: int, concurrency: int) -> None:
     await asyncio.gather(*[worker(k) for k in range(concurrency)])
 
 
-async def _lease_and_complete(queue: SqliteTaskQueue, concurrency: int) -> int:
+async def _lease_and_complete(queue: SqlTaskQueue, concurrency: int) -> int:
     done = 0
 
     async def worker() -> None:
@@ -158,9 +158,9 @@ async def _lease_and_complete(queue: SqliteTaskQueue, concurrency: int) -> int:
 async def bench_queue(n: int, concurrency: int, synchronous: str) -> None:
     params = {"tasks": n, "concurrency": concurrency, "synchronous": synchronous}
     with tempfile.TemporaryDirectory(prefix="faasbox-bench-queue-") as tmp:
-        store = SqliteStore(Path(tmp) / "faasbox.db", synchronous=synchronous)
+        store = SqlStore(Path(tmp) / "faasbox.db", synchronous=synchronous)
         await store.open()
-        queue = SqliteTaskQueue(store)
+        queue = SqlTaskQueue(store)
         try:
             c0, t0 = store.commits, time.perf_counter()
             await _enqueue(queue, n, concurrency)

@@ -61,6 +61,8 @@ class Settings:
     webhook_concurrency: int = 32
     webhook_per_host: int = 4
     webhook_allow_private: bool = False
+    # the store: "" is SQLite in the data dir; postgresql://... is shared by several servers
+    store_url: str = ""
     # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from faasbox.node import Instance
-    from faasbox.queue import TaskRow
     from faasbox.store import InvocationRecord, VersionRow
+    from faasbox.store.queue import TaskRow
 
 log = logging.getLogger(__name__)
 

@@ -40,21 +40,22 @@ from faasbox.invoker import Invoker
 from faasbox.metering.cost import PriceBook
 from faasbox.metering.reports import Reports
 from faasbox.metering.rollup import Meter
-from faasbox.metering.store import UsageStore
 from faasbox.metrics import Metrics, labels
 from faasbox.node import NodeService, SandboxFeatures, detect
 from faasbox.node.builds import BuildSandbox
-from faasbox.queue import TaskRow
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.scheduler import InstancePools, ScalingLoop, Scheduler
 from faasbox.spec import FunctionSpec, validate_spec, validation_text
 from faasbox.stack import StackItem, load_stack, load_workflows
-from faasbox.store import SqliteStore
-from faasbox.store.sqlite_delivery import SqliteDeliveryStore
-from faasbox.store.sqlite_queue import SqliteTaskQueue
-from faasbox.store.sqlite_tenancy import SqliteTenancyStore
-from faasbox.store.sqlite_triggers import SqliteTriggerStore
+from faasbox.store import SqlStore
+from faasbox.store.queue import TaskRow
+from faasbox.store.relational.delivery import SqlDeliveryStore
+from faasbox.store.relational.queue import SqlTaskQueue
+from faasbox.store.relational.tenancy import SqlTenancyStore
+from faasbox.store.relational.triggers import SqlTriggerStore
+from faasbox.store.relational.usage import UsageStore
+from faasbox.store.url import database_for
 from faasbox.tenancy.admission import Admission
 from faasbox.tenancy.groups import ServiceGroups
 from faasbox.tenancy.model import EffectiveLimits, Principal
@@ -86,7 +87,8 @@ class Platform:
         self._lock_fd: int | None = None
         self._lock_data_dir()
         data.chmod(0o711)  # instances may traverse to code/, not list (without a mount ns)
-        self.store = SqliteStore(data / "faasbox.db", settings.sqlite_synchronous)
+        self.store = SqlStore(database_for(settings.store_url, data,
+                                           settings.sqlite_synchronous))
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
                                 self.features.start_mode)
@@ -95,7 +97,7 @@ class Platform:
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])
-        self.tenancy = Tenancy(SqliteTenancyStore(self.store), default_limits(settings),
+        self.tenancy = Tenancy(SqlTenancyStore(self.store), default_limits(settings),
                                self.clock)
         self.admission = Admission(self.tenancy, self.clock)
         self.instances = InstancePools(
@@ -109,8 +111,8 @@ class Platform:
         self.metrics = Metrics(self.instances.states)
         self.invoker = Invoker(self.scheduler, self.admission, self.store, self.metrics,
                                self.events, self.clock)
-        self.queue = SqliteTaskQueue(self.store)
-        self.trigger_store = SqliteTriggerStore(self.store)
+        self.queue = SqlTaskQueue(self.store)
+        self.trigger_store = SqlTriggerStore(self.store)
         self.policies = Policies(self.queue, self.trigger_store, self.clock)
         self.tasks = TaskLifecycle(self.queue, self.registry, self.invoker, self.policies,
                                    self.events, self.clock)
@@ -140,7 +142,7 @@ class Platform:
 
     def _delivery(self, settings: Settings) -> None:
         """Destinations, webhooks, topics, workflows and task operations (delivery/)."""
-        self.delivery_store = SqliteDeliveryStore(self.store)
+        self.delivery_store = SqlDeliveryStore(self.store)
         deliveries = self.metrics.deliveries
         self.webhooks = Webhooks(
             self.delivery_store, self.clock, timeout_s=settings.webhook_timeout_s,

@@ -20,8 +20,8 @@ from faasbox.clock import VirtualClock
 from faasbox.codestore import zip_folder
 from faasbox.config import Settings
 from faasbox.platform import Platform
-from faasbox.queue import TaskRow
 from faasbox.spec import FunctionSpec
+from faasbox.store.queue import TaskRow
 from faasbox.triggers.cron import TriggerSpec
 from tests.conftest import Server, open_tempdir, write_function
 

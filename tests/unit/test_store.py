@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from faasbox.spec import FunctionSpec
-from faasbox.store import InvocationRecord, SqliteStore
-from faasbox.store.sqlite import migrate, migrations
+from faasbox.store import InvocationRecord, SqlStore
+from faasbox.store.sqlite.engine import SqliteDatabase, migrate, migrations
 
 
 def _schema(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -38,7 +38,7 @@ def _record(i: int, function: str = "f") -> InvocationRecord:
 
 def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     async def main() -> tuple[list[int], int]:
-        store = SqliteStore(tmp_path / "s.db")
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         rows = await asyncio.gather(*[
             store.put_version("f", FunctionSpec(handler="m:h", memory_mb=128 + i), "sha", None,
@@ -54,7 +54,7 @@ def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
 
 def test_records_are_readable_right_after_recording(tmp_path: Path) -> None:
     async def main() -> None:
-        store = SqliteStore(tmp_path / "s.db")
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         for i in range(50):
             store.record_invocation(_record(i))
@@ -76,7 +76,7 @@ def test_records_are_readable_right_after_recording(tmp_path: Path) -> None:
 
 def test_a_failing_write_does_not_fail_its_group(tmp_path: Path) -> None:
     async def main() -> None:
-        store = SqliteStore(tmp_path / "s.db")
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         store.record_invocation(_record(1))
         dup = store.submit(lambda c: c.execute(
@@ -95,7 +95,7 @@ def test_a_failing_write_does_not_fail_its_group(tmp_path: Path) -> None:
 
 def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
     async def write() -> None:
-        store = SqliteStore(tmp_path / "s.db")
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         await store.put_version("f", FunctionSpec(handler="m:h", env={"K": "v"}), "abc", None,
                                 5.0)
@@ -103,7 +103,7 @@ def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
         await store.close()
 
     async def read() -> None:
-        store = SqliteStore(tmp_path / "s.db")
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         fn = await store.get_function("f")
         assert fn is not None and fn.latest_version == 1
@@ -122,10 +122,11 @@ def test_data_survives_reopen_and_file_is_private(tmp_path: Path) -> None:
 def test_leasing_walks_the_priority_index_without_sorting_the_backlog(tmp_path: Path) -> None:
     """Without statistics SQLite would pick the (function, run_at) index and sort the whole
     backlog on every lease (3 ms for 10,000 queued tasks, all on the writer thread)."""
-    from faasbox.store.sqlite_queue import _LEASE_SQL
+    from faasbox.store.database import Dialect
+    from faasbox.store.relational.queue import lease_sql
 
     conn = sqlite3.connect(tmp_path / "q.db")
     migrate(conn)
     plan = " ".join(str(row[3]) for row in conn.execute(
-        "EXPLAIN QUERY PLAN " + _LEASE_SQL, (1.0, "o", 1.0, "f", 1.0, 1.0, 4)))
+        "EXPLAIN QUERY PLAN " + lease_sql(Dialect()), (1.0, "o", 1.0, "f", 1.0, 1.0, 4)))
     assert "tasks_runnable_priority" in plan and "TEMP B-TREE" not in plan, plan

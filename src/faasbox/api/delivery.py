@@ -19,8 +19,8 @@ from faasbox.delivery.webhooks import SIGNATURE_HEADER
 from faasbox.delivery.workflows import WorkflowNotFound, WorkflowSpec, parse_spec
 from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
-from faasbox.queue import STATUSES, TERMINAL, TaskFilter
 from faasbox.spec import check_name
+from faasbox.store.queue import STATUSES, TERMINAL, TaskFilter
 from faasbox.tenancy.names import display, qualify
 
 router = APIRouter(route_class=ScopedRoute, responses=error_responses(*V1))

@@ -13,11 +13,11 @@ from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import job_view, record_view, task_view, trigger_view
 from faasbox.platform import Platform
 from faasbox.spec import check_name
+from faasbox.store.triggers import JOB_STATUSES
 from faasbox.tenancy.names import display, qualify
 from faasbox.tenancy.names import tenant_of as tenant_of_function
 from faasbox.triggers.cron import NamedTriggerSpec, TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobSpec
-from faasbox.triggers.store import JOB_STATUSES
 
 router = APIRouter(route_class=ScopedRoute, responses=error_responses(*V1))
 

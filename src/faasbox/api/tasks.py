@@ -16,7 +16,7 @@ from faasbox.delivery.webhooks import WebhookRefused, check_url
 from faasbox.invoker import new_id
 from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
-from faasbox.queue import MAX_PRIORITY, STATUSES, NewTask, TaskPolicy, TaskRow
+from faasbox.store.queue import MAX_PRIORITY, STATUSES, NewTask, TaskPolicy, TaskRow
 from faasbox.tenancy.names import display
 from faasbox.tenancy.names import tenant_of as tenant_of_function
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from faasbox.queue import TaskQueue, TaskRow
 from faasbox.store import InvocationRecord
+from faasbox.store.queue import TaskQueue, TaskRow
+from faasbox.store.triggers import JobRow, TriggerRow
 from faasbox.tenancy.names import display
-from faasbox.triggers.store import JobRow, TriggerRow
 
 
 def task_view(row: TaskRow) -> dict[str, Any]:

@@ -39,6 +39,10 @@ def server(
                               help="Data directory (database, code, scratch)."),
     deploy: Path | None = typer.Option(None, "--deploy", envvar="FAASBOX_DEPLOY",
                                        help="A stack file to deploy at start."),
+    store_url: str = typer.Option(
+        "", "--store-url", envvar="FAASBOX_STORE_URL", show_default=False,
+        help="The store: sqlite:///PATH (default: faasbox.db in the data directory) or"
+             " postgresql://USER:PASSWORD@HOST:PORT/DB (several servers on one database)."),
     log_level: str = typer.Option("info", envvar="FAASBOX_LOG_LEVEL"),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", envvar="FAASBOX_INSECURE_NO_AUTH",
@@ -69,7 +73,8 @@ def server(
         logging.getLogger("faasbox").warning("auth is OFF (--insecure-no-auth): any local"
                                              " process can deploy and invoke")
     settings = Settings.from_env(host=host, port=port, data=data, log_level=log_level,
-                                 insecure_no_auth=insecure_no_auth or None)
+                                 insecure_no_auth=insecure_no_auth or None,
+                                 store_url=store_url or None)
     platform = Platform(settings)
     api = create_app(platform, deploy)
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False,

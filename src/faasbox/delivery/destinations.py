@@ -34,8 +34,8 @@ from faasbox.delivery.webhooks import Webhooks
 from faasbox.dispatcher import Dispatcher, Policies
 from faasbox.events import InvocationFinished, TaskFinished
 from faasbox.invoker import new_id
-from faasbox.queue import NewTask, TaskQueue, TaskRow
-from faasbox.store.sqlite_delivery import DeliveryRow, SqliteDeliveryStore
+from faasbox.store.queue import NewTask, TaskQueue, TaskRow
+from faasbox.store.relational.delivery import DeliveryRow, SqlDeliveryStore
 from faasbox.tenancy.names import qualify, tenant_of, within
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ HOP_SOURCES = ("chain", "destination")
 
 class DestinationService:
     def __init__(
-        self, store: SqliteDeliveryStore, queue: TaskQueue, dispatcher: Dispatcher,
+        self, store: SqlDeliveryStore, queue: TaskQueue, dispatcher: Dispatcher,
         policies: Policies, topics: Topics, webhooks: Webhooks, clock: Clock,
         executed_version: Callable[[TaskRow], Awaitable[int | None]],
         on_delivery: Callable[[str, str], None] | None = None, max_hops: int = MAX_HOPS,

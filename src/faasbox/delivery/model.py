@@ -1,6 +1,6 @@
 """Destinations of a function's async results (part of its task policy).
 
-Kept free of other faasbox imports: :mod:`faasbox.queue` uses these models in ``TaskPolicy``.
+Kept free of other faasbox imports: :mod:`faasbox.store.queue` uses these models in ``TaskPolicy``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, Policies, TaskLifecycle
 from faasbox.events import Events, TaskFinished, TasksEnqueued
-from faasbox.queue import TaskFilter, TaskQueue, TaskRow
+from faasbox.store.queue import TaskFilter, TaskQueue, TaskRow
 
 MAX_BATCH = 10_000
 REDRIVABLE = ("dead", "failed", "expired")

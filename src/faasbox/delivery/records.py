@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from faasbox.queue import TaskRow
+from faasbox.store.queue import TaskRow
 from faasbox.tenancy.names import display
 
 CONDITIONS = {"succeeded": "Success", "dead": "RetriesExhausted", "expired": "EventAgeExceeded"}

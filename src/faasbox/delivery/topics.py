@@ -18,8 +18,8 @@ from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher
 from faasbox.invoker import new_id
-from faasbox.queue import NewTask
-from faasbox.store.sqlite_delivery import SqliteDeliveryStore, Subscription
+from faasbox.store.queue import NewTask
+from faasbox.store.relational.delivery import SqlDeliveryStore, Subscription
 from faasbox.tenancy.names import display, qualify, tenant_of
 
 TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -59,7 +59,7 @@ def matches(flt: dict[str, Any], message: Any) -> bool:
 
 
 class Topics:
-    def __init__(self, store: SqliteDeliveryStore, dispatcher: Dispatcher,
+    def __init__(self, store: SqlDeliveryStore, dispatcher: Dispatcher,
                  clock: Clock) -> None:
         self.store = store
         self.dispatcher = dispatcher

@@ -33,7 +33,7 @@ import httpx
 
 from faasbox import __version__, background
 from faasbox.clock import Clock
-from faasbox.store.sqlite_delivery import AttemptRow, DeliveryRow, SqliteDeliveryStore
+from faasbox.store.relational.delivery import AttemptRow, DeliveryRow, SqlDeliveryStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ async def resolve_check(url: str, allow_private: bool) -> None:
 
 class Webhooks:
     def __init__(
-        self, store: SqliteDeliveryStore, clock: Clock, *, timeout_s: float = 10.0,
+        self, store: SqlDeliveryStore, clock: Clock, *, timeout_s: float = 10.0,
         max_age_s: float = 86400.0, backoff_base_s: float = 2.0, backoff_cap_s: float = 300.0,
         concurrency: int = 32, per_host: int = 4, allow_private: bool = False,
         on_outcome: Callable[[str], None] | None = None,

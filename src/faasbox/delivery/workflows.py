@@ -36,10 +36,10 @@ from faasbox.dispatcher import Dispatcher
 from faasbox.events import TaskFinished
 from faasbox.invoker import new_id
 from faasbox.payload import MAX_EVENT
-from faasbox.queue import TERMINAL, NewTask, TaskFilter, TaskQueue
 from faasbox.registry import Registry
 from faasbox.spec import NAME_RE, validation_text
-from faasbox.store.sqlite_delivery import SqliteDeliveryStore, WorkflowRow
+from faasbox.store.queue import TERMINAL, NewTask, TaskFilter, TaskQueue
+from faasbox.store.relational.delivery import SqlDeliveryStore, WorkflowRow
 from faasbox.tenancy.names import display, qualify
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class WorkflowNotFound(errors.NotFound):
 
 
 class Workflows:
-    def __init__(self, store: SqliteDeliveryStore, queue: TaskQueue, dispatcher: Dispatcher,
+    def __init__(self, store: SqlDeliveryStore, queue: TaskQueue, dispatcher: Dispatcher,
                  registry: Registry, clock: Clock) -> None:
         self.store = store
         self.queue = queue

@@ -25,9 +25,9 @@ from faasbox.dispatcher.lifecycle import TaskLifecycle
 from faasbox.dispatcher.policies import Policies
 from faasbox.events import Events, SlotReleased, TasksEnqueued
 from faasbox.invoker import new_id
-from faasbox.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
+from faasbox.store.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.tenancy.admission import Admission
 from faasbox.tenancy.names import tenant_of
 

@@ -23,8 +23,8 @@ from faasbox.dispatcher.policies import Policies
 from faasbox.events import Events, TaskFinished
 from faasbox.invoker import Invoker, new_request_id
 from faasbox.node import Instance
-from faasbox.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 from faasbox.registry import Registry
+from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
 

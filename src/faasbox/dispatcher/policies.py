@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from faasbox.clock import Clock
-from faasbox.queue import TaskPolicy, TaskQueue, TaskRow
-from faasbox.triggers.store import TriggerStore
+from faasbox.store.queue import TaskPolicy, TaskQueue, TaskRow
+from faasbox.store.triggers import TriggerStore
 
 
 class Policies:

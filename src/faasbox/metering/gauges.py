@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from faasbox.metrics import Metrics, labels
-from faasbox.store.sqlite import SqliteStore
+from faasbox.store.database import Conn
+from faasbox.store.relational.functions import SqlStore
 
 
-async def refresh(store: SqliteStore, metrics: Metrics) -> None:
-    def q(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+async def refresh(store: SqlStore, metrics: Metrics) -> None:
+    def q(conn: Conn) -> list[tuple[str, str, int]]:
         return [(r[0], r[1], r[2]) for r in conn.execute(
             "SELECT function, status, COUNT(*) FROM jobs GROUP BY function, status")]
 

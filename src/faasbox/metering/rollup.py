@@ -27,10 +27,10 @@ from faasbox import background
 from faasbox.clock import Clock
 from faasbox.events import InstanceRetired, InvocationFinished, InvocationThrottled
 from faasbox.metering import accounting
-from faasbox.metering.store import Key, UsageStore
 from faasbox.metering.usage import DAY_S, HOUR_S, Usage, hour_of, ms_bucket, rss_bucket
 from faasbox.node import Instance
 from faasbox.scheduler import InstancePools
+from faasbox.store.relational.usage import Key, UsageStore
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""Persistence behind one interface: :class:`Store`, with the embedded SQLite backend."""
+"""Persistence behind one interface: :class:`Store` and its companions, on SQLite (the
+embedded default) or PostgreSQL (several servers on one database)."""
 
 from faasbox.store.base import FunctionRow, InvocationRecord, Store, VersionRow
-from faasbox.store.sqlite import SqliteStore
+from faasbox.store.relational.functions import SqlStore
 
-__all__ = ["FunctionRow", "InvocationRecord", "SqliteStore", "Store", "VersionRow"]
+__all__ = ["FunctionRow", "InvocationRecord", "SqlStore", "Store", "VersionRow"]

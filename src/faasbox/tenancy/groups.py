@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.spec import NAME_RE, FunctionSpec, as_spec, validation_text
+from faasbox.store.tenancy import TenancyStore
 from faasbox.tenancy.model import Principal
 from faasbox.tenancy.names import display, qualify, tenant_of
 from faasbox.tenancy.service import Tenancy
-from faasbox.tenancy.store import TenancyStore
 from faasbox.triggers.cron import Schedule
 
 if TYPE_CHECKING:

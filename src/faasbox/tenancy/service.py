@@ -14,6 +14,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
+from faasbox.store.tenancy import TenancyStore
 from faasbox.tenancy import keys
 from faasbox.tenancy.model import (
     AuditRow,
@@ -27,7 +28,6 @@ from faasbox.tenancy.model import (
     TenantSpec,
 )
 from faasbox.tenancy.names import DEFAULT_TENANT
-from faasbox.tenancy.store import TenancyStore
 
 log = logging.getLogger(__name__)
 

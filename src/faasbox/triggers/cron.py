@@ -21,7 +21,7 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from faasbox.payload import encode_event
-from faasbox.queue import TaskPolicy
+from faasbox.store.queue import TaskPolicy
 from faasbox.triggers.shards import shard_events
 
 TRIGGER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -26,12 +26,12 @@ from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
 from faasbox.events import Events, TaskFinished, TasksEnqueued
 from faasbox.invoker import new_id
-from faasbox.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue
 from faasbox.registry import Registry
 from faasbox.spec import check_name
+from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue
+from faasbox.store.triggers import JobRow, TriggerStore
 from faasbox.tenancy.names import display, within
 from faasbox.triggers.shards import MAX_SHARDS, shard_events
-from faasbox.triggers.store import JobRow, TriggerStore
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
 from faasbox.events import Events, FunctionDeleted, ScheduleChanged, TaskFinished
 from faasbox.invoker import new_id
-from faasbox.queue import TaskQueue
 from faasbox.registry import Registry
 from faasbox.spec import check_name
+from faasbox.store.queue import TaskQueue
+from faasbox.store.triggers import TriggerRow, TriggerStore
 from faasbox.tenancy.names import display, within
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
-from faasbox.triggers.store import TriggerRow, TriggerStore
 
 log = logging.getLogger(__name__)
 

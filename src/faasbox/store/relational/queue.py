@@ -1,4 +1,4 @@
-"""The task queue on the embedded SQLite store (see :mod:`faasbox.queue` for the contract).
+"""The task queue on the embedded SQLite store (see :mod:`faasbox.store.queue` for the contract).
 
 Every mutation runs on the store's writer thread, so enqueues, leases and completions issued
 together share one commit (group commit), and the idempotency check and insert of one enqueue
@@ -8,13 +8,13 @@ can never interleave with another's.
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
 import orjson
 
-from faasbox.queue import Failure, NewTask, TaskFilter, TaskPolicy, TaskQueue, TaskRow
-from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
+from faasbox.store.database import Conn, Dialect, Row
+from faasbox.store.queue import Failure, NewTask, TaskFilter, TaskPolicy, TaskQueue, TaskRow
+from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
 # the same columns with the event left out (listings of many tasks)
@@ -22,7 +22,7 @@ _LIGHT = _COLUMNS.replace("event,", "x'' AS event,")
 _RUNNABLE = "('queued', 'retry_wait')"
 
 
-def _row(r: sqlite3.Row) -> TaskRow:
+def _row(r: Row) -> TaskRow:
     task = TaskRow(*r)
     task.invocation_ids = orjson.loads(r["invocation_ids"])
     task.cancel_requested = bool(task.cancel_requested)
@@ -30,7 +30,7 @@ def _row(r: sqlite3.Row) -> TaskRow:
 
 
 def insert_tasks(
-    conn: sqlite3.Connection, function: str, tasks: list[NewTask], version: int | None,
+    conn: Conn, function: str, tasks: list[NewTask], version: int | None,
     policy: TaskPolicy, now: float, dedup_window_s: float,
 ) -> list[tuple[TaskRow, bool]]:
     """Insert tasks inside the caller's transaction, deduplicating by idempotency key."""
@@ -91,20 +91,22 @@ def _filter(where: TaskFilter) -> tuple[str, list[Any]]:
     return f"WHERE {text}", args
 
 
-# the priority index, named: without statistics the planner takes (function, run_at) and
-# sorts the whole backlog on every lease
-_LEASE_SQL = (
-    "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
-    " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
-    " WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_runnable_priority"
-    f" WHERE function = ? AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
-    " ORDER BY priority DESC, run_at LIMIT ?)"
-    f" RETURNING {_COLUMNS}")
+def lease_sql(dialect: Dialect) -> str:
+    """Take the highest priority, then the oldest, runnable tasks of one function (rows
+    another server holds locked are skipped where the backend locks rows)."""
+    return (
+        "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+        " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
+        f" WHERE id IN (SELECT id FROM tasks{dialect.lease_index}"
+        f" WHERE function = ? AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
+        f" ORDER BY priority DESC, run_at LIMIT ?{dialect.lease_lock})"
+        f" RETURNING {_COLUMNS}")
 
 
-class SqliteTaskQueue(TaskQueue):
-    def __init__(self, store: SqliteStore) -> None:
+class SqlTaskQueue(TaskQueue):
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
+        self._lease_sql = lease_sql(store.dialect)
 
     async def enqueue(
         self, function: str, tasks: list[NewTask], version: int | None, policy: TaskPolicy,
@@ -116,9 +118,9 @@ class SqliteTaskQueue(TaskQueue):
     async def lease(
         self, function: str, limit: int, now: float, lease_s: float, owner: str,
     ) -> list[TaskRow]:
-        def tx(conn: sqlite3.Connection) -> list[TaskRow]:
+        def tx(conn: Conn) -> list[TaskRow]:
             rows = conn.execute(
-                _LEASE_SQL, (now + lease_s, owner, now, function, now, now, limit)).fetchall()
+                self._lease_sql, (now + lease_s, owner, now, function, now, now, limit)).fetchall()
             return sorted((_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
 
         return await self.store.write(tx)
@@ -126,11 +128,11 @@ class SqliteTaskQueue(TaskQueue):
     async def succeed(
         self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ?,"
                 " lease_until = NULL, error_code = NULL, error_message = NULL,"
-                " invocation_ids = json_insert(invocation_ids, '$[#]', ?)"
+                f" invocation_ids = {self.store.dialect.json_append('invocation_ids')}"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (result, now, invocation_id, task_id, attempt)).rowcount > 0
 
@@ -140,7 +142,8 @@ class SqliteTaskQueue(TaskQueue):
         self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
         now: float,
     ) -> bool:
-        ids = "json_insert(invocation_ids, '$[#]', ?)" if invocation_id else "invocation_ids"
+        ids = (self.store.dialect.json_append("invocation_ids") if invocation_id
+               else "invocation_ids")
         id_args: tuple[Any, ...] = (invocation_id,) if invocation_id else ()
         if failure.retry_at is not None:
             sets = "status = 'retry_wait', run_at = ?"
@@ -149,7 +152,7 @@ class SqliteTaskQueue(TaskQueue):
             sets = "status = ?, finished_at = ?"
             args = (failure.final_status, now)
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 f"UPDATE tasks SET {sets}, lease_until = NULL, error_code = ?,"
                 f" error_message = ?, invocation_ids = {ids}"
@@ -160,7 +163,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 "UPDATE tasks SET status = CASE WHEN attempts > 1 THEN 'retry_wait'"
                 " ELSE 'queued' END, attempts = attempts - 1, run_at = ?, lease_until = NULL"
@@ -170,7 +173,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def cancel(self, task_id: str, now: float) -> TaskRow | None:
-        def tx(conn: sqlite3.Connection) -> TaskRow | None:
+        def tx(conn: Conn) -> TaskRow | None:
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = 'cancelled before it ran'"
@@ -186,7 +189,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def recover(self, now: float, owner: str | None = None) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute(
                 "UPDATE tasks SET lease_until = NULL, lease_owner = NULL,"
                 " status = CASE WHEN cancel_requested THEN 'cancelled'"
@@ -203,7 +206,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def expire(self, now: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute(
                 "UPDATE tasks SET status = 'expired', finished_at = ?, error_code = 'expired',"
                 " error_message = 'the task was not run within its max_event_age_s'"
@@ -212,7 +215,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def purge(self, before: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute(
                 "DELETE FROM tasks WHERE finished_at < ? AND status IN"
                 " ('succeeded', 'failed', 'cancelled', 'expired', 'dead', 'redriven')",
@@ -221,7 +224,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def get(self, task_id: str) -> TaskRow | None:
-        def q(conn: sqlite3.Connection) -> TaskRow | None:
+        def q(conn: Conn) -> TaskRow | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
             return _row(row) if row else None
@@ -229,7 +232,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def release(self, job_id: str, limit: int, now: float, max_event_age_s: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute(
                 "UPDATE tasks SET status = 'queued', run_at = ?, expires_at = ?"
                 " WHERE id IN (SELECT id FROM tasks WHERE job_id = ? AND status = 'held'"
@@ -239,7 +242,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def job_counts(self, job_id: str) -> dict[str, int]:
-        def q(conn: sqlite3.Connection) -> dict[str, int]:
+        def q(conn: Conn) -> dict[str, int]:
             rows = conn.execute(
                 "SELECT status, COUNT(*) FROM tasks WHERE job_id = ? AND source = 'shard'"
                 " GROUP BY status",
@@ -251,7 +254,7 @@ class SqliteTaskQueue(TaskQueue):
     async def jobs_counts(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
         marks = ", ".join("?" * len(job_ids))
 
-        def q(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+        def q(conn: Conn) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {j: {} for j in job_ids}
             for job_id, status, n in conn.execute(
                     f"SELECT job_id, status, COUNT(*) FROM tasks WHERE job_id IN ({marks})"
@@ -264,7 +267,7 @@ class SqliteTaskQueue(TaskQueue):
     async def jobs_started(self, job_ids: list[str]) -> dict[str, float]:
         marks = ", ".join("?" * len(job_ids))
 
-        def q(conn: sqlite3.Connection) -> dict[str, float]:
+        def q(conn: Conn) -> dict[str, float]:
             return {job_id: started for job_id, started in conn.execute(
                 f"SELECT job_id, MIN(started_at) FROM tasks WHERE job_id IN ({marks})"
                 " AND source = 'shard' AND started_at IS NOT NULL GROUP BY job_id",
@@ -273,7 +276,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q) if job_ids else {}
 
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
-        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+        def q(conn: Conn) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(
                 f"SELECT {_LIGHT} FROM tasks WHERE job_id = ? AND source = 'shard'"
                 " ORDER BY shard_index", (job_id,)).fetchall()]
@@ -281,7 +284,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def cancel_held(self, job_id: str, now: float, message: str) -> list[str]:
-        def tx(conn: sqlite3.Connection) -> list[str]:
+        def tx(conn: Conn) -> list[str]:
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = ?"
@@ -294,9 +297,10 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
-        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+        def q(conn: Conn) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(
-                f"SELECT {_LIGHT} FROM tasks WHERE trace_id = ? ORDER BY created_at, rowid",
+                f"SELECT {_LIGHT} FROM tasks WHERE trace_id = ?"
+                f" ORDER BY created_at, {self.store.dialect.insertion_order}",
                 (trace_id,)).fetchall()]
 
         return await self.store.read(q)
@@ -305,7 +309,7 @@ class SqliteTaskQueue(TaskQueue):
     async def find(self, where: TaskFilter, limit: int) -> list[TaskRow]:
         clause, args = _filter(where)
 
-        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+        def q(conn: Conn) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(
                 f"SELECT {_LIGHT} FROM tasks {clause} ORDER BY created_at, id LIMIT ?",
                 (*args, limit)).fetchall()]
@@ -315,7 +319,7 @@ class SqliteTaskQueue(TaskQueue):
     async def redrive(
         self, ids: list[str], policies: dict[str, TaskPolicy], now: float,
     ) -> list[tuple[TaskRow, TaskRow]]:
-        def tx(conn: sqlite3.Connection) -> list[tuple[TaskRow, TaskRow]]:
+        def tx(conn: Conn) -> list[tuple[TaskRow, TaskRow]]:
             out: list[tuple[TaskRow, TaskRow]] = []
             for task_id in ids:
                 r = conn.execute(
@@ -341,7 +345,7 @@ class SqliteTaskQueue(TaskQueue):
     async def cancel_where(self, where: TaskFilter, now: float) -> tuple[list[TaskRow], list[str]]:
         clause, args = _filter(where)
 
-        def tx(conn: sqlite3.Connection) -> tuple[list[TaskRow], list[str]]:
+        def tx(conn: Conn) -> tuple[list[TaskRow], list[str]]:
             cancelled = [_row(r) for r in conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = 'cancelled before it ran'"
@@ -359,7 +363,7 @@ class SqliteTaskQueue(TaskQueue):
     async def purge_where(self, where: TaskFilter) -> int:
         clause, args = _filter(where)
 
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute(
                 f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {clause} AND status IN"
                 " ('succeeded', 'failed', 'cancelled', 'expired', 'dead', 'redriven'))",
@@ -368,7 +372,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def depth(self) -> dict[str, tuple[int, float]]:
-        def q(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
+        def q(conn: Conn) -> dict[str, tuple[int, float]]:
             return {r[0]: (r[1], r[2]) for r in conn.execute(
                 "SELECT function, COUNT(*), MIN(created_at) FROM tasks"
                 f" WHERE status IN {_RUNNABLE} GROUP BY function")}
@@ -376,14 +380,14 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def paused(self) -> set[str]:
-        def q(conn: sqlite3.Connection) -> set[str]:
+        def q(conn: Conn) -> set[str]:
             return {r[0] for r in conn.execute(
                 "SELECT function FROM queue_state WHERE paused = 1")}
 
         return await self.store.read(q)
 
     async def set_paused(self, function: str, paused: bool, now: float) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO queue_state (function, paused, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (function) DO UPDATE SET paused = excluded.paused,"
@@ -402,13 +406,13 @@ class SqliteTaskQueue(TaskQueue):
         sql = (f"SELECT {_COLUMNS} FROM tasks {clause}"
                " ORDER BY created_at DESC, id DESC LIMIT ?")
 
-        def q(conn: sqlite3.Connection) -> list[TaskRow]:
+        def q(conn: Conn) -> list[TaskRow]:
             return [_row(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
 
         return await self.store.read(q)
 
     async def runnable_functions(self, now: float) -> dict[str, float]:
-        def q(conn: sqlite3.Connection) -> dict[str, float]:
+        def q(conn: Conn) -> dict[str, float]:
             rows = conn.execute(
                 f"SELECT function, MIN(run_at) FROM tasks WHERE status IN {_RUNNABLE}"
                 " GROUP BY function").fetchall()
@@ -417,7 +421,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def next_run_at(self, function: str) -> float | None:
-        def q(conn: sqlite3.Connection) -> float | None:
+        def q(conn: Conn) -> float | None:
             row = conn.execute(
                 f"SELECT MIN(run_at) FROM tasks WHERE function = ? AND status IN {_RUNNABLE}",
                 (function,)).fetchone()
@@ -426,7 +430,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def counts(self, function: str) -> dict[str, int]:
-        def q(conn: sqlite3.Connection) -> dict[str, int]:
+        def q(conn: Conn) -> dict[str, int]:
             rows = conn.execute(
                 "SELECT status, COUNT(*) FROM tasks WHERE function = ? GROUP BY status",
                 (function,)).fetchall()
@@ -435,7 +439,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def unfinished(self) -> dict[str, int]:
-        def q(conn: sqlite3.Connection) -> dict[str, int]:
+        def q(conn: Conn) -> dict[str, int]:
             return {r[0]: r[1] for r in conn.execute(
                 "SELECT function, COUNT(*) FROM tasks WHERE status IN"
                 " ('held', 'queued', 'retry_wait', 'running') GROUP BY function")}
@@ -443,7 +447,7 @@ class SqliteTaskQueue(TaskQueue):
         return await self.store.read(q)
 
     async def get_policy(self, function: str) -> TaskPolicy:
-        def q(conn: sqlite3.Connection) -> TaskPolicy:
+        def q(conn: Conn) -> TaskPolicy:
             row = conn.execute("SELECT policy FROM task_policies WHERE function = ?",
                                (function,)).fetchone()
             return TaskPolicy.model_validate_json(row[0]) if row else TaskPolicy()
@@ -453,7 +457,7 @@ class SqliteTaskQueue(TaskQueue):
     async def put_policy(self, function: str, policy: TaskPolicy, now: float) -> None:
         text = policy.model_dump_json()
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO task_policies (function, policy, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (function) DO UPDATE SET policy = excluded.policy,"

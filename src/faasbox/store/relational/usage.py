@@ -6,11 +6,11 @@ flush); reads sum the hourly rows into the buckets asked for.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 
 from faasbox.metering.usage import MAXED, NUMERIC, Usage
-from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
+from faasbox.store.database import Conn
+from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
 from faasbox.tenancy.names import prefix_range
 
 _COLS = ", ".join(NUMERIC)
@@ -21,7 +21,7 @@ Key = tuple[str, int]  # (qualified function, hour)
 
 
 class UsageStore:
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
 
     def save(self, pending: Mapping[Key, Usage]) -> None:
@@ -33,7 +33,7 @@ class UsageStore:
         hist = [(fn, hour, kind, bucket, n) for (fn, hour), u in pending.items()
                 for (kind, bucket), n in u.hist.items()]
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.executemany(
                 f"INSERT INTO usage_hours (function, hour, {_COLS}) VALUES ({_MARKS})"
                 f" ON CONFLICT (function, hour) DO UPDATE SET {_SET}", rows)
@@ -49,7 +49,7 @@ class UsageStore:
         self.store.write_later(tx)
 
     async def purge_before(self, hour: int) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             for table in ("usage_hours", "usage_calls", "usage_hist"):
                 conn.execute(f"DELETE FROM {table} WHERE hour < ?", (hour,))
 
@@ -58,7 +58,7 @@ class UsageStore:
     async def purge_tenant(self, tenant: str) -> None:
         lo, hi = prefix_range(tenant)
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             for table in ("usage_hours", "usage_calls", "usage_hist"):
                 conn.execute(f"DELETE FROM {table} WHERE function >= ? AND function < ?",
                              (lo, hi))
@@ -72,7 +72,7 @@ class UsageStore:
                                     ("function = ?", function),
                                     *tenant_range("function", tenant))
 
-        def q(conn: sqlite3.Connection) -> dict[Key, Usage]:
+        def q(conn: Conn) -> dict[Key, Usage]:
             out: dict[Key, Usage] = {}
             for r in conn.execute(f"SELECT function, hour, {_COLS} FROM usage_hours {clause}",
                                   args):

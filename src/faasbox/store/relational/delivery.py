@@ -9,13 +9,13 @@ attempt retried after a crash) are recorded, and delivered, once.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
+from faasbox.store.database import Conn, Row
+from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
 
 
 @dataclass
@@ -84,42 +84,43 @@ _D_COLUMNS = ", ".join(DeliveryRow.__dataclass_fields__)
 _W_COLUMNS = ", ".join(WorkflowRow.__dataclass_fields__)
 
 
-def _delivery(r: sqlite3.Row) -> DeliveryRow:
+def _delivery(r: Row) -> DeliveryRow:
     row = DeliveryRow(*r)
     row.destination = orjson.loads(r["destination"])
     row.outcome = None if r["outcome"] is None else orjson.loads(r["outcome"])
     return row
 
 
-def _workflow(r: sqlite3.Row) -> WorkflowRow:
+def _workflow(r: Row) -> WorkflowRow:
     row = WorkflowRow(*r)
     row.spec = orjson.loads(r["spec"])
     return row
 
 
-class SqliteDeliveryStore:
-    def __init__(self, store: SqliteStore) -> None:
+class SqlDeliveryStore:
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
 
     # -- deliveries -------------------------------------------------------------------------
     async def add_deliveries(self, rows: list[DeliveryRow]) -> list[DeliveryRow]:
         """Insert the rows not yet there; returns the ones inserted."""
-        def tx(conn: sqlite3.Connection) -> list[DeliveryRow]:
+        def tx(conn: Conn) -> list[DeliveryRow]:
             added = []
             for row in rows:
                 values = [getattr(row, f) for f in DeliveryRow.__dataclass_fields__]
                 values[7] = orjson.dumps(row.destination)
                 values[16] = None if row.outcome is None else orjson.dumps(row.outcome)
                 if conn.execute(
-                        f"INSERT OR IGNORE INTO deliveries ({_D_COLUMNS}) VALUES"
-                        f" ({', '.join('?' * len(values))})", values).rowcount:
+                        f"INSERT INTO deliveries ({_D_COLUMNS}) VALUES"
+                        f" ({', '.join('?' * len(values))}) ON CONFLICT DO NOTHING",
+                        values).rowcount:
                     added.append(row)
             return added
 
         return await self.store.write(tx)
 
     async def due(self, now: float, limit: int, skip: set[str]) -> list[DeliveryRow]:
-        def q(conn: sqlite3.Connection) -> list[DeliveryRow]:
+        def q(conn: Conn) -> list[DeliveryRow]:
             out = []
             for r in conn.execute(
                     f"SELECT {_D_COLUMNS} FROM deliveries WHERE status = 'pending'"
@@ -133,7 +134,7 @@ class SqliteDeliveryStore:
     async def next_due(self, skip: set[str]) -> float | None:
         marks = ", ".join("?" * len(skip))
 
-        def q(conn: sqlite3.Connection) -> float | None:
+        def q(conn: Conn) -> float | None:
             row = conn.execute(
                 "SELECT MIN(due_at) FROM deliveries WHERE status = 'pending'"
                 f" AND id NOT IN ({marks})", tuple(skip)).fetchone()
@@ -147,10 +148,13 @@ class SqliteDeliveryStore:
     ) -> None:
         """One attempt of a webhook delivery and where that leaves it (pending again at
         ``due_at``, delivered or failed)."""
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO delivery_attempts (delivery_id, attempt, at,"
-                " status_code, duration_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO delivery_attempts (delivery_id, attempt, at,"
+                " status_code, duration_ms, error) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (delivery_id, attempt) DO UPDATE SET at = excluded.at,"
+                " status_code = excluded.status_code, duration_ms = excluded.duration_ms,"
+                " error = excluded.error",
                 (delivery_id, attempt.attempt, attempt.at, attempt.status_code,
                  attempt.duration_ms, attempt.error))
             conn.execute(
@@ -161,7 +165,7 @@ class SqliteDeliveryStore:
         await self.store.write(tx)
 
     async def of_task(self, task_id: str) -> list[tuple[DeliveryRow, list[AttemptRow]]]:
-        def q(conn: sqlite3.Connection) -> list[tuple[DeliveryRow, list[AttemptRow]]]:
+        def q(conn: Conn) -> list[tuple[DeliveryRow, list[AttemptRow]]]:
             out = []
             for r in conn.execute(
                     f"SELECT {_D_COLUMNS} FROM deliveries WHERE task_id = ?"
@@ -179,7 +183,7 @@ class SqliteDeliveryStore:
         """The tasks among ``task_ids`` with a delivery row for ``condition``."""
         marks = ", ".join("?" * len(task_ids))
 
-        def q(conn: sqlite3.Connection) -> set[str]:
+        def q(conn: Conn) -> set[str]:
             return {r[0] for r in conn.execute(
                 f"SELECT DISTINCT task_id FROM deliveries WHERE task_id IN ({marks})"
                 " AND condition = ?", (*task_ids, condition))}
@@ -189,27 +193,30 @@ class SqliteDeliveryStore:
     async def failure_candidates(self, since: float, limit: int) -> list[tuple[str, str]]:
         """(task id, function) of tasks that ended dead or expired since ``since``, of
         functions with on_failure destinations, and without a failure delivery yet."""
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        on_failure = self.store.dialect.json_array_length(
+            "p.policy", ("destinations", "on_failure"))
+
+        def q(conn: Conn) -> list[tuple[str, str]]:
             return [(r[0], r[1]) for r in conn.execute(
                 "SELECT t.id, t.function FROM tasks t JOIN task_policies p"
                 " ON p.function = t.function"
                 " WHERE t.status IN ('dead', 'expired') AND t.finished_at >= ?"
                 " AND t.finished_at >= p.updated_at"
-                " AND json_array_length(p.policy, '$.destinations.on_failure') > 0"
+                f" AND {on_failure} > 0"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.task_id = t.id"
                 "   AND d.condition = 'failure') LIMIT ?", (since, limit))]
 
         return await self.store.read(q)
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        def q(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+        def q(conn: Conn) -> dict[tuple[str, str], int]:
             return {(r[0], r[1]): r[2] for r in conn.execute(
                 "SELECT kind, status, COUNT(*) FROM deliveries GROUP BY kind, status")}
 
         return await self.store.read(q)
 
     async def purge(self, before: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             conn.execute(
                 "DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries"
                 " WHERE status != 'pending' AND finished_at < ?)", (before,))
@@ -220,7 +227,7 @@ class SqliteDeliveryStore:
 
     async def task_states(self) -> dict[tuple[str, str], int]:
         """Finished tasks kept, by function and final state (metrics)."""
-        def q(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+        def q(conn: Conn) -> dict[tuple[str, str], int]:
             return {(r[0], r[1]): r[2] for r in conn.execute(
                 "SELECT function, status, COUNT(*) FROM tasks WHERE status IN ('succeeded',"
                 " 'failed', 'cancelled', 'expired', 'dead', 'redriven')"
@@ -233,7 +240,7 @@ class SqliteDeliveryStore:
         """The tenant's webhook secret ``name``, made at first use (or anew: ``rotate``)."""
         fresh = "whsec_" + secrets.token_hex(24)
 
-        def tx(conn: sqlite3.Connection) -> str:
+        def tx(conn: Conn) -> str:
             conflict = ("DO UPDATE SET secret = excluded.secret, created_at ="
                         " excluded.created_at" if rotate else "DO NOTHING")
             conn.execute(
@@ -248,23 +255,23 @@ class SqliteDeliveryStore:
 
     # -- topics -----------------------------------------------------------------------------
     async def create_topic(self, name: str, now: float) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            return conn.execute("INSERT OR IGNORE INTO topics (name, created_at) VALUES (?, ?)",
-                                (name, now)).rowcount > 0
+        def tx(conn: Conn) -> bool:
+            return conn.execute("INSERT INTO topics (name, created_at) VALUES (?, ?)"
+                                " ON CONFLICT DO NOTHING", (name, now)).rowcount > 0
 
         return await self.store.write(tx)
 
     async def topics(self, tenant: str) -> list[tuple[str, float]]:
         clause, args = where_clause(*tenant_range("name", tenant))
 
-        def q(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+        def q(conn: Conn) -> list[tuple[str, float]]:
             return [(r[0], r[1]) for r in conn.execute(
                 f"SELECT name, created_at FROM topics {clause} ORDER BY name", args)]
 
         return await self.store.read(q)
 
     async def topic(self, name: str) -> float | None:
-        def q(conn: sqlite3.Connection) -> float | None:
+        def q(conn: Conn) -> float | None:
             row = conn.execute("SELECT created_at FROM topics WHERE name = ?",
                                (name,)).fetchone()
             return None if row is None else float(row[0])
@@ -272,7 +279,7 @@ class SqliteDeliveryStore:
         return await self.store.read(q)
 
     async def delete_topic(self, name: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             conn.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
             return conn.execute("DELETE FROM topics WHERE name = ?", (name,)).rowcount > 0
 
@@ -280,7 +287,7 @@ class SqliteDeliveryStore:
 
     async def subscribe(self, sub: Subscription) -> bool:
         """Add or replace a subscription; True when it is new."""
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             seen = conn.execute("SELECT 1 FROM subscriptions WHERE topic = ? AND function = ?",
                                 (sub.topic, sub.function)).fetchone()
             conn.execute(
@@ -293,14 +300,14 @@ class SqliteDeliveryStore:
         return await self.store.write(tx)
 
     async def unsubscribe(self, topic: str, function: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute("DELETE FROM subscriptions WHERE topic = ? AND function = ?",
                                 (topic, function)).rowcount > 0
 
         return await self.store.write(tx)
 
     async def subscriptions(self, topic: str) -> list[Subscription]:
-        def q(conn: sqlite3.Connection) -> list[Subscription]:
+        def q(conn: Conn) -> list[Subscription]:
             return [Subscription(r[0], r[1], orjson.loads(r[2]), r[3]) for r in conn.execute(
                 "SELECT topic, function, filter, created_at FROM subscriptions"
                 " WHERE topic = ? ORDER BY function", (topic,))]
@@ -308,7 +315,7 @@ class SqliteDeliveryStore:
         return await self.store.read(q)
 
     async def drop_function(self, function: str) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute("DELETE FROM subscriptions WHERE function = ?", (function,))
             conn.execute("DELETE FROM queue_state WHERE function = ?", (function,))
 
@@ -316,7 +323,7 @@ class SqliteDeliveryStore:
 
     # -- workflows --------------------------------------------------------------------------
     async def put_definition(self, name: str, spec: dict[str, Any], now: float) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO workflow_definitions (name, spec, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,"
@@ -325,7 +332,7 @@ class SqliteDeliveryStore:
         await self.store.write(tx)
 
     async def definition(self, name: str) -> dict[str, Any] | None:
-        def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        def q(conn: Conn) -> dict[str, Any] | None:
             row = conn.execute("SELECT spec FROM workflow_definitions WHERE name = ?",
                                (name,)).fetchone()
             return None if row is None else dict(orjson.loads(row[0]))
@@ -335,21 +342,21 @@ class SqliteDeliveryStore:
     async def definitions(self, tenant: str) -> list[tuple[str, dict[str, Any]]]:
         clause, args = where_clause(*tenant_range("name", tenant))
 
-        def q(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+        def q(conn: Conn) -> list[tuple[str, dict[str, Any]]]:
             return [(r[0], orjson.loads(r[1])) for r in conn.execute(
                 f"SELECT name, spec FROM workflow_definitions {clause} ORDER BY name", args)]
 
         return await self.store.read(q)
 
     async def delete_definition(self, name: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute("DELETE FROM workflow_definitions WHERE name = ?",
                                 (name,)).rowcount > 0
 
         return await self.store.write(tx)
 
     async def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
-        def tx(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
+        def tx(conn: Conn) -> tuple[WorkflowRow, bool]:
             if row.idempotency_key is not None:
                 seen = conn.execute(f"SELECT {_W_COLUMNS} FROM workflows WHERE"
                                     " idempotency_key = ?", (row.idempotency_key,)).fetchone()
@@ -364,7 +371,7 @@ class SqliteDeliveryStore:
         return await self.store.write(tx)
 
     async def workflow(self, workflow_id: str) -> WorkflowRow | None:
-        def q(conn: sqlite3.Connection) -> WorkflowRow | None:
+        def q(conn: Conn) -> WorkflowRow | None:
             row = conn.execute(f"SELECT {_W_COLUMNS} FROM workflows WHERE id = ?",
                                (workflow_id,)).fetchone()
             return None if row is None else _workflow(row)
@@ -372,7 +379,7 @@ class SqliteDeliveryStore:
         return await self.store.read(q)
 
     async def workflows(self, tenant: str, limit: int) -> list[WorkflowRow]:
-        def q(conn: sqlite3.Connection) -> list[WorkflowRow]:
+        def q(conn: Conn) -> list[WorkflowRow]:
             return [_workflow(r) for r in conn.execute(
                 f"SELECT {_W_COLUMNS} FROM workflows WHERE tenant = ?"
                 " ORDER BY created_at DESC LIMIT ?", (tenant, limit))]
@@ -380,7 +387,7 @@ class SqliteDeliveryStore:
         return await self.store.read(q)
 
     async def running_workflows(self) -> list[str]:
-        def q(conn: sqlite3.Connection) -> list[str]:
+        def q(conn: Conn) -> list[str]:
             return [r[0] for r in conn.execute(
                 "SELECT id FROM workflows WHERE status = 'running'")]
 
@@ -388,7 +395,7 @@ class SqliteDeliveryStore:
 
     async def advance_workflow(self, workflow_id: str, stage: int, stage_input: bytes) -> bool:
         """Move a running workflow from ``stage - 1`` to ``stage``."""
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 "UPDATE workflows SET stage = ?, stage_input = ? WHERE id = ?"
                 " AND status = 'running' AND stage = ?",
@@ -400,7 +407,7 @@ class SqliteDeliveryStore:
         self, workflow_id: str, status: str, now: float, result: bytes | None = None,
         error_code: str | None = None, error_message: str | None = None,
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 "UPDATE workflows SET status = ?, finished_at = ?, result = ?, error_code = ?,"
                 " error_message = ? WHERE id = ? AND status = 'running'",
@@ -409,7 +416,7 @@ class SqliteDeliveryStore:
         return await self.store.write(tx)
 
     async def set_failure_task(self, workflow_id: str, task_id: str) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute("UPDATE workflows SET failure_task = ? WHERE id = ?",
                          (task_id, workflow_id))
 
@@ -419,7 +426,7 @@ class SqliteDeliveryStore:
                                                                    bytes | None, str | None,
                                                                    str | None, str]]:
         """(task id, stage, member, status, result, error code, error message, function)."""
-        def q(conn: sqlite3.Connection) -> list[Any]:
+        def q(conn: Conn) -> list[Any]:
             return [tuple(r) for r in conn.execute(
                 "SELECT id, workflow_step, shard_index, status, result, error_code,"
                 " error_message, function FROM tasks WHERE workflow_id = ?"

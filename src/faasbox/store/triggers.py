@@ -15,7 +15,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any
 
-from faasbox.queue import NewTask, TaskPolicy
+from faasbox.store.queue import NewTask, TaskPolicy
 from faasbox.triggers.cron import TriggerSpec
 
 

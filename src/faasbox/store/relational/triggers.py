@@ -1,35 +1,34 @@
-"""Cron triggers and jobs on the embedded SQLite store (see :mod:`faasbox.triggers.store`)."""
+"""Cron triggers and jobs on the embedded SQLite store (see :mod:`faasbox.store.triggers`)."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import orjson
 
-from faasbox.queue import NewTask, TaskPolicy
-from faasbox.store.sqlite import SqliteStore, tenant_range, where_clause
-from faasbox.store.sqlite_queue import insert_tasks
+from faasbox.store.database import Conn, Row
+from faasbox.store.queue import NewTask, TaskPolicy
+from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
+from faasbox.store.relational.queue import insert_tasks
+from faasbox.store.triggers import JobRow, TriggerRow, TriggerStore
 from faasbox.triggers.cron import TriggerSpec
-from faasbox.triggers.store import JobRow, TriggerRow, TriggerStore
 
 _TRIGGER_COLUMNS = ", ".join(TriggerRow.__dataclass_fields__)
 _JOB_COLUMNS = ", ".join(JobRow.__dataclass_fields__)
 
 
-def _trigger(r: sqlite3.Row) -> TriggerRow:
+def _trigger(r: Row) -> TriggerRow:
     row = TriggerRow(*r)
     row.spec = TriggerSpec.model_validate_json(r["spec"])
     return row
 
 
-def _job(r: sqlite3.Row) -> JobRow:
+def _job(r: Row) -> JobRow:
     row = JobRow(*r)
     row.spec = orjson.loads(r["spec"])
     return row
 
 
-class SqliteTriggerStore(TriggerStore):
-    def __init__(self, store: SqliteStore) -> None:
+class SqlTriggerStore(TriggerStore):
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
 
     # -- triggers ---------------------------------------------------------------------------
@@ -41,7 +40,7 @@ class SqliteTriggerStore(TriggerStore):
                 row.last_fire_at, row.last_run, row.pending_fires, row.fires, row.skipped,
                 row.created_at, row.updated_at)
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 f"INSERT INTO triggers ({_TRIGGER_COLUMNS}) VALUES"
                 f" ({', '.join('?' * len(args))}) ON CONFLICT (function, name) {conflict}",
@@ -54,7 +53,7 @@ class SqliteTriggerStore(TriggerStore):
         last_fire_at: float | None, last_run: str | None, pending_fires: int,
         fired: int, skipped: int, now: float,
     ) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute(
                 "UPDATE triggers SET next_fire_at = ?, last_fire_at = ?, last_run = ?,"
                 " pending_fires = ?, fires = fires + ?, skipped = skipped + ?, updated_at = ?"
@@ -65,7 +64,7 @@ class SqliteTriggerStore(TriggerStore):
         await self.store.write(tx)
 
     async def get_trigger(self, function: str, name: str) -> TriggerRow | None:
-        def q(conn: sqlite3.Connection) -> TriggerRow | None:
+        def q(conn: Conn) -> TriggerRow | None:
             r = conn.execute(f"SELECT {_TRIGGER_COLUMNS} FROM triggers WHERE function = ?"
                              " AND name = ?", (function, name)).fetchone()
             return _trigger(r) if r else None
@@ -75,7 +74,7 @@ class SqliteTriggerStore(TriggerStore):
     async def list_triggers(self, function: str | None) -> list[TriggerRow]:
         clause, args = where_clause(("function = ?", function))
 
-        def q(conn: sqlite3.Connection) -> list[TriggerRow]:
+        def q(conn: Conn) -> list[TriggerRow]:
             return [_trigger(r) for r in conn.execute(
                 f"SELECT {_TRIGGER_COLUMNS} FROM triggers {clause} ORDER BY function, name",
                 args).fetchall()]
@@ -83,14 +82,14 @@ class SqliteTriggerStore(TriggerStore):
         return await self.store.read(q)
 
     async def delete_trigger(self, function: str, name: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute("DELETE FROM triggers WHERE function = ? AND name = ?",
                                 (function, name)).rowcount > 0
 
         return await self.store.write(tx)
 
     async def delete_triggers(self, function: str) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             return conn.execute("DELETE FROM triggers WHERE function = ?",
                                 (function,)).rowcount
 
@@ -105,7 +104,7 @@ class SqliteTriggerStore(TriggerStore):
                 job.result, job.error_code, job.error_message, job.trace_id,
                 job.idempotency_key, job.trigger_name)
 
-        def tx(conn: sqlite3.Connection) -> tuple[JobRow, bool]:
+        def tx(conn: Conn) -> tuple[JobRow, bool]:
             if job.idempotency_key is not None:
                 seen = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?",
                                     (job.idempotency_key,)).fetchone()
@@ -123,7 +122,7 @@ class SqliteTriggerStore(TriggerStore):
         return await self.store.write(tx)
 
     async def get_job(self, job_id: str) -> JobRow | None:
-        def q(conn: sqlite3.Connection) -> JobRow | None:
+        def q(conn: Conn) -> JobRow | None:
             r = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
             return _job(r) if r else None
@@ -139,7 +138,7 @@ class SqliteTriggerStore(TriggerStore):
             ("(created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?)", before),
             *tenant_range("function", tenant))
 
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
+        def q(conn: Conn) -> list[JobRow]:
             return [_job(r) for r in conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY created_at DESC, id DESC"
                 " LIMIT ?", (*args, limit)).fetchall()]
@@ -147,14 +146,14 @@ class SqliteTriggerStore(TriggerStore):
         return await self.store.read(q)
 
     async def running_jobs(self) -> list[JobRow]:
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
+        def q(conn: Conn) -> list[JobRow]:
             return [_job(r) for r in conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running'").fetchall()]
 
         return await self.store.read(q)
 
     async def set_reduce(self, job_id: str, task_id: str) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Conn) -> None:
             conn.execute("UPDATE jobs SET reduce_task_id = ? WHERE id = ?", (task_id, job_id))
 
         await self.store.write(tx)
@@ -163,7 +162,7 @@ class SqliteTriggerStore(TriggerStore):
         self, job_id: str, status: str, now: float, result: bytes | None = None,
         error_code: str | None = None, error_message: str | None = None,
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Conn) -> bool:
             return conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error_code = ?,"
                 " error_message = ? WHERE id = ? AND status = 'running'",

@@ -1,0 +1,283 @@
+"""The database engine under the relational store: group commit, reads, a dialect.
+
+The store's queries are functions of a connection (``fn(conn) -> value``) written once in
+SQL that both backends run (``store/relational/``). An engine runs them:
+
+- **Writes** go to one writer thread per server, which owns the write connection. It takes
+  every write that is waiting (up to ``MAX_GROUP``), runs each inside its own savepoint of one
+  transaction, commits once, then resolves each caller's future: a burst of concurrent writes
+  costs one commit instead of one each, and one write's failure does not fail its group.
+- **Reads** run on a small thread pool, each thread with its own connection.
+- **Placeholders** are ``?``; an engine whose driver wants another style translates (once per
+  statement text). The few statements that differ by dialect ask :class:`Dialect`.
+
+Backends: ``store/sqlite`` (embedded, the default) and ``store/postgres`` (several servers on
+one database).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_GROUP = 512
+_STOP = object()
+
+
+class Row(Protocol):
+    """A result row: by position or by column name."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Any: ...
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """What a query function may use of its connection (sqlite3's shape)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+WriteFn = Callable[[Any], Any]
+
+
+class Dialect:
+    """The SQL that differs between backends (SQLite's here; PostgreSQL overrides)."""
+
+    name = "sqlite"
+    begin = "BEGIN IMMEDIATE"
+    # the lease walks this index in (priority, run_at) order; SQLite's planner, without
+    # statistics, would take (function, run_at) and sort the whole backlog
+    lease_index = " INDEXED BY tasks_runnable_priority"
+    lease_lock = ""  # one writer: nothing to skip
+    insertion_order = "rowid"
+
+    def json_append(self, column: str) -> str:
+        """``column`` (a JSON array in text) with one more element, the next parameter."""
+        return f"json_insert({column}, '$[#]', ?)"
+
+    def json_array_length(self, column: str, path: tuple[str, ...]) -> str:
+        """Length of the JSON array at ``path`` in the text ``column`` (0 when absent)."""
+        return f"COALESCE(json_array_length({column}, '$.{'.'.join(path)}'), 0)"
+
+
+class Database(abc.ABC):
+    """One backend's connections: a writer thread with group commit and a reader pool."""
+
+    dialect: Dialect = Dialect()
+
+    def __init__(self, readers: int = 4) -> None:
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="faasbox-store-read")
+        self._local = threading.local()
+        self._writer: _Writer | None = None
+        self._unflushed: set[asyncio.Future[Any]] = set()
+
+    # -- what a backend provides ----------------------------------------------------------
+    @abc.abstractmethod
+    def connect(self) -> Any:
+        """A new connection, ready for queries."""
+
+    @abc.abstractmethod
+    def migrate(self, conn: Any) -> int:
+        """Bring the schema up to date; returns its version."""
+
+    @abc.abstractmethod
+    def unavailable(self, exc: Exception) -> Exception:
+        """``exc`` as the caller should see it: a database that cannot write (disk full,
+        unreachable) as :class:`~faasbox.errors.StoreUnavailable`, a broken constraint as it
+        is."""
+
+    def retryable(self, exc: Exception) -> bool:
+        """Whether a write that raised ``exc`` may simply run again (a deadlock)."""
+        return False
+
+    def broken(self, conn: Any) -> bool:
+        """Whether ``conn`` is lost and must be replaced (a backend with a network)."""
+        return False
+
+    def prepare(self) -> None:  # noqa: B027 - most backends need none
+        """Set-up before the first connection (directories, file modes)."""
+
+    @property
+    def description(self) -> str:
+        return self.dialect.name
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        await asyncio.to_thread(self.prepare)
+        conn = await asyncio.to_thread(self.connect)
+        await asyncio.to_thread(self.migrate, conn)
+        self._writer = _Writer(self, conn, asyncio.get_running_loop())
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        await self.flush()
+        self._writer.inbox.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        with contextlib.suppress(Exception):
+            self._writer.conn.close()
+        self._writer = None
+        self._readers.shutdown(wait=True)
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits if self._writer else 0
+
+    def submit(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
+        """Queue a write for the next group commit; the future resolves after the commit."""
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writer.inbox.put((fn, fut))
+        return fut
+
+    async def write(self, fn: Callable[[Any], T]) -> T:
+        return await self.submit(fn)
+
+    def write_later(self, fn: WriteFn) -> asyncio.Future[Any]:
+        """Queue a write without waiting for it; reads wait for it (read-your-writes).
+        Returns the future of its commit."""
+        fut = self.submit(fn)
+        self._unflushed.add(fut)
+        fut.add_done_callback(self._forget)
+        return fut
+
+    def _forget(self, fut: asyncio.Future[Any]) -> None:
+        self._unflushed.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("deferred write failed: %s", fut.exception())
+
+    async def flush(self) -> None:
+        if self._unflushed:
+            await asyncio.gather(*list(self._unflushed), return_exceptions=True)
+
+    def _reader(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self.broken(conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._local.conn = None
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(self._reader())
+        except Exception as exc:
+            raise self.unavailable(exc) from exc
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read, fn)
+
+
+class _Writer(threading.Thread):
+    """Runs queued write functions in grouped transactions."""
+
+    def __init__(self, db: Database, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="faasbox-store-writer", daemon=True)
+        self.db = db
+        self.conn = conn
+        self.loop = loop
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.commits = 0
+
+    def run(self) -> None:
+        while True:
+            first = self.inbox.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < MAX_GROUP:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self.inbox.put(_STOP)
+                    break
+                batch.append(item)
+            self._run_group(batch)
+
+    def _connection(self) -> Any:
+        if self.db.broken(self.conn):
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = self.db.connect()  # raises while the database is away
+        return self.conn
+
+    def _run_one(self, conn: Any, fn: WriteFn) -> tuple[bool, Any]:
+        """One write in its own savepoint; a deadlock with another server's transaction is
+        tried again (its savepoint undone), anything else fails this write only."""
+        for attempt in range(1, 4):
+            conn.execute("SAVEPOINT w")
+            try:
+                value = fn(conn)
+                conn.execute("RELEASE SAVEPOINT w")
+                return True, value
+            except Exception as exc:
+                if self.db.broken(conn):
+                    raise
+                conn.execute("ROLLBACK TO SAVEPOINT w")
+                conn.execute("RELEASE SAVEPOINT w")
+                if attempt < 3 and self.db.retryable(exc):
+                    continue
+                return False, self.db.unavailable(exc)
+        raise AssertionError("unreachable")
+
+    def _run_group(self, batch: list[tuple[WriteFn, asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn = self._connection()
+            conn.execute(self.db.dialect.begin)
+            for fn, _ in batch:
+                outcomes.append(self._run_one(conn, fn))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:
+            log.error("group commit of %d writes failed: %s", len(batch), exc)
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
+            outcomes = [(False, self.db.unavailable(exc))] * len(batch)
+        settled = [(fut, ok, value) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
+        self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the whole group
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in settled:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a schema script (``--`` comment lines dropped)."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,91 @@
+"""SQLite in WAL mode: one file, group commit on the writer thread, readers beside it.
+
+``synchronous=FULL`` (the default) fsyncs every group commit; ``NORMAL`` leaves it to
+checkpoints. One server owns the file (the data-dir lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+from faasbox import errors
+from faasbox.store.database import Database, statements
+
+log = logging.getLogger(__name__)
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The versioned schema scripts, in order: ``[(version, sql), ...]``."""
+    found = []
+    for entry in resources.files("faasbox.store.sqlite").joinpath("sql").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the schema scripts not yet applied; returns the schema version."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " applied_at REAL NOT NULL DEFAULT (julianday('now')))"
+    )
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    current = max(done, default=0)
+    for version, sql in migrations():
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in statements(sql):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("applied schema migration %d", version)
+        current = version
+    return current
+
+
+class SqliteDatabase(Database):
+    def __init__(self, path: Path, synchronous: str = "FULL", readers: int = 4) -> None:
+        super().__init__(readers)
+        self.path = path
+        self.synchronous = synchronous
+
+    @property
+    def description(self) -> str:
+        return f"sqlite ({self.path})"
+
+    def prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # private to the server: SQLite gives the -wal and -shm files the same mode
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.path.chmod(0o600)
+
+    def connect(self) -> sqlite3.Connection:
+        return connect(self.path, self.synchronous)
+
+    def migrate(self, conn: sqlite3.Connection) -> int:
+        return migrate(conn)
+
+    def unavailable(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            return errors.StoreUnavailable(f"the store cannot write: {exc}")
+        return exc
