@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	./scripts/host-setup
+	./scripts/pg-setup
 	./scripts/browser-setup
 	touch $(STAMP)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -343,3 +344,73 @@ def make_server() -> Iterator[Any]:
     for srv in started:
         srv.stop()
     remove_tree(root)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+# A throwaway PostgreSQL cluster per test process (tests/pg.py): each xdist worker starts its
+# own on a free port (about a second), with one template database holding faasbox's PostgreSQL
+# schema; a module that asks for pg_url gets its own copy of the template (CREATE DATABASE ...
+# TEMPLATE, tens of ms), dropped after the module. Without PostgreSQL the fixtures skip, unless
+# FAASBOX_REQUIRE_POSTGRES=1, where they fail.
+REQUIRE_POSTGRES_ENV = "FAASBOX_REQUIRE_POSTGRES"
+PG_TEMPLATE = "faasbox_template"
+_pg_databases = 0
+
+
+def pg_unavailable(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it where PostgreSQL is required."""
+    if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+        pytest.fail(f"PostgreSQL is required ({REQUIRE_POSTGRES_ENV}=1): {reason}",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def pg_schema_dir() -> Path:
+    """The PostgreSQL schema scripts of the faasbox that is imported (falling back to this
+    checkout's, should the imported one not have them)."""
+    import faasbox.store
+
+    for path in (Path(faasbox.store.__file__).parent / "postgres" / "sql",
+                 Path(__file__).resolve().parents[1] / "src/faasbox/store/postgres/sql"):
+        if path.is_dir():
+            return path
+    raise FileNotFoundError("no src/faasbox/store/postgres/sql")
+
+
+def pg_schema_sql() -> str:
+    """Every PostgreSQL schema script (NNNN_*.sql), in order, as one text."""
+    scripts = sorted(pg_schema_dir().glob("[0-9]*.sql"), key=lambda p: int(p.name.split("_")[0]))
+    return "\n".join(p.read_text() for p in scripts)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """This process's PostgreSQL cluster (a tests.pg.PgCluster, started), holding the template
+    database PG_TEMPLATE. Stopped and its dir removed at the end of the session."""
+    from tests.pg import PgCluster
+
+    reason = PgCluster.available()
+    if reason is not None:
+        pg_unavailable(reason)
+    # its dir is under the session root (so a leak fails the session) but not in _tempdirs:
+    # the module and test cleanups must not remove it
+    cluster = PgCluster(_tmp_root()).start()
+    try:
+        cluster.create_template(PG_TEMPLATE, pg_schema_sql())
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_cluster: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a database of this module's own, a fresh copy of the faasbox schema
+    (postgresql://postgres@127.0.0.1:PORT/NAME); dropped after the module, connections that
+    are still open then are cut."""
+    global _pg_databases
+    _pg_databases += 1
+    base = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    name = f"m{_pg_databases}_{os.getpid()}_{base}"[:63]
+    url = pg_cluster.clone(PG_TEMPLATE, name)
+    yield url
+    pg_cluster.drop(name)
