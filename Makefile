@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/faasbox server --host $(HOST) --port $(PORT) --deploy examples/faasbox.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	FAASBOX_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	@$(BIN)/python bench/run_all.py

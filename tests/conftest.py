@@ -319,24 +319,45 @@ class Server:
         return any(f["feature"] == name and f["active"] for f in self.node()["sandbox"])
 
 
+# FAASBOX_TEST_STORE=postgres runs the servers of `server` and `make_server` on PostgreSQL
+# (a database of their own each): the whole suite on the other backend, by hand
+TEST_STORE_ENV = "FAASBOX_TEST_STORE"
+
+
+def _store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if os.environ.get(TEST_STORE_ENV, "sqlite") != "postgres":
+        return {}
+    cluster = request.getfixturevalue("pg_cluster")
+    global _pg_databases
+    _pg_databases += 1
+    url = cluster.clone(PG_TEMPLATE, f"s{_pg_databases}_{os.getpid()}")
+    return {"FAASBOX_STORE_URL": url}
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """One server shared by a test module; tests use their own function names."""
     root = open_tempdir()
-    srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "3"}).start()
+    srv = Server(root / "data", {"FAASBOX_ACQUIRE_TIMEOUT_S": "3",
+                                 **_store_env(request)}).start()
     yield srv
     srv.stop()
     remove_tree(root)
 
 
 @pytest.fixture
-def make_server() -> Iterator[Any]:
+def make_server(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Start servers with their own settings: ``make_server(env={...})``."""
     root = open_tempdir()
     started: list[Server] = []
 
+    stores: dict[Path, dict[str, str]] = {}  # a restarted server finds its store again
+
     def make(env: dict[str, str] | None = None, data: Path | None = None) -> Server:
-        srv = Server(data or root / f"data{len(started)}", env).start()
+        data = data or root / f"data{len(started)}"
+        if data not in stores:
+            stores[data] = _store_env(request)
+        srv = Server(data, {**stores[data], **(env or {})}).start()
         started.append(srv)
         return srv
 
@@ -383,6 +404,18 @@ def pg_schema_sql() -> str:
     return "\n".join(p.read_text() for p in scripts)
 
 
+def migrate_pg(url: str) -> None:
+    """Bring the database at ``url`` to faasbox's schema, as a server does at start."""
+    from faasbox.store.postgres.engine import PostgresDatabase
+
+    db = PostgresDatabase(url)
+    conn = db.connect()
+    try:
+        db.migrate(conn)
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """This process's PostgreSQL cluster (a tests.pg.PgCluster, started), holding the template
@@ -396,7 +429,8 @@ def pg_cluster() -> Iterator[Any]:
     # the module and test cleanups must not remove it
     cluster = PgCluster(_tmp_root()).start()
     try:
-        cluster.create_template(PG_TEMPLATE, pg_schema_sql())
+        cluster.create_template(PG_TEMPLATE, "")
+        migrate_pg(cluster.url(PG_TEMPLATE))  # the server's own migrations
         yield cluster
     finally:
         cluster.stop()

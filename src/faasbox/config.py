@@ -36,6 +36,9 @@ class Settings:
     start_mode: str = "auto"
     # seconds between scaling ticks (autoscaler, keep-alive, pre-warm, idle reaping, floors)
     reap_interval_s: float = 1.0
+    # several servers on one store: a server whose heartbeat is this old is dead, and the
+    # tasks it leased are taken back by the others
+    server_timeout_s: float = 10.0
     # keep-alive/pre-warm policy: faasbox, hybrid or fixed; its numeric parameters as
     # "k=v,k=v" (e.g. "ttl_s=60" for fixed); a function's idle_ttl_s caps what it learns
     keepalive_policy: str = "faasbox"

@@ -108,6 +108,24 @@ class ScheduleChanged(Event):
     instances: int = 1
 
 
+@dataclass(frozen=True)
+class ControlChanged(Event):
+    """A control-plane change was made (what the audit log records): ``action`` as
+    ``tenant.update``, ``trigger.create``, ...; ``target`` what it changed (a function's
+    plain name within ``tenant`` for ``function.*``)."""
+
+    tenant: str
+    action: str
+    target: str
+
+
+@dataclass(frozen=True)
+class CancelRequested(Event):
+    """A running task was asked to stop, and it runs on another server."""
+
+    task_id: str
+
+
 E = TypeVar("E", bound=Event)
 Listener = Callable[[E], Awaitable[None] | None]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -11,11 +12,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from faasbox import background, errors
 from faasbox.autoscaler import ScalerConfig, make_policy
 from faasbox.clock import Clock, SystemClock
+from faasbox.cluster import Cluster
 from faasbox.codestore import CodeStore, zip_folder
 from faasbox.config import Settings
 from faasbox.delivery.destinations import DestinationService
@@ -25,6 +28,8 @@ from faasbox.delivery.webhooks import Webhooks
 from faasbox.delivery.workflows import Workflows
 from faasbox.dispatcher import Dispatcher, Policies, TaskLifecycle
 from faasbox.events import (
+    CancelRequested,
+    ControlChanged,
     Events,
     FunctionDeleted,
     FunctionDeployed,
@@ -50,6 +55,7 @@ from faasbox.spec import FunctionSpec, validate_spec, validation_text
 from faasbox.stack import StackItem, load_stack, load_workflows
 from faasbox.store import SqlStore
 from faasbox.store.queue import TaskRow
+from faasbox.store.relational.cluster import SqlClusterStore
 from faasbox.store.relational.delivery import SqlDeliveryStore
 from faasbox.store.relational.queue import SqlTaskQueue
 from faasbox.store.relational.tenancy import SqlTenancyStore
@@ -98,7 +104,7 @@ class Platform:
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])
         self.tenancy = Tenancy(SqlTenancyStore(self.store), default_limits(settings),
-                               self.clock)
+                               self.clock, self.events)
         self.admission = Admission(self.tenancy, self.clock)
         self.instances = InstancePools(
             self.registry, self.node, self.resources, self.clock, **scaling_options(settings),
@@ -116,9 +122,14 @@ class Platform:
         self.policies = Policies(self.queue, self.trigger_store, self.clock)
         self.tasks = TaskLifecycle(self.queue, self.registry, self.invoker, self.policies,
                                    self.events, self.clock)
+        self.cluster = Cluster(self.store.db, SqlClusterStore(self.store), self.clock,
+                               f"http://{settings.host}:{settings.port}",
+                               settings.server_timeout_s, self._server_info)
+        if self.cluster.shared:
+            self.tasks.recheck_s = 1.0
         self.dispatcher = Dispatcher(
             self.queue, self.registry, self.scheduler, self.tasks, self.policies,
-            self.admission, self.events, self.clock,
+            self.admission, self.events, self.clock, self.cluster,
             dedup_window_s=settings.idempotency_window_s,
             retention_s=settings.task_retention_s,
             sweep_interval_s=settings.reap_interval_s,
@@ -203,6 +214,56 @@ class Platform:
         on(InvocationFinished, self.meter.on_invocation)
         on(InvocationThrottled, self.meter.on_throttle)
         on(InstanceRetired, self.meter.on_instance_retired)
+        # several servers on one store: what changed here, the others hear (cluster.py)
+        publish = self.cluster.publish
+        on(TasksEnqueued, lambda e: publish("tasks", e.function))
+        on(CancelRequested, lambda e: publish("cancel", e.task_id))
+        on(ControlChanged, lambda e: publish("control", orjson.dumps(
+            [e.tenant, e.action, e.target]).decode()))
+        heard = self.cluster.on
+        heard("tasks", lambda function: self.dispatcher.notify(function, self.clock.now()))
+        heard("cancel", self.tasks.interrupt)
+        heard("control", self._control_changed)
+        self.cluster.every_poll(self._poll_cluster)
+
+    async def _control_changed(self, key: str) -> None:
+        """Another server changed the control plane: drop what this one cached of it."""
+        tenant, action, target = orjson.loads(key)
+        kind = action.split(".", 1)[0]
+        if kind in ("tenant", "key"):
+            await self.tenancy.load()
+        elif kind in ("function", "task_policy", "queue"):
+            function = qualify(tenant, target)
+            self.registry.forget(function)
+            self.policies.forget(function)
+            if action == "function.delete":
+                self.on_function_deleted(FunctionDeleted(function))
+                await self.triggers.reload()
+            elif action == "function.deploy":
+                with contextlib.suppress(errors.NotFound):
+                    row = await self.registry.resolve(function, None)
+                    self.admission.set_reservation(function, row.spec)
+            elif kind == "queue":
+                self.dispatcher.paused = await self.queue.paused()
+                self.dispatcher.notify(function, self.clock.now())
+        elif kind == "trigger":
+            await self.triggers.reload()
+
+    async def _poll_cluster(self, _: str) -> None:
+        """What a lost message would have said: runnable tasks, triggers, keys, pauses."""
+        await self.dispatcher.refresh()
+        await self.triggers.reload()
+        await self.tenancy.load()
+        self.dispatcher.paused = await self.queue.paused()
+        self.registry.forget_all()
+
+    def _server_info(self) -> dict[str, Any]:
+        nodes = self.resources.nodes.values()
+        return {"memory_mb": sum(n.memory_mb for n in nodes),
+                "reserved_mb": sum(n.reserved_mb for n in nodes),
+                "instances": len(self.instances.states()),
+                "running_tasks": len(self.tasks.running),
+                "store_ok": self.cluster.store_ok}
 
     def on_function_deleted(self, event: FunctionDeleted) -> None:
         self.instances.drop(event.function)
@@ -278,6 +339,7 @@ class Platform:
         if not self.settings.insecure_no_auth:
             path = await self.tenancy.bootstrap(self.settings.data)
             log.info("the admin key of the default tenant is in %s", path)
+        await self.cluster.start()  # a heartbeat before any lease is recovered
         for fn in await self.registry.functions():
             row = await self.registry.resolve(fn.name, None)
             self.admission.set_reservation(fn.name, row.spec)
@@ -303,6 +365,7 @@ class Platform:
         await self.triggers.close()
         await self.jobs.close()
         await self.dispatcher.close()
+        await self.cluster.close()
         await self.scaling.close()
         await self.instances.close()
         await self.groups.close()  # the groups' cgroups, now their instances are gone

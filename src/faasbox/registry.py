@@ -46,6 +46,7 @@ class Registry:
         self._latest: dict[str, VersionRow] = {}
         self._versions: dict[tuple[str, int], VersionRow] = {}
         self._deploy_locks: dict[str, asyncio.Lock] = {}
+        self._fetch_locks: dict[str, asyncio.Lock] = {}
 
     async def deploy(
         self, name: str, spec: FunctionSpec | dict[str, Any], code_zip: bytes | None,
@@ -69,6 +70,8 @@ class Registry:
                     f" cap of {cap} MB (FAASBOX_MAX_EPHEMERAL_STORAGE_MB)")
             if code_zip is not None:
                 sha = await self.code.put_zip(code_zip)
+                if self.store.shared:  # the other servers fetch it from there
+                    await self.store.put_code(sha, code_zip, self.clock.now())
             elif latest is not None:
                 sha = latest.code_sha
             else:
@@ -165,6 +168,32 @@ class Registry:
             self._remember(row)
         return row
 
+    async def local_paths(self, row: VersionRow) -> list[str]:
+        """The version's code and packages folders on this server: fetched from the store
+        and built here first when another server took the deploy."""
+        if not self.code.code_dir(row.code_sha).exists() or (
+                row.packages_key and not self.code.packages_dir(row.packages_key).exists()):
+            await self._fetch(row)
+        return self.paths(row)
+
+    async def _fetch(self, row: VersionRow) -> None:
+        async with self._fetch_locks.setdefault(row.code_sha, asyncio.Lock()):
+            if not self.code.code_dir(row.code_sha).exists():
+                blob = await self.store.get_code(row.code_sha) if self.store.shared else None
+                if blob is None:
+                    raise errors.Unavailable(
+                        f"the code of {display(row.function)!r} version {row.version} is"
+                        " neither on this server nor in the store")
+                sha = await self.code.put_zip(blob)
+                if sha != row.code_sha:
+                    raise errors.Unavailable(
+                        f"the stored code of {display(row.function)!r} does not hash to its"
+                        f" version's ({sha[:12]} != {row.code_sha[:12]})")
+                log.info("fetched the code of %s version %d from the store", row.function,
+                         row.version)
+            if row.packages_key and not self.code.packages_dir(row.packages_key).exists():
+                await self.code.install_requirements(row.code_sha, row.spec.source_builds)
+
     def paths(self, row: VersionRow) -> list[str]:
         return self._paths(row.code_sha, row.packages_key)
 
@@ -187,6 +216,13 @@ class Registry:
     async def versions(self, name: str) -> list[VersionRow]:
         await self.get(name)
         return await self.store.list_versions(name)
+
+    def forget_all(self) -> None:
+        self._latest.clear()
+
+    def forget(self, name: str) -> None:
+        """Drop what is cached of ``name``'s latest version (another server deployed it)."""
+        self._latest.pop(name, None)
 
     async def delete(self, name: str) -> None:
         """Delete a function; what it owns (triggers, instances, templates) goes with it

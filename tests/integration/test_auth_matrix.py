@@ -277,6 +277,7 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/waste"): Case("developer", "own", 200, lambda w: ("/v1/waste", None)),
     # the platform: admin only
     ("GET", "/v1/node"): Case("admin", "platform", 200, lambda w: ("/v1/node", None)),
+    ("GET", "/v1/nodes"): Case("admin", "platform", 200, lambda w: ("/v1/nodes", None)),
     ("GET", "/metrics"): Case("admin", "platform", 200, lambda w: ("/metrics", None)),
     ("POST", "/v1/tenants"): Case(
         "admin", "platform", 201, lambda w: ("/v1/tenants", {"name": w.fresh("mx-new")})),

@@ -68,6 +68,7 @@ SCOPES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/functions/{name}/triggers/{trigger}"): "developer",
     ("GET", "/v1/traces/{trace_id}"): "developer",
     ("GET", "/v1/status"): "developer",
+    ("GET", "/v1/nodes"): "admin",
     ("GET", "/v1/audit"): "developer",
     ("GET", "/v1/whoami"): "invoke",
     ("GET", "/v1/node"): "admin",

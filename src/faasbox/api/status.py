@@ -39,7 +39,9 @@ async def status(request: Request) -> dict[str, Any]:
         "time": p.clock.now(),
         "keepalive_policy": p.settings.keepalive_policy,
         # the node is shared by every tenant: only an admin sees its capacity
-        **({"nodes": p.resources.describe()} if principal_of(request).scope == "admin" else {}),
+        **({"nodes": p.resources.describe(),
+            "servers": [m.view() for m in await p.cluster.servers()]}
+           if principal_of(request).scope == "admin" else {}),
         "functions": functions,
     }
 

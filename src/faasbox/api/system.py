@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from faasbox import __version__
 from faasbox.api.auth import ScopedRoute
@@ -17,9 +17,25 @@ from faasbox.platform import Platform
 router = APIRouter(tags=["system"], route_class=ScopedRoute)
 
 
-@router.get("/healthz", summary="Liveness", responses=error_responses(500))
-async def healthz() -> dict[str, str]:
-    return {"status": "ok", "version": __version__}
+@router.get("/healthz", summary="Liveness, and whether this server reaches its store"
+            " (503 while it does not: it leases no tasks then)",
+            responses=error_responses(500))
+async def healthz(request: Request) -> Response:
+    p: Platform = request.app.state.platform
+    body: dict[str, Any] = {"status": "ok", "version": __version__, "server": p.cluster.id}
+    if not p.cluster.store_ok:
+        body.update(status="store_unavailable", detail=p.cluster.store_error, leasing=False)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(body)
+
+
+@router.get("/v1/nodes", summary="Every server on this store: capacity, instances, heartbeat",
+            responses=error_responses(*V1))
+async def nodes(request: Request) -> dict[str, Any]:
+    p: Platform = request.app.state.platform
+    return {"store": p.store.db.description.split(" ")[0], "self": p.cluster.id,
+            "server_timeout_s": p.cluster.dead_after_s,
+            "servers": [m.view() for m in await p.cluster.servers()]}
 
 
 @router.get("/metrics", summary="Prometheus metrics (an admin key, unless"

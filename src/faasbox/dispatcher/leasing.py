@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import Counter
 from typing import Any
 
 from faasbox import background, errors
 from faasbox.clock import Clock
+from faasbox.cluster import Cluster
 from faasbox.dispatcher.fairness import FairShare, Want
 from faasbox.dispatcher.lifecycle import TaskLifecycle
 from faasbox.dispatcher.policies import Policies
@@ -43,7 +43,7 @@ class Dispatcher:
     def __init__(
         self, queue: TaskQueue, registry: Registry, scheduler: Scheduler,
         lifecycle: TaskLifecycle, policies: Policies, admission: Admission, events: Events,
-        clock: Clock,
+        clock: Clock, cluster: Cluster,
         dedup_window_s: float = 86400.0, retention_s: float = 7 * 86400.0,
         sweep_interval_s: float = 1.0,
     ) -> None:
@@ -58,7 +58,8 @@ class Dispatcher:
         self.dedup_window_s = dedup_window_s
         self.retention_s = retention_s
         self.sweep_interval_s = sweep_interval_s
-        self.owner = uuid.uuid4().hex  # this server's lease identity
+        self.cluster = cluster
+        self.owner = cluster.id  # this server's lease identity
         self._ready: dict[str, float] = {}  # function -> earliest run_at of its runnable tasks
         self._notified: Counter[str] = Counter()  # function -> notifies so far
         self._wake = asyncio.Event()
@@ -70,7 +71,8 @@ class Dispatcher:
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
-        recovered = await self.queue.recover(self.clock.now(), self.owner)
+        now = self.clock.now()
+        recovered = await self.queue.recover(now, self.owner, self.cluster.live_since(now))
         if recovered:
             log.warning("recovered %d tasks whose attempts were lost", recovered)
         self._ready.update(await self.queue.runnable_functions(self.clock.now()))
@@ -118,6 +120,13 @@ class Dispatcher:
         self._notified[function] += 1
         self._wake.set()
 
+    async def refresh(self, _: str = "") -> None:
+        """Read which functions have runnable tasks (what other servers enqueued or released
+        while a message was lost)."""
+        runnable = await self.queue.runnable_functions(self.clock.now())
+        for function, run_at in runnable.items():
+            self.notify(function, run_at)
+
     def on_slot_released(self, event: SlotReleased) -> None:
         if event.function in self._ready:
             self._wake.set()
@@ -149,6 +158,8 @@ class Dispatcher:
         """Lease what fits for every ready function, shared fairly among tenants when the
         node is short (:mod:`.fairness`); returns when the next retry is due."""
         now = self.clock.now()
+        if not self.cluster.store_ok:  # no new leases while the store is lost
+            return now + 1.0
         next_at: float | None = None
         wants: list[Want] = []
         for function, run_at in list(self._ready.items()):
@@ -253,7 +264,7 @@ class Dispatcher:
             await self.clock.sleep(self.sweep_interval_s)
             try:
                 now = self.clock.now()
-                if await self.queue.recover(now, self.owner):
+                if await self.queue.recover(now, self.owner, self.cluster.live_since(now)):
                     self._ready.update(await self.queue.runnable_functions(now))
                     self._wake.set()
                 elif now - last_check > CHECK_READY_S:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher.policies import Policies
-from faasbox.events import Events, TaskFinished
+from faasbox.events import CancelRequested, Events, TaskFinished
 from faasbox.invoker import Invoker, new_request_id
 from faasbox.node import Instance
 from faasbox.registry import Registry
@@ -40,6 +41,9 @@ class TaskLifecycle:
         self.invoker = invoker
         self.policies = policies
         self.events = events
+        # a waiter reads its task again this often: with several servers, the one that
+        # finishes it may be another (one server wakes its waiters itself)
+        self.recheck_s = math.inf
         self.clock = clock
         self.running: dict[str, asyncio.Task[None]] = {}
         self.acquiring: Counter[str] = Counter()  # leased, not yet on an instance
@@ -159,17 +163,25 @@ class TaskLifecycle:
         if row.status == "cancelled" and task_id not in self.running:
             self._finished(row, "cancelled", None)
         if row.status == "running" and task_id in self.running:
-            self._cancelling.add(task_id)
-            inst = self._instances.get(task_id)
-            if inst is not None:
-                await inst.stop(errors.Cancelled("the task was cancelled"))
-            else:
-                self.running[task_id].cancel()
-            running = self.running.get(task_id)
-            if running is not None:
-                await asyncio.wait({running})
+            await self.interrupt(task_id)
+        elif row.status == "running":  # another server runs it
+            self.events.emit(CancelRequested(task_id))
         self.resolve_waiters(task_id)
         return await self.get(task_id)
+
+    async def interrupt(self, task_id: str) -> None:
+        """Stop the attempt of ``task_id`` running here, if any (it ends cancelled)."""
+        if task_id not in self.running:
+            return
+        self._cancelling.add(task_id)
+        inst = self._instances.get(task_id)
+        if inst is not None:
+            await inst.stop(errors.Cancelled("the task was cancelled"))
+        else:
+            self.running[task_id].cancel()
+        running = self.running.get(task_id)
+        if running is not None:
+            await asyncio.wait({running})
 
     async def wait(self, task_id: str, timeout: float) -> TaskRow:
         """The task once terminal, or as it is when ``timeout`` runs out (long poll)."""
@@ -184,7 +196,7 @@ class TaskLifecycle:
                 if row.terminal or left <= 0:
                     return row
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
-                async with asyncio.timeout(left):
+                async with asyncio.timeout(min(left, self.recheck_s)):
                     await fut
             except TimeoutError:
                 pass

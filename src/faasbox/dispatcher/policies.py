@@ -39,5 +39,9 @@ class Policies:
                 return policy
         return await self.of_function(task.function)
 
+    def forget(self, function: str) -> None:
+        """Read ``function``'s policy again on next use (another server changed it)."""
+        self._functions.pop(function, None)
+
     def forget_job(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)

@@ -345,7 +345,7 @@ class InstancePools:
             self.memory[tenant_of(inst.function)] += inst.memory_mb
         began = self.clock.monotonic()
         try:
-            await self.node.boot(inst, self.registry.paths(row))
+            await self.node.boot(inst, await self.registry.local_paths(row))
         except BaseException:
             inst.retired = True  # boot stopped it already
             if inst in pool.instances:

@@ -71,9 +71,21 @@ class InvocationRecord:
 
 
 class Store(abc.ABC):
+    @property
+    def shared(self) -> bool:
+        """Whether several servers use this store (then code packages live in it too)."""
+        return False
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and bring the schema up to date."""
+
+    async def put_code(self, sha: str, data: bytes, now: float) -> None:
+        """Keep a code package (a zip whose tree hashes to ``sha``), once per ``sha``."""
+        raise NotImplementedError
+
+    async def get_code(self, sha: str) -> bytes | None:
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def close(self) -> None:

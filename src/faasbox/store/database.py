@@ -70,6 +70,7 @@ class Dialect:
     lease_index = " INDEXED BY tasks_runnable_priority"
     lease_lock = ""  # one writer: nothing to skip
     insertion_order = "rowid"
+    greatest = "max"  # of two values
 
     def json_append(self, column: str) -> str:
         """``column`` (a JSON array in text) with one more element, the next parameter."""
@@ -84,12 +85,15 @@ class Database(abc.ABC):
     """One backend's connections: a writer thread with group commit and a reader pool."""
 
     dialect: Dialect = Dialect()
+    shared = False  # several servers may use it at once
 
     def __init__(self, readers: int = 4) -> None:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="faasbox-store-read")
         self._local = threading.local()
         self._writer: _Writer | None = None
         self._unflushed: set[asyncio.Future[Any]] = set()
+        self._opened: list[Any] = []  # the readers' connections, closed with the store
+        self._opened_lock = threading.Lock()
 
     # -- what a backend provides ----------------------------------------------------------
     @abc.abstractmethod
@@ -121,6 +125,12 @@ class Database(abc.ABC):
     def description(self) -> str:
         return self.dialect.name
 
+    def publish(self, message: str) -> None:  # noqa: B027 - nobody to tell
+        """Tell the other servers on this store (none where the store is not shared)."""
+
+    def listen(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``callback`` on the event loop with each message another server publishes."""
+
     # -- plumbing ---------------------------------------------------------------------------
     async def open(self) -> None:
         await asyncio.to_thread(self.prepare)
@@ -139,6 +149,11 @@ class Database(abc.ABC):
             self._writer.conn.close()
         self._writer = None
         self._readers.shutdown(wait=True)
+        with self._opened_lock:
+            for conn in self._opened:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._opened = []
 
     @property
     def commits(self) -> int:
@@ -181,6 +196,9 @@ class Database(abc.ABC):
             self._local.conn = None
             conn = self.connect()
             self._local.conn = conn
+            with self._opened_lock:
+                self._opened = [c for c in self._opened if c is not None and not self.broken(c)]
+                self._opened.append(conn)
         return conn
 
     def _read(self, fn: Callable[[Any], T]) -> T:

@@ -201,8 +201,11 @@ class TaskQueue(abc.ABC):
         """Cancel a queued task now; mark a running one ``cancel_requested``. None if unknown."""
 
     @abc.abstractmethod
-    async def recover(self, now: float, dead_owner: str | None = None) -> int:
-        """Make tasks with an ended lease (or held by ``dead_owner``) runnable again."""
+    async def recover(self, now: float, owner: str | None = None,
+                      live_since: float | None = None) -> int:
+        """Make tasks with an ended lease runnable again, and tasks leased by servers other
+        than ``owner`` (this one): all of them (one server per store), or with
+        ``live_since`` only those of servers without a heartbeat since then."""
 
     @abc.abstractmethod
     async def expire(self, now: float) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.clock import Clock
+from faasbox.events import ControlChanged, Events
 from faasbox.store.tenancy import TenancyStore
 from faasbox.tenancy import keys
 from faasbox.tenancy.model import (
@@ -35,8 +36,10 @@ ADMIN_KEY_FILE = "admin.key"
 
 
 class Tenancy:
-    def __init__(self, store: TenancyStore, defaults: EffectiveLimits, clock: Clock) -> None:
+    def __init__(self, store: TenancyStore, defaults: EffectiveLimits, clock: Clock,
+                 events: Events | None = None) -> None:
         self.store = store
+        self.events = events
         self.defaults = defaults
         self.clock = clock
         self.tenants: dict[str, TenantRow] = {}
@@ -180,6 +183,8 @@ class Tenancy:
               detail: dict[str, Any]) -> None:
         self.store.append_audit(AuditRow(0, self.clock.now(), tenant, key_id, action, target,
                                          detail))
+        if self.events is not None:
+            self.events.emit(ControlChanged(tenant, action, target))
 
     def _audit_by(self, by: Principal | None, tenant: str, action: str, target: str,
                   detail: dict[str, Any]) -> None:

@@ -63,6 +63,13 @@ class TriggerService:
     async def close(self) -> None:
         await background.stop(self._loop)
 
+    async def reload(self, _: str = "") -> None:
+        """Read every trigger again (another server changed or fired them)."""
+        rows = await self.store.list_triggers(None)
+        async with self._lock:
+            self._triggers = {(row.function, row.name): row for row in rows}
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()

@@ -13,9 +13,12 @@ psycopg's ``%s``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -33,6 +36,7 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5
+CHANNEL = "faasbox"
 MISSING = ("PostgreSQL needs the postgres extra: pip install 'faasbox[postgres]'"
            " (psycopg 3)")
 
@@ -51,6 +55,7 @@ class PostgresDialect(Dialect):
     lease_index = ""
     lease_lock = " FOR UPDATE SKIP LOCKED"
     insertion_order = "id"
+    greatest = "GREATEST"
 
     def json_append(self, column: str) -> str:
         return f"(COALESCE({column}, '[]')::jsonb || jsonb_build_array(?::text))::text"
@@ -118,6 +123,14 @@ class _Cursor:
         return iter(self.fetchall())
 
 
+def _text_safe(params: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold NUL: it is kept as U+FFFD (a function's log with one is
+    stored; a name with one matches nothing, as on SQLite)."""
+    if any(isinstance(p, str) and "\x00" in p for p in params):
+        return tuple(p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params)
+    return params
+
+
 class PgConn:
     """A psycopg connection with sqlite3's calling convention (``?`` and ``execute``)."""
 
@@ -127,11 +140,11 @@ class PgConn:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         if not params:  # no substitution: the text goes as it is
             return _Cursor(self.raw.execute(sql))
-        return _Cursor(self.raw.execute(translate(sql), params))
+        return _Cursor(self.raw.execute(translate(sql), _text_safe(params)))
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         with self.raw.cursor() as cur:
-            cur.executemany(translate(sql), list(params))
+            cur.executemany(translate(sql), [_text_safe(p) for p in params])
 
     def close(self) -> None:
         self.raw.close()
@@ -161,12 +174,29 @@ if psycopg is not None:
 
 class PostgresDatabase(Database):
     dialect = PostgresDialect()
+    shared = True
 
     def __init__(self, url: str, readers: int = 4) -> None:
         if psycopg is None:
             raise errors.StoreUnavailable(MISSING)
         super().__init__(readers)
         self.url = url
+        self._listener: _Listener | None = None
+
+    def publish(self, message: str) -> None:
+        self.write_later(lambda conn: conn.execute(
+            f"SELECT pg_notify('{CHANNEL}', ?)", (message,)))
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        self._listener = _Listener(self, callback, asyncio.get_running_loop())
+        self._listener.start()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stopping.set()
+            await asyncio.to_thread(self._listener.join)
+            self._listener = None
+        await super().close()
 
     @property
     def description(self) -> str:
@@ -201,6 +231,38 @@ class PostgresDatabase(Database):
                       pg_errors.InsufficientResources):
             return errors.StoreUnavailable(f"the store is unavailable: {_first_line(exc)}")
         return exc
+
+
+class _Listener(threading.Thread):
+    """LISTENs on its own connection and hands each message to the event loop; reconnects
+    with backoff while the database is away (the servers' slow polls cover the gap)."""
+
+    def __init__(self, db: PostgresDatabase, callback: Callable[[str], None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="faasbox-store-listen", daemon=True)
+        self.db, self.callback, self.loop = db, callback, loop
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                conn = self.db.connect()
+            except errors.StoreUnavailable:
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            try:
+                conn.raw.execute(f"LISTEN {CHANNEL}")
+                while not self.stopping.is_set():
+                    for note in conn.raw.notifies(timeout=0.5):
+                        self.loop.call_soon_threadsafe(self.callback, note.payload)
+            except psycopg.Error as exc:
+                log.warning("lost the PostgreSQL notification connection: %s", _first_line(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
 
 def migrate(conn: PgConn) -> int:

@@ -108,8 +108,8 @@ class SqlDeliveryStore:
             added = []
             for row in rows:
                 values = [getattr(row, f) for f in DeliveryRow.__dataclass_fields__]
-                values[7] = orjson.dumps(row.destination)
-                values[16] = None if row.outcome is None else orjson.dumps(row.outcome)
+                values[7] = orjson.dumps(row.destination).decode()
+                values[16] = None if row.outcome is None else orjson.dumps(row.outcome).decode()
                 if conn.execute(
                         f"INSERT INTO deliveries ({_D_COLUMNS}) VALUES"
                         f" ({', '.join('?' * len(values))}) ON CONFLICT DO NOTHING",
@@ -132,12 +132,12 @@ class SqlDeliveryStore:
         return await self.store.read(q)
 
     async def next_due(self, skip: set[str]) -> float | None:
-        marks = ", ".join("?" * len(skip))
+        not_in = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
 
         def q(conn: Conn) -> float | None:
             row = conn.execute(
-                "SELECT MIN(due_at) FROM deliveries WHERE status = 'pending'"
-                f" AND id NOT IN ({marks})", tuple(skip)).fetchone()
+                f"SELECT MIN(due_at) FROM deliveries WHERE status = 'pending'{not_in}",
+                tuple(skip)).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self.store.read(q)
@@ -294,7 +294,7 @@ class SqlDeliveryStore:
                 "INSERT INTO subscriptions (topic, function, filter, created_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (topic, function) DO UPDATE SET"
                 " filter = excluded.filter",
-                (sub.topic, sub.function, orjson.dumps(sub.filter), sub.created_at))
+                (sub.topic, sub.function, orjson.dumps(sub.filter).decode(), sub.created_at))
             return seen is None
 
         return await self.store.write(tx)
@@ -327,7 +327,7 @@ class SqlDeliveryStore:
             conn.execute(
                 "INSERT INTO workflow_definitions (name, spec, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,"
-                " updated_at = excluded.updated_at", (name, orjson.dumps(spec), now))
+                " updated_at = excluded.updated_at", (name, orjson.dumps(spec).decode(), now))
 
         await self.store.write(tx)
 
@@ -363,7 +363,7 @@ class SqlDeliveryStore:
                 if seen is not None:
                     return _workflow(seen), False
             values = [getattr(row, f) for f in WorkflowRow.__dataclass_fields__]
-            values[3] = orjson.dumps(row.spec)
+            values[3] = orjson.dumps(row.spec).decode()
             conn.execute(f"INSERT INTO workflows ({_W_COLUMNS}) VALUES"
                          f" ({', '.join('?' * len(values))})", values)
             return row, True

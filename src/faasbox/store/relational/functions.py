@@ -26,6 +26,25 @@ class SqlStore(Store):
     def dialect(self) -> Dialect:
         return self.db.dialect
 
+    @property
+    def shared(self) -> bool:
+        return self.db.shared
+
+    # -- code packages (shared stores) ------------------------------------------------------
+    async def put_code(self, sha: str, data: bytes, now: float) -> None:
+        def tx(conn: Conn) -> None:
+            conn.execute("INSERT INTO code_blobs (sha, data, created_at) VALUES (?, ?, ?)"
+                         " ON CONFLICT (sha) DO NOTHING", (sha, data, now))
+
+        await self.write(tx)
+
+    async def get_code(self, sha: str) -> bytes | None:
+        def q(conn: Conn) -> bytes | None:
+            row = conn.execute("SELECT data FROM code_blobs WHERE sha = ?", (sha,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self.read(q)
+
     # -- the engine's calls -----------------------------------------------------------------
     async def open(self) -> None:
         await self.db.open()

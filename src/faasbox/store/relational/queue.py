@@ -57,16 +57,25 @@ def insert_tasks(
             shard_index=t.shard_index, shard_count=t.shard_count,
             trigger_name=t.trigger_name, priority=t.priority, redrive_of=t.redrive_of,
             workflow_id=t.workflow_id, workflow_step=t.workflow_step)
-        conn.execute(
+        # another server may insert the same key meanwhile: its row wins, as if seen
+        made = conn.execute(
             "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
             " max_attempts, created_at, run_at, expires_at, trace_id, source, job_id,"
             " shard_index, shard_count, trigger_name, priority, redrive_of, workflow_id,"
             " workflow_step)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL"
+            " DO NOTHING",
             (row.id, function, version, row.status, row.event, row.idempotency_key,
              row.max_attempts, now, run_at, expires, row.trace_id, row.source, row.job_id,
              row.shard_index, row.shard_count, row.trigger_name, row.priority,
-             row.redrive_of, row.workflow_id, row.workflow_step))
+             row.redrive_of, row.workflow_id, row.workflow_step)).rowcount
+        if not made:
+            winner = conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE function = ? AND idempotency_key = ?",
+                (function, t.idempotency_key)).fetchone()
+            out.append((_row(winner), False))
+            continue
         out.append((row, True))
     return out
 
@@ -85,9 +94,9 @@ def _filter(where: TaskFilter) -> tuple[str, list[Any]]:
         extra.append(f"status IN ({', '.join('?' * len(statuses))})")
         args += list(statuses)
     if ids is not None:
-        extra.append(f"id IN ({', '.join('?' * len(ids))})" if ids else "0")
+        extra.append(f"id IN ({', '.join('?' * len(ids))})" if ids else "1 = 0")
         args += list(ids)
-    text = " AND ".join([clause.removeprefix("WHERE ")] * bool(clause) + extra) or "1"
+    text = " AND ".join([clause.removeprefix("WHERE ")] * bool(clause) + extra) or "1 = 1"
     return f"WHERE {text}", args
 
 
@@ -188,20 +197,32 @@ class SqlTaskQueue(TaskQueue):
 
         return await self.store.write(tx)
 
-    async def recover(self, now: float, owner: str | None = None) -> int:
+    async def recover(self, now: float, owner: str | None = None,
+                      live_since: float | None = None) -> int:
+        # taken back: leases past their deadline, and leases of other servers; with
+        # live_since, only of servers whose last heartbeat is older (or gone)
+        dead, args = "", ()  # type: tuple[str, tuple[Any, ...]]
+        if owner is not None:
+            dead = " OR (lease_owner <> ?"
+            args = (owner,)
+            if live_since is not None:
+                dead += " AND lease_owner NOT IN (SELECT id FROM servers WHERE heartbeat_at >= ?)"
+                args += (live_since,)
+            dead += ")"
+
         def tx(conn: Conn) -> int:
             return conn.execute(
                 "UPDATE tasks SET lease_until = NULL, lease_owner = NULL,"
-                " status = CASE WHEN cancel_requested THEN 'cancelled'"
+                " status = CASE WHEN cancel_requested <> 0 THEN 'cancelled'"
                 "   WHEN attempts >= max_attempts THEN 'dead' ELSE 'retry_wait' END,"
-                " finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts"
+                " finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= max_attempts"
                 "   THEN ? ELSE NULL END,"
-                " error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'lease_lost' END,"
+                " error_code = CASE WHEN cancel_requested <> 0 THEN 'cancelled'"
+                "   ELSE 'lease_lost' END,"
                 " error_message = 'the attempt was lost with its instance or server',"
                 " run_at = ?"
-                " WHERE status = 'running' AND (lease_until < ?"
-                "   OR (? IS NOT NULL AND lease_owner IS NOT ?))",
-                (now, now, now, owner, owner)).rowcount
+                f" WHERE status = 'running' AND (lease_until < ?{dead})",
+                (now, now, now, *args)).rowcount
 
         return await self.store.write(tx)
 

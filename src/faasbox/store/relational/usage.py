@@ -1,4 +1,4 @@
-"""The usage rollups on the SQLite store (schema ``0007_metering.sql``).
+"""The usage rollups in the store (schema ``0007_metering.sql``).
 
 Writes are upserts queued with the store's ``write_later`` (one group commit for a whole
 flush); reads sum the hourly rows into the buckets asked for.
@@ -15,14 +15,21 @@ from faasbox.tenancy.names import prefix_range
 
 _COLS = ", ".join(NUMERIC)
 _MARKS = ", ".join("?" * (len(NUMERIC) + 2))
-_SET = ", ".join(f"{c} = max({c}, excluded.{c})" if c in MAXED else f"{c} = {c} + excluded.{c}"
-                 for c in NUMERIC)
+
+
+def _set(greatest: str) -> str:
+    return ", ".join(f"{c} = {greatest}(usage_hours.{c}, excluded.{c})" if c in MAXED
+                     else f"{c} = usage_hours.{c} + excluded.{c}" for c in NUMERIC)
+
+
+
 Key = tuple[str, int]  # (qualified function, hour)
 
 
 class UsageStore:
     def __init__(self, store: SqlStore) -> None:
         self.store = store
+        self._set = _set(store.dialect.greatest)
 
     def save(self, pending: Mapping[Key, Usage]) -> None:
         """Queue the upsert of every pending function-hour (does not wait for the commit)."""
@@ -36,15 +43,15 @@ class UsageStore:
         def tx(conn: Conn) -> None:
             conn.executemany(
                 f"INSERT INTO usage_hours (function, hour, {_COLS}) VALUES ({_MARKS})"
-                f" ON CONFLICT (function, hour) DO UPDATE SET {_SET}", rows)
+                f" ON CONFLICT (function, hour) DO UPDATE SET {self._set}", rows)
             conn.executemany(
                 "INSERT INTO usage_calls (function, hour, trigger, status, n)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (function, hour, trigger, status)"
-                " DO UPDATE SET n = n + excluded.n", calls)
+                " DO UPDATE SET n = usage_calls.n + excluded.n", calls)
             conn.executemany(
                 "INSERT INTO usage_hist (function, hour, kind, bucket, n)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (function, hour, kind, bucket)"
-                " DO UPDATE SET n = n + excluded.n", hist)
+                " DO UPDATE SET n = usage_hist.n + excluded.n", hist)
 
         self.store.write_later(tx)
 

@@ -1,0 +1,246 @@
+"""The store contract, the same tests on both backends: SQLite (a file) and PostgreSQL (a
+database of the throwaway cluster's own per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faasbox.store import InvocationRecord, SqlStore
+from faasbox.store.queue import Failure, NewTask, TaskPolicy
+from faasbox.store.relational.cluster import SqlClusterStore
+from faasbox.store.relational.queue import SqlTaskQueue
+from faasbox.store.relational.triggers import SqlTriggerStore
+from faasbox.store.triggers import JobRow
+from faasbox.store.url import database_for
+from tests.conftest import PG_TEMPLATE
+
+POLICY = TaskPolicy(max_attempts=3)
+F = "default/f"
+_names = itertools.count()
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    path: Path
+
+    async def open(self) -> SqlStore:
+        store = SqlStore(database_for(self.url, self.path))
+        await store.open()
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite", "", tmp_path)
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"c{next(_names)}_{time.monotonic_ns() % 10**9}"
+    yield Backend("postgres", cluster.clone(PG_TEMPLATE, name), tmp_path)
+    cluster.drop(name)
+
+
+def run(backend: Backend, body: Callable[[SqlStore], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        store = await backend.open()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def task(i: int | str, key: str | None = None, **kw: Any) -> NewTask:
+    return NewTask(id=f"t{i}", event=b'{"n": 1}', idempotency_key=key, **kw)
+
+
+def test_enqueue_is_idempotent_by_key(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        [(first, made)] = await q.enqueue(F, [task(1, "k")], None, POLICY, now, 3600)
+        [(again, made_again)] = await q.enqueue(F, [task(2, "k")], None, POLICY, now, 3600)
+        assert made and not made_again and again.id == first.id == "t1"
+        assert (await q.counts(F)) == {"queued": 1}
+
+    run(backend, body)
+
+
+def test_lease_takes_priority_first_and_never_twice(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        await q.enqueue(F, [task(i, priority=i % 3) for i in range(30)], None, POLICY, now, 0)
+        first = await q.lease(F, 5, now, 60, "a")
+        assert [t.priority for t in first] == [2] * 5
+        batches = await asyncio.gather(*[q.lease(F, 4, now, 60, o) for o in "bcdefg"])
+        ids = [t.id for t in first] + [t.id for b in batches for t in b]
+        assert len(ids) == len(set(ids)) == 29  # 5 + 6 * 4 of 30, none leased twice
+        assert all(t.status == "running" and t.attempts == 1 for b in batches for t in b)
+
+    run(backend, body)
+
+
+def test_an_old_attempt_cannot_finish_a_task_fenced_by_a_newer_one(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        await q.enqueue(F, [task(1)], None, POLICY, now, 0)
+        [old] = await q.lease(F, 1, now, 1, "a")
+        assert await q.recover(now + 2, "b") == 1  # its lease ran out
+        [new] = await q.lease(F, 1, now + 3, 60, "b")
+        assert new.attempts == old.attempts + 1
+        assert not await q.succeed(old.id, old.attempts, b"stale", "i1", now + 4)
+        assert await q.succeed(new.id, new.attempts, b"ok", "i2", now + 4)
+        done = await q.get(new.id)
+        assert done is not None and done.status == "succeeded" and done.result == b"ok"
+        assert done.invocation_ids == ["i2"]
+
+    run(backend, body)
+
+
+def test_only_leases_of_servers_without_a_recent_heartbeat_are_taken_back(
+        backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q, servers = SqlTaskQueue(store), SqlClusterStore(store)
+        now = time.time()
+        await q.enqueue(F, [task(i) for i in range(4)], None, POLICY, now, 0)
+        await servers.heartbeat("alive", now, now, None, {})
+        await servers.heartbeat("dead", now - 100, now - 60, None, {})
+        await q.lease(F, 2, now, 600, "alive")
+        await q.lease(F, 2, now, 600, "dead")
+        # "me" sees every other server as alive when they heartbeat since now - 10
+        assert await q.recover(now, "me", live_since=now - 10) == 2
+        counts = await q.counts(F)
+        assert counts == {"running": 2, "retry_wait": 2}, counts
+        lost = [t for t in await q.list(F, "retry_wait", 10, None)]
+        assert {t.error_code for t in lost} == {"lease_lost"}
+        # one server per store: every other owner is a previous run of this one
+        assert await q.recover(now, "me") == 2
+        names = [s.id for s in await servers.servers()]
+        assert names == ["dead", "alive"]
+        assert await servers.forget(now - 30) == 1
+
+    run(backend, body)
+
+
+def test_cancel_queued_at_once_and_running_when_its_attempt_ends(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        await q.enqueue(F, [task(1), task(2)], None, POLICY, now, 0)
+        [running] = await q.lease(F, 1, now, 60, "a")
+        other = "t2" if running.id == "t1" else "t1"
+        cancelled = await q.cancel(other, now)
+        assert cancelled is not None and cancelled.status == "cancelled"
+        marked = await q.cancel(running.id, now)
+        assert marked is not None and marked.status == "running" and marked.cancel_requested
+        assert await q.recover(now, "b") == 1
+        row = await q.get(running.id)
+        assert row is not None and row.status == "cancelled"
+
+    run(backend, body)
+
+
+def test_a_failed_attempt_waits_for_its_retry_then_runs_again(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        await q.enqueue(F, [task(1)], None, POLICY, now, 0)
+        [t] = await q.lease(F, 1, now, 60, "a")
+        assert await q.fail(t.id, 1, Failure("function_error", "boom", now + 5), "i1", now)
+        assert await q.lease(F, 1, now + 1, 60, "a") == []
+        assert await q.next_run_at(F) == pytest.approx(now + 5)
+        [again] = await q.lease(F, 1, now + 6, 60, "a")
+        assert again.attempts == 2 and again.invocation_ids == ["i1"]
+        assert await q.fail(again.id, 2, Failure("function_error", "boom", None, "dead"),
+                            "i2", now + 7)
+        dead = await q.get(t.id)
+        assert dead is not None and dead.status == "dead" and dead.error_code == "function_error"
+
+    run(backend, body)
+
+
+def test_a_cron_fire_key_enqueues_once_whoever_fires(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        # two servers' stores on one database (SQLite: two stores on one file)
+        other = await backend.open()
+        try:
+            now = time.time()
+            key = f"cron:nightly:{int(now)}"
+            fired = await asyncio.gather(
+                SqlTaskQueue(store).enqueue(F, [task("a", key, source="cron")], None, POLICY,
+                                            now, 3600),
+                SqlTaskQueue(other).enqueue(F, [task("b", key, source="cron")], None, POLICY,
+                                            now, 3600))
+            assert sorted(made for [(_, made)] in fired) == [False, True]
+            assert (await SqlTaskQueue(store).counts(F)) == {"queued": 1}
+        finally:
+            await other.close()
+
+    run(backend, body)
+
+
+def test_a_job_and_its_shards_in_one_transaction_and_it_ends_once(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q, jobs = SqlTaskQueue(store), SqlTriggerStore(store)
+        now = time.time()
+        job = JobRow(id="j1", function=F, version=None, status="running",
+                     spec={"max_parallel": 2}, shard_count=4, created_at=now)
+        shards = [task(f"s{i}", source="shard", job_id="j1", shard_index=i, shard_count=4,
+                       held=i >= 2) for i in range(4)]
+        row, made = await jobs.create_job(job, shards, POLICY, 3600)
+        assert made and row.id == "j1"
+        assert await q.job_counts("j1") == {"queued": 2, "held": 2}
+        assert await q.release("j1", 5, now, 3600) == 2
+        for t in await q.lease(F, 4, now, 60, "a"):
+            assert await q.succeed(t.id, t.attempts, b"1", f"i{t.id}", now)
+        assert await q.job_counts("j1") == {"succeeded": 4}
+        assert await jobs.finish_job("j1", "succeeded", now, b"4")
+        assert not await jobs.finish_job("j1", "failed", now)  # ended already
+        done = await jobs.get_job("j1")
+        assert done is not None and done.status == "succeeded" and done.result == b"4"
+
+    run(backend, body)
+
+
+def _record(i: int, started: float) -> InvocationRecord:
+    return InvocationRecord(
+        id=f"r{i}", function=F, version=1, trigger="sync", started_at=started,
+        duration_ms=1.5, billed_ms=2, memory_mb=128, gb_s=0.00025, cold_start=i == 0,
+        init_ms=None, status="succeeded")
+
+
+def test_records_and_listing_pages_by_cursor(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        kept = [store.record_invocation(_record(i, now + i)) for i in range(7)]
+        await asyncio.gather(*kept)
+        page = await store.list_invocations(F, limit=3)
+        assert [r.id for r in page] == ["r6", "r5", "r4"]
+        rest = await store.list_invocations(F, limit=10, before=page[-1].started_at)
+        assert [r.id for r in rest] == ["r3", "r2", "r1", "r0"]
+        first = await store.get_invocation("r0")
+        assert first is not None and first.cold_start is True and first.gb_s == 0.00025
+        await q.enqueue(F, [task(i) for i in range(5)], None, POLICY, now, 0)
+        seen: list[str] = []
+        before = None
+        while batch := await q.list(F, None, 2, before):
+            seen += [t.id for t in batch]
+            before = batch[-1].id
+        assert sorted(seen) == [f"t{i}" for i in range(5)] and len(seen) == 5
+
+    run(backend, body)
+
