@@ -31,6 +31,7 @@ from common import FUNCTIONS_DIR, FaasboxServer, cpu_seconds, emit, percentile, 
 from faasbox.store import SqlStore
 from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy
 from faasbox.store.relational.queue import SqlTaskQueue
+from faasbox.store.sqlite import SqliteDatabase
 
 FUNCTION = "echo"
 WAIT_S = 60  # the server's cap on ?wait=
@@ -158,7 +159,7 @@ async def _lease_and_complete(queue: SqlTaskQueue, concurrency: int) -> int:
 async def bench_queue(n: int, concurrency: int, synchronous: str) -> None:
     params = {"tasks": n, "concurrency": concurrency, "synchronous": synchronous}
     with tempfile.TemporaryDirectory(prefix="faasbox-bench-queue-") as tmp:
-        store = SqlStore(Path(tmp) / "faasbox.db", synchronous=synchronous)
+        store = SqlStore(SqliteDatabase(Path(tmp) / "faasbox.db", synchronous=synchronous))
         await store.open()
         queue = SqlTaskQueue(store)
         try:

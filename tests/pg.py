@@ -86,8 +86,11 @@ class PgError(RuntimeError):
 class PgCluster:
     """One throwaway cluster (see the module's doc)."""
 
-    def __init__(self, parent: Path | str | None = None) -> None:
+    def __init__(self, parent: Path | str | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        """``settings``: postgresql.conf values over the test ones (a bench wants fsync)."""
         self.parent = Path(parent) if parent is not None else None
+        self.settings = {**SETTINGS, **(settings or {})}
         self.bindir: Path | None = None
         self.root: Path | None = None  # the temp dir: data/, sock/, log
         self.port = 0
@@ -184,7 +187,7 @@ class PgCluster:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _configure(self) -> None:
-        settings = {**SETTINGS, "port": str(self.port),
+        settings = {**self.settings, "port": str(self.port),
                     "unix_socket_directories": f"'{self.sockdir}'"}
         # postgresql.auto.conf is read last, so its values win; rewritten on each try
         text = "".join(f"{k} = {v}\n" for k, v in settings.items())
