@@ -171,11 +171,14 @@ def own_cluster() -> Iterator[Any]:
         cluster.stop()
 
 
+@pytest.mark.timeout(300)
 def test_a_database_restart_is_503_meanwhile_and_loses_no_accepted_task(
         make_server: Any, own_cluster: Any) -> None:
     url = own_cluster.clone("t", "db")
-    a, b = servers(make_server, url, 2)
-    a.deploy("cl-pg", NOOP, max_instances=2)
+    # short leases: a lease whose commit went through as the database stopped (its server
+    # never heard) is taken back soon
+    a, b = servers(make_server, url, 2, FAASBOX_ACQUIRE_TIMEOUT_S="5")
+    a.deploy("cl-pg", NOOP, max_instances=2, timeout_s=5)
     accepted: list[str] = []
     statuses: Counter[int] = Counter()
     stop = threading.Event()

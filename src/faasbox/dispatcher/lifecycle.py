@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from faasbox import errors
 from faasbox.clock import Clock
@@ -28,6 +29,8 @@ from faasbox.registry import Registry
 from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # told when a run ended: (task, when it is runnable again or None)
 Done = Callable[[TaskRow, float | None], None]
@@ -65,6 +68,20 @@ class TaskLifecycle:
         self.running[task.id] = asyncio.create_task(self._run(task, done, cost_mb),
                                                     name=f"task-{task.id}")
 
+    async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
+        """The end of an attempt, written to the store; tried again while the store is away
+        (the attempt's lease keeps the task until then), so a finished attempt is not run
+        again just because the database restarted."""
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except errors.StoreUnavailable as exc:
+                log.warning("the store is away; writing a task's end again in %.1f s: %s",
+                            delay, exc)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _run(self, task: TaskRow, done: Done, cost_mb: float) -> None:
         acquired = False
         again: float | None = None
@@ -88,22 +105,23 @@ class TaskLifecycle:
                 request_id=invocation_id, extra=extra, on_start=on_start, wait_record=False,
                 interruptible=policy.interruptible)
         except errors.Throttled:
-            again = self.clock.now() + GIVE_BACK_DELAY_S
-            await self.queue.give_back(task.id, task.attempts, again)
+            back = again = self.clock.now() + GIVE_BACK_DELAY_S
+            await self._durably(lambda: self.queue.give_back(task.id, task.attempts, back))
         except asyncio.CancelledError:
             await self._finish_cancelled(task, invocation_id if acquired else None)
             raise
         except errors.FaasboxError as exc:
             failure = await self.failure(task, exc)
-            ended = await self.queue.fail(task.id, task.attempts, failure,
-                                          invocation_id if acquired else None, self.clock.now())
+            ended = await self._durably(lambda: self.queue.fail(
+                task.id, task.attempts, failure, invocation_id if acquired else None,
+                self.clock.now()))
             again = failure.retry_at
             if again is None and ended:
                 self._finished(task, failure.final_status, None)
         else:
             # the record is in the same group commit as the success, or an earlier one
-            if await self.queue.succeed(task.id, task.attempts, outcome.payload,
-                                        invocation_id, self.clock.now()):
+            if await self._durably(lambda: self.queue.succeed(
+                    task.id, task.attempts, outcome.payload, invocation_id, self.clock.now())):
                 self._finished(task, "succeeded", outcome.payload)
             if outcome.kept is not None:
                 with contextlib.suppress(errors.StoreUnavailable):
