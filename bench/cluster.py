@@ -29,7 +29,7 @@ import orjson
 from common import FUNCTIONS_DIR, FaasboxServer, emit, percentile, say
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.pg
-from tests.pg import PgCluster  # noqa: E402
+from tests.pg import PgCluster
 
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
