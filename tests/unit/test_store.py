@@ -130,3 +130,45 @@ def test_leasing_walks_the_priority_index_without_sorting_the_backlog(tmp_path: 
     plan = " ".join(str(row[3]) for row in conn.execute(
         "EXPLAIN QUERY PLAN " + lease_sql(Dialect()), (1.0, "o", 1.0, "f", 1.0, 1.0, 4)))
     assert "tasks_runnable_priority" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_only_durable_writes_wait_for_the_disk(tmp_path: Path) -> None:
+    """A group syncs (synchronous=FULL) only when one of its writes is durable; records and
+    a task's end commit as NORMAL does (they outlive a crash of the server)."""
+    async def main() -> list[int]:
+        db = SqliteDatabase(tmp_path / "s.db")
+        store = SqlStore(db)
+        await store.open()
+        assert db._writer is not None
+        writer = db._writer.conn
+        modes = []
+        await store.record_invocation(_record(1))
+        modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
+        await store.put_version("f", FunctionSpec(handler="m:h"), "sha", None, 1.0)
+        modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
+        both = [store.record_invocation(_record(2)),
+                store.submit(lambda conn: conn.execute("DELETE FROM invocations WHERE id = 'x'"))]
+        await asyncio.gather(*both)
+        modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
+        await store.close()
+        return modes
+
+    assert asyncio.run(main()) == [1, 2, 2]  # NORMAL, FULL, FULL (a durable write was there)
+
+
+def test_a_failed_single_statement_fails_alone(tmp_path: Path) -> None:
+    """Single-statement writes run without a savepoint: one that breaks a constraint fails by
+    itself and the others of its group commit."""
+    async def main() -> tuple[list[bool], set[str]]:
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
+        await store.open()
+        await store.record_invocation(_record(0))
+        futs = [store.record_invocation(_record(i)) for i in (1, 0, 2)]  # r0 again: a clash
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        ids = {r.id for r in await store.list_invocations(None, 10)}
+        await store.close()
+        return [not isinstance(d, BaseException) for d in done], ids
+
+    ok, ids = asyncio.run(main())
+    assert ok == [True, False, True]
+    assert ids == {"r0", "r1", "r2"}

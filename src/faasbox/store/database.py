@@ -6,7 +6,16 @@ SQL that both backends run (``store/relational/``). An engine runs them:
 - **Writes** go to one writer thread per server, which owns the write connection. It takes
   every write that is waiting (up to ``MAX_GROUP``), runs each inside its own savepoint of one
   transaction, commits once, then resolves each caller's future: a burst of concurrent writes
-  costs one commit instead of one each, and one write's failure does not fail its group.
+  costs one commit instead of one each, and one write's failure does not fail its group. A
+  write of one statement needs no savepoint where a failed statement leaves its transaction
+  as it was (SQLite).
+- **Durability** is per write. A ``durable`` write (the default: a deploy, an accepted task)
+  is on disk when its future resolves, so it outlives a crash of the machine. The hot writes
+  that only record what happened (invocation records, leases, a task's end) pass
+  ``durable=False``: they outlive a crash or ``kill -9`` of the server, and a crash of the
+  machine may lose the last of them (a task whose end is lost runs again). A group syncs to
+  disk when any of its writes is durable, and the log is written in order, so a durable write
+  also makes every write before it durable.
 - **Reads** run on a small thread pool, each thread with its own connection.
 - **Placeholders** are ``?``; an engine whose driver wants another style translates (once per
   statement text). The few statements that differ by dialect ask :class:`Dialect`.
@@ -58,6 +67,7 @@ class Conn(Protocol):
 
 
 WriteFn = Callable[[Any], Any]
+Write = tuple[WriteFn, "asyncio.Future[Any]", bool, bool]  # fn, its future, durable, single
 
 
 class Dialect:
@@ -69,6 +79,8 @@ class Dialect:
     # statistics, would take (function, run_at) and sort the whole backlog
     lease_index = " INDEXED BY tasks_runnable_priority"
     lease_lock = ""  # one writer: nothing to skip
+    # a failed statement is undone by itself and leaves its transaction open
+    atomic_statements = True
     insertion_order = "rowid"
     greatest = "max"  # of two values
 
@@ -118,6 +130,10 @@ class Database(abc.ABC):
         """Whether ``conn`` is lost and must be replaced (a backend with a network)."""
         return False
 
+    def begin(self, conn: Any, durable: bool) -> None:
+        """Begin a group's transaction; ``durable`` when its commit must reach the disk."""
+        conn.execute(self.dialect.begin)
+
     def prepare(self) -> None:  # noqa: B027 - most backends need none
         """Set-up before the first connection (directories, file modes)."""
 
@@ -159,21 +175,25 @@ class Database(abc.ABC):
     def commits(self) -> int:
         return self._writer.commits if self._writer else 0
 
-    def submit(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
-        """Queue a write for the next group commit; the future resolves after the commit."""
+    def submit(self, fn: Callable[[Any], T], durable: bool = True,
+               single: bool = False) -> asyncio.Future[T]:
+        """Queue a write for the next group commit; the future resolves after the commit.
+        ``durable``: see the module's docstring; ``single``: ``fn`` runs one statement."""
         if self._writer is None:
             raise RuntimeError("store is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.inbox.put((fn, fut))
+        self._writer.inbox.put((fn, fut, durable, single))
         return fut
 
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        return await self.submit(fn)
+    async def write(self, fn: Callable[[Any], T], durable: bool = True,
+                    single: bool = False) -> T:
+        return await self.submit(fn, durable, single)
 
-    def write_later(self, fn: WriteFn) -> asyncio.Future[Any]:
+    def write_later(self, fn: WriteFn, durable: bool = True,
+                    single: bool = False) -> asyncio.Future[Any]:
         """Queue a write without waiting for it; reads wait for it (read-your-writes).
         Returns the future of its commit."""
-        fut = self.submit(fn)
+        fut = self.submit(fn, durable, single)
         self._unflushed.add(fut)
         fut.add_done_callback(self._forget)
         return fut
@@ -267,13 +287,25 @@ class _Writer(threading.Thread):
                 return False, self.db.unavailable(exc)
         raise AssertionError("unreachable")
 
-    def _run_group(self, batch: list[tuple[WriteFn, asyncio.Future[Any]]]) -> None:
+    def _run_bare(self, conn: Any, fn: WriteFn) -> tuple[bool, Any]:
+        """One statement without a savepoint (``atomic_statements``): if it fails, it was
+        undone by itself, unless the failure ended the transaction (a full disk)."""
+        try:
+            return True, fn(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise
+            return False, self.db.unavailable(exc)
+
+    def _run_group(self, batch: list[Write]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        bare = self.db.dialect.atomic_statements
         try:
             conn = self._connection()
-            conn.execute(self.db.dialect.begin)
-            for fn, _ in batch:
-                outcomes.append(self._run_one(conn, fn))
+            self.db.begin(conn, any(durable for _, _, durable, _ in batch))
+            for fn, _, _, single in batch:
+                outcomes.append(self._run_bare(conn, fn) if single and bare
+                                else self._run_one(conn, fn))
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:
@@ -281,7 +313,8 @@ class _Writer(threading.Thread):
             with contextlib.suppress(Exception):
                 self.conn.execute("ROLLBACK")
             outcomes = [(False, self.db.unavailable(exc))] * len(batch)
-        settled = [(fut, ok, value) for (_, fut), (ok, value) in zip(batch, outcomes, strict=True)]
+        settled = [(fut, ok, value)
+                   for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)]
         self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the whole group
 
 

@@ -54,6 +54,7 @@ class PostgresDialect(Dialect):
     begin = "BEGIN"
     lease_index = ""
     lease_lock = " FOR UPDATE SKIP LOCKED"
+    atomic_statements = False  # a failed statement aborts the whole transaction
     insertion_order = "id"
     greatest = "GREATEST"
 
@@ -215,6 +216,11 @@ class PostgresDatabase(Database):
 
     def migrate(self, conn: PgConn) -> int:
         return migrate(conn)
+
+    def begin(self, conn: PgConn, durable: bool) -> None:
+        conn.execute(self.dialect.begin)
+        if not durable:  # commit without waiting for the WAL flush (see store/database.py)
+            conn.execute("SET LOCAL synchronous_commit TO off")
 
     def broken(self, conn: Any) -> bool:
         raw = getattr(conn, "raw", None)

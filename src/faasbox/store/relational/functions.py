@@ -56,14 +56,17 @@ class SqlStore(Store):
     def commits(self) -> int:
         return self.db.commits
 
-    def submit(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
-        return self.db.submit(fn)
+    def submit(self, fn: Callable[[Any], T], durable: bool = True,
+               single: bool = False) -> asyncio.Future[T]:
+        return self.db.submit(fn, durable, single)
 
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        return await self.db.submit(fn)
+    async def write(self, fn: Callable[[Any], T], durable: bool = True,
+                    single: bool = False) -> T:
+        return await self.db.submit(fn, durable, single)
 
-    def write_later(self, fn: WriteFn) -> asyncio.Future[Any]:
-        return self.db.write_later(fn)
+    def write_later(self, fn: WriteFn, durable: bool = True,
+                    single: bool = False) -> asyncio.Future[Any]:
+        return self.db.write_later(fn, durable, single)
 
     async def flush(self) -> None:
         await self.db.flush()
@@ -167,7 +170,8 @@ class SqlStore(Store):
         def tx(conn: Conn) -> None:
             conn.execute(f"INSERT INTO invocations ({_INV_COLUMNS}) VALUES ({marks})", values)
 
-        return self.write_later(tx)
+        # outlives a crash of the server; a crash of the machine may lose the last records
+        return self.write_later(tx, durable=False, single=True)
 
     async def get_invocation(self, invocation_id: str) -> InvocationRecord | None:
         def q(conn: Conn) -> InvocationRecord | None:

@@ -113,6 +113,9 @@ def lease_sql(dialect: Dialect) -> str:
 
 
 class SqlTaskQueue(TaskQueue):
+    """Enqueues are durable writes; leases and a task's end are not (store/database.py): a
+    crash of the machine may lose the last of them, and such a task runs again."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
         self._lease_sql = lease_sql(store.dialect)
@@ -132,7 +135,7 @@ class SqlTaskQueue(TaskQueue):
                 self._lease_sql, (now + lease_s, owner, now, function, now, now, limit)).fetchall()
             return sorted((_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def succeed(
         self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
@@ -145,7 +148,7 @@ class SqlTaskQueue(TaskQueue):
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (result, now, invocation_id, task_id, attempt)).rowcount > 0
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def fail(
         self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
@@ -169,7 +172,7 @@ class SqlTaskQueue(TaskQueue):
                 (*args, failure.code, failure.message, *id_args, task_id, attempt),
             ).rowcount > 0
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:
         def tx(conn: Conn) -> bool:
@@ -179,7 +182,7 @@ class SqlTaskQueue(TaskQueue):
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (run_at, task_id, attempt)).rowcount > 0
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def cancel(self, task_id: str, now: float) -> TaskRow | None:
         def tx(conn: Conn) -> TaskRow | None:
@@ -224,7 +227,7 @@ class SqlTaskQueue(TaskQueue):
                 f" WHERE status = 'running' AND (lease_until < ?{dead})",
                 (now, now, now, *args)).rowcount
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def expire(self, now: float) -> int:
         def tx(conn: Conn) -> int:
@@ -233,7 +236,7 @@ class SqlTaskQueue(TaskQueue):
                 " error_message = 'the task was not run within its max_event_age_s'"
                 f" WHERE status IN {_RUNNABLE} AND expires_at <= ?", (now, now)).rowcount
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, durable=False, single=True)
 
     async def purge(self, before: float) -> int:
         def tx(conn: Conn) -> int:

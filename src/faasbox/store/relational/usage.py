@@ -53,7 +53,7 @@ class UsageStore:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (function, hour, kind, bucket)"
                 " DO UPDATE SET n = usage_hist.n + excluded.n", hist)
 
-        self.store.write_later(tx)
+        self.store.write_later(tx, durable=False)  # as the records it sums
 
     async def purge_before(self, hour: int) -> None:
         def tx(conn: Conn) -> None:

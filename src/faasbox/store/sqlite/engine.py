@@ -1,7 +1,8 @@
 """SQLite in WAL mode: one file, group commit on the writer thread, readers beside it.
 
-``synchronous=FULL`` (the default) fsyncs every group commit; ``NORMAL`` leaves it to
-checkpoints. One server owns the file (the data-dir lock).
+``synchronous=FULL`` (the default) fsyncs every group commit that holds a durable write and
+leaves the others (records, leases, a task's end) to the next sync, as ``NORMAL`` does;
+``NORMAL`` leaves every commit to checkpoints. One server owns the file (the data-dir lock).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class SqliteDatabase(Database):
         super().__init__(readers)
         self.path = path
         self.synchronous = synchronous
+        self._writer_sync = synchronous.upper()  # the write connection's mode now
 
     @property
     def description(self) -> str:
@@ -83,6 +85,14 @@ class SqliteDatabase(Database):
 
     def migrate(self, conn: sqlite3.Connection) -> int:
         return migrate(conn)
+
+    def begin(self, conn: sqlite3.Connection, durable: bool) -> None:
+        if self.synchronous.upper() in ("FULL", "EXTRA"):
+            want = self.synchronous.upper() if durable else "NORMAL"
+            if want != self._writer_sync:
+                conn.execute(f"PRAGMA synchronous={want}")  # not inside a transaction
+                self._writer_sync = want
+        conn.execute(self.dialect.begin)
 
     def unavailable(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
