@@ -83,6 +83,8 @@ class Settings:
     server_names: str = ""
     # /metrics without a key
     metrics_public: bool = False
+    # sync invokes served in front of the web framework (api/fast.py); 0 sends them through it
+    fast_invoke: bool = True
     # metering (docs/cost.md): seconds between flushes of the usage rollups, days they are kept
     metering_flush_s: float = 5.0
     usage_retention_days: float = 90.0

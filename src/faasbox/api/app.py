@@ -24,8 +24,9 @@ from faasbox.api import (
     tenants,
     usage,
 )
-from faasbox.api.auth import AuthMiddleware, is_loopback
+from faasbox.api.auth import AuthMiddleware, Gate, is_loopback
 from faasbox.api.body import check_json_routes
+from faasbox.api.fast import FaasboxApp, FastInvoke
 from faasbox.platform import Platform
 from faasbox.ui import app as ui
 
@@ -44,7 +45,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
         finally:
             await platform.close()
 
-    app = FastAPI(title="faasbox", version=__version__, lifespan=lifespan,
+    app = FaasboxApp(title="faasbox", version=__version__, lifespan=lifespan,
                   description="A self-hosted serverless platform for Python functions and jobs.",
                   docs_url=None, redoc_url=None)  # docs.install serves /docs offline
     app.state.platform = platform
@@ -56,10 +57,12 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                    groups):
         app.include_router(check_json_routes(module.router))
     settings = platform.settings
-    app.add_middleware(AuthMiddleware, tenancy=platform.tenancy,
-                       server_names=server_names(settings.host, settings.server_names),
-                       metrics_public=settings.metrics_public,
-                       insecure_no_auth=settings.insecure_no_auth)
+    gate = Gate(platform.tenancy,
+                server_names=server_names(settings.host, settings.server_names),
+                metrics_public=settings.metrics_public, insecure_no_auth=settings.insecure_no_auth)
+    app.add_middleware(AuthMiddleware, gate=gate)
+    if settings.fast_invoke:  # sync invokes skip the framework (api/fast.py)
+        app.fast = FastInvoke(platform, gate)
     ui.install(app, platform)  # the dashboard at /ui (not in the API's spec)
     docs.install(app)  # last: the API routes match first
     return app

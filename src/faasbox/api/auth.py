@@ -130,44 +130,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, tenancy: Tenancy, *, server_names: frozenset[str] | None,
+class Gate:
+    """Who is asking: the Host check and the bearer key of one request (no routing)."""
+
+    def __init__(self, tenancy: Tenancy, *, server_names: frozenset[str] | None,
                  metrics_public: bool, insecure_no_auth: bool) -> None:
-        self.app = app
         self.tenancy = tenancy
         self.server_names = server_names  # None: any Host
         self.metrics_public = metrics_public
         self.insecure_no_auth = insecure_no_auth
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def admit(self, scope: Scope) -> tuple[Principal | None, bool]:
+        """``(principal, public)`` of an HTTP request, or raise why it is refused. The
+        principal is None on an open path, and ``public`` on /metrics when it is public."""
         headers = dict(scope["headers"])
         if self.server_names is not None:
             host = _host_name(headers.get(b"host", b"").decode("latin-1"))
             if host not in self.server_names:
-                await _refuse(scope, receive, send, errors.HostNotAllowed(
+                raise errors.HostNotAllowed(
                     f"this server does not answer to the host name {host!r} (set"
-                    " FAASBOX_SERVER_NAMES to add it)"))
-                return
+                    " FAASBOX_SERVER_NAMES to add it)")
         path: str = scope["path"]
-        principal: Principal | None = None
         # served to anyone by configuration: its route runs without a principal
         public = path == "/metrics" and self.metrics_public
         if self.insecure_no_auth:
-            principal = Principal(None, "default", "admin")
-        elif not (public or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)):
-            principal = self._principal(headers.get(b"authorization"))
-            if principal is None:
-                await _refuse(scope, receive, send, errors.Unauthenticated(
-                    "this request needs an API key: Authorization: Bearer <key>"
-                    " (faasbox login, or FAASBOX_API_KEY)"))
-                return
-        state = scope.setdefault("state", {})
-        state["principal"] = principal
-        state["public"] = public
-        await self.app(scope, receive, send)
+            return Principal(None, "default", "admin"), public
+        if public or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return None, public
+        principal = self._principal(headers.get(b"authorization"))
+        if principal is None:
+            raise errors.Unauthenticated(
+                "this request needs an API key: Authorization: Bearer <key>"
+                " (faasbox login, or FAASBOX_API_KEY)")
+        return principal, public
 
     def _principal(self, header: bytes | None) -> Principal | None:
         if header is None:
@@ -178,13 +173,35 @@ class AuthMiddleware:
         return self.tenancy.authenticate(token.strip())
 
 
+class AuthMiddleware:
+    """Puts the :class:`Gate`'s answer on ``request.state``, or answers 401 / 400 itself."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal, public = self.gate.admit(scope)
+        except errors.FaasboxError as exc:
+            await refuse(scope, receive, send, exc)
+            return
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["public"] = public
+        await self.app(scope, receive, send)
+
+
 def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, exc: errors.FaasboxError) -> None:
+async def refuse(scope: Scope, receive: Receive, send: Send, exc: errors.FaasboxError) -> None:
     headers = ({"WWW-Authenticate": 'Bearer realm="faasbox"'}
                if isinstance(exc, errors.Unauthenticated) else None)
     await faasbox_error_response(exc, headers)(scope, receive, send)
@@ -218,23 +235,29 @@ class ScopedRoute(JSONBodyRoute):
 
 
 def authorize(request: Request, scope: str) -> None:
-    principal: Principal | None = request.state.principal
+    request.state.tenant = allowed_tenant(
+        request.state.principal, scope, request.query_params.get("tenant"),
+        request.path_params.get("name"), request.app.state.platform.tenancy)
+
+
+def allowed_tenant(principal: Principal | None, scope: str, asked: str | None,
+                   name: str | None, tenancy: Tenancy) -> str:
+    """The tenant a request of ``principal`` acts on (``asked`` with ``?tenant=``), if its key
+    allows ``scope`` there (and the function ``name``, for a key limited to some)."""
     if principal is None:  # an open path that is not open for this route
         raise errors.Unauthenticated("this request needs an API key")
     if not principal.allows(scope):
         raise errors.Forbidden(f"a {principal.scope} key cannot do this (needs {scope})")
-    asked = request.query_params.get("tenant")
+    tenant = principal.tenant
     if asked is not None and asked != principal.tenant:
         if principal.scope != "admin":
             raise errors.Forbidden("only an admin key can act on another tenant")
-        if asked not in request.app.state.platform.tenancy.tenants:
+        if asked not in tenancy.tenants:
             raise errors.NotFound(f"no tenant {asked!r}")  # nothing is there, nor made there
-        request.state.tenant = asked
-    else:
-        request.state.tenant = principal.tenant
-    name = request.path_params.get("name")
+        tenant = asked
     if name is not None and not principal.may_call(name):
         raise errors.Forbidden(f"this key may not call function {name!r}")
+    return tenant
 
 
 def principal_of(request: Request) -> Principal:

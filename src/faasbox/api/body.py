@@ -67,18 +67,18 @@ def check_json_routes(router: APIRouter) -> APIRouter:
 async def read_capped(request: Request, limit: int, what: str = "request body") -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.PayloadTooLarge(_too_large(what, int(declared), limit))
+        raise errors.PayloadTooLarge(too_large(what, int(declared), limit))
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise errors.PayloadTooLarge(_too_large(what, size, limit))
+            raise errors.PayloadTooLarge(too_large(what, size, limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(what: str, size: int, limit: int) -> str:
+def too_large(what: str, size: int, limit: int) -> str:
     return f"the {what} is {size} bytes or more; the limit is {limit} bytes ({limit // 2**20} MiB)"
 
 

@@ -32,10 +32,18 @@ def error_response(
 
 def faasbox_error_response(exc: errors.FaasboxError, headers: dict[str, str] | None = None,
                            ) -> Response:
-    headers = dict(headers or {})
-    if isinstance(exc, errors.Throttled):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return error_response(exc.status, exc.code, exc.message, headers, **exc.details)
+    status, extra, body = error_parts(exc)
+    return Response(body, status_code=status, media_type="application/json",
+                    headers={**(headers or {}), **dict(extra)})
+
+
+def error_parts(exc: errors.FaasboxError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """``exc`` as ``(status, headers, JSON body)``."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    body.update({k: v for k, v in exc.details.items() if v is not None})
+    headers = ([("Retry-After", str(max(1, round(exc.retry_after))))]
+               if isinstance(exc, errors.Throttled) else [])
+    return exc.status, headers, orjson.dumps({"error": body})
 
 
 def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:

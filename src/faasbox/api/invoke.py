@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -9,11 +10,12 @@ from starlette.responses import Response
 
 from faasbox import errors
 from faasbox.api.auth import ScopedRoute, function_of, tenant_of
-from faasbox.api.body import read_event, trace_id_of
-from faasbox.api.errors import faasbox_error_response
+from faasbox.api.body import read_capped, trace_id_of, validate_event
+from faasbox.api.errors import error_parts
 from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import record_view
 from faasbox.invoker import new_id, new_request_id
+from faasbox.payload import MAX_EVENT
 from faasbox.platform import Platform
 from faasbox.store import InvocationRecord
 from faasbox.tenancy.names import qualify
@@ -40,35 +42,50 @@ _INVOKE_PARAMETERS = [
              openapi_extra={"parameters": _INVOKE_PARAMETERS, "requestBody": {"content": {
                  "application/json": {"schema": {"description": "the event: any JSON value"}}}}})
 async def invoke(name: str, request: Request) -> Response:
-    p: Platform = request.app.state.platform
-    tenant = tenant_of(request)
-    row = await p.registry.resolve(qualify(tenant, name), request.query_params.get("version"))
-    p.admission.take(tenant)
-    event = await read_event(request)
-    request_id = new_request_id()
-    trace_id = trace_id_of(request.headers.get("traceparent")) or new_id()
-    headers = {"X-Faasbox-Request-Id": request_id, "X-Faasbox-Version": str(row.version),
-               "X-Faasbox-Trace-Id": trace_id}
+    # served by api/fast.py in front of the framework; this is the same call for the spec and
+    # for an app without the fast path
+    status, headers, body = await call(
+        request.app.state.platform, tenant_of(request), name,
+        request.query_params.get("version"), request.headers.get("traceparent"),
+        lambda: read_capped(request, MAX_EVENT, "event"))
+    return Response(body, status, dict(headers), media_type="application/json")
+
+
+Headers = list[tuple[str, str]]
+
+
+async def call(p: Platform, tenant: str, name: str, version: str | None,
+               traceparent: str | None, read: Callable[[], Awaitable[bytes]],
+               ) -> tuple[int, Headers, bytes]:
+    """One sync invoke of the tenant's function ``name``: ``(status, headers, body)``, an
+    error body for a failure. The body is read (``read``) after the limits are checked."""
+    headers: Headers = []
     try:
-        outcome = await p.invoker.invoke(row, event, request_id=request_id,
-                                         extra={"trace_id": trace_id})
-    except errors.InvocationError as exc:
-        headers["X-Faasbox-Function-Error"] = exc.code
-        if exc.record is not None:
-            headers.update(_usage_headers(exc.record))
-        return faasbox_error_response(exc, headers)
+        row = await p.registry.resolve(qualify(tenant, name), version)
+        p.admission.take(tenant)
+        event = validate_event(await read())
+        request_id = new_request_id()
+        trace_id = trace_id_of(traceparent) or new_id()
+        headers = [("X-Faasbox-Request-Id", request_id),
+                   ("X-Faasbox-Version", str(row.version)), ("X-Faasbox-Trace-Id", trace_id)]
+        try:
+            outcome = await p.invoker.invoke(row, event, request_id=request_id,
+                                             extra={"trace_id": trace_id})
+        except errors.InvocationError as exc:
+            headers.append(("X-Faasbox-Function-Error", exc.code))
+            if exc.record is not None:
+                headers += _usage_headers(exc.record)
+            raise
     except errors.FaasboxError as exc:
-        return faasbox_error_response(exc, headers)
-    headers.update(_usage_headers(outcome.record))
-    return Response(outcome.payload, media_type="application/json", headers=headers)
+        status, extra, body = error_parts(exc)
+        return status, headers + extra, body
+    return 200, headers + _usage_headers(outcome.record), outcome.payload
 
 
-def _usage_headers(rec: InvocationRecord) -> dict[str, str]:
-    return {
-        "X-Faasbox-Cold-Start": "true" if rec.cold_start else "false",
-        "X-Faasbox-Duration-Ms": f"{rec.duration_ms:.3f}",
-        "X-Faasbox-Billed-Ms": str(rec.billed_ms),
-    }
+def _usage_headers(rec: InvocationRecord) -> Headers:
+    return [("X-Faasbox-Cold-Start", "true" if rec.cold_start else "false"),
+            ("X-Faasbox-Duration-Ms", f"{rec.duration_ms:.3f}"),
+            ("X-Faasbox-Billed-Ms", str(rec.billed_ms))]
 
 
 @router.get("/v1/invocations", summary="Invocation records, newest first",
