@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,26 @@ class Outcome:
     kept: Awaitable[None] | None = None  # the record's commit, when the caller awaits it
 
 
+_ids = threading.local()
+
+
 def new_id() -> str:
-    """A random 128-bit id as 32 hex digits (request, task, job and W3C trace ids)."""
-    return os.urandom(16).hex()
+    """A random 128-bit id as 32 hex digits (request, task, job and W3C trace ids), cut from
+    the operating system's random bytes drawn 256 ids at a time (one syscall for them)."""
+    batch: Iterator[str] | None = getattr(_ids, "batch", None)
+    if batch is not None:
+        for one in batch:
+            return one
+    _ids.batch = batch = _batch()
+    return next(batch)
+
+
+def _batch() -> Iterator[str]:
+    raw = os.urandom(16 * 256).hex()
+    return (raw[i:i + 32] for i in range(0, len(raw), 32))
+
+
+os.register_at_fork(after_in_child=lambda: _ids.__dict__.clear())  # never the parent's ids
 
 
 new_request_id = new_id
@@ -52,6 +70,7 @@ class Invoker:
         self.metrics = metrics
         self.events = events
         self.clock = clock
+        self._series: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
@@ -169,7 +188,13 @@ class Invoker:
         record.billed_ms = billed_ms(record.duration_ms)  # the duration as recorded
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
         kept = self.store.record_invocation(record)
-        self.metrics.invocations.labels(*labels(record.function), record.status).inc()
-        self.metrics.gb_seconds.labels(*labels(record.function)).inc(record.gb_s)
-        self.metrics.duration.labels(*labels(record.function)).observe(duration_ms / 1000)
+        series = self._series.get((record.function, record.status))
+        if series is None:
+            names = labels(record.function)
+            series = self._series[(record.function, record.status)] = (
+                self.metrics.invocations.labels(*names, record.status),
+                self.metrics.gb_seconds.labels(*names), self.metrics.duration.labels(*names))
+        series[0].inc()
+        series[1].inc(record.gb_s)
+        series[2].observe(duration_ms / 1000)
         return kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 from faasbox.spec import FunctionSpec
@@ -79,6 +80,7 @@ def test_a_failing_write_does_not_fail_its_group(tmp_path: Path) -> None:
         store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
         await store.open()
         store.record_invocation(_record(1))
+        await asyncio.sleep(0)  # the records of a turn of the loop go at its end
         dup = store.submit(lambda c: c.execute(
             "INSERT INTO invocations (id, function, version, trigger, started_at, duration_ms,"
             " billed_ms, memory_mb, gb_s, cold_start, status) VALUES"
@@ -146,9 +148,12 @@ def test_only_durable_writes_wait_for_the_disk(tmp_path: Path) -> None:
         modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
         await store.put_version("f", FunctionSpec(handler="m:h"), "sha", None, 1.0)
         modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
-        both = [store.record_invocation(_record(2)),
+        gate = threading.Event()
+        held = store.submit(lambda conn: gate.wait(10), durable=False)  # holds the writer
+        both = [store.submit(lambda conn: None, durable=False),
                 store.submit(lambda conn: conn.execute("DELETE FROM invocations WHERE id = 'x'"))]
-        await asyncio.gather(*both)
+        gate.set()  # the two queued meanwhile make one group
+        await asyncio.gather(held, *both)
         modes.append(writer.execute("PRAGMA synchronous").fetchone()[0])
         await store.close()
         return modes

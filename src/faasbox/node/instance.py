@@ -81,8 +81,9 @@ class Instance:
         self.peak_rss_mb: float = 0.0
         self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self.proc: Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: Any = None
+        self._reader_task: asyncio.Task[None] | None = None  # runs ``_died`` once the stream ends
+        self._gone: asyncio.Future[None] = self.loop.create_future()  # ``_died`` has run
         self._control: asyncio.Future[dict[str, Any]] | None = None
         self._stop_reason: errors.InvocationError | None = None
         self.exited = asyncio.Event()
@@ -106,12 +107,13 @@ class Instance:
         self.proc = proc
         try:
             self._watch_exit()  # first: ``stop`` relies on seeing the exit
-            reader, self._writer = await asyncio.open_connection(sock=sock, limit=2**16)
+            self._control = self.loop.create_future()
+            transport, _ = await self.loop.create_unix_connection(lambda: _Frames(self),
+                                                                  sock=sock)
         except BaseException:
             sock.close()
             raise
-        self._control = self.loop.create_future()
-        self._reader_task = asyncio.create_task(self._read(reader), name=f"reader-{self.id}")
+        self._transport = transport
 
     def _watch_exit(self) -> None:
         """Set ``exited`` once the process has exited (at most one watch)."""
@@ -136,40 +138,37 @@ class Instance:
         return header
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        assert self._writer is not None
-        self._writer.write(protocol.pack(header, payload))
+        assert self._transport is not None
+        self._transport.write(protocol.pack(header, payload))
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        """Frames from the instance, which is not trusted: a frame over the cap is refused
-        before it is read, and anything off the protocol kills the instance."""
-        try:
-            while True:
-                prefix = await reader.readexactly(4)
-                body = await reader.readexactly(
-                    protocol.parse_length(prefix, protocol.MAX_FROM_INSTANCE))
-                header, payload = protocol.unpack(body)
-                if header["t"] == "result":
-                    fut = self.in_flight.pop(str(header.get("id")), None)
-                    if fut is None:
-                        raise protocol.ProtocolError("a result for no call in flight")
-                    if len(payload) > protocol.MAX_RESULT:
-                        raise protocol.ProtocolError(
-                            f"a result of {len(payload)} bytes (at most {protocol.MAX_RESULT})")
-                    if not fut.done():
-                        fut.set_result((header, payload))
-                elif self._control is not None and not self._control.done():
-                    self._control.set_result(header)
-                else:
-                    raise protocol.ProtocolError(f"an unexpected {header['t'][:40]!r} frame")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except protocol.ProtocolError as exc:
-            log.warning("instance %s broke the protocol (%s): killing it", self.id, exc)
-            if self._stop_reason is None:
-                self._stop_reason = errors.ProtocolViolation(
-                    f"the instance broke the node protocol ({exc}) and was killed")
-        finally:
-            await self._died()
+    def _frame(self, body: bytes) -> None:
+        """One frame from the instance, which is not trusted: anything off the protocol
+        raises :class:`~faasbox.runtime.protocol.ProtocolError` (and kills it)."""
+        header, payload = protocol.unpack(body)
+        if header["t"] == "result":
+            fut = self.in_flight.pop(str(header.get("id")), None)
+            if fut is None:
+                raise protocol.ProtocolError("a result for no call in flight")
+            if len(payload) > protocol.MAX_RESULT:
+                raise protocol.ProtocolError(
+                    f"a result of {len(payload)} bytes (at most {protocol.MAX_RESULT})")
+            if not fut.done():
+                fut.set_result((header, payload))
+        elif self._control is not None and not self._control.done():
+            self._control.set_result(header)
+        else:
+            raise protocol.ProtocolError(f"an unexpected {header['t'][:40]!r} frame")
+
+    def _broke(self, exc: protocol.ProtocolError) -> None:
+        log.warning("instance %s broke the protocol (%s): killing it", self.id, exc)
+        if self._stop_reason is None:
+            self._stop_reason = errors.ProtocolViolation(
+                f"the instance broke the node protocol ({exc}) and was killed")
+
+    def _lost(self) -> None:
+        """The stream ended (or was aborted on a protocol break)."""
+        if self._reader_task is None:
+            self._reader_task = self.loop.create_task(self._died(), name=f"died-{self.id}")
 
     def _on_exit(self, pidfd: int) -> None:
         self.loop.remove_reader(pidfd)
@@ -183,6 +182,13 @@ class Instance:
 
     async def _died(self) -> None:
         """The stream ended: find out why and fail everything still waiting."""
+        try:
+            await self._fail_all()
+        finally:
+            if not self._gone.done():
+                self._gone.set_result(None)
+
+    async def _fail_all(self) -> None:
         if self.proc is not None:
             self.kill()
             await self.exited.wait()
@@ -195,8 +201,8 @@ class Instance:
         if self._control is not None and not self._control.done():
             self._control.set_exception(reason)
             self._control.exception()  # mark retrieved: nobody may be waiting for it
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def _death_reason(self) -> errors.InvocationError:
         if self.cgroup is not None and self.cgroup.oom_killed():
@@ -247,8 +253,8 @@ class Instance:
         if self.state != "stopped":
             self.state = "stopping"
         self.kill()
-        if self._reader_task is not None:
-            await asyncio.shield(self._reader_task)
+        if self._transport is not None:  # connected: the stream ends with the process
+            await asyncio.shield(self._gone)
         elif self.proc is not None:
             self._watch_exit()  # it never got connected
             await self.exited.wait()
@@ -264,10 +270,11 @@ class Instance:
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
         began = self.loop.time()  # durations are the node's, never what the instance says
         self.send(header, payload)
+        # a plain timer, cheaper than asyncio.timeout: it fails the call's future
+        timer = self.loop.call_at(began + timeout_s, _time_out, fut)
         try:
-            async with asyncio.timeout(timeout_s):  # not wait_for: see ``expect``
-                reply, body = await fut
-        except TimeoutError:
+            reply, body = await fut
+        except _TimedOut:
             self.in_flight.pop(request_id, None)
             reason = errors.InvocationTimeout(
                 f"the invocation timed out after {timeout_s:g} s; its instance was stopped"
@@ -278,6 +285,7 @@ class Instance:
             await self.stop(others)
             raise reason from None
         finally:
+            timer.cancel()
             self.calls_served += 1
             self.last_used = self.loop.time()
             if self.state == "busy" and not self.in_flight:
@@ -327,6 +335,50 @@ class Instance:
             "start_fallback": self.start_fallback,
             "memory_mb": self.memory_mb,
         }
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_TimedOut())
+
+
+class _Frames(asyncio.Protocol):
+    """Cuts the instance's stream into frames as it arrives; a frame's length is checked
+    against the cap before any of its body is kept."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.buf = bytearray()
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        try:
+            while len(buf) >= 4:
+                total = protocol.parse_length(bytes(buf[:4]), protocol.MAX_FROM_INSTANCE)
+                if len(buf) < 4 + total:
+                    return
+                body = bytes(buf[4:4 + total])
+                del buf[:4 + total]
+                self.instance._frame(body)
+        except protocol.ProtocolError as exc:
+            buf.clear()
+            self.instance._broke(exc)
+            self.transport.abort()  # connection_lost follows
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.instance._lost()
 
 
 def current_rss_mb(pid: int) -> float:

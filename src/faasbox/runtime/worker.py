@@ -183,15 +183,25 @@ def import_handler(spec: dict[str, Any]) -> Callable[..., Any]:
     return handler  # type: ignore[no-any-return]
 
 
+_status: list[int] = [-1, -1]  # an open /proc/self/status and the pid it belongs to
+
+
 def _peak_rss_kb() -> int:
     """This process's own peak RSS (VmHWM). ru_maxrss would carry over the server's peak,
-    inherited across fork and exec."""
+    inherited across fork and exec. The file stays open (opened again after a fork)."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
+        fd, pid = _status
+        if pid != os.getpid():
+            if fd >= 0:
+                os.close(fd)
+            _status[:] = [-1, -1]
+            fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+            _status[:] = [fd, os.getpid()]
+        data = os.pread(fd, 8192, 0)
+        at = data.find(b"VmHWM:")
+        if at >= 0:
+            return int(data[at + 6:data.index(b"kB", at)])
+    except (OSError, ValueError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 

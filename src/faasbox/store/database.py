@@ -189,11 +189,22 @@ class Database(abc.ABC):
                     single: bool = False) -> T:
         return await self.submit(fn, durable, single)
 
+    def submit_all(self, writes: list[tuple[WriteFn, asyncio.Future[Any]]], durable: bool,
+                   single: bool) -> None:
+        """Queue several writes at once (one wakeup of the writer); each resolves its own
+        future after the commit."""
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        self._writer.inbox.put([(fn, fut, durable, single) for fn, fut in writes])
+
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:
         """Queue a write without waiting for it; reads wait for it (read-your-writes).
         Returns the future of its commit."""
-        fut = self.submit(fn, durable, single)
+        return self.track(self.submit(fn, durable, single))
+
+    def track(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Reads wait for the write of ``fut`` (read-your-writes); its failure is logged."""
         self._unflushed.add(fut)
         fut.add_done_callback(self._forget)
         return fut
@@ -249,8 +260,15 @@ class _Writer(threading.Thread):
             first = self.inbox.get()
             if first is _STOP:
                 return
-            batch = [first]
-            while len(batch) < MAX_GROUP:
+            batch: list[Write] = []
+            item = first
+            while True:
+                if isinstance(item, list):  # submit_all
+                    batch.extend(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_GROUP:
+                    break
                 try:
                     item = self.inbox.get_nowait()
                 except queue.Empty:
@@ -258,7 +276,6 @@ class _Writer(threading.Thread):
                 if item is _STOP:
                     self.inbox.put(_STOP)
                     break
-                batch.append(item)
             self._run_group(batch)
 
     def _connection(self) -> Any:

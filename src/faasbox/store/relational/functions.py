@@ -21,6 +21,7 @@ T = TypeVar("T")
 class SqlStore(Store):
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._records: list[tuple[WriteFn, asyncio.Future[Any]]] = []
 
     @property
     def dialect(self) -> Dialect:
@@ -164,14 +165,27 @@ class SqlStore(Store):
 
     # -- invocation records -----------------------------------------------------------------
     def record_invocation(self, record: InvocationRecord) -> asyncio.Future[None]:
-        values = tuple(record.to_dict().values())
-        marks = ", ".join("?" * len(values))
+        values = tuple(getattr(record, name) for name in _INV_FIELDS)
 
         def tx(conn: Conn) -> None:
-            conn.execute(f"INSERT INTO invocations ({_INV_COLUMNS}) VALUES ({marks})", values)
+            conn.execute(_INV_INSERT, values)
 
-        # outlives a crash of the server; a crash of the machine may lose the last records
-        return self.write_later(tx, durable=False, single=True)
+        # the records of one turn of the event loop go to the writer together (one wakeup)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._records.append((tx, fut))
+        if len(self._records) == 1:
+            loop.call_soon(self._send_records)
+        return self.db.track(fut)
+
+    def _send_records(self) -> None:
+        records, self._records = self._records, []
+        try:
+            # outlives a crash of the server; a crash of the machine may lose the last ones
+            self.db.submit_all(records, durable=False, single=True)
+        except RuntimeError as exc:  # the store was closed meanwhile
+            for _, fut in records:
+                fut.set_exception(exc)
 
     async def get_invocation(self, invocation_id: str) -> InvocationRecord | None:
         def q(conn: Conn) -> InvocationRecord | None:
@@ -219,7 +233,10 @@ class SqlStore(Store):
         return await self.read(q)
 
 
-_INV_COLUMNS = ", ".join(InvocationRecord.__dataclass_fields__)
+_INV_FIELDS = tuple(InvocationRecord.__dataclass_fields__)
+_INV_COLUMNS = ", ".join(_INV_FIELDS)
+_INV_INSERT = (f"INSERT INTO invocations ({_INV_COLUMNS})"
+               f" VALUES ({', '.join('?' * len(_INV_FIELDS))})")
 
 
 def tenant_range(column: str, tenant: str | None) -> list[tuple[str, Any]]:
