@@ -177,3 +177,18 @@ def test_a_failed_single_statement_fails_alone(tmp_path: Path) -> None:
     ok, ids = asyncio.run(main())
     assert ok == [True, False, True]
     assert ids == {"r0", "r1", "r2"}
+
+
+def test_a_write_goes_after_the_records_queued_before_it(tmp_path: Path) -> None:
+    """Records wait for the end of the loop's turn to go to the writer together, but a write
+    queued after a record never runs before it (a task's end and its record)."""
+    async def main() -> int:
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db"))
+        await store.open()
+        store.record_invocation(_record(5))
+        seen: int = await store.write(lambda conn: conn.execute(
+            "SELECT count(*) FROM invocations WHERE id = 'r5'").fetchone()[0])
+        await store.close()
+        return seen
+
+    assert asyncio.run(main()) == 1

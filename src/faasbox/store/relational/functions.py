@@ -57,16 +57,21 @@ class SqlStore(Store):
     def commits(self) -> int:
         return self.db.commits
 
+    # every write goes after the records queued before it (a task's end after its record)
     def submit(self, fn: Callable[[Any], T], durable: bool = True,
                single: bool = False) -> asyncio.Future[T]:
+        if self._records:
+            self._send_records()
         return self.db.submit(fn, durable, single)
 
     async def write(self, fn: Callable[[Any], T], durable: bool = True,
                     single: bool = False) -> T:
-        return await self.db.submit(fn, durable, single)
+        return await self.submit(fn, durable, single)
 
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:
+        if self._records:
+            self._send_records()
         return self.db.write_later(fn, durable, single)
 
     async def flush(self) -> None:
@@ -180,6 +185,8 @@ class SqlStore(Store):
 
     def _send_records(self) -> None:
         records, self._records = self._records, []
+        if not records:  # sent already, ahead of another write
+            return
         try:
             # outlives a crash of the server; a crash of the machine may lose the last ones
             self.db.submit_all(records, durable=False, single=True)
