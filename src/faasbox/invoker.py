@@ -76,11 +76,13 @@ class Invoker:
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
         on_start: Callable[[Instance], None] | None = None, wait_record: bool = True,
-        interruptible: bool = False,
+        interruptible: bool = False, write_record: bool = True,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
-        Over a concurrency limit it raises :class:`~faasbox.errors.OverLimit` at once."""
+        Over a concurrency limit it raises :class:`~faasbox.errors.OverLimit` at once.
+        ``write_record`` False: the caller writes the record (``Outcome.record``, or the
+        error's ``record``) with its own write, as a task's end does."""
         try:
             self.admission.enter(row.function)
         except errors.OverLimit:
@@ -89,14 +91,15 @@ class Invoker:
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start,
-                                      wait_record, interruptible)
+                                      wait_record and write_record, interruptible,
+                                      write_record)
         finally:
             self.admission.leave(row.function)
 
     async def _invoke(
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
-        wait_record: bool, interruptible: bool = False,
+        wait_record: bool, interruptible: bool = False, write_record: bool = True,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -116,7 +119,7 @@ class Invoker:
             raise
         except errors.InvocationError as exc:  # the cold start failed
             record.cold_start = True
-            self._fail(record, exc, (self.clock.monotonic() - t0) * 1000)
+            self._fail(record, exc, (self.clock.monotonic() - t0) * 1000, write_record)
             await self.events.publish(InvocationFinished(row, record, None, extra or {}))
             raise
         record.cold_start = cold
@@ -128,7 +131,7 @@ class Invoker:
         else:
             finished = extra or {}
         return await self._run(row, payload, record, inst, cold, request_id, extra,
-                               on_start, wait_record, finished, t0, interruptible)
+                               on_start, wait_record, finished, t0, interruptible, write_record)
 
     def _release(self, inst: Instance, interruptible: bool) -> None:
         if interruptible:  # first: the slot may go to a sync caller at once
@@ -139,7 +142,7 @@ class Invoker:
         self, row: VersionRow, payload: bytes, record: InvocationRecord, inst: Instance,
         cold: bool, request_id: str, extra: dict[str, Any] | None,
         on_start: Callable[[Instance], None] | None, wait_record: bool,
-        finished: dict[str, Any], t0: float, interruptible: bool,
+        finished: dict[str, Any], t0: float, interruptible: bool, write_record: bool,
     ) -> Outcome:
         spec = row.spec
         if on_start is not None:
@@ -156,8 +159,8 @@ class Invoker:
             elapsed = (self.clock.monotonic() - t0) * 1000
             if isinstance(exc, errors.InvocationTimeout):
                 elapsed = spec.timeout_s * 1000
-            self._fail(record, exc, exc.duration_ms or elapsed)
             record.peak_rss_mb = inst.peak_rss_mb or None
+            self._fail(record, exc, exc.duration_ms or elapsed, write_record)
             self._release(inst, interruptible)
             await self.events.publish(InvocationFinished(row, record, None, finished))
             raise
@@ -168,26 +171,28 @@ class Invoker:
         record.status = "succeeded"
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
-        kept = self._finish(record, result.duration_ms)
-        if wait_record:
+        kept = self._finish(record, result.duration_ms, write_record)
+        if wait_record and kept is not None:
             await kept  # no call is reported succeeded without its record (503 if it failed)
         await self.events.publish(InvocationFinished(row, record, result.payload, finished))
         return Outcome(record, result.payload, None if wait_record else kept)
 
-    def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float) -> None:
+    def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float,
+              write_record: bool = True) -> None:
         record.status = "timeout" if isinstance(exc, errors.InvocationTimeout) else "failed"
         record.error_code = exc.code
         record.error_message = exc.message
         record.logs = getattr(exc, "logs", "") or exc.details.get("output") or ""
-        self._finish(record, duration_ms)
+        self._finish(record, duration_ms, write_record)
         if isinstance(exc, errors.InvocationError):
             exc.record = record
 
-    def _finish(self, record: InvocationRecord, duration_ms: float) -> Awaitable[None]:
+    def _finish(self, record: InvocationRecord, duration_ms: float,
+                write_record: bool = True) -> Awaitable[None] | None:
         record.duration_ms = round(duration_ms, 3)
         record.billed_ms = billed_ms(record.duration_ms)  # the duration as recorded
         record.gb_s = gb_seconds(record.billed_ms, record.memory_mb)
-        kept = self.store.record_invocation(record)
+        kept = self.store.record_invocation(record) if write_record else None
         series = self._series.get((record.function, record.status))
         if series is None:
             names = labels(record.function)

@@ -162,14 +162,14 @@ class Dispatcher:
             return now + 1.0
         next_at: float | None = None
         wants: list[Want] = []
+        frees: dict[str, int] = {}  # slots free now; the rest of a lease is held ahead
         for function, run_at in list(self._ready.items()):
             if run_at > now:
                 next_at = run_at if next_at is None else min(next_at, run_at)
                 continue
-            free = await self._free_slots(function)
-            if free > 0:
-                wants.append(Want(function, tenant_of(function), min(free, LEASE_BATCH),
-                                  await self._cost_mb(function)))
+            want = await self._want(function, frees)
+            if want is not None:
+                wants.append(want)
         room = self.capacity_mb() - self.lifecycle.running_mb
         quota = self.fair.allocate(wants, room, self.weight, most=LEASE_BATCH * len(wants))
         wanted = [(f, n) for f, n in quota.items()]
@@ -177,8 +177,11 @@ class Dispatcher:
         leases = await asyncio.gather(*[self._lease(f, n, now) for f, n in wanted])
         costs = {w.function: w.cost_mb for w in wants}
         for (function, asked), tasks in zip(wanted, leases, strict=True):
-            for task in tasks:
-                self.lifecycle.start(task, self._ran, costs[function])
+            for i, task in enumerate(tasks):
+                if i < frees[function]:
+                    self.lifecycle.start(task, self._ran, costs[function])
+                else:
+                    self.lifecycle.hold(task, self._ran, costs[function])
             if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
                 tenant = tenant_of(function)
                 self.fair.refund(tenant, asked - len(tasks), self.weight(tenant))
@@ -192,6 +195,20 @@ class Dispatcher:
                     if due > now:
                         next_at = due if next_at is None else min(next_at, due)
         return next_at
+
+    async def _want(self, function: str, frees: dict[str, int]) -> Want | None:
+        """What ``function`` may lease now: its free slots (held tasks start in them first)
+        and room to hold some ahead; ``frees`` learns the free slots."""
+        free = await self._free_slots(function)
+        if free > 0 and function in self.lifecycle.ahead:
+            free -= self.lifecycle.start_held(function, free)
+        free = max(free, 0)
+        ahead = self.lifecycle.ahead_room(function)
+        if free == 0 and ahead == 0:
+            return None
+        frees[function] = free
+        return Want(function, tenant_of(function), min(free + ahead, LEASE_BATCH),
+                    await self._cost_mb(function))
 
     async def _cost_mb(self, function: str) -> float:
         """The memory one running task of ``function`` holds (0 if it is gone)."""

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,6 +29,10 @@ from faasbox.registry import Registry
 from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
+# A function whose runs are short gets one leased task held here per running one, started the
+# moment a run ends (no lease round trip between two runs). Held longer than this, it goes back.
+AHEAD_MAX_MS = 50.0
+AHEAD_MAX_WAIT_S = 2.0
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,11 @@ class TaskLifecycle:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.started = 0
         self.running_mb = 0.0  # memory the running tasks hold (for fair shares)
+        # leased tasks held to start when a run of their function ends: (task, done, cost,
+        # held since)
+        self.ahead: dict[str, deque[tuple[TaskRow, Done, float, float]]] = {}
+        self.run_ms: dict[str, float] = {}  # a function's recent run time (moving average)
+        self._background: set[asyncio.Future[None]] = set()  # held tasks going back
 
     # -- running ----------------------------------------------------------------------------
     def start(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
@@ -67,6 +76,57 @@ class TaskLifecycle:
         self.running_mb += cost_mb
         self.running[task.id] = asyncio.create_task(self._run(task, done, cost_mb),
                                                     name=f"task-{task.id}")
+
+    def ahead_room(self, function: str) -> int:
+        """How many more leased tasks of ``function`` may be held here: one per running task,
+        for functions whose runs are short."""
+        ms = self.run_ms.get(function)
+        if ms is None or ms > AHEAD_MAX_MS:
+            return 0
+        return max(0, self.running_by_function[function] - len(self.ahead.get(function, ())))
+
+    def hold(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
+        """Keep a leased task to start when a run of its function ends (:meth:`start_held`)."""
+        self.ahead.setdefault(task.function, deque()).append(
+            (task, done, cost_mb, self.clock.monotonic()))
+
+    def start_held(self, function: str, most: int = 1) -> int:
+        """Start up to ``most`` held tasks of ``function``; those held too long go back to
+        the queue instead. Returns how many started."""
+        held = self.ahead.get(function)
+        started = 0
+        while held and started < most:
+            task, done, cost_mb, since = held.popleft()
+            if self.clock.monotonic() - since > AHEAD_MAX_WAIT_S:
+                self._spawn(self._give_back(task, done), task)
+                continue
+            self.start(task, done, cost_mb)
+            started += 1
+        if not held:
+            self.ahead.pop(function, None)
+        return started
+
+    def _spawn(self, work: Awaitable[None], task: TaskRow) -> None:
+        job = asyncio.ensure_future(work)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _give_back(self, task: TaskRow, done: Done) -> None:
+        again = self.clock.now()
+        with contextlib.suppress(errors.StoreUnavailable):  # its lease runs out, then
+            await self.queue.give_back(task.id, task.attempts, again)
+        done(task, again)
+
+    def _drop_held(self, task_id: str) -> TaskRow | None:
+        for function, held in self.ahead.items():
+            for entry in held:
+                if entry[0].id == task_id:
+                    held.remove(entry)
+                    if not held:
+                        del self.ahead[function]
+                    entry[1](entry[0], None)
+                    return entry[0]
+        return None
 
     async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
         """The end of an attempt, written to the store; tried again while the store is away
@@ -93,6 +153,7 @@ class TaskLifecycle:
             self._instances[task.id] = inst
 
         invocation_id = new_request_id()
+        began = self.clock.monotonic()
         try:
             row = await self.registry.resolve(task.function, task.version)
             extra: dict[str, Any] = {"task_id": task.id, "attempt": task.attempts,
@@ -102,8 +163,8 @@ class TaskLifecycle:
             policy = await self.policies.of_task(task)
             outcome = await self.invoker.invoke(
                 row, task.event, trigger="task" if task.source == "async" else task.source,
-                request_id=invocation_id, extra=extra, on_start=on_start, wait_record=False,
-                interruptible=policy.interruptible)
+                request_id=invocation_id, extra=extra, on_start=on_start,
+                interruptible=policy.interruptible, write_record=False)
         except errors.Throttled:
             back = again = self.clock.now() + GIVE_BACK_DELAY_S
             await self._durably(lambda: self.queue.give_back(task.id, task.attempts, back))
@@ -112,30 +173,40 @@ class TaskLifecycle:
             raise
         except errors.FaasboxError as exc:
             failure = await self.failure(task, exc)
+            record = getattr(exc, "record", None)  # the attempt's, written with its end
             ended = await self._durably(lambda: self.queue.fail(
                 task.id, task.attempts, failure, invocation_id if acquired else None,
-                self.clock.now()))
+                self.clock.now(), record))
             again = failure.retry_at
             if again is None and ended:
                 self._finished(task, failure.final_status, None)
         else:
-            # the record is in the same group commit as the success, or an earlier one
+            # one write: the attempt's record and the task's end
             if await self._durably(lambda: self.queue.succeed(
-                    task.id, task.attempts, outcome.payload, invocation_id, self.clock.now())):
+                    task.id, task.attempts, outcome.payload, invocation_id, self.clock.now(),
+                    outcome.record)):
                 self._finished(task, "succeeded", outcome.payload)
-            if outcome.kept is not None:
-                with contextlib.suppress(errors.StoreUnavailable):
-                    await outcome.kept
         finally:
-            if not acquired:
-                self.acquiring[task.function] -= 1
-            self.running_by_function[task.function] -= 1
-            self.running_mb -= cost_mb
-            self.running.pop(task.id, None)
-            self._instances.pop(task.id, None)
-            self._cancelling.discard(task.id)
-            self.resolve_waiters(task.id)
-            done(task, again)
+            self._ended(task, done, again, cost_mb,
+                        (self.clock.monotonic() - began) * 1000 if acquired else None)
+
+    def _ended(self, task: TaskRow, done: Done, again: float | None, cost_mb: float,
+               run_ms: float | None) -> None:
+        """A run ended (``run_ms`` None: it never got an instance)."""
+        if run_ms is None:
+            self.acquiring[task.function] -= 1
+        else:
+            last = self.run_ms.get(task.function)
+            self.run_ms[task.function] = run_ms if last is None else 0.8 * last + 0.2 * run_ms
+        self.running_by_function[task.function] -= 1
+        self.running_mb -= cost_mb
+        self.running.pop(task.id, None)
+        self._instances.pop(task.id, None)
+        self._cancelling.discard(task.id)
+        self.resolve_waiters(task.id)
+        done(task, again)
+        if task.function in self.ahead:
+            self.start_held(task.function)
 
     async def _finish_cancelled(self, task: TaskRow, invocation_id: str | None) -> None:
         failure = Failure("cancelled", "cancelled while it ran", None, "cancelled")
@@ -180,7 +251,7 @@ class TaskLifecycle:
             raise errors.TaskNotFound(f"no task {task_id!r}")
         if row.status == "cancelled" and task_id not in self.running:
             self._finished(row, "cancelled", None)
-        if row.status == "running" and task_id in self.running:
+        if row.status == "running" and (task_id in self.running or self.is_held(task_id)):
             await self.interrupt(task_id)
         elif row.status == "running":  # another server runs it
             self.events.emit(CancelRequested(task_id))
@@ -189,6 +260,11 @@ class TaskLifecycle:
 
     async def interrupt(self, task_id: str) -> None:
         """Stop the attempt of ``task_id`` running here, if any (it ends cancelled)."""
+        held = self._drop_held(task_id)
+        if held is not None:
+            await self._finish_cancelled(held, None)
+            self.resolve_waiters(task_id)
+            return
         if task_id not in self.running:
             return
         self._cancelling.add(task_id)
@@ -235,7 +311,14 @@ class TaskLifecycle:
         for task_id in list(self._waiters):
             self.resolve_waiters(task_id)
 
+    def is_held(self, task_id: str) -> bool:
+        return any(entry[0].id == task_id for held in self.ahead.values() for entry in held)
+
     async def close(self) -> None:
+        held = [entry for q in self.ahead.values() for entry in q]
+        self.ahead.clear()
+        await asyncio.gather(*[self._give_back(task, done) for task, done, _, _ in held],
+                             *self._background, return_exceptions=True)
         running = list(self.running.values())
         for task in running:
             task.cancel()

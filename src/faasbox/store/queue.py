@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faasbox.delivery.model import Destinations
+from faasbox.store.base import InvocationRecord
 
 # redriven: a dead (failed, expired) task submitted again as a new task (``redriven_to``)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired", "dead", "redriven"})
@@ -182,15 +183,18 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def succeed(
         self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
+        record: InvocationRecord | None = None,
     ) -> bool:
-        """Record a successful attempt; False when the attempt no longer holds the task."""
+        """Record a successful attempt (and its invocation ``record``, in the same write);
+        False when the attempt no longer holds the task."""
 
     @abc.abstractmethod
     async def fail(
         self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
-        now: float,
+        now: float, record: InvocationRecord | None = None,
     ) -> bool:
-        """Record a failed attempt: back to ``retry_wait`` or to its final status."""
+        """Record a failed attempt (and its invocation ``record``): back to ``retry_wait`` or
+        to its final status."""
 
     @abc.abstractmethod
     async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:

@@ -170,10 +170,10 @@ class SqlStore(Store):
 
     # -- invocation records -----------------------------------------------------------------
     def record_invocation(self, record: InvocationRecord) -> asyncio.Future[None]:
-        values = tuple(getattr(record, name) for name in _INV_FIELDS)
+        values = record_values(record)
 
         def tx(conn: Conn) -> None:
-            conn.execute(_INV_INSERT, values)
+            conn.execute(INSERT_RECORD, values)
 
         # the records of one turn of the event loop go to the writer together (one wakeup)
         loop = asyncio.get_running_loop()
@@ -242,8 +242,13 @@ class SqlStore(Store):
 
 _INV_FIELDS = tuple(InvocationRecord.__dataclass_fields__)
 _INV_COLUMNS = ", ".join(_INV_FIELDS)
-_INV_INSERT = (f"INSERT INTO invocations ({_INV_COLUMNS})"
-               f" VALUES ({', '.join('?' * len(_INV_FIELDS))})")
+INSERT_RECORD = (f"INSERT INTO invocations ({_INV_COLUMNS})"
+                 f" VALUES ({', '.join('?' * len(_INV_FIELDS))})")
+
+
+def record_values(record: InvocationRecord) -> tuple[Any, ...]:
+    """The row of ``record`` for :data:`INSERT_RECORD`."""
+    return tuple(getattr(record, name) for name in _INV_FIELDS)
 
 
 def tenant_range(column: str, tenant: str | None) -> list[tuple[str, Any]]:

@@ -12,9 +12,16 @@ from typing import Any
 
 import orjson
 
+from faasbox.store.base import InvocationRecord
 from faasbox.store.database import Conn, Dialect, Row
 from faasbox.store.queue import Failure, NewTask, TaskFilter, TaskPolicy, TaskQueue, TaskRow
-from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
+from faasbox.store.relational.functions import (
+    INSERT_RECORD,
+    SqlStore,
+    record_values,
+    tenant_range,
+    where_clause,
+)
 
 _COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
 # the same columns with the event left out (listings of many tasks)
@@ -139,8 +146,13 @@ class SqlTaskQueue(TaskQueue):
 
     async def succeed(
         self, task_id: str, attempt: int, result: bytes, invocation_id: str, now: float,
+        record: InvocationRecord | None = None,
     ) -> bool:
+        row = None if record is None else record_values(record)
+
         def tx(conn: Conn) -> bool:
+            if row is not None:
+                conn.execute(INSERT_RECORD, row)
             return conn.execute(
                 "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ?,"
                 " lease_until = NULL, error_code = NULL, error_message = NULL,"
@@ -148,11 +160,11 @@ class SqlTaskQueue(TaskQueue):
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (result, now, invocation_id, task_id, attempt)).rowcount > 0
 
-        return await self.store.write(tx, durable=False, single=True)
+        return await self.store.write(tx, durable=False, single=row is None)
 
     async def fail(
         self, task_id: str, attempt: int, failure: Failure, invocation_id: str | None,
-        now: float,
+        now: float, record: InvocationRecord | None = None,
     ) -> bool:
         ids = (self.store.dialect.json_append("invocation_ids") if invocation_id
                else "invocation_ids")
@@ -163,8 +175,11 @@ class SqlTaskQueue(TaskQueue):
         else:
             sets = "status = ?, finished_at = ?"
             args = (failure.final_status, now)
+        row = None if record is None else record_values(record)
 
         def tx(conn: Conn) -> bool:
+            if row is not None:
+                conn.execute(INSERT_RECORD, row)
             return conn.execute(
                 f"UPDATE tasks SET {sets}, lease_until = NULL, error_code = ?,"
                 f" error_message = ?, invocation_ids = {ids}"
@@ -172,7 +187,7 @@ class SqlTaskQueue(TaskQueue):
                 (*args, failure.code, failure.message, *id_args, task_id, attempt),
             ).rowcount > 0
 
-        return await self.store.write(tx, durable=False, single=True)
+        return await self.store.write(tx, durable=False, single=row is None)
 
     async def give_back(self, task_id: str, attempt: int, run_at: float) -> bool:
         def tx(conn: Conn) -> bool:
