@@ -414,6 +414,7 @@ def bench_level(fb: FaasboxServer, bare: BareServer, c: int, args: Any) -> None:
     emit("invoke.warm.ratio_rps", ours.rps / base.rps, "x", **params)
     emit("invoke.warm.ratio_p50", ours.p50 / base.p50, "x", **params)
     emit("invoke.warm.ratio_p99", ours.p99 / base.p99, "x", **params)
+    emit("invoke.warm.added_p50", ours.p50 - base.p50, "ms", **params)
     emit("invoke.warm.ratio_cpu_per_request",
          ours.cpu_us_per_request / base.cpu_us_per_request, "x", **params)
 
