@@ -29,10 +29,11 @@ from faasbox.registry import Registry
 from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
-# A function whose runs are short gets one leased task held here per running one, started the
-# moment a run ends (no lease round trip between two runs). Held longer than this, it goes back.
+# A function whose runs are short gets leased tasks held here, started the moment a run ends
+# (no lease round trip between two runs). Held longer than AHEAD_MAX_WAIT_S, one goes back.
 AHEAD_MAX_MS = 50.0
 AHEAD_MAX_WAIT_S = 2.0
+AHEAD_MIN, AHEAD_MOST = 4, 64
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,15 @@ class TaskLifecycle:
                                                     name=f"task-{task.id}")
 
     def ahead_room(self, function: str) -> int:
-        """How many more leased tasks of ``function`` may be held here: one per running task,
-        for functions whose runs are short."""
+        """How many more leased tasks of ``function`` to hold here: for a function whose runs
+        are short, up to two per running task (at least ``AHEAD_MIN``), leased again only once
+        half are gone, so that leases come in batches."""
         ms = self.run_ms.get(function)
         if ms is None or ms > AHEAD_MAX_MS:
             return 0
-        return max(0, self.running_by_function[function] - len(self.ahead.get(function, ())))
+        target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * self.running_by_function[function]))
+        held = len(self.ahead.get(function, ()))
+        return target - held if held <= target // 2 else 0
 
     def hold(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
         """Keep a leased task to start when a run of its function ends (:meth:`start_held`)."""
