@@ -8,7 +8,9 @@ SQL that both backends run (``store/relational/``). An engine runs them:
   transaction, commits once, then resolves each caller's future: a burst of concurrent writes
   costs one commit instead of one each, and one write's failure does not fail its group. A
   write of one statement needs no savepoint where a failed statement leaves its transaction
-  as it was (SQLite).
+  as it was (SQLite). Where a failed statement aborts the transaction (PostgreSQL), a group
+  first runs without savepoints (a round trip each) and, only if a write fails, is undone and
+  run again with them.
 - **Durability** is per write. A ``durable`` write (the default: a deploy, an accepted task)
   is on disk when its future resolves, so it outlives a crash of the machine. The hot writes
   that only record what happened (invocation records, leases, a task's end) pass
@@ -314,7 +316,24 @@ class _Writer(threading.Thread):
                 raise
             return False, self.db.unavailable(exc)
 
-    def _run_group(self, batch: list[Write]) -> None:
+    def _run_optimistic(self, batch: list[Write]) -> list[tuple[bool, Any]] | None:
+        """The whole group without savepoints (each costs a round trip on a networked
+        database). None if any write failed: the group was undone, to run again carefully."""
+        try:
+            conn = self._connection()
+            self.db.begin(conn, any(durable for _, _, durable, _ in batch))
+            outcomes = [(True, fn(conn)) for fn, _, _, _ in batch]
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
+            return None
+        self.commits += 1
+        return outcomes
+
+    def _run_careful(self, batch: list[Write]) -> list[tuple[bool, Any]]:
+        """Each write in its own savepoint (or bare, where a statement undoes itself), so that
+        one write's failure fails only that write."""
         outcomes: list[tuple[bool, Any]] = []
         bare = self.db.dialect.atomic_statements
         try:
@@ -330,6 +349,12 @@ class _Writer(threading.Thread):
             with contextlib.suppress(Exception):
                 self.conn.execute("ROLLBACK")
             outcomes = [(False, self.db.unavailable(exc))] * len(batch)
+        return outcomes
+
+    def _run_group(self, batch: list[Write]) -> None:
+        outcomes = None if self.db.dialect.atomic_statements else self._run_optimistic(batch)
+        if outcomes is None:
+            outcomes = self._run_careful(batch)
         settled = [(fut, ok, value)
                    for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)]
         self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the whole group
