@@ -324,3 +324,33 @@ def test_kill_9_of_the_server_loses_no_accepted_task(make_server: Any) -> None:
     assert sum(t["result"] is not None for t in tasks.values()) == 1000
     assert sorted(t["result"] for t in tasks.values()) == list(range(1000))
     Path(marks).chmod(0o700)
+
+
+def test_short_tasks_held_ahead_run_once_each_and_go_back_on_pause(server: Server) -> None:
+    """A short function's next tasks are leased ahead of its runs (dispatcher/lifecycle.py):
+    each still runs exactly once with its own record; pausing the queue gives the held ones
+    back, so that everything not started is queued again."""
+    server.deploy("t-ahead", SLEEPER, max_instances=1)
+    events = [{"i": i} for i in range(300)]
+    accepted = server.http.post("/v1/functions/t-ahead/tasks:batch", json=events).json()
+    ids = [t["task_id"] for t in accepted["tasks"]]
+    done = [wait_task(server, t) for t in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * len(ids)
+    assert [d["attempts"] for d in done] == [1] * len(ids)
+    invocations = [inv for d in done for inv in d["invocation_ids"]]
+    assert len(invocations) == len(set(invocations)) == len(ids)
+    # slow runs now: the queue is paused while tasks are held, then nothing is left leased
+    more = server.http.post("/v1/functions/t-ahead/tasks:batch",
+                            json=[{"sleep": 0.05}] * 40).json()
+    more_ids = [t["task_id"] for t in more["tasks"]]
+    assert server.http.post("/v1/functions/t-ahead/queue:pause").status_code == 200
+
+    def settled() -> list[dict[str, Any]] | None:  # what had started ends
+        views = [server.http.get(f"/v1/tasks/{t}").json() for t in more_ids]
+        return None if any(v["status"] == "running" for v in views) else views
+
+    views = server.wait_for(settled, timeout=30, what="no task running")
+    assert {v["status"] for v in views} <= {"succeeded", "queued"}
+    assert "queued" in {v["status"] for v in views}
+    assert server.http.post("/v1/functions/t-ahead/queue:resume").status_code == 200
+    assert {wait_task(server, t)["status"] for t in more_ids} == {"succeeded"}

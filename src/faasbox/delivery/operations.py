@@ -50,6 +50,8 @@ class TaskOperations:
     async def pause(self, function: str) -> None:
         await self.queue.set_paused(function, True, self.clock.now())
         self.dispatcher.paused.add(function)
+        self.dispatcher.lifecycle.release_held(function)  # leased ahead, not yet started
+        await self.dispatcher.lifecycle.settle_held()
 
     async def resume(self, function: str) -> None:
         await self.queue.set_paused(function, False, self.clock.now())

@@ -68,6 +68,7 @@ class Dispatcher:
         # functions whose queue is paused: nothing of theirs is leased (delivery.QueueControl
         # keeps this set and notifies on resume)
         self.paused: set[str] = set()
+        lifecycle.may_start = lambda function: function not in self.paused
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +200,8 @@ class Dispatcher:
     async def _want(self, function: str, frees: dict[str, int]) -> Want | None:
         """What ``function`` may lease now: its free slots (held tasks start in them first)
         and room to hold some ahead; ``frees`` learns the free slots."""
+        if function in self.paused:
+            return None
         free = await self._free_slots(function)
         if free > 0 and function in self.lifecycle.ahead:
             free -= self.lifecycle.start_held(function, free)

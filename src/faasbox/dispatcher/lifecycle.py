@@ -66,6 +66,7 @@ class TaskLifecycle:
         self.ahead: dict[str, deque[tuple[TaskRow, Done, float, float]]] = {}
         self.run_ms: dict[str, float] = {}  # a function's recent run time (moving average)
         self._background: set[asyncio.Future[None]] = set()  # held tasks going back
+        self.may_start: Callable[[str], bool] = lambda function: True  # false: paused
 
     # -- running ----------------------------------------------------------------------------
     def start(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
@@ -99,6 +100,9 @@ class TaskLifecycle:
         the queue instead. Returns how many started."""
         held = self.ahead.get(function)
         started = 0
+        if held and not self.may_start(function):
+            self.release_held(function)
+            return 0
         while held and started < most:
             task, done, cost_mb, since = held.popleft()
             if self.clock.monotonic() - since > AHEAD_MAX_WAIT_S:
@@ -109,6 +113,15 @@ class TaskLifecycle:
         if not held:
             self.ahead.pop(function, None)
         return started
+
+    def release_held(self, function: str) -> None:
+        """Give the held tasks of ``function`` back to the queue (its queue was paused)."""
+        for task, done, _, _ in self.ahead.pop(function, ()):
+            self._spawn(self._give_back(task, done), task)
+
+    async def settle_held(self) -> None:
+        """Wait until the held tasks given back are back in the queue."""
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def _spawn(self, work: Awaitable[None], task: TaskRow) -> None:
         job = asyncio.ensure_future(work)
