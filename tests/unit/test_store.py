@@ -192,3 +192,29 @@ def test_a_write_goes_after_the_records_queued_before_it(tmp_path: Path) -> None
         return seen
 
     assert asyncio.run(main()) == 1
+
+
+def test_records_commit_inline_when_the_writer_is_idle(tmp_path: Path) -> None:
+    """With nothing queued, the records of a turn commit on the event loop's thread (no
+    hand-off to the writer); with the writer busy they queue behind it, in order."""
+    async def main() -> tuple[int, int, int]:
+        db = SqliteDatabase(tmp_path / "s.db")
+        store = SqlStore(db)
+        await store.open()
+        assert db._writer is not None
+        writer = db._writer
+        await store.record_invocation(_record(1))
+        inline = writer.done_items  # nothing went through the writer's inbox
+        gate = threading.Event()
+        held = store.submit(lambda conn: gate.wait(10))
+        rec = store.record_invocation(_record(2))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the turn ends: the record goes to the (blocked) writer
+        queued = int(not rec.done())  # behind the busy writer
+        gate.set()
+        await asyncio.gather(held, rec)
+        rows = len(await store.list_invocations(None, 10))
+        await store.close()
+        return inline, queued, rows
+
+    assert asyncio.run(main()) == (0, 1, 2)

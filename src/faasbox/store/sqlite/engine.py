@@ -86,6 +86,16 @@ class SqliteDatabase(Database):
     def migrate(self, conn: sqlite3.Connection) -> int:
         return migrate(conn)
 
+    inline_writes = True
+
+    def writer_connection(self, conn: sqlite3.Connection) -> None:
+        # checkpoints run on the writer thread (store/database.py), never in a commit that
+        # the event loop's thread makes
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def begin(self, conn: sqlite3.Connection, durable: bool) -> None:
         if self.synchronous.upper() in ("FULL", "EXTRA"):
             want = self.synchronous.upper() if durable else "NORMAL"
