@@ -55,10 +55,14 @@ def test_frames_round_trip_over_a_socket() -> None:
     with a, b:
         a.sendall(protocol.pack({"t": "invoke", "id": "x"}, b'{"k": [1]}'))
         a.sendall(protocol.pack({"t": "empty"}))
-        assert protocol.recv_frame(b) == ({"t": "invoke", "id": "x"}, b'{"k": [1]}')
-        assert protocol.recv_frame(b) == ({"t": "empty"}, b"")
+        a.sendall(protocol.pack({"t": "cut"}, b"12345")[:-2])
+        rfile = b.makefile("rb")
+        assert protocol.read_frame(rfile) == ({"t": "invoke", "id": "x"}, b'{"k": [1]}')
+        assert protocol.read_frame(rfile) == ({"t": "empty"}, b"")
         a.close()
-        assert protocol.recv_frame(b) is None
+        with pytest.raises(protocol.ProtocolError):
+            protocol.read_frame(rfile)  # the stream ended inside the third frame
+        assert protocol.read_frame(rfile) is None
 
 
 def test_bad_frame_length_is_refused() -> None:

@@ -10,9 +10,8 @@ Node → instance: ``load`` (once), ``invoke``. Instance → node: ``hello``, ``
 
 from __future__ import annotations
 
-import socket
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -54,24 +53,16 @@ def parse_length(prefix: bytes, limit: int = MAX_FRAME) -> int:
     return total
 
 
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """Blocking read of one frame; None at end of stream."""
-    prefix = _recv_exact(sock, 4)
-    if prefix is None:
+def read_frame(rfile: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """Blocking read of one frame from a buffered reader of the socket (one ``recv`` for
+    a small frame, not two); None at end of stream."""
+    prefix = rfile.read(4)
+    if not prefix:
         return None
-    body = _recv_exact(sock, parse_length(prefix))
-    if body is None:
+    if len(prefix) < 4:
+        raise ProtocolError("stream ended inside a frame")
+    total = parse_length(prefix)
+    body = rfile.read(total)
+    if len(body) < total:
         raise ProtocolError("stream ended inside a frame")
     return unpack(body)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            if buf:
-                raise ProtocolError("stream ended inside a frame")
-            return None
-        buf += chunk
-    return bytes(buf)

@@ -151,12 +151,13 @@ class Worker:
     # -- main loop --------------------------------------------------------------------------
     def serve(self) -> None:
         self.send({"t": "hello", "pid": os.getpid()})
-        first = protocol.recv_frame(self.sock)
+        rfile = self.sock.makefile("rb")
+        first = protocol.read_frame(rfile)
         if first is None or first[0].get("t") != "load":
             return
         self.load(first[0])
         while True:
-            frame = protocol.recv_frame(self.sock)
+            frame = protocol.read_frame(rfile)
             if frame is None:
                 return
             header, payload = frame
