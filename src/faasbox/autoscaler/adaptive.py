@@ -50,30 +50,20 @@ def smoothed(counts: list[float], oob: float, half: int) -> tuple[list[float], f
 
 
 class GapHistogram:
-    """Exponentially decayed counts of gaps over fixed bins (``edges``).
+    """Counts of gaps over fixed bins (``edges``); gaps at or beyond the last edge are counted
+    apart (``oob``)."""
 
-    Each new gap weighs ``1 / (1 - 1 / memory)`` times the one before (``memory`` 0: no
-    decay), so the histogram reflects about the last ``memory`` gaps. Gaps at or beyond the
-    last edge are counted apart (``oob``).
-    """
+    __slots__ = ("counts", "edges", "oob", "total")
 
-    __slots__ = ("_grow", "adds", "counts", "edges", "oob", "total", "weight")
-
-    def __init__(self, edges: tuple[float, ...], memory: float = 0.0) -> None:
+    def __init__(self, edges: tuple[float, ...]) -> None:
         self.edges = edges
-        self.counts = [0.0] * (len(edges) - 1)
-        self.total = 0.0  # in-range weight
-        self.oob = 0.0
-        self.weight = 1.0  # weight of the next gap
-        self.adds = 0
-        self._grow = 1.0 / (1.0 - 1.0 / memory) if memory > 1 else 1.0
+        self.counts = [0] * (len(edges) - 1)
+        self.total = 0  # in range
+        self.oob = 0
 
     @property
-    def samples(self) -> float:
-        """How many gaps the histogram holds, in units of the newest one's weight."""
-        if self.adds == 0:
-            return 0.0
-        return (self.total + self.oob) * self._grow / self.weight
+    def samples(self) -> int:
+        return self.total + self.oob
 
     def scaled(self, samples: float) -> tuple[list[float], float]:
         """Counts and out-of-range count rescaled to sum to ``samples``."""
@@ -84,20 +74,11 @@ class GapHistogram:
         return [c * f for c in self.counts], self.oob * f
 
     def add(self, gap: float) -> None:
-        w = self.weight
         if gap >= self.edges[-1]:
-            self.oob += w
+            self.oob += 1
         else:
-            self.counts[bisect_right(self.edges, gap) - 1] += w
-            self.total += w
-        self.adds += 1
-        self.weight = w * self._grow
-        if self.weight > 1e100:
-            scale = 1.0 / self.weight
-            self.counts = [c * scale for c in self.counts]
-            self.total *= scale
-            self.oob *= scale
-            self.weight = 1.0
+            self.counts[bisect_right(self.edges, gap) - 1] += 1
+            self.total += 1
 
 
 @dataclass(frozen=True)
@@ -184,15 +165,13 @@ class FaasboxPolicy:
         self,
         bin_ratio: float = 1.1,
         range_s: float = 4 * 3600.0,
-        smooth_bins: int = 0,
+        smooth_bins: int = 16,
         prior_samples: float = 3.0,
-        young_samples: float = 1e9,
         min_release_s: float = 30.0,
-        margin: float = 0.10,
+        margin: float = 0.0,
         min_samples: int = 10,
-        memory: float = 0.0,
-        cold_value_mb_s: float = 3.0e7,
-        fairness: float = 0.5,
+        cold_value_mb_s: float = 1.0e8,
+        fairness: float = 0.75,
         min_rate_per_h: float = 1.0 / 24,
         rate_window_s: float = 24 * 3600.0,
         rate_floor_s: float = 3600.0,
@@ -212,11 +191,9 @@ class FaasboxPolicy:
         self.edges = gap_edges(bin_ratio, range_s)
         self.smooth_bins = int(smooth_bins)
         self.prior_samples = prior_samples
-        self.young_samples = young_samples
         self.min_release_s = min_release_s
         self.margin = margin
         self.min_samples = int(min_samples)
-        self.memory = memory
         self.cold_value_mb_s = cold_value_mb_s
         self.fairness = fairness
         self.min_rate_per_h = min_rate_per_h
@@ -263,7 +240,7 @@ class FaasboxPolicy:
         lv = self._level(st, st.inflight)
         if lv.vacated_at is not None:
             gap = max(0.0, now - lv.vacated_at)
-            if lv.hist.samples < self.young_samples:
+            if lv.hist.samples < self.prior_samples:
                 st.pooled.add(gap)
             lv.hist.add(gap)
             if gap >= 4 * self.period_tol_s:
@@ -296,7 +273,7 @@ class FaasboxPolicy:
         return st
 
     def _histogram(self) -> GapHistogram:
-        return GapHistogram(self.edges, self.memory)
+        return GapHistogram(self.edges)
 
     def _level(self, st: _Function, k: int) -> _Level:
         k = min(k, self.max_levels)
@@ -322,7 +299,7 @@ class FaasboxPolicy:
         horizon = now - self.range_s
         for lv in st.levels:
             if lv.vacated_at is not None and lv.vacated_at <= horizon:
-                if lv.hist.samples < self.young_samples:
+                if lv.hist.samples < self.prior_samples:
                     st.pooled.add(self.range_s)
                 lv.hist.add(self.range_s)
                 lv.vacated_at = None
@@ -336,14 +313,14 @@ class FaasboxPolicy:
         growth = self.recompute_growth
         if (
             cached is not None
-            and own.adds - lv.cached_adds < growth * max(1.0, own.samples)
-            and pooled.adds - lv.cached_pooled < growth * pooled.samples
+            and own.samples - lv.cached_adds < growth * max(1.0, own.samples)
+            and pooled.samples - lv.cached_pooled < growth * pooled.samples
             and abs(value - lv.cached_value) <= growth * lv.cached_value
         ):
             return cached
         w = self._decide(own, pooled, lv, value, mb)
         lv.cached, lv.cached_adds, lv.cached_pooled, lv.cached_value = (
-            w, own.adds, pooled.adds, value)
+            w, own.samples, pooled.samples, value)
         return w
 
     def _decide(
