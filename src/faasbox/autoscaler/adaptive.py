@@ -130,6 +130,15 @@ def cheapest(
     return _Plan(best.hold, best.start, best.end, cost)
 
 
+def _capped(w: Windows, cap: float) -> Windows:
+    """``w`` with nothing loaded beyond ``cap`` seconds after the instance went idle."""
+    if w.prewarm_s <= 0:
+        return Windows(0.0, min(w.keepalive_s, cap))
+    if w.prewarm_s >= cap:
+        return Windows(0.0, min(w.hold_s, cap))
+    return Windows(w.prewarm_s, min(w.prewarm_s + w.keepalive_s, cap) - w.prewarm_s, w.hold_s)
+
+
 @dataclass
 class _Level:
     hist: GapHistogram
@@ -319,6 +328,8 @@ class FaasboxPolicy:
         ):
             return cached
         w = self._decide(own, pooled, lv, value, mb)
+        if k > 1 and own.samples == 0:
+            w = _capped(w, self.new_level_cap_s)
         lv.cached, lv.cached_adds, lv.cached_pooled, lv.cached_value = (
             w, own.samples, pooled.samples, value)
         return w
@@ -332,7 +343,7 @@ class FaasboxPolicy:
         prior, prior_oob = pooled.scaled(self.prior_samples)
         counts = [a + b for a, b in zip(counts, prior, strict=True)]
         n = own.samples + self.prior_samples
-        half = round(self.smooth_bins * n ** -0.2)  # a kernel that narrows as gaps accrue
+        half = round(self.smooth_bins * n ** -0.5)  # a kernel that narrows as gaps accrue
         counts, oob = smoothed(counts, oob + prior_oob, half)
         edges = self.edges
         plan = cheapest(edges, counts, oob, value, mb)
