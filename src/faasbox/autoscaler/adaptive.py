@@ -1,6 +1,53 @@
 """faasbox's keep-alive policy: per-concurrency-level gap histograms, priced in memory.
 
-DRAFT: the module description is rewritten once the design settles.
+It keeps the idea of the hybrid histogram policy (learn when a function is needed again from
+the gaps it leaves) and changes what is learned and what is decided:
+
+1. **Levels.** An instance that goes idle while ``k - 1`` invocations of its function are still
+   running is the *level-k* instance: it is needed again when concurrency next reaches ``k``.
+   Each level has its own histogram of *re-need gaps* (time from concurrency dropping below
+   ``k`` to reaching ``k`` again), so the 20th instance of a burst is not kept as if it were
+   the first. Level 1 is the function's idle time, as in the hybrid policy. This assumes the
+   platform reuses the most recently used idle instance first (the simulator does).
+2. **Two windows, chosen exactly.** An idle instance may be kept for the rest of a burst
+   (``hold``), released, and loaded again just before the predicted next need (``[start,
+   end)``): :class:`~faasbox.autoscaler.base.Windows` with ``hold_s``. Among all such loaded
+   sets ``[0, hold) + [start, end)`` on the histogram's bin edges the policy takes the one of
+   least expected cost, found exactly in one pass (:func:`cheapest`)::
+
+       cost = V_f * P(the next need falls outside the loaded set) + MB_f * E[idle loaded s]
+
+   Bins are log-spaced (1 s, then 10 % wider each, to ``range_s`` = 4 h): fine for the gaps
+   inside a burst, relative for the long ones. A release shorter than ``min_release_s`` is
+   not worth a restart and is kept instead.
+3. **Little data, wide kernel.** The histogram is smoothed by a triangular kernel of about
+   ``smooth_bins / sqrt(n)`` bins each side (``n`` gaps), so that a few gaps do not leave
+   holes the next gap falls into, while a well-known level gets sharp windows. A young
+   level's own gaps are blended with a prior worth ``prior_samples`` gaps: the gaps the
+   function's levels showed while they were young themselves (so a burst's new levels learn
+   from the previous bursts' new levels, not from level 1). A level vacated longer than
+   ``range_s`` counts as one out-of-range gap (else levels never needed again would never be
+   counted).
+4. **A price.** ``V_f`` is what one avoided cold start of function ``f`` is worth in MB·s:
+   ``cold_value_mb_s * max(calls_per_hour_f, min_rate_per_h) ** -fairness``. With
+   ``fairness`` 0 every cold start is worth the same (minimises total cold starts); with 1 a
+   cold start is worth its share of the function's cold-start percentage (minimises the mean
+   per-function cold-start %); the default 0.75 leans to the per-function figures. Large
+   instances therefore get tighter windows, and rarely called functions wider ones.
+5. **Periods.** When the last ``period_min`` long gaps (≥ 6 min) of a level agree within
+   ``period_tol_s`` (a timer), the second window is ``period_lead_s`` before the earliest of
+   them to ``period_lead_s`` after the latest: tighter than bins allow. The hold still covers
+   the burst around each fire.
+6. **Known fires.** ``set_schedule(fn, next_fire)`` tells the policy when a cron trigger fires
+   next; the level-1 instance is then always loaded over ``[fire - lead, fire + lead]``.
+
+Without history (fewer than ``min_samples`` gaps at the level and in the prior) the policy
+keeps the instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``, and at
+most ``new_level_cap_s`` for a level above 1), which costs at most twice the best choice made
+in hindsight. Decisions are cached per level and recomputed when its gaps or the prior grow by
+``recompute_growth`` or ``V_f`` moves as much.
+
+Everything is online: a decision uses only the calls seen so far.
 """
 
 from __future__ import annotations
@@ -14,6 +61,7 @@ from dataclasses import dataclass, field
 from faasbox.autoscaler.base import Windows, prewarm_plan
 
 NextFire = Callable[[float], float | None]
+
 
 def gap_edges(ratio: float, range_s: float) -> tuple[float, ...]:
     """Bin edges over ``[0, range_s]``: ``[0, 1 s)``, then each bin ``ratio`` times as wide as
@@ -82,8 +130,8 @@ class GapHistogram:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """A loaded set ``[0, hold) ∪ [start, end)`` as bin indexes, with its cost per gap."""
+class Plan:
+    """A loaded set ``[0, hold) + [start, end)`` as bin indexes, with its cost per gap."""
 
     hold: int
     start: int
@@ -93,8 +141,8 @@ class _Plan:
 
 def cheapest(
     edges: tuple[float, ...], counts: list[float], oob: float, value: float, mb: float
-) -> _Plan:
-    """The loaded set ``[0, h) ∪ [a, b)`` (bin edges, ``h <= a <= b``) of least expected cost.
+) -> Plan:
+    """The loaded set ``[0, h) + [a, b)`` (bin edges, ``h <= a <= b``) of least expected cost.
 
     Loading bin ``i`` (edges ``t_i``, ``t_i+1``) changes the cost, summed over the gaps, by
     ``L_i = -value * c_i + mb * (c_i * w_i / 2 + s_i * w_i)``: it turns its ``c_i`` gaps from
@@ -116,7 +164,7 @@ def cheapest(
     # best (a, b) with a >= h, for every h, from the right
     best_b = bins
     best_ab = (0.0, bins, bins)  # (P[b] - P[a], a, b): an empty second window
-    best = _Plan(0, bins, bins, 0.0)
+    best = Plan(0, bins, bins, 0.0)
     for j in range(bins, -1, -1):
         if prefix[j] <= prefix[best_b]:
             best_b = j
@@ -125,9 +173,9 @@ def cheapest(
             best_ab = (d, j, best_b)
         total = prefix[j] + best_ab[0]
         if total < best.cost:
-            best = _Plan(j, best_ab[1], best_ab[2], total)
+            best = Plan(j, best_ab[1], best_ab[2], total)
     cost = (value * n + best.cost) / n if n else value
-    return _Plan(best.hold, best.start, best.end, cost)
+    return Plan(best.hold, best.start, best.end, cost)
 
 
 def _capped(w: Windows, cap: float) -> Windows:
@@ -174,17 +222,17 @@ class FaasboxPolicy:
         self,
         bin_ratio: float = 1.1,
         range_s: float = 4 * 3600.0,
-        smooth_bins: int = 16,
+        smooth_bins: int = 32,
         prior_samples: float = 3.0,
         min_release_s: float = 30.0,
         margin: float = 0.0,
         min_samples: int = 10,
-        cold_value_mb_s: float = 1.0e8,
+        cold_value_mb_s: float = 5.0e7,
         fairness: float = 0.75,
         min_rate_per_h: float = 1.0 / 24,
         rate_window_s: float = 24 * 3600.0,
         rate_floor_s: float = 3600.0,
-        new_level_cap_s: float = 3600.0,
+        new_level_cap_s: float = 4 * 3600.0,
         period_min: int = 4,
         period_tol_s: float = 90.0,
         period_lead_s: float = 10.0,
@@ -316,6 +364,9 @@ class FaasboxPolicy:
     def _learned(self, st: _Function, lv: _Level, k: int, value: float, mb: float) -> Windows:
         own, pooled = lv.hist, st.pooled
         if own.samples < self.min_samples and pooled.samples < self.min_samples:
+            periodic = self._periodic(lv, value, mb)
+            if periodic is not None:
+                return self._windows(0.0, *periodic)
             cap = self.range_s if k == 1 else self.new_level_cap_s
             return Windows(0.0, min(cap, value / mb))
         cached = lv.cached
@@ -359,7 +410,7 @@ class FaasboxPolicy:
         return self._windows(hold, start, end)
 
     def _windows(self, hold: float, start: float, end: float) -> Windows:
-        """Windows for the loaded set ``[0, hold) ∪ [start, end)`` (``start`` inf: none),
+        """Windows for the loaded set ``[0, hold) + [start, end)`` (``start`` inf: none),
         with the margins; a release shorter than ``min_release_s`` is not worth it."""
         if math.isinf(start):
             return Windows(0.0, hold * (1 + self.margin))
@@ -398,4 +449,6 @@ class FaasboxPolicy:
         if w.keepalive_s > 0 and w.prewarm_s <= start and (start - w_end) * mb < value:
             return Windows(w.prewarm_s, max(w_end, end) - w.prewarm_s, w.hold_s)
         kept = w.hold_s if w.prewarm_s > 0 else w.keepalive_s
-        return Windows(start, end - start, kept if kept < start else 0.0)
+        if kept >= start:
+            return Windows(0.0, max(kept, end))
+        return Windows(start, end - start, kept)
