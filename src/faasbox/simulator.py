@@ -148,7 +148,8 @@ _BUSY, _IDLE, _PENDING, _GONE = 0, 1, 2, 3
 
 
 class _Instance:
-    __slots__ = ("gen", "idle_since", "keepalive_s", "last_end", "state")
+    __slots__ = ("gen", "idle_since", "keepalive_s", "last_end", "reload_keep_s", "reload_s",
+                 "state")
 
     def __init__(self) -> None:
         self.gen = 0
@@ -156,6 +157,8 @@ class _Instance:
         self.state = _BUSY
         self.idle_since = 0.0
         self.keepalive_s = 0.0
+        self.reload_s = 0.0  # after a hold: load again this long after the release
+        self.reload_keep_s = 0.0
 
 
 class _Replay:
@@ -220,18 +223,31 @@ class _Replay:
 
     def on_idle(self, inst: _Instance, t: float) -> None:
         inst.last_end = t
+        inst.reload_s = 0.0
         w = self.policy.windows(self.fn, t)
+        if w.prewarm_s > 0 and w.hold_s > 0:
+            # held for the rest of a burst, then released until the pre-warm
+            inst.keepalive_s = min(w.hold_s, w.prewarm_s)
+            inst.reload_s = w.prewarm_s - inst.keepalive_s
+            inst.reload_keep_s = w.keepalive_s
+            self.load_idle(inst, t, prewarm=False)
+            return
         if w.prewarm_s > 0:
             self.stats.unloads.append(t)
-            inst.state = _GONE
-            if math.isfinite(w.prewarm_s):
-                inst.state = _PENDING
-                inst.keepalive_s = w.keepalive_s
-                self.pending.append(inst)
-                self.push(t + w.prewarm_s, _RELOAD, inst)
+            self.unload(inst, t, w.prewarm_s, w.keepalive_s)
             return
         inst.keepalive_s = w.keepalive_s
         self.load_idle(inst, t, prewarm=False)
+
+    def unload(self, inst: _Instance, t: float, reload_s: float, keep_s: float) -> None:
+        """``inst`` is released at ``t`` and loaded again ``reload_s`` later (inf: never)."""
+        inst.state = _GONE
+        inst.reload_s = 0.0
+        if math.isfinite(reload_s):
+            inst.state = _PENDING
+            inst.keepalive_s = keep_s
+            self.pending.append(inst)
+            self.push(t + reload_s, _RELOAD, inst)
 
     def load_idle(self, inst: _Instance, t: float, prewarm: bool) -> None:
         if prewarm:
@@ -251,7 +267,10 @@ class _Replay:
     def release(self, inst: _Instance, t: float) -> None:
         self.stats.wasted_mb_s += (t - inst.idle_since) * self.mb
         self.stats.unloads.append(t)
-        inst.state = _GONE
+        if inst.reload_s > 0:
+            self.unload(inst, t, inst.reload_s, inst.reload_keep_s)
+        else:
+            inst.state = _GONE
 
     def finish(self, horizon: float) -> ReplayStats:
         """Run the events up to ``horizon``; count idle instances as wasted until then."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -17,6 +18,7 @@ from faasbox.autoscaler import (
     make_policy,
     prewarm_plan,
 )
+from faasbox.autoscaler.adaptive import cheapest, smoothed
 
 MIN = 60.0
 
@@ -192,3 +194,113 @@ def test_policies_are_pure_per_function() -> None:
     regular(b, 30 * MIN, 8, fn="f")
     regular(b, 7 * MIN, 50, fn="other")  # another function does not change f's decision
     assert a.windows("f", 7 * 30 * MIN) == b.windows("f", 7 * 30 * MIN)
+
+
+def burst_timer(policy: FaasboxPolicy, period_s: float, calls: int, spacing_s: float,
+                periods: int, fn: str = "f") -> float:
+    """``calls`` 1-s invocations ``spacing_s`` apart every ``period_s``; returns when the
+    last one went idle."""
+    idle = 0.0
+    for i in range(periods):
+        for j in range(calls):
+            start = i * period_s + j * spacing_s
+            policy.on_invocation(fn, start)
+            idle = start + 1.0
+            policy.windows(fn, idle)
+    return idle
+
+
+def test_faasbox_holds_through_a_burst_then_prewarms_for_the_next() -> None:
+    """5 calls 10 s apart every 15 min: after each call the instance is held long enough for
+    the next call of the burst, released, and loaded again just before the next burst."""
+    policy = FaasboxPolicy()
+    policy.set_memory("f", 1024)
+    burst_timer(policy, 15 * MIN, 5, 10.0, 12)
+    policy.on_invocation("f", 12 * 15 * MIN)
+    w = policy.windows("f", 12 * 15 * MIN + 1.0)
+    between_bursts = 15 * MIN - 41.0  # from the burst's last call to the next burst
+    assert 9.0 <= w.hold_s < 60.0  # the rest of the burst, not the quarter-hour
+    assert between_bursts - 60.0 < w.prewarm_s < between_bursts  # shortly before
+    assert w.prewarm_s + w.keepalive_s > between_bursts
+    assert w.hold_s + w.keepalive_s < 2 * MIN  # loaded 1-2 minutes of 15, not all of it
+
+
+def test_faasbox_releases_a_bursts_extra_instances_early() -> None:
+    """One call a minute, and every 2 h a burst of 8 at once: the level-1 instance is kept
+    through the minute, the burst's extra instances are let go well before the next burst."""
+    policy = FaasboxPolicy()
+    policy.set_memory("f", 1024)
+    t = 0.0
+    for minute in range(6 * 60):
+        t = minute * MIN
+        if minute % 120 == 0:
+            for _ in range(8):
+                policy.on_invocation("f", t)
+            extra = [policy.windows("f", t + 5.0) for _ in range(7)]
+            policy.windows("f", t + 5.0)
+        else:
+            policy.on_invocation("f", t)
+            first = policy.windows("f", t + 1.0)
+    assert first.prewarm_s <= MIN - 1.0 < first.prewarm_s + first.keepalive_s  # next minute
+    for w in extra:  # levels 8..2, needed again only 2 h later: not kept for long
+        if w.prewarm_s == 0:
+            assert w.keepalive_s < 5 * MIN
+        else:
+            assert w.hold_s < 5 * MIN and w.prewarm_s > 100 * MIN
+
+
+def brute_cost(edges: tuple[float, ...], counts: list[float], oob: float, value: float,
+               mb: float, h: int, a: int, b: int) -> float:
+    """Cost per gap of loading [0, edges[h]) + [edges[a], edges[b]), gaps at bin midpoints."""
+    bins = len(counts)
+    total = 0.0
+    for i, c in enumerate([*counts, oob]):
+        gap = (edges[i] + edges[i + 1]) / 2 if i < bins else math.inf
+        second = a < b and edges[a] <= gap < edges[b]
+        idle = min(gap, edges[h])
+        if a < b:
+            idle += max(0.0, min(gap, edges[b]) - edges[a])
+        total += c * ((0.0 if gap < edges[h] or second else value) + mb * idle)
+    return total / (sum(counts) + oob)
+
+
+def test_faasbox_cheapest_is_the_exact_optimum() -> None:
+    """The one-pass search equals a brute force over every loaded set [0, h) + [a, b)."""
+    rng = random.Random(5)
+    edges = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    bins = len(edges) - 1
+    for _ in range(200):
+        counts = [float(rng.choice([0, 0, 1, 3])) for _ in range(bins)]
+        oob = float(rng.choice([0, 1, 2]))
+        if not sum(counts) + oob:
+            continue
+        value, mb = rng.choice([5.0, 50.0, 500.0]), rng.choice([0.5, 1.0, 4.0])
+        best = min(brute_cost(edges, counts, oob, value, mb, h, a, b)
+                   for h in range(bins + 1) for a in range(h, bins + 1)
+                   for b in range(a, bins + 1))
+        plan = cheapest(edges, counts, oob, value, mb)
+        assert plan.cost == pytest.approx(best)
+        assert brute_cost(edges, counts, oob, value, mb, plan.hold, plan.start,
+                          plan.end) == pytest.approx(best)
+
+
+def test_faasbox_smoothing_keeps_every_gap() -> None:
+    counts = [0.0] * 20
+    counts[0], counts[10], counts[19] = 1.0, 2.0, 3.0
+    out, oob = smoothed(counts, 1.0, 6)
+    assert sum(out) + oob == pytest.approx(7.0)
+    assert out[10] < 2.0 and out[8] > 0 and oob > 1.0  # spread, and past the end: out of range
+    assert smoothed(counts, 1.0, 0) == (counts, 1.0)
+
+
+def test_faasbox_counts_a_level_never_needed_again() -> None:
+    policy = FaasboxPolicy()
+    policy.on_invocation("f", 0.0)
+    policy.on_invocation("f", 0.0)
+    policy.windows("f", 1.0)
+    policy.windows("f", 1.0)
+    for i in range(1, 30):  # only level 1 is needed again, for 5 h
+        policy.on_invocation("f", i * 600.0)
+        policy.windows("f", i * 600.0 + 1.0)
+    level2 = policy._fns["f"].levels[1].hist
+    assert level2.oob == 1 and level2.total == 0  # counted once, as out of range

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from faasbox.autoscaler import FaasboxPolicy, FixedKeepAlive, ScalerConfig
+from faasbox.autoscaler import FaasboxPolicy, FixedKeepAlive, ScalerConfig, Windows
 from faasbox.autoscaler.planner import FunctionPlanner, Observation
 from faasbox.autoscaler.provisioned import ProvisionedWindow, parse_days, provisioned_at
 from faasbox.spec import FunctionSpec
@@ -270,3 +270,24 @@ def test_floor_never_exceeds_max_instances() -> None:
     p = planner(max_instances=2)
     p.set_known_fires([10.0], instances=5)
     assert p.plan(9.0, Observation(0.0)).floor == 2
+
+
+class _HoldPolicy:
+    name = "hold"
+
+    def on_invocation(self, fn: str, now: float) -> None:
+        return None
+
+    def windows(self, fn: str, now: float) -> Windows:
+        return Windows(50.0, 20.0, hold_s=5.0)
+
+
+def test_a_hold_keeps_the_instance_then_it_goes_until_its_prewarm() -> None:
+    p = planner(_HoldPolicy())
+    p.arrival(0.0, cold=True)
+    window = p.finished(1.0)
+    assert (window.keep_until, window.prewarm_at, window.prewarm_keep_s) == (6.0, 51.0, 20.0)
+    assert p.expired(window, 5.0) is None  # held for the rest of a burst
+    assert p.expired(window, 6.0) == "soft"
+    p.retired(window, 6.0, "soft")
+    assert len(p.pending) == 1 and p.pending[0].start_at == pytest.approx(51.0 - p.cold_start_s)

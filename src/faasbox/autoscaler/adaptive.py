@@ -1,7 +1,7 @@
-"""faasbox's keep-alive policy: per-concurrency-level idle-time histograms, priced in memory.
+"""faasbox's keep-alive policy: per-concurrency-level gap histograms, priced in memory.
 
 It keeps the idea of the hybrid histogram policy (learn when a function is needed again from
-its idle times) and adds four things:
+the gaps it leaves) and changes what is learned and what is decided:
 
 1. **Levels.** An instance that goes idle while ``k - 1`` invocations of its function are still
    running is the *level-k* instance: it is needed again when concurrency next reaches ``k``.
@@ -9,61 +9,203 @@ its idle times) and adds four things:
    ``k`` to reaching ``k`` again), so the 20th instance of a burst is not kept as if it were
    the first. Level 1 is the function's idle time, as in the hybrid policy. This assumes the
    platform reuses the most recently used idle instance first (the simulator does).
-2. **A price.** Among candidate windows (release now; keep-alive only; pre-warm at the lower
-   edge of the 1st/5th/10th/25th percentile bin minus ``margin``) crossed with every keep-until
-   edge, the policy picks the one with the least expected cost over the histogram::
+2. **Two windows, chosen exactly.** An idle instance may be kept for the rest of a burst
+   (``hold``), released, and loaded again just before the predicted next need (``[start,
+   end)``): :class:`~faasbox.autoscaler.base.Windows` with ``hold_s``. Among all such loaded
+   sets ``[0, hold) + [start, end)`` on the histogram's bin edges the policy takes the one of
+   least expected cost, found exactly in one pass (:func:`cheapest`)::
 
-       cost = V_f * P(next need falls outside the window) + MB_f * E[idle loaded seconds]
+       cost = V_f * P(the next need falls outside the loaded set) + MB_f * E[idle loaded s]
 
-   ``V_f`` is what one avoided cold start of function ``f`` is worth in MB·s:
+   Bins are log-spaced (1 s, then 10 % wider each, to ``range_s`` = 4 h): fine for the gaps
+   inside a burst, relative for the long ones. A release shorter than ``min_release_s`` is
+   not worth a restart and is kept instead.
+3. **Little data, wide kernel.** The histogram is smoothed by a triangular kernel of about
+   ``smooth_bins / sqrt(n)`` bins each side (``n`` gaps), so that a few gaps do not leave
+   holes the next gap falls into, while a well-known level gets sharp windows. A young
+   level's own gaps are blended with a prior worth ``prior_samples`` gaps: the gaps the
+   function's levels showed while they were young themselves (so a burst's new levels learn
+   from the previous bursts' new levels, not from level 1). A level vacated longer than
+   ``range_s`` counts as one out-of-range gap (else levels never needed again would never be
+   counted).
+4. **A price.** ``V_f`` is what one avoided cold start of function ``f`` is worth in MB·s:
    ``cold_value_mb_s * max(calls_per_hour_f, min_rate_per_h) ** -fairness``. With
    ``fairness`` 0 every cold start is worth the same (minimises total cold starts); with 1 a
    cold start is worth its share of the function's cold-start percentage (minimises the mean
-   per-function cold-start %); the default 0.5 sits between. Large instances therefore get
-   tighter windows, and rarely called functions wider ones.
-3. **Periods.** When the last ``period_min`` gaps of a level agree within ``period_tol_s`` (a
-   timer), the instance is released and pre-warmed ``period_lead_s`` before the earliest of
-   them and kept until ``period_lead_s`` after the latest: tighter than 1-minute bins allow.
-4. **Known fires.** ``set_schedule(fn, next_fire)`` tells the policy when a cron trigger fires
+   per-function cold-start %); the default 0.75 leans to the per-function figures. Large
+   instances therefore get tighter windows, and rarely called functions wider ones.
+5. **Periods.** When the last ``period_min`` long gaps (≥ 6 min) of a level agree within
+   ``period_tol_s`` (a timer), the second window is ``period_lead_s`` before the earliest of
+   them to ``period_lead_s`` after the latest: tighter than bins allow. The hold still covers
+   the burst around each fire.
+6. **Known fires.** ``set_schedule(fn, next_fire)`` tells the policy when a cron trigger fires
    next; the level-1 instance is then always loaded over ``[fire - lead, fire + lead]``.
 
-Without enough history (fewer than ``min_samples`` gaps at the level and in the function's
-pooled histogram) the policy keeps the instance for the ski-rental break-even ``V_f / MB_f``
-(at most ``range_s``), which costs at most twice the best choice made in hindsight; a level
-never needed again so far is kept at most ``new_level_cap_s``.
+Without history (fewer than ``min_samples`` gaps at the level and in the prior) the policy
+keeps the instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``, and at
+most ``new_level_cap_s`` for a level above 1), which costs at most twice the best choice made
+in hindsight. Decisions are cached per level and recomputed when its gaps or the prior grow by
+``recompute_growth`` or ``V_f`` moves as much.
+
+Everything is online: a decision uses only the calls seen so far.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from faasbox.autoscaler.base import Windows, prewarm_plan
-from faasbox.autoscaler.histogram import IdleHistogram
 
 NextFire = Callable[[float], float | None]
 
 
+def gap_edges(ratio: float, range_s: float) -> tuple[float, ...]:
+    """Bin edges over ``[0, range_s]``: ``[0, 1 s)``, then each bin ``ratio`` times as wide as
+    the one before (relative precision, as the policies' margins are relative)."""
+    edges = [0.0, 1.0]
+    while edges[-1] < range_s:
+        edges.append(min(range_s, edges[-1] * ratio))
+    return tuple(edges)
+
+
+def _box(values: list[float], r: int) -> list[float]:
+    """Each value spread evenly over ``2r + 1`` positions; the output is ``2r`` longer and
+    position ``k`` of it is position ``k - r`` of the input."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    n = len(values)
+    width = 2 * r + 1
+    return [(sums[min(k + 1, n)] - sums[max(k - 2 * r, 0)]) / width for k in range(n + 2 * r)]
+
+
+def smoothed(counts: list[float], oob: float, half: int) -> tuple[list[float], float]:
+    """``counts`` spread by a triangular kernel about ``half`` bins each side (two box
+    filters); mass beyond the last bin goes to ``oob``, below the first stays in it."""
+    r = half // 2
+    if r <= 0:
+        return counts, oob
+    out = _box(_box(counts, r), r)
+    bins = len(counts)
+    lead = 2 * r
+    head = sum(out[: lead + 1])
+    body = out[lead + 1 : lead + bins]
+    return [head, *body], oob + sum(out[lead + bins :])
+
+
+class GapHistogram:
+    """Counts of gaps over fixed bins (``edges``); gaps at or beyond the last edge are counted
+    apart (``oob``)."""
+
+    __slots__ = ("counts", "edges", "oob", "total")
+
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self.edges = edges
+        self.counts = [0] * (len(edges) - 1)
+        self.total = 0  # in range
+        self.oob = 0
+
+    @property
+    def samples(self) -> int:
+        return self.total + self.oob
+
+    def scaled(self, samples: float) -> tuple[list[float], float]:
+        """Counts and out-of-range count rescaled to sum to ``samples``."""
+        n = self.total + self.oob
+        if n <= 0:
+            return [0.0] * len(self.counts), 0.0
+        f = samples / n
+        return [c * f for c in self.counts], self.oob * f
+
+    def add(self, gap: float) -> None:
+        if gap >= self.edges[-1]:
+            self.oob += 1
+        else:
+            self.counts[bisect_right(self.edges, gap) - 1] += 1
+            self.total += 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A loaded set ``[0, hold) + [start, end)`` as bin indexes, with its cost per gap."""
+
+    hold: int
+    start: int
+    end: int
+    cost: float
+
+
+def cheapest(
+    edges: tuple[float, ...], counts: list[float], oob: float, value: float, mb: float
+) -> Plan:
+    """The loaded set ``[0, h) + [a, b)`` (bin edges, ``h <= a <= b``) of least expected cost.
+
+    Loading bin ``i`` (edges ``t_i``, ``t_i+1``) changes the cost, summed over the gaps, by
+    ``L_i = -value * c_i + mb * (c_i * w_i / 2 + s_i * w_i)``: it turns its ``c_i`` gaps from
+    cold starts into hits, and is idle half its width ``w_i`` for them and all of it for the
+    ``s_i`` gaps beyond it. With prefix sums ``P`` the cost is ``P[h] + P[b] - P[a]`` (plus a
+    cold start for every gap), minimised exactly in one pass from the right.
+    """
+    bins = len(counts)
+    n = sum(counts) + oob
+    prefix = [0.0] * (bins + 1)
+    seen = 0.0
+    p = 0.0
+    for i in range(bins):
+        c = counts[i]
+        seen += c
+        w = edges[i + 1] - edges[i]
+        p += mb * (c * 0.5 + (n - seen)) * w - value * c
+        prefix[i + 1] = p
+    # best (a, b) with a >= h, for every h, from the right
+    best_b = bins
+    best_ab = (0.0, bins, bins)  # (P[b] - P[a], a, b): an empty second window
+    best = Plan(0, bins, bins, 0.0)
+    for j in range(bins, -1, -1):
+        if prefix[j] <= prefix[best_b]:
+            best_b = j
+        d = prefix[best_b] - prefix[j]
+        if d < best_ab[0]:
+            best_ab = (d, j, best_b)
+        total = prefix[j] + best_ab[0]
+        if total < best.cost:
+            best = Plan(j, best_ab[1], best_ab[2], total)
+    cost = (value * n + best.cost) / n if n else value
+    return Plan(best.hold, best.start, best.end, cost)
+
+
+def _capped(w: Windows, cap: float) -> Windows:
+    """``w`` with nothing loaded beyond ``cap`` seconds after the instance went idle."""
+    if w.prewarm_s <= 0:
+        return Windows(0.0, min(w.keepalive_s, cap))
+    if w.prewarm_s >= cap:
+        return Windows(0.0, min(w.hold_s, cap))
+    return Windows(w.prewarm_s, min(w.prewarm_s + w.keepalive_s, cap) - w.prewarm_s, w.hold_s)
+
+
 @dataclass
 class _Level:
-    hist: IdleHistogram
-    recent: deque[float]
+    hist: GapHistogram
+    long_gaps: deque[float]
     vacated_at: float | None = None
     cached: Windows | None = None
-    cached_from: IdleHistogram | None = None
-    cached_n: int = -1
+    cached_adds: int = -1
+    cached_pooled: int = -1
     cached_value: float = 0.0
 
 
 @dataclass
 class _Function:
-    pooled: IdleHistogram
+    pooled: GapHistogram
     inflight: int = 0
     first: float | None = None
     last: float = 0.0
     decayed_calls: float = 0.0
+    swept_at: float = 0.0
     levels: list[_Level] = field(default_factory=list)
 
 
@@ -78,16 +220,19 @@ class FaasboxPolicy:
 
     def __init__(
         self,
-        bin_s: float = 60.0,
+        bin_ratio: float = 1.1,
         range_s: float = 4 * 3600.0,
-        margin: float = 0.10,
+        smooth_bins: int = 32,
+        prior_samples: float = 3.0,
+        min_release_s: float = 30.0,
+        margin: float = 0.0,
         min_samples: int = 10,
-        cold_value_mb_s: float = 3.0e7,
-        fairness: float = 0.5,
+        cold_value_mb_s: float = 5.0e7,
+        fairness: float = 0.75,
         min_rate_per_h: float = 1.0 / 24,
         rate_window_s: float = 24 * 3600.0,
         rate_floor_s: float = 3600.0,
-        new_level_cap_s: float = 3600.0,
+        new_level_cap_s: float = 4 * 3600.0,
         period_min: int = 4,
         period_tol_s: float = 90.0,
         period_lead_s: float = 10.0,
@@ -96,11 +241,14 @@ class FaasboxPolicy:
         default_memory_mb: float = 128.0,
         max_levels: int = 1024,
         recompute_growth: float = 0.1,
+        sweep_s: float = 600.0,
     ) -> None:
-        if bin_s <= 0 or range_s < bin_s:
-            raise ValueError("need 0 < bin_s <= range_s")
-        self.bin_s = bin_s
-        self.bins = max(1, round(range_s / bin_s))
+        if bin_ratio <= 1 or range_s <= 1:
+            raise ValueError("need bin_ratio > 1 and range_s > 1")
+        self.edges = gap_edges(bin_ratio, range_s)
+        self.smooth_bins = int(smooth_bins)
+        self.prior_samples = prior_samples
+        self.min_release_s = min_release_s
         self.margin = margin
         self.min_samples = int(min_samples)
         self.cold_value_mb_s = cold_value_mb_s
@@ -117,14 +265,14 @@ class FaasboxPolicy:
         self.default_memory_mb = default_memory_mb
         self.max_levels = int(max_levels)
         self.recompute_growth = recompute_growth
-        self._heads = (1.0, 5.0, 10.0, 25.0)
+        self.sweep_s = sweep_s
         self._fns: dict[str, _Function] = {}
         self._memory_mb: dict[str, float] = {}
         self._schedules: dict[str, NextFire] = {}
 
     @property
     def range_s(self) -> float:
-        return self.bin_s * self.bins
+        return self.edges[-1]
 
     # -- what the platform tells the policy ---------------------------------------------------
     def set_memory(self, fn: str, mb: float) -> None:
@@ -149,9 +297,11 @@ class FaasboxPolicy:
         lv = self._level(st, st.inflight)
         if lv.vacated_at is not None:
             gap = max(0.0, now - lv.vacated_at)
+            if lv.hist.samples < self.prior_samples:
+                st.pooled.add(gap)
             lv.hist.add(gap)
-            lv.recent.append(gap)
-            st.pooled.add(gap)
+            if gap >= 4 * self.period_tol_s:
+                lv.long_gaps.append(gap)
             lv.vacated_at = None
 
     def windows(self, fn: str, now: float) -> Windows:
@@ -160,6 +310,8 @@ class FaasboxPolicy:
         st.inflight = max(0, st.inflight - 1)
         lv = self._level(st, k)
         lv.vacated_at = now
+        if now - st.swept_at >= self.sweep_s:
+            self._censor(st, now)
         mb = self._memory_mb.get(fn, self.default_memory_mb)
         value = self._value(st, now)
         w = self._learned(st, lv, k, value, mb)
@@ -177,8 +329,8 @@ class FaasboxPolicy:
             st = self._fns[fn] = _Function(self._histogram())
         return st
 
-    def _histogram(self) -> IdleHistogram:
-        return IdleHistogram(bin_s=self.bin_s, bins=self.bins)
+    def _histogram(self) -> GapHistogram:
+        return GapHistogram(self.edges)
 
     def _level(self, st: _Function, k: int) -> _Level:
         k = min(k, self.max_levels)
@@ -197,73 +349,92 @@ class FaasboxPolicy:
         per_h = max(calls * 3600.0 / span, self.min_rate_per_h)
         return float(self.cold_value_mb_s * per_h**-self.fairness)
 
+    def _censor(self, st: _Function, now: float) -> None:
+        """Levels vacated more than ``range_s`` ago count as out-of-range gaps now (else a
+        level never needed again would never be counted), once."""
+        st.swept_at = now
+        horizon = now - self.range_s
+        for lv in st.levels:
+            if lv.vacated_at is not None and lv.vacated_at <= horizon:
+                if lv.hist.samples < self.prior_samples:
+                    st.pooled.add(self.range_s)
+                lv.hist.add(self.range_s)
+                lv.vacated_at = None
+
     def _learned(self, st: _Function, lv: _Level, k: int, value: float, mb: float) -> Windows:
-        periodic = self._periodic(lv, value, mb)
-        if periodic is not None:
-            return periodic
-        own = lv.hist.total + lv.hist.oob
-        if k > 1 and own == 0:
-            return Windows(0.0, min(self.new_level_cap_s, value / mb))
-        hist = lv.hist if own >= self.min_samples else st.pooled
-        n = hist.total + hist.oob
-        if n < self.min_samples:
-            return Windows(0.0, min(self.range_s, value / mb))
+        own, pooled = lv.hist, st.pooled
+        if own.samples < self.min_samples and pooled.samples < self.min_samples:
+            periodic = self._periodic(lv, value, mb)
+            if periodic is not None:
+                return self._windows(0.0, *periodic)
+            cap = self.range_s if k == 1 else self.new_level_cap_s
+            return Windows(0.0, min(cap, value / mb))
         cached = lv.cached
+        growth = self.recompute_growth
         if (
             cached is not None
-            and lv.cached_from is hist
-            and n < lv.cached_n * (1 + self.recompute_growth)
-            and abs(value - lv.cached_value) <= self.recompute_growth * lv.cached_value
+            and own.samples - lv.cached_adds < growth * max(1.0, own.samples)
+            and pooled.samples - lv.cached_pooled < growth * pooled.samples
+            and abs(value - lv.cached_value) <= growth * lv.cached_value
         ):
             return cached
-        w = self._cheapest(hist, value, mb)
-        lv.cached, lv.cached_from, lv.cached_n, lv.cached_value = w, hist, n, value
+        w = self._decide(own, pooled, lv, value, mb)
+        if k > 1 and own.samples == 0:
+            w = _capped(w, self.new_level_cap_s)
+        lv.cached, lv.cached_adds, lv.cached_pooled, lv.cached_value = (
+            w, own.samples, pooled.samples, value)
         return w
 
-    def _periodic(self, lv: _Level, value: float, mb: float) -> Windows | None:
-        """A tight window when the level's last gaps agree (a timer), if it is worth it."""
-        if len(lv.recent) < self.period_min:
+    def _decide(
+        self, own: GapHistogram, pooled: GapHistogram, lv: _Level, value: float, mb: float
+    ) -> Windows:
+        """The cheapest window over the level's gaps, with the function's pooled gaps as a
+        prior worth ``prior_samples`` gaps."""
+        counts, oob = own.scaled(own.samples)
+        prior, prior_oob = pooled.scaled(self.prior_samples)
+        counts = [a + b for a, b in zip(counts, prior, strict=True)]
+        n = own.samples + self.prior_samples
+        half = round(self.smooth_bins * n ** -0.5)  # a kernel that narrows as gaps accrue
+        counts, oob = smoothed(counts, oob + prior_oob, half)
+        edges = self.edges
+        plan = cheapest(edges, counts, oob, value, mb)
+        hold = edges[plan.hold]
+        start, end = edges[plan.start], edges[plan.end]
+        if plan.start >= plan.end:  # no second window
+            start = end = math.inf
+        elif start - hold < self.min_release_s:  # one window from now on
+            hold, start, end = end, math.inf, math.inf
+        periodic = self._periodic(lv, value, mb)
+        if periodic is not None and hold < periodic[0]:
+            start, end = periodic
+        return self._windows(hold, start, end)
+
+    def _windows(self, hold: float, start: float, end: float) -> Windows:
+        """Windows for the loaded set ``[0, hold) + [start, end)`` (``start`` inf: none),
+        with the margins; a release shorter than ``min_release_s`` is not worth it."""
+        if math.isinf(start):
+            return Windows(0.0, hold * (1 + self.margin))
+        start *= 1 - self.margin
+        end *= 1 + self.margin
+        if hold > 0:
+            hold *= 1 + self.margin
+        if start - hold < self.min_release_s:
+            return Windows(0.0, max(hold, end))
+        return Windows(start, end - start, hold)
+
+    def _periodic(self, lv: _Level, value: float, mb: float) -> tuple[float, float] | None:
+        """A tight window when the level's last long gaps agree (a timer), if it is worth it."""
+        gaps = lv.long_gaps
+        if len(gaps) < self.period_min:
             return None
-        lo, hi = min(lv.recent), max(lv.recent)
-        if hi - lo > self.period_tol_s or not 4 * self.period_tol_s <= lo < self.range_s:
+        lo, hi = min(gaps), max(gaps)
+        if hi - lo > self.period_tol_s or hi >= self.range_s:
             return None
         start = lo - self.period_lead_s
         end = hi + self.period_lead_s
         if (end - start) * mb >= value:
             return None
-        return Windows(start, end - start)
-
-    def _cheapest(self, hist: IdleHistogram, value: float, mb: float) -> Windows:
-        """The candidate window of least expected cost over ``hist`` (see the module doc).
-
-        An idle time is taken at its bin's midpoint; out-of-range ones count as misses. The cost
-        is piecewise linear in the keep-until point ``b``, so only upper edges of non-empty bins
-        are candidates.
-        """
-        n = hist.total + hist.oob
-        width = hist.bin_s
-        nonempty = [(i, c) for i, c in enumerate(hist.counts) if c]
-        best_cost = value  # release at once: the next need is a cold start
-        best = Windows(0.0, 0.0)
-        starts = {0} | {hist.percentile_bin(q) for q in self._heads if hist.total}
-        for ia in sorted(starts):
-            a = ia * width * (1 - self.margin)
-            hits = 0
-            g_sum = 0.0  # summed idle times (bin midpoints) of the hits
-            below_b = sum(c for i, c in nonempty if i < ia)
-            for ib, c in nonempty:
-                if ib < ia:
-                    continue
-                hits += c
-                below_b += c
-                g_sum += c * (ib + 0.5) * width
-                b = (ib + 1) * width
-                idle = g_sum - hits * a + (n - below_b) * (b - a)
-                cost = (value * (n - hits) + mb * idle) / n
-                if cost < best_cost:
-                    best_cost = cost
-                    best = Windows(a, b * (1 + self.margin) - a)
-        return best
+        return start, end
 
     def _with_fire(self, w: Windows, until_fire: float, value: float, mb: float) -> Windows:
         """``w`` changed so that an instance is loaded around a fire ``until_fire`` from now.
@@ -276,5 +447,8 @@ class FaasboxPolicy:
         end = start_at + hold
         w_end = w.prewarm_s + w.keepalive_s
         if w.keepalive_s > 0 and w.prewarm_s <= start and (start - w_end) * mb < value:
-            return Windows(w.prewarm_s, max(w_end, end) - w.prewarm_s)
-        return Windows(start, end - start)
+            return Windows(w.prewarm_s, max(w_end, end) - w.prewarm_s, w.hold_s)
+        kept = w.hold_s if w.prewarm_s > 0 else w.keepalive_s
+        if kept >= start:
+            return Windows(0.0, max(kept, end))
+        return Windows(start, end - start, kept)

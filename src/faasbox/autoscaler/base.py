@@ -10,13 +10,19 @@ from typing import Protocol
 class Windows:
     """What to do with an instance that just went idle.
 
-    ``prewarm_s`` > 0: release the instance now and load one again ``prewarm_s`` later
-    (``inf``: never). ``prewarm_s`` == 0: keep it loaded. Once loaded (now or after the
-    pre-warm), keep it idle ``keepalive_s`` seconds (``inf``: forever), then release it.
+    ``prewarm_s`` > 0: release the instance (after ``hold_s``, default at once) and load one
+    again ``prewarm_s`` after it went idle (``inf``: never). ``prewarm_s`` == 0: keep it
+    loaded. Once loaded (now or after the pre-warm), keep it idle ``keepalive_s`` seconds
+    (``inf``: forever), then release it.
+
+    ``hold_s`` (< ``prewarm_s``) covers a need that may come soon (the rest of a burst) while
+    the pre-warm covers the predicted later one: the instance is loaded over ``[0, hold_s)``
+    and ``[prewarm_s, prewarm_s + keepalive_s)`` from the moment it went idle.
     """
 
     prewarm_s: float
     keepalive_s: float
+    hold_s: float = 0.0
 
 
 class KeepAlivePolicy(Protocol):

@@ -21,9 +21,10 @@ The rules (docs/elasticity.md, "The live platform"):
   keep-alive, at most ``idle_ttl_s``) it is stopped if the function has more than
   ``hold = max(desired, floor)`` instances; past ``hard_until`` (``idle_ttl_s``, the user's
   explicit bound) it is stopped if it has more than ``floor``.
-* **pre-warm**: an instance whose window says "release now, load again in ``prewarm_s``" is
-  stopped, and a new one is started ``cold_start_s`` before that moment and kept
-  ``keepalive_s`` (at most ``idle_ttl_s``). A cold start cancels one pending pre-warm.
+* **pre-warm**: an instance whose window says "release now (or after ``hold_s``), load again
+  in ``prewarm_s``" is stopped (its ``keep_until`` is the hold), and a new one is started
+  ``cold_start_s`` before that moment and kept ``keepalive_s`` (at most ``idle_ttl_s``). A
+  cold start cancels one pending pre-warm.
 * **known fires**: ``fire_times`` get ``instances`` warm from ``fire - lead`` (``lead`` =
   observed cold start + ``lead_margin_s``) until the fire's calls are done (or ``no_show_s``
   after the fire when none came); then the function's idle instances may go.
@@ -220,7 +221,8 @@ class FunctionPlanner:
         if w.prewarm_s <= 0:
             return IdleWindow(now, now + min(w.keepalive_s, ttl), hard)
         prewarm_at = now + w.prewarm_s if math.isfinite(w.prewarm_s) else None
-        return IdleWindow(now, now, hard, prewarm_at, min(w.keepalive_s, ttl))
+        hold = min(w.hold_s, w.prewarm_s, ttl)
+        return IdleWindow(now, now + hold, hard, prewarm_at, min(w.keepalive_s, ttl))
 
     def started_window(self, now: float, keep_s: float = 0.0,
                        ttl: float | None = None) -> IdleWindow:
