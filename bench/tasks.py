@@ -8,6 +8,11 @@ throughput is tasks / (last ``finished_at`` - first submit). A burst this size q
 latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
 time (submit, long-poll its result, next), i.e. what dispatch itself costs.
 
+Against its peers (``--peers``): after faasbox's end-to-end run(s), Celery and Dramatiq run the
+same number of no-op tasks on a local Redis, enqueued one per call (``peers.py``), and
+``tasks.e2e.ratio_best_peer`` is faasbox's ``tasks.e2e.throughput`` over the best peer's. The
+peers' lines carry ``params.system``; faasbox's are the same lines as without ``--peers``.
+
 The queue alone (``queue.*``): :class:`SqlTaskQueue` on a fresh ``SqlStore`` in this
 process, no server and no execution. ``--queue-concurrency`` coroutines enqueue one task per
 call, then lease one task and complete it per step; ops/s and the commits the store made per
@@ -27,6 +32,7 @@ from typing import Any
 
 import orjson
 
+import peers
 from common import FUNCTIONS_DIR, FaasboxServer, cpu_seconds, emit, percentile, say
 from faasbox.store import SqlStore
 from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy
@@ -89,7 +95,8 @@ def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
     return latencies
 
 
-def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int) -> None:
+def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int) -> float:
+    """Print the end-to-end figures; returns the throughput (tasks/s)."""
     with FaasboxServer() as fb:
         params: dict[str, Any] = {"tasks": tasks, "batch": batch,
                                   "max_instances": max_instances, "sandbox": fb.sandbox()}
@@ -127,6 +134,20 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
         emit("tasks.e2e.server_cpu", cpu / wall, "cores", **params)
         say(f"e2e: {tasks} tasks submitted in {submitted:.1f} s, all done in {wall:.1f} s"
             f" ({tasks / wall:.0f} tasks/s); idle latency p50 {percentile(idle, 50):.1f} ms")
+        return tasks / wall
+
+
+def compare_peers(args: argparse.Namespace, faasbox: dict[int, float]) -> None:
+    """The peers on the same load, then faasbox's throughput over the best peer's."""
+    runs = peers.run_peers(args.tasks, processes=args.peer_processes,
+                           threads=args.peer_threads, persistence=args.redis_persistence)
+    best = max(runs.values(), key=lambda run: run.throughput)
+    for max_instances, throughput in faasbox.items():
+        emit("tasks.e2e.ratio_best_peer", throughput / best.throughput, "x", tasks=args.tasks,
+             max_instances=max_instances)
+        say(f"faasbox (max_instances {max_instances}) {throughput:.0f} tasks/s, best peer"
+            f" {best.system} {best.throughput:.0f} tasks/s:"
+            f" {throughput / best.throughput:.2f}x")
 
 
 # -- the queue alone ----------------------------------------------------------------------------
@@ -197,13 +218,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "OFF"],
                     help="SQLite sync mode of the queue-alone runs (FULL, the default's)")
     ap.add_argument("--skip-e2e", action="store_true", help="only the queue alone")
+    ap.add_argument("--skip-queue", action="store_true", help="no queue-alone runs")
+    ap.add_argument("--peers", action="store_true",
+                    help="then Celery and Dramatiq on the same load (peers.py); needs Redis and"
+                         " the peers' venv, installed on first use")
+    ap.add_argument("--peer-processes", type=int, default=None,
+                    help="the peers' worker processes (the machine's cores)")
+    ap.add_argument("--peer-threads", type=int, default=peers.DRAMATIQ_THREADS,
+                    help=f"Dramatiq's threads per process ({peers.DRAMATIQ_THREADS}, its default)")
+    ap.add_argument("--redis-persistence", choices=sorted(peers.PERSISTENCE), default="none",
+                    help="the peers' Redis persistence (none)")
     args = ap.parse_args(argv)
-    for concurrency in args.queue_concurrency:
-        n = args.queue_tasks if concurrency > 1 else min(args.queue_tasks, 2000)
-        asyncio.run(bench_queue(n, concurrency, args.synchronous))
+    if args.peers:
+        peers.prepare()  # installs fail here rather than after faasbox's runs
+    if not args.skip_queue:
+        for concurrency in args.queue_concurrency:
+            n = args.queue_tasks if concurrency > 1 else min(args.queue_tasks, 2000)
+            asyncio.run(bench_queue(n, concurrency, args.synchronous))
+    faasbox = {}
     if not args.skip_e2e:
         for max_instances in args.max_instances:
-            bench_end_to_end(args.tasks, args.batch, max_instances, args.idle_samples)
+            faasbox[max_instances] = bench_end_to_end(args.tasks, args.batch, max_instances,
+                                                      args.idle_samples)
+    if args.peers:
+        compare_peers(args, faasbox)
     return 0
 
 
