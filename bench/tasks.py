@@ -134,7 +134,7 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
         emit("tasks.e2e.server_cpu", cpu / wall, "cores", **params)
         say(f"e2e: {tasks} tasks submitted in {submitted:.1f} s, all done in {wall:.1f} s"
             f" ({tasks / wall:.0f} tasks/s); idle latency p50 {percentile(idle, 50):.1f} ms")
-        return tasks / wall
+        return float(tasks / wall)
 
 
 def compare_peers(args: argparse.Namespace, faasbox: dict[int, float]) -> None:
