@@ -46,6 +46,7 @@ from common import (
     say,
     stop_process,
     tail,
+    tree_cpu_seconds,
 )
 
 PEERS_VENV = BENCH_DIR / ".peers-venv"
@@ -161,26 +162,6 @@ def worker_command(system: str, python: Path, processes: int, threads: int) -> l
             "--threads", str(threads)]
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of a process and all its descendants alive now."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            total += cpu_seconds(pid)
-        except OSError:
-            continue
-        todo += children.get(pid, [])
-    return total
-
-
 # -- one peer ---------------------------------------------------------------------------------
 @dataclass
 class PeerRun:
@@ -195,6 +176,11 @@ class PeerRun:
     @property
     def throughput(self) -> float:
         return self.tasks / self.wall_s
+
+    @property
+    def system_cpu_per_task_us(self) -> float:
+        """Workers + Redis CPU per task (the producer is the client, as for faasbox)."""
+        return (self.cores["worker"] + self.cores["redis"]) * self.wall_s / self.tasks * 1e6
 
 
 def _event(producer: subprocess.Popen[bytes], worker: subprocess.Popen[bytes], log: Path,
@@ -278,6 +264,7 @@ def run_peers(tasks: int, systems: tuple[str, ...] = SYSTEMS, processes: int | N
         emit("tasks.submit.rate", tasks / run.enqueue_s, "tasks/s", **params)
         for part, value in run.cores.items():
             emit(f"tasks.e2e.{part}_cpu", value, "cores", **params)
+        emit("tasks.e2e.system_cpu_per_task", run.system_cpu_per_task_us, "us", **params)
         emit("tasks.e2e.count_cost", run.count_cost_us, "us", **params)
         say(f"{system} {run.version}: {tasks} tasks enqueued in {run.enqueue_s:.1f} s, all ran"
             f" in {run.wall_s:.1f} s ({run.throughput:.0f} tasks/s); cores: "
