@@ -171,16 +171,21 @@ class PeerRun:
     enqueue_s: float  # the first enqueue to the last
     wall_s: float  # the first enqueue to the moment the last task ran
     count_cost_us: float  # what a task's counting itself costs (see _peers_common.py)
-    cores: dict[str, float]  # CPU of worker, redis, producer, other, over the timed run
+    cpu_s: dict[str, float]  # CPU seconds of worker, redis, producer, other over the window
+    window_s: float  # from the producer's "start" to its "done", as seen here
 
     @property
     def throughput(self) -> float:
         return self.tasks / self.wall_s
 
     @property
+    def cores(self) -> dict[str, float]:
+        return {part: seconds / self.window_s for part, seconds in self.cpu_s.items()}
+
+    @property
     def system_cpu_per_task_us(self) -> float:
         """Workers + Redis CPU per task (the producer is the client, as for faasbox)."""
-        return (self.cores["worker"] + self.cores["redis"]) * self.wall_s / self.tasks * 1e6
+        return (self.cpu_s["worker"] + self.cpu_s["redis"]) / self.tasks * 1e6
 
 
 def _event(producer: subprocess.Popen[bytes], worker: subprocess.Popen[bytes], log: Path,
@@ -239,11 +244,10 @@ def run_peer(system: str, server: str, python: Path, tasks: int, processes: int,
     if done["done"] != tasks:
         raise RuntimeError(f"{system}: {done['done']} tasks ran, {tasks} were enqueued")
     used = {k: after[k] - before[k] for k in after}
-    cores = {k: used[k] / used["wall"] for k in ("worker", "redis", "producer")}
-    cores["other"] = (used["host"] - used["worker"] - used["redis"] - used["producer"]) / used[
-        "wall"]
+    cpu_s = {k: used[k] for k in ("worker", "redis", "producer")}
+    cpu_s["other"] = used["host"] - sum(cpu_s.values())
     return PeerRun(system, done["version"], tasks, done["enqueue_s"], done["wall_s"],
-                   done["mark_cost_us"], cores)
+                   done["mark_cost_us"], cpu_s, used["wall"])
 
 
 def run_peers(tasks: int, systems: tuple[str, ...] = SYSTEMS, processes: int | None = None,
