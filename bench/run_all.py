@@ -15,9 +15,10 @@ import time
 from common import BENCH_DIR, say
 
 # these first, in this order; then any other bench/*.py (a helper module that is not a bench
-# is named in NOT_BENCHES or starts with "_")
+# is named in NOT_BENCHES or starts with "_"; peers.py runs through `tasks.py --peers`, as it
+# installs Redis and a venv of its own on first use)
 FIRST = ("invoke", "cold_start", "simulate")
-NOT_BENCHES = {"common", "run_all"}
+NOT_BENCHES = {"common", "run_all", "peers"}
 
 
 def benches() -> list[str]:

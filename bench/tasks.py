@@ -8,6 +8,11 @@ throughput is tasks / (last ``finished_at`` - first submit). A burst this size q
 latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
 time (submit, long-poll its result, next), i.e. what dispatch itself costs.
 
+Against its peers (``--peers``): after faasbox's end-to-end run(s), Celery and Dramatiq run the
+same number of no-op tasks on a local Redis, enqueued one per call (``peers.py``), and
+``tasks.e2e.ratio_best_peer`` is faasbox's ``tasks.e2e.throughput`` over the best peer's. The
+peers' lines carry ``params.system``; faasbox's are the same lines as without ``--peers``.
+
 The queue alone (``queue.*``): :class:`SqlTaskQueue` on a fresh ``SqlStore`` in this
 process, no server and no execution. ``--queue-concurrency`` coroutines enqueue one task per
 call, then lease one task and complete it per step; ops/s and the commits the store made per
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -27,7 +33,17 @@ from typing import Any
 
 import orjson
 
-from common import FUNCTIONS_DIR, FaasboxServer, cpu_seconds, emit, percentile, say
+import peers
+from common import (
+    FUNCTIONS_DIR,
+    FaasboxServer,
+    cpu_seconds,
+    emit,
+    host_busy_seconds,
+    percentile,
+    say,
+    tree_cpu_seconds,
+)
 from faasbox.store import SqlStore
 from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy
 from faasbox.store.relational.queue import SqlTaskQueue
@@ -89,7 +105,10 @@ def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
     return latencies
 
 
-def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int) -> None:
+def bench_end_to_end(tasks: int, batch: int, max_instances: int,
+                     idle_samples: int) -> tuple[float, float]:
+    """Print the end-to-end figures; returns the throughput (tasks/s) and the CPU the server
+    and its instances spent per task (µs)."""
     with FaasboxServer() as fb:
         params: dict[str, Any] = {"tasks": tasks, "batch": batch,
                                   "max_instances": max_instances, "sandbox": fb.sandbox()}
@@ -107,12 +126,15 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
             "tasks": idle_samples})
 
         events = [orjson.dumps({"i": i}) for i in range(tasks)]
-        cpu0 = cpu_seconds(fb.pid)
+        cpu0, tree0, host0 = cpu_seconds(fb.pid), tree_cpu_seconds(fb.pid), host_busy_seconds()
+        bench0, window0 = cpu_seconds(os.getpid()), time.monotonic()
         t0 = time.time()
         ids = submit(fb, events, batch)
         submitted = time.time() - t0
         wait_all(fb, warmup + idle_samples + tasks)
-        cpu = cpu_seconds(fb.pid) - cpu0
+        cpu, tree = cpu_seconds(fb.pid) - cpu0, tree_cpu_seconds(fb.pid) - tree0
+        other = (host_busy_seconds() - host0 - tree - (cpu_seconds(os.getpid()) - bench0)) / (
+            time.monotonic() - window0)  # the whole window, the tail of the wait included
         done = records(fb, set(ids))
         failed = [t for t in done if t["status"] != "succeeded"]
         if len(done) != tasks or failed:
@@ -125,8 +147,30 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
         emit("tasks.e2e.latency.p50", percentile(latencies, 50), "ms", **params)
         emit("tasks.e2e.latency.p99", percentile(latencies, 99), "ms", **params)
         emit("tasks.e2e.server_cpu", cpu / wall, "cores", **params)
+        emit("tasks.e2e.instance_cpu", (tree - cpu) / wall, "cores", **params)
+        emit("tasks.e2e.other_cpu", other, "cores", **params)
+        emit("tasks.e2e.system_cpu_per_task", tree / tasks * 1e6, "us", **params)
         say(f"e2e: {tasks} tasks submitted in {submitted:.1f} s, all done in {wall:.1f} s"
             f" ({tasks / wall:.0f} tasks/s); idle latency p50 {percentile(idle, 50):.1f} ms")
+        return float(tasks / wall), tree / tasks * 1e6
+
+
+def compare_peers(args: argparse.Namespace, faasbox: dict[int, tuple[float, float]]) -> None:
+    """The peers on the same load, then faasbox's throughput over the best peer's, and its CPU
+    per task over the thriftiest peer's."""
+    runs = peers.run_peers(args.tasks, processes=args.peer_processes,
+                           threads=args.peer_threads, persistence=args.redis_persistence)
+    best = max(runs.values(), key=lambda run: run.throughput)
+    thrifty = min(runs.values(), key=lambda run: run.system_cpu_per_task_us)
+    for max_instances, (throughput, cpu_per_task) in faasbox.items():
+        params = {"tasks": args.tasks, "max_instances": max_instances}
+        emit("tasks.e2e.ratio_best_peer", throughput / best.throughput, "x", **params)
+        emit("tasks.e2e.ratio_cpu_per_task_best_peer",
+             cpu_per_task / thrifty.system_cpu_per_task_us, "x", **params)
+        say(f"faasbox (max_instances {max_instances}) {throughput:.0f} tasks/s, best peer"
+            f" {best.system} {best.throughput:.0f} tasks/s: {throughput / best.throughput:.2f}x;"
+            f" CPU per task {cpu_per_task:.0f} µs, the lowest peer's ({thrifty.system})"
+            f" {thrifty.system_cpu_per_task_us:.0f} µs")
 
 
 # -- the queue alone ----------------------------------------------------------------------------
@@ -197,13 +241,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "OFF"],
                     help="SQLite sync mode of the queue-alone runs (FULL, the default's)")
     ap.add_argument("--skip-e2e", action="store_true", help="only the queue alone")
+    ap.add_argument("--skip-queue", action="store_true", help="no queue-alone runs")
+    ap.add_argument("--peers", action="store_true",
+                    help="then Celery and Dramatiq on the same load (peers.py); needs Redis and"
+                         " the peers' venv, installed on first use")
+    ap.add_argument("--peer-processes", type=int, default=None,
+                    help="the peers' worker processes (the machine's cores)")
+    ap.add_argument("--peer-threads", type=int, default=peers.DRAMATIQ_THREADS,
+                    help=f"Dramatiq's threads per process ({peers.DRAMATIQ_THREADS}, its default)")
+    ap.add_argument("--redis-persistence", choices=sorted(peers.PERSISTENCE), default="none",
+                    help="the peers' Redis persistence (none)")
     args = ap.parse_args(argv)
-    for concurrency in args.queue_concurrency:
-        n = args.queue_tasks if concurrency > 1 else min(args.queue_tasks, 2000)
-        asyncio.run(bench_queue(n, concurrency, args.synchronous))
+    if args.peers:
+        peers.prepare()  # installs fail here rather than after faasbox's runs
+    if not args.skip_queue:
+        for concurrency in args.queue_concurrency:
+            n = args.queue_tasks if concurrency > 1 else min(args.queue_tasks, 2000)
+            asyncio.run(bench_queue(n, concurrency, args.synchronous))
+    faasbox = {}
     if not args.skip_e2e:
         for max_instances in args.max_instances:
-            bench_end_to_end(args.tasks, args.batch, max_instances, args.idle_samples)
+            faasbox[max_instances] = bench_end_to_end(args.tasks, args.batch, max_instances,
+                                                      args.idle_samples)
+    if args.peers:
+        compare_peers(args, faasbox)
     return 0
 
 
