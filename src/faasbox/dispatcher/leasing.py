@@ -37,6 +37,7 @@ LEASE_BATCH = 64
 LEASE_MARGIN_S = 60.0
 PURGE_EVERY_S = 60.0
 CHECK_READY_S = 5.0
+STRANDED_RETRY_S = 0.05
 
 
 class Dispatcher:
@@ -184,18 +185,27 @@ class Dispatcher:
                 else:
                     self.lifecycle.hold(task, self._ran, costs[function])
             if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
-                tenant = tenant_of(function)
-                self.fair.refund(tenant, asked - len(tasks), self.weight(tenant))
-                due = await self.queue.next_run_at(function)
-                if self._notified[function] != seen[function]:
-                    pass  # tasks came in meanwhile (their commit may be newer than the read)
-                elif due is None:
-                    self._ready.pop(function, None)
-                else:
-                    self._ready[function] = due
-                    if due > now:
-                        next_at = due if next_at is None else min(next_at, due)
+                due = await self._drained(function, asked - len(tasks), seen[function])
+                if due is not None and due > now:
+                    next_at = due if next_at is None else min(next_at, due)
+        if self.lifecycle.stranded():  # held tasks wait for a free slot: look again soon
+            soon = now + STRANDED_RETRY_S
+            next_at = soon if next_at is None else min(next_at, soon)
         return next_at
+
+    async def _drained(self, function: str, unused: int, seen: int) -> float | None:
+        """A lease found fewer tasks than asked: refund the fair share, and keep ``function``
+        ready only for its next due task (returned), unless tasks came in meanwhile."""
+        tenant = tenant_of(function)
+        self.fair.refund(tenant, unused, self.weight(tenant))
+        due = await self.queue.next_run_at(function)
+        if self._notified[function] != seen:
+            return None  # tasks came in meanwhile (their commit may be newer than the read)
+        if due is None:
+            self._ready.pop(function, None)
+        else:
+            self._ready[function] = due
+        return due
 
     async def _want(self, function: str, frees: dict[str, int]) -> Want | None:
         """What ``function`` may lease now: its free slots (held tasks start in them first)

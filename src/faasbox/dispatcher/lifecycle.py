@@ -84,11 +84,16 @@ class TaskLifecycle:
         are short, up to two per running task (at least ``AHEAD_MIN``), leased again only once
         half are gone, so that leases come in batches."""
         ms = self.run_ms.get(function)
-        if ms is None or ms > AHEAD_MAX_MS:
-            return 0
-        target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * self.running_by_function[function]))
+        running = self.running_by_function[function]
+        if ms is None or ms > AHEAD_MAX_MS or running == 0:
+            return 0  # held tasks start when a run ends: with none running, none would
+        target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * running))
         held = len(self.ahead.get(function, ()))
         return target - held if held <= target // 2 else 0
+
+    def stranded(self) -> bool:
+        """Whether a function has held tasks and no run that would start them."""
+        return any(not self.running_by_function[f] for f in self.ahead)
 
     def hold(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
         """Keep a leased task to start when a run of its function ends (:meth:`start_held`)."""
