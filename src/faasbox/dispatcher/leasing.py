@@ -165,7 +165,9 @@ class Dispatcher:
         next_at: float | None = None
         wants: list[Want] = []
         frees: dict[str, int] = {}  # slots free now; the rest of a lease is held ahead
-        for function, run_at in list(self._ready.items()):
+        # functions with runnable tasks, and those whose held tasks wait for a slot
+        ready = {**{f: now for f in self.lifecycle.ahead}, **self._ready}
+        for function, run_at in ready.items():
             if run_at > now:
                 next_at = run_at if next_at is None else min(next_at, run_at)
                 continue
@@ -184,6 +186,8 @@ class Dispatcher:
                     self.lifecycle.start(task, self._ran, costs[function])
                 else:
                     self.lifecycle.hold(task, self._ran, costs[function])
+            if tasks and not self.lifecycle.running_by_function[function]:
+                self.lifecycle.start_held(function)  # the runs ended while it leased
             if len(tasks) < asked:  # nothing more runnable now: when is the next one due?
                 due = await self._drained(function, asked - len(tasks), seen[function])
                 if due is not None and due > now:
