@@ -25,11 +25,11 @@ INIT_TIMEOUT_S = 30.0
 
 class NodeService:
     def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int,
-                 start_mode: str = "auto") -> None:
+                 start_mode: str = "auto", template_spares: int = 1) -> None:
         self.features = features
         self.env = InstanceEnvironment(data_dir, features, uid_base)
         self.env.reset()
-        self.starter = Starter(self.env, startmode.check_mode(start_mode))
+        self.starter = Starter(self.env, startmode.check_mode(start_mode), template_spares)
         self._egress: dict[str, tuple[int, list[str]]] = {}  # instance id -> (slot, allow)
 
     async def start(
@@ -57,11 +57,15 @@ class NodeService:
         await inst.connect(inst.proc, parent)  # type: ignore[arg-type]
         if inst.state != "starting":
             raise errors.InstanceCrashed("the instance was stopped while it started")
-        await inst.expect("hello", HELLO_TIMEOUT_S)
         # The sandbox closes around the process before it loads any user code (a template's
-        # child has the module imported already, but runs none of it before ``load``).
-        if inst.cgroup is not None:
-            inst.cgroup.add(inst.pid)  # type: ignore[arg-type]
+        # child has the module imported already, but runs none of it before ``load``). A
+        # template's spare said hello and was put in its cgroup before it was handed out.
+        if not inst.spare:
+            await inst.expect("hello", HELLO_TIMEOUT_S)
+            if inst.cgroup is not None:
+                # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
+                await asyncio.get_running_loop().run_in_executor(
+                    None, inst.cgroup.add, inst.pid or -1)
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
             slot = network.slot_of(inst.uid, self.env.uid_base)
@@ -80,6 +84,7 @@ class NodeService:
             )
         inst.init_ms = reply.get("init_ms")
         inst.state = "idle"
+        self.starter.started(inst)
 
     async def close(self) -> None:
         """Retire the fork server and the templates (instances are stopped by their owner)."""
