@@ -62,6 +62,9 @@ FORKSERVER_RETRY_S = 30.0
 HELLO_TIMEOUT_S = 10.0
 INIT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
+# a spare is forked this long after the cold start that took one is ready, so that its fork
+# and confinement do not compete for the CPU with that instance's first call
+SPARE_DELAY_S = 0.05
 
 Key = tuple[str, int]  # (function, version)
 
@@ -162,7 +165,7 @@ class Starter:
         if inst.start_mode == startmode.TEMPLATE:
             template = _made(self._templates.get((inst.function, inst.version)))
             if template is not None:
-                self._refill(template)
+                asyncio.get_running_loop().call_later(SPARE_DELAY_S, self._refill, template)
 
     async def _spawn(self, inst: Instance, paths: list[str]) -> socket.socket:
         """Start the instance as a new interpreter; returns the node's end of its socket. It
