@@ -15,6 +15,7 @@ from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
 from faasbox.node.starter import Starter
+from faasbox.node.zygote import in_thread
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -64,14 +65,17 @@ class NodeService:
             await inst.expect("hello", HELLO_TIMEOUT_S)
             if inst.cgroup is not None:
                 # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
-                await asyncio.get_running_loop().run_in_executor(
-                    None, inst.cgroup.add, inst.pid or -1)
+                await in_thread(inst.cgroup.add, inst.pid)
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
             slot = network.slot_of(inst.uid, self.env.uid_base)
             self._egress[inst.id] = (slot, list(inst.spec.network_allow))
             await network.attach(inst.pid, slot, list(inst.spec.network_allow))  # type: ignore[arg-type]
-        inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
+        try:
+            inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
+        except RuntimeError:  # the transport closed: the process died after its hello
+            raise errors.InitError("the instance died before it could load the function",
+                                   output=inst.output_tail() or None) from None
         try:
             reply = await inst.expect("ready", INIT_TIMEOUT_S)
         except errors.InvocationError as exc:

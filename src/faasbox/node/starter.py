@@ -48,6 +48,7 @@ from faasbox.node.zygote import (
     ForkedProcess,
     SpawnedProcess,
     Zygote,
+    in_thread,
     parent_and_uid,
     popen_in_thread,
     start_fork_server,
@@ -65,6 +66,11 @@ CLOSE_TIMEOUT_S = 5.0
 # a spare is forked this long after the cold start that took one is ready, so that its fork
 # and confinement do not compete for the CPU with that instance's first call
 SPARE_DELAY_S = 0.05
+# What a template's child copies between its fork and its move into its own cgroup (the
+# at-fork hooks, confinement, hello: faasbox's code, no user code) stays charged to the
+# template's cgroup, as neither cgroup version moves charges: the template's limit allows
+# this much per child it may have at once.
+CHILD_CHARGE_MB = 4
 
 Key = tuple[str, int]  # (function, version)
 
@@ -316,11 +322,7 @@ class Starter:
         spare = Spare(sid, self.env.scratch_root / sid, self.env.output_root / f"{sid}.out",
                       self.env.instance_cgroup(function, version, template.spec, sid))
         try:
-            spare.scratch.mkdir(mode=0o700)
-            if template.uid is not None:
-                os.chown(spare.scratch, template.uid, template.uid)
-            if spare.cgroup is not None:
-                spare.cgroup.create(template.spec.memory_mb)
+            await in_thread(self._prepare_spare, spare, template.uid, template.spec.memory_mb)
             env = self.env.variables(function, version, template.spec, spare.scratch)
             spare.proc, spare.sock = await self._fork_child(
                 template.zygote, sid, template.uid, spare.scratch, spare.output_path, env,
@@ -331,13 +333,19 @@ class Starter:
             if hello.get("t") != "hello":
                 raise errors.Unavailable(f"a spare sent {str(hello.get('t'))[:40]!r}, not hello")
             if spare.cgroup is not None:
-                # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
-                await asyncio.get_running_loop().run_in_executor(
-                    None, spare.cgroup.add, spare.proc.pid)
+                await in_thread(spare.cgroup.add, spare.proc.pid)
         except BaseException:
             self._drop_spare(spare)
             raise
         return spare
+
+    @staticmethod
+    def _prepare_spare(spare: Spare, uid: int | None, memory_mb: int) -> None:
+        spare.scratch.mkdir(mode=0o700)
+        if uid is not None:
+            os.chown(spare.scratch, uid, uid)
+        if spare.cgroup is not None:
+            spare.cgroup.create(memory_mb)
 
     def _drop_spare(self, spare: Spare) -> None:
         """Kill a spare and remove what it had (its scratch goes when the template reaps it)."""
@@ -469,7 +477,8 @@ class Starter:
             if template.uid is not None:
                 os.chown(template.scratch, template.uid, template.uid)
             if template.cgroup is not None:
-                template.cgroup.create(spec.memory_mb)
+                template.cgroup.create(
+                    spec.memory_mb + CHILD_CHARGE_MB * (spec.max_instances + self.spares))
             env = node.variables(function, version, spec, template.scratch)
             plan = node.plan(spec, template.uid, template.scratch, paths, template=True)
             sink = node.output(tid, template.output_path)
