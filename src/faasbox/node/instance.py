@@ -78,7 +78,9 @@ class Instance:
         self.init_ms: float | None = None
         self.start_mode = "spawn"  # spawn, fork or template (node/startmode.py)
         self.start_fallback: str | None = None  # why a faster way was not used
-        self.spare = False  # a template's child forked ahead of demand (node/starter.py)
+        # a template's child forked ahead of demand (node/starter.py): its id, which names its
+        # scratch dir and cgroup (None: forked or spawned for this instance)
+        self.spare: str | None = None
         self.peak_rss_mb: float = 0.0
         self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self.proc: Process | None = None

@@ -61,7 +61,7 @@ class NodeService:
         # The sandbox closes around the process before it loads any user code (a template's
         # child has the module imported already, but runs none of it before ``load``). A
         # template's spare said hello and was put in its cgroup before it was handed out.
-        if not inst.spare:
+        if inst.spare is None:
             await inst.expect("hello", HELLO_TIMEOUT_S)
             if inst.cgroup is not None:
                 # a cgroup v1 move waits for an RCU grace period (ms): not on the loop

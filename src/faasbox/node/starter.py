@@ -287,7 +287,7 @@ class Starter:
             self.env.rename_output(spare.id, inst.id)
             inst.proc = spare.proc
             inst.start_mode = startmode.TEMPLATE
-            inst.spare = True
+            inst.spare = spare.id
             template.last_used = asyncio.get_running_loop().time()
             template.forks += 1
             return spare.sock
