@@ -477,8 +477,7 @@ class Starter:
             if template.uid is not None:
                 os.chown(template.scratch, template.uid, template.uid)
             if template.cgroup is not None:
-                template.cgroup.create(
-                    spec.memory_mb + CHILD_CHARGE_MB * (spec.max_instances + self.spares))
+                template.cgroup.create(spec.memory_mb)
             env = node.variables(function, version, spec, template.scratch)
             plan = node.plan(spec, template.uid, template.scratch, paths, template=True)
             sink = node.output(tid, template.output_path)
@@ -506,6 +505,11 @@ class Starter:
             if reply.get("t") != "ready":
                 raise Refused(reply.get("reason") or (
                     f"the function failed to load: {reply.get('type')}: {reply.get('message')}"))
+            if template.cgroup is not None:
+                # the import ran under memory_mb; from now on the template only forks, and
+                # what its children copy before their move is charged here
+                template.cgroup.raise_memory(
+                    spec.memory_mb + CHILD_CHARGE_MB * (spec.max_instances + self.spares))
         except BaseException:
             if parent is not None:
                 parent.close()
