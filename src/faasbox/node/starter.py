@@ -63,8 +63,8 @@ FORKSERVER_RETRY_S = 30.0
 HELLO_TIMEOUT_S = 10.0
 INIT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
-# a spare is forked this long after the cold start that took one is ready, so that its fork
-# and confinement do not compete for the CPU with that instance's first call
+# a spare is forked this long after the cold start that took one is ready (or the template
+# is), so that its fork and confinement do not compete for the CPU with that cold start
 SPARE_DELAY_S = 0.05
 # What a template's child copies between its fork and its move into its own cgroup (the
 # at-fork hooks, confinement, hello: faasbox's code, no user code) stays charged to the
@@ -523,7 +523,8 @@ class Starter:
         template.last_used = asyncio.get_running_loop().time()
         template.spec = spec
         self._arm(template)
-        self._refill(template)
+        # the first spare after the cold start that may be waiting for this template
+        asyncio.get_running_loop().call_later(SPARE_DELAY_S, self._refill, template)
         return template
 
     def _arm(self, template: Template, delay: float = TEMPLATE_IDLE_S) -> None:
