@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace, mode: str) -> None:
     env = {"FAASBOX_NODE_MEMORY_MB": str(args.burst * 128 + 1024),
            "FAASBOX_ACQUIRE_TIMEOUT_S": "60", "FAASBOX_REAP_INTERVAL_S": "0.2",
-           "FAASBOX_START_MODE": mode}
+           "FAASBOX_START_MODE": mode,
+           # the default tenant limit (100 calls at once) would refuse a larger burst
+           "FAASBOX_TENANT_MAX_CONCURRENCY": str(max(100, args.burst))}
     say(f"== start mode {mode}")
     with tempfile.TemporaryDirectory() as tmp, FaasboxServer(env=env) as fb:
         folder = Path(tmp) / "holder"

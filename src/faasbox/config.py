@@ -34,6 +34,8 @@ class Settings:
     # how instances start: auto (snapshot template where safe, else fork server, else spawn),
     # template, forkserver or spawn (docs/sandbox.md, "Fast cold start")
     start_mode: str = "auto"
+    # children each snapshot template keeps forked and sandboxed ahead of demand (0: none)
+    template_spares: int = 1
     # seconds between scaling ticks (autoscaler, keep-alive, pre-warm, idle reaping, floors)
     reap_interval_s: float = 1.0
     # several servers on one store: a server whose heartbeat is this old is dead, and the

@@ -97,7 +97,7 @@ class Platform:
                                            settings.sqlite_synchronous))
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
-                                self.features.start_mode)
+                                self.features.start_mode, settings.template_spares)
         self.builds = BuildSandbox(self.node.env)
         self.code = CodeStore(data, private=self.features.mount_ns, pip=self.builds.pip)
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 
 from faasbox.node.zygote import parent_and_uid
 from tests.conftest import Server, open_tempdir
+from tests.tenants import Clients, make_key, make_tenant
+from tests.tenants import deploy as tenant_deploy
 
 STATE = {"main.py": """
     import os, random, time
@@ -90,7 +93,9 @@ def check_sandbox(server: Server, name: str, out: dict[str, Any]) -> None:
     inst = instance_of(server, name, out["pid"])
     # its own session and process group, its own scratch dir as cwd, HOME and TMPDIR
     assert out["pgid"] == out["pid"] and out["sid"] == out["pid"]
-    assert out["cwd"].endswith(f"/scratch/{inst['id']}")
+    # a template's spare child was named before it became this instance
+    own = inst["spare"] or inst["id"]
+    assert out["cwd"].endswith(f"/scratch/{own}")
     assert out["home"] == out["cwd"] and out["tmpdir"] == out["cwd"]
     # its own socket to the node and nothing else (no zygote control channel)
     assert len(out["sockets"]) == 1, out["sockets"]
@@ -99,7 +104,7 @@ def check_sandbox(server: Server, name: str, out: dict[str, Any]) -> None:
         assert os.stat(out["cwd"]).st_uid == out["uid"]
     if server.feature("memory limit"):
         memory = next(line for line in out["cgroups"].splitlines() if ":memory:" in line)
-        assert memory.endswith(f"/{inst['id']}"), memory
+        assert memory.endswith(f"/{own}"), memory
 
 
 # -- fork server ------------------------------------------------------------------------------
@@ -410,3 +415,156 @@ def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) 
     assert template.http.delete("/v1/functions/t-retire").status_code == 204
     template.wait_for(lambda: not os.path.exists(f"/proc/{second}"), timeout=20,
                       what="the deleted function's template to exit")
+
+
+# -- spare children of templates --------------------------------------------------------------
+def children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+SPARE_CGROUP = re.compile(r"/tmpl-[^/]*-s[0-9a-f]{6}$")
+
+
+def in_spare_cgroup(pid: int) -> bool:
+    """The process is in a spare's own cgroup: the last step before it can be handed out."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return any(":memory:" in line and SPARE_CGROUP.search(line.strip()) for line in f)
+    except OSError:
+        return False
+
+
+def ready_spares(template_pid: int, instances: list[dict[str, Any]]) -> set[int]:
+    """The template's children that are not instances and are ready to be handed out."""
+    found = children(template_pid) - {i["pid"] for i in instances}
+    return {pid for pid in found if in_spare_cgroup(pid)}
+
+
+def one_spare(server: Server, name: str, template_pid: int) -> int:
+    if not server.feature("memory limit"):
+        pytest.skip("a ready spare is told by its cgroup; no memory limit on this machine")
+    found = server.wait_for(lambda: ready_spares(template_pid, server.instances(name)),
+                            what="a spare child of the template")
+    assert len(found) == 1, found  # FAASBOX_TEMPLATE_SPARES defaults to 1
+    return int(found.pop())
+
+
+def cold_start_beside(server: Server, name: str) -> dict[str, Any]:
+    """A cold start while the function's one instance is busy (max_instances >= 2)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(server.invoke, name, {"sleep": 3})
+        server.wait_for(lambda: any(i["state"] == "busy" for i in server.instances(name)),
+                        what="a busy instance")
+        resp = server.invoke(name)
+        assert busy.result().status_code == 200
+    assert resp.status_code == 200 and resp.headers["x-faasbox-cold-start"] == "true"
+    return dict(resp.json())
+
+
+def test_a_spare_child_serves_the_next_cold_start(template: Server) -> None:
+    template.deploy("t-spare", STATE, max_instances=3)
+    first = template.invoke("t-spare").json()
+    tpid = first["import_pid"]
+    assert instance_of(template, "t-spare", first["pid"])["spare"] is None  # forked on demand
+    spare = one_spare(template, "t-spare", tpid)
+    # sandboxed before it is handed out: the template's uid, its own cgroup (below)
+    found = parent_and_uid(spare)
+    assert found is not None and found == (tpid, first["uid"])
+    out = cold_start_beside(template, "t-spare")
+    assert out["pid"] == spare
+    inst = instance_of(template, "t-spare", spare)
+    assert inst["start_mode"] == "template" and inst["spare"] is not None
+    assert inst["spare"].startswith("tmpl-")
+    assert out["import_pid"] == tpid and out["counter"] == 42
+    check_sandbox(template, "t-spare", out)
+    # the spare it was is replaced
+    assert one_spare(template, "t-spare", tpid) != spare
+
+
+def test_a_killed_spare_is_replaced_not_handed_out(template: Server) -> None:
+    template.deploy("t-spare-kill", STATE, max_instances=3)
+    first = template.invoke("t-spare-kill").json()
+    tpid = first["import_pid"]
+    dead = one_spare(template, "t-spare-kill", tpid)
+    os.kill(dead, signal.SIGKILL)
+    template.wait_for(lambda: dead not in children(tpid), what="the template to reap the spare")
+    out = cold_start_beside(template, "t-spare-kill")
+    assert out["pid"] != dead
+    inst = instance_of(template, "t-spare-kill", out["pid"])
+    assert inst["start_mode"] == "template" and inst["spare"] is None  # forked on demand
+    check_sandbox(template, "t-spare-kill", out)
+    assert one_spare(template, "t-spare-kill", tpid) != dead  # and a new spare is made
+
+
+def test_spares_go_with_their_template(template: Server) -> None:
+    template.deploy("t-spare-del", STATE, max_instances=2)
+    tpid = template.invoke("t-spare-del").json()["import_pid"]
+    spare = one_spare(template, "t-spare-del", tpid)
+    assert template.http.delete("/v1/functions/t-spare-del").status_code == 204
+    for pid in (spare, tpid):
+        template.wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), timeout=20,
+                          what=f"process {pid} of the deleted function to exit")
+
+
+def test_spares_are_never_shared_across_tenants(template: Server) -> None:
+    """Two tenants deploy the same code under the same name: each tenant's cold starts come
+    from its own template and its own spares, under its own uid."""
+    clients = Clients()
+    try:
+        outs = {}
+        for tenant in ("sa", "sb"):
+            make_tenant(template, tenant)
+            client = clients(template, make_key(template, tenant, "developer"))
+            tenant_deploy(template, client, "same", STATE, max_instances=3)
+            first = client.post("/v1/functions/same/invoke", json={}).json()
+            spare = one_spare_of(template, client, first["import_pid"])
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                busy = pool.submit(client.post, "/v1/functions/same/invoke",
+                                   json={"sleep": 3})
+                template.wait_for(lambda c=client: any(
+                    i["state"] == "busy" for i in tenant_instances(c)), what="a busy instance")
+                second = client.post("/v1/functions/same/invoke", json={}).json()
+                assert busy.result().status_code == 200
+            assert second["pid"] == spare, (tenant, first["pid"], spare, second["pid"],
+                                             tenant_instances(client))
+            outs[tenant] = (first, second)
+        (a1, a2), (b1, b2) = outs["sa"], outs["sb"]
+        assert a1["import_pid"] == a2["import_pid"] != b1["import_pid"] == b2["import_pid"]
+        if template.feature("unprivileged uid"):
+            assert a1["uid"] == a2["uid"] != b1["uid"] == b2["uid"]
+    finally:
+        clients.close()
+
+
+def tenant_instances(client: Any) -> list[dict[str, Any]]:
+    resp = client.get("/v1/functions/same/instances")
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["instances"])
+
+
+def one_spare_of(server: Server, client: Any, template_pid: int) -> int:
+    if not server.feature("memory limit"):
+        pytest.skip("a ready spare is told by its cgroup; no memory limit on this machine")
+    found = server.wait_for(lambda: ready_spares(template_pid, tenant_instances(client)),
+                            what="a spare child of the template")
+    assert len(found) == 1, found
+    return int(found.pop())
+
+
+def test_template_cgroup_allows_for_its_children_after_the_import(template: Server) -> None:
+    if not template.feature("memory limit"):
+        pytest.skip("faasbox doctor reports no memory limit on this machine")
+    template.deploy("t-allow", STATE, memory_mb=128, max_instances=5)
+    tpid = template.invoke("t-allow").json()["import_pid"]
+    with open(f"/proc/{tpid}/cgroup") as f:
+        path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
+    limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+    if not os.path.exists(limit):
+        limit = f"/sys/fs/cgroup{path}/memory.max"
+    with open(limit) as f:
+        # memory_mb + 4 MB for each child it may have at once (max_instances + 1 spare)
+        assert int(f.read()) == (128 + 4 * (5 + 1)) * 2**20

@@ -69,6 +69,16 @@ class Cgroup:
             self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
             self._write("cpu", "cpu.cfs_quota_us", str(quota or -1))
 
+    def raise_memory(self, memory_mb: int) -> None:
+        """Raise the memory limit to ``memory_mb`` (v1: the memory+swap limit first, which
+        must stay at or above the memory limit)."""
+        limit = str(memory_mb * 2**20)
+        if self.version == 2:
+            self._write("memory", "memory.max", limit)
+        else:
+            self._write("memory", "memory.memsw.limit_in_bytes", limit)
+            self._write("memory", "memory.limit_in_bytes", limit)
+
     def limits(self) -> tuple[int | None, float | None]:
         """``(memory MB, cpus)`` the kernel holds for this cgroup (None: no limit, or it
         cannot be read)."""

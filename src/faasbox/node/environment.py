@@ -142,12 +142,17 @@ class InstanceEnvironment:
         inst = Instance(function, version, spec, Path(), Path(), None, self.allocate_uid())
         inst.scratch = self.scratch_root / inst.id
         inst.output_path = self.output_root / f"{inst.id}.out"
-        if self.features.cgroup_dirs:
-            name = inst.id
-            if spec.service_group is not None and version > 0:
-                name = f"{group_cgroup_name(tenant_of(function), spec.service_group)}/{name}"
-            inst.cgroup = self.cgroup(name)
+        inst.cgroup = self.instance_cgroup(function, version, spec, inst.id)
         return inst
+
+    def instance_cgroup(self, function: str, version: int, spec: FunctionSpec,
+                        name: str) -> Cgroup | None:
+        """The cgroup of an instance (or a template's spare child) called ``name``."""
+        if not self.features.cgroup_dirs:
+            return None
+        if spec.service_group is not None and version > 0:
+            name = f"{group_cgroup_name(tenant_of(function), spec.service_group)}/{name}"
+        return self.cgroup(name)
 
     def network(self, spec: FunctionSpec) -> str:
         """The network an instance of ``spec`` gets here: none, egress or host."""
@@ -186,6 +191,12 @@ class InstanceEnvironment:
         """The pipe for a process's stdout and stderr, drained into ``path`` up to the cap."""
         sink = self.sinks[key] = OutputSink(path, self.features.output_cap)
         return sink
+
+    def rename_output(self, key: str, new_key: str) -> None:
+        """The sink of ``key`` is from now on ``new_key``'s (a spare handed to an instance)."""
+        sink = self.sinks.pop(key, None)
+        if sink is not None:
+            self.sinks[new_key] = sink
 
     def close_output(self, key: str) -> None:
         sink = self.sinks.pop(key, None)

@@ -78,6 +78,9 @@ class Instance:
         self.init_ms: float | None = None
         self.start_mode = "spawn"  # spawn, fork or template (node/startmode.py)
         self.start_fallback: str | None = None  # why a faster way was not used
+        # a template's child forked ahead of demand (node/starter.py): its id, which names its
+        # scratch dir and cgroup (None: forked or spawned for this instance)
+        self.spare: str | None = None
         self.peak_rss_mb: float = 0.0
         self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self.proc: Process | None = None
@@ -333,6 +336,7 @@ class Instance:
             "init_ms": None if self.init_ms is None else round(self.init_ms, 2),
             "start_mode": self.start_mode,
             "start_fallback": self.start_fallback,
+            "spare": self.spare,
             "memory_mb": self.memory_mb,
         }
 

@@ -15,6 +15,7 @@ from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
 from faasbox.node.starter import Starter
+from faasbox.node.zygote import in_thread
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,11 @@ INIT_TIMEOUT_S = 30.0
 
 class NodeService:
     def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int,
-                 start_mode: str = "auto") -> None:
+                 start_mode: str = "auto", template_spares: int = 1) -> None:
         self.features = features
         self.env = InstanceEnvironment(data_dir, features, uid_base)
         self.env.reset()
-        self.starter = Starter(self.env, startmode.check_mode(start_mode))
+        self.starter = Starter(self.env, startmode.check_mode(start_mode), template_spares)
         self._egress: dict[str, tuple[int, list[str]]] = {}  # instance id -> (slot, allow)
 
     async def start(
@@ -57,17 +58,24 @@ class NodeService:
         await inst.connect(inst.proc, parent)  # type: ignore[arg-type]
         if inst.state != "starting":
             raise errors.InstanceCrashed("the instance was stopped while it started")
-        await inst.expect("hello", HELLO_TIMEOUT_S)
         # The sandbox closes around the process before it loads any user code (a template's
-        # child has the module imported already, but runs none of it before ``load``).
-        if inst.cgroup is not None:
-            inst.cgroup.add(inst.pid)  # type: ignore[arg-type]
+        # child has the module imported already, but runs none of it before ``load``). A
+        # template's spare said hello and was put in its cgroup before it was handed out.
+        if inst.spare is None:
+            await inst.expect("hello", HELLO_TIMEOUT_S)
+            if inst.cgroup is not None:
+                # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
+                await in_thread(inst.cgroup.add, inst.pid)
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
             slot = network.slot_of(inst.uid, self.env.uid_base)
             self._egress[inst.id] = (slot, list(inst.spec.network_allow))
             await network.attach(inst.pid, slot, list(inst.spec.network_allow))  # type: ignore[arg-type]
-        inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
+        try:
+            inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
+        except RuntimeError:  # the transport closed: the process died after its hello
+            raise errors.InitError("the instance died before it could load the function",
+                                   output=inst.output_tail() or None) from None
         try:
             reply = await inst.expect("ready", INIT_TIMEOUT_S)
         except errors.InvocationError as exc:
@@ -80,6 +88,7 @@ class NodeService:
             )
         inst.init_ms = reply.get("init_ms")
         inst.state = "idle"
+        self.starter.started(inst)
 
     async def close(self) -> None:
         """Retire the fork server and the templates (instances are stopped by their owner)."""

@@ -76,6 +76,19 @@ async def _end_started(started: asyncio.Future[subprocess.Popen[bytes]]) -> None
     await asyncio.get_running_loop().run_in_executor(None, popen.wait)
 
 
+async def in_thread(fn: Callable[..., object], *args: object) -> None:
+    """``fn(*args)`` in a thread, off the event loop (cgroup directories and moves: the kernel
+    takes its time). If the caller is cancelled meanwhile, this waits for the thread to finish
+    before the cancellation goes on, so that cleanup never races with it."""
+    done = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(done)
+        raise
+
+
 class ForkedProcess:
     """A process a zygote forked: not the node's child, so its exit code comes from the
     zygote (None when the zygote died before it could report it)."""
