@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 class Outcome:
     record: InvocationRecord
     payload: bytes  # result JSON when the record's status is succeeded
-    kept: Awaitable[None] | None = None  # the record's commit, when the caller awaits it
 
 
 _ids = threading.local()
@@ -75,8 +74,8 @@ class Invoker:
     async def invoke(
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
-        on_start: Callable[[Instance], None] | None = None, wait_record: bool = True,
-        interruptible: bool = False, write_record: bool = True,
+        on_start: Callable[[Instance], None] | None = None, interruptible: bool = False,
+        write_record: bool = True,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
@@ -91,15 +90,14 @@ class Invoker:
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start,
-                                      wait_record and write_record, interruptible,
-                                      write_record)
+                                      interruptible, write_record)
         finally:
             self.admission.leave(row.function)
 
     async def _invoke(
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
-        wait_record: bool, interruptible: bool = False, write_record: bool = True,
+        interruptible: bool = False, write_record: bool = True,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -131,7 +129,7 @@ class Invoker:
         else:
             finished = extra or {}
         return await self._run(row, payload, record, inst, cold, request_id, extra,
-                               on_start, wait_record, finished, t0, interruptible, write_record)
+                               on_start, finished, t0, interruptible, write_record)
 
     def _release(self, inst: Instance, interruptible: bool) -> None:
         if interruptible:  # first: the slot may go to a sync caller at once
@@ -141,7 +139,7 @@ class Invoker:
     async def _run(
         self, row: VersionRow, payload: bytes, record: InvocationRecord, inst: Instance,
         cold: bool, request_id: str, extra: dict[str, Any] | None,
-        on_start: Callable[[Instance], None] | None, wait_record: bool,
+        on_start: Callable[[Instance], None] | None,
         finished: dict[str, Any], t0: float, interruptible: bool, write_record: bool,
     ) -> Outcome:
         spec = row.spec
@@ -172,10 +170,10 @@ class Invoker:
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)
         kept = self._finish(record, result.duration_ms, write_record)
-        if wait_record and kept is not None:
+        if kept is not None:
             await kept  # no call is reported succeeded without its record (503 if it failed)
         await self.events.publish(InvocationFinished(row, record, result.payload, finished))
-        return Outcome(record, result.payload, None if wait_record else kept)
+        return Outcome(record, result.payload)
 
     def _fail(self, record: InvocationRecord, exc: errors.FaasboxError, duration_ms: float,
               write_record: bool = True) -> None:

@@ -9,17 +9,15 @@ import fcntl
 import logging
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from faasbox import background, errors
 from faasbox.autoscaler import ScalerConfig, make_policy
 from faasbox.clock import Clock, SystemClock
 from faasbox.cluster import Cluster
-from faasbox.codestore import CodeStore, zip_folder
+from faasbox.codestore import CodeStore
 from faasbox.config import Settings
 from faasbox.delivery.destinations import DestinationService
 from faasbox.delivery.operations import TaskOperations
@@ -51,8 +49,7 @@ from faasbox.node.builds import BuildSandbox
 from faasbox.registry import Registry
 from faasbox.resources import Node, ResourceManager
 from faasbox.scheduler import InstancePools, ScalingLoop, Scheduler
-from faasbox.spec import FunctionSpec, validate_spec, validation_text
-from faasbox.stack import StackItem, load_stack, load_workflows
+from faasbox.spec import FunctionSpec
 from faasbox.store import SqlStore
 from faasbox.store.queue import TaskRow
 from faasbox.store.relational.cluster import SqlClusterStore
@@ -65,9 +62,8 @@ from faasbox.store.url import database_for
 from faasbox.tenancy.admission import Admission
 from faasbox.tenancy.groups import ServiceGroups
 from faasbox.tenancy.model import EffectiveLimits, Principal
-from faasbox.tenancy.names import DEFAULT_TENANT, qualify, tenant_of
+from faasbox.tenancy.names import qualify, tenant_of
 from faasbox.tenancy.service import Tenancy
-from faasbox.triggers.cron import TriggerSpec, check_trigger_name
 from faasbox.triggers.jobs import JobService
 from faasbox.triggers.service import TriggerService
 
@@ -389,88 +385,6 @@ class Platform:
             raise errors.Unavailable(
                 f"another faasbox server is using {self.settings.data}") from None
         self._lock_fd = fd
-
-    async def deploy_stack(self, path: Path) -> list[str]:
-        """Deploy every function of a stack file (``faasbox server --deploy``).
-
-        A function that cannot be deployed (its requirements do not install, it does not load,
-        a bad spec or trigger) is logged as one line and the others are deployed; a function
-        whose code and spec equal its latest version's keeps that version. Returns a line per
-        function and trigger deployed.
-        """
-        done: list[str] = []
-        problems: list[tuple[str, str]] = []
-        try:
-            items = load_stack(path, problems)
-        except errors.FaasboxError as exc:
-            log.error("cannot deploy the stack %s: %s", path, one_line(exc.message))
-            return done
-        for name, message in problems:
-            log.error("cannot deploy %s: %s", name, one_line(message))
-        for item in items:
-            try:
-                done += await self._deploy_item(item)
-            except Exception as exc:  # one function's failure must not stop the server
-                message = exc.message if isinstance(exc, errors.FaasboxError) else str(exc)
-                log.error("cannot deploy %s: %s", item.name, one_line(message))
-                log.debug("the deploy of %s failed", item.name, exc_info=True)
-        done += await self._deploy_workflows(path)
-        return done
-
-    async def _deploy_workflows(self, path: Path) -> list[str]:
-        from faasbox.delivery.workflows import parse_spec
-        from faasbox.spec import check_name
-
-        done: list[str] = []
-        try:
-            flows = load_workflows(path)
-        except errors.FaasboxError as exc:
-            log.error("cannot deploy the workflows of %s: %s", path, exc.message)
-            return done
-        for name, body in flows.items():
-            try:
-                spec = parse_spec(body)
-                await self.delivery_store.put_definition(
-                    qualify(DEFAULT_TENANT, check_name(name)), spec.model_dump(),
-                    self.clock.now())
-                done.append(f"deployed workflow {name}")
-            except errors.FaasboxError as exc:
-                log.error("cannot deploy workflow %s: %s", name, one_line(exc.message))
-        return done
-
-    async def _deploy_item(self, item: StackItem) -> list[str]:
-        spec = validate_spec(item.spec)
-        triggers = {name: _trigger_spec(name, body) for name, body in item.triggers.items()}
-        function = qualify(DEFAULT_TENANT, item.name)
-        await self.check_deploy(function, spec)
-        result = await self.registry.deploy(function, spec, zip_folder(item.path))
-        version = result.version.version
-        done = [f"{item.name} unchanged (v{version})" if result.unchanged
-                else f"deployed {item.name} v{version}"]
-        for name, tspec in triggers.items():
-            await self.triggers.put(function, name, tspec, create_only=False)
-            done.append(f"deployed {item.name} trigger {name} ({tspec.cron})")
-        return done
-
-
-def _trigger_spec(name: str, body: dict[str, Any]) -> TriggerSpec:
-    try:
-        check_trigger_name(name)
-        return TriggerSpec(**body)
-    except ValidationError as exc:
-        raise errors.InvalidSpec(f"trigger {name!r}: {validation_text(exc)}") from None
-    except ValueError as exc:
-        raise errors.InvalidSpec(f"trigger {name!r}: {exc}") from None
-
-
-def one_line(message: str) -> str:
-    """A multi-line error message (pip's output) as one line: its first line and its last
-    ``ERROR:`` line (or its last line)."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else message
-    errors_ = [ln for ln in lines[1:] if ln.startswith("ERROR:")]
-    return f"{lines[0].rstrip(':')}: {(errors_ or lines)[-1]}"
 
 
 def scaling_options(settings: Settings) -> dict[str, Any]:

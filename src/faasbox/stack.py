@@ -1,4 +1,5 @@
-"""The stack file (``faasbox.yaml``): several functions deployed at once.
+"""The stack file (``faasbox.yaml``): several functions deployed at once
+(:func:`deploy_stack`, ``faasbox server --deploy``).
 
 ::
 
@@ -17,13 +18,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import ValidationError
 
 from faasbox import errors
+from faasbox.codestore import zip_folder
+from faasbox.spec import validate_spec, validation_text
+from faasbox.tenancy.names import DEFAULT_TENANT, qualify
+from faasbox.triggers.cron import TriggerSpec, check_trigger_name
+
+if TYPE_CHECKING:
+    from faasbox.platform import Platform
+
+log = logging.getLogger(__name__)
 
 ALIASES = {"memory": "memory_mb", "timeout": "timeout_s", "min": "min_instances",
            "max": "max_instances", "idle_ttl": "idle_ttl_s"}
@@ -89,3 +101,87 @@ def _item(path: Path, name: str, body: Any) -> StackItem:
         raise errors.InvalidSpec(f"{path}: function {name!r}: triggers must map each"
                                  " trigger name to its settings")
     return StackItem(name, folder, body, {str(k): v for k, v in triggers.items()})
+
+
+# -- deploying a stack ------------------------------------------------------------------
+async def deploy_stack(platform: Platform, path: Path) -> list[str]:
+    """Deploy every function of a stack file (``faasbox server --deploy``).
+
+    A function that cannot be deployed (its requirements do not install, it does not load,
+    a bad spec or trigger) is logged as one line and the others are deployed; a function
+    whose code and spec equal its latest version's keeps that version. Returns a line per
+    function and trigger deployed.
+    """
+    done: list[str] = []
+    problems: list[tuple[str, str]] = []
+    try:
+        items = load_stack(path, problems)
+    except errors.FaasboxError as exc:
+        log.error("cannot deploy the stack %s: %s", path, one_line(exc.message))
+        return done
+    for name, message in problems:
+        log.error("cannot deploy %s: %s", name, one_line(message))
+    for item in items:
+        try:
+            done += await _deploy_item(platform, item)
+        except Exception as exc:  # one function's failure must not stop the server
+            message = exc.message if isinstance(exc, errors.FaasboxError) else str(exc)
+            log.error("cannot deploy %s: %s", item.name, one_line(message))
+            log.debug("the deploy of %s failed", item.name, exc_info=True)
+    done += await _deploy_workflows(platform, path)
+    return done
+
+async def _deploy_workflows(platform: Platform, path: Path) -> list[str]:
+    from faasbox.delivery.workflows import parse_spec
+    from faasbox.spec import check_name
+
+    done: list[str] = []
+    try:
+        flows = load_workflows(path)
+    except errors.FaasboxError as exc:
+        log.error("cannot deploy the workflows of %s: %s", path, exc.message)
+        return done
+    for name, body in flows.items():
+        try:
+            spec = parse_spec(body)
+            await platform.delivery_store.put_definition(
+                qualify(DEFAULT_TENANT, check_name(name)), spec.model_dump(),
+                platform.clock.now())
+            done.append(f"deployed workflow {name}")
+        except errors.FaasboxError as exc:
+            log.error("cannot deploy workflow %s: %s", name, one_line(exc.message))
+    return done
+
+async def _deploy_item(platform: Platform, item: StackItem) -> list[str]:
+    spec = validate_spec(item.spec)
+    triggers = {name: _trigger_spec(name, body) for name, body in item.triggers.items()}
+    function = qualify(DEFAULT_TENANT, item.name)
+    await platform.check_deploy(function, spec)
+    result = await platform.registry.deploy(function, spec, zip_folder(item.path))
+    version = result.version.version
+    done = [f"{item.name} unchanged (v{version})" if result.unchanged
+            else f"deployed {item.name} v{version}"]
+    for name, tspec in triggers.items():
+        await platform.triggers.put(function, name, tspec, create_only=False)
+        done.append(f"deployed {item.name} trigger {name} ({tspec.cron})")
+    return done
+
+
+def _trigger_spec(name: str, body: dict[str, Any]) -> TriggerSpec:
+    try:
+        check_trigger_name(name)
+        return TriggerSpec(**body)
+    except ValidationError as exc:
+        raise errors.InvalidSpec(f"trigger {name!r}: {validation_text(exc)}") from None
+    except ValueError as exc:
+        raise errors.InvalidSpec(f"trigger {name!r}: {exc}") from None
+
+
+def one_line(message: str) -> str:
+    """A multi-line error message (pip's output) as one line: its first line and its last
+    ``ERROR:`` line (or its last line)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    errors_ = [ln for ln in lines[1:] if ln.startswith("ERROR:")]
+    return f"{lines[0].rstrip(':')}: {(errors_ or lines)[-1]}"

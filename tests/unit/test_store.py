@@ -125,7 +125,7 @@ def test_leasing_walks_the_priority_index_without_sorting_the_backlog(tmp_path: 
     """Without statistics SQLite would pick the (function, run_at) index and sort the whole
     backlog on every lease (3 ms for 10,000 queued tasks, all on the writer thread)."""
     from faasbox.store.database import Dialect
-    from faasbox.store.relational.queue import lease_sql
+    from faasbox.store.relational.tasks import lease_sql
 
     conn = sqlite3.connect(tmp_path / "q.db")
     migrate(conn)

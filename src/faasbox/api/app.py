@@ -28,6 +28,7 @@ from faasbox.api.auth import AuthMiddleware, Gate, is_loopback
 from faasbox.api.body import check_json_routes
 from faasbox.api.fast import FaasboxApp, FastInvoke
 from faasbox.platform import Platform
+from faasbox.stack import deploy_stack
 from faasbox.ui import app as ui
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await platform.start()
         if deploy is not None:
-            for line in await platform.deploy_stack(deploy):  # failures are logged there
+            for line in await deploy_stack(platform, deploy):  # failures are logged there
                 log.info("%s", line)
         try:
             yield

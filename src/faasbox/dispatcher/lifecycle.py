@@ -111,7 +111,7 @@ class TaskLifecycle:
         while held and started < most:
             task, done, cost_mb, since = held.popleft()
             if self.clock.monotonic() - since > AHEAD_MAX_WAIT_S:
-                self._spawn(self._give_back(task, done), task)
+                self._spawn(self._give_back(task, done))
                 continue
             self.start(task, done, cost_mb)
             started += 1
@@ -122,13 +122,13 @@ class TaskLifecycle:
     def release_held(self, function: str) -> None:
         """Give the held tasks of ``function`` back to the queue (its queue was paused)."""
         for task, done, _, _ in self.ahead.pop(function, ()):
-            self._spawn(self._give_back(task, done), task)
+            self._spawn(self._give_back(task, done))
 
     async def settle_held(self) -> None:
         """Wait until the held tasks given back are back in the queue."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _spawn(self, work: Awaitable[None], task: TaskRow) -> None:
+    def _spawn(self, work: Awaitable[None]) -> None:
         job = asyncio.ensure_future(work)
         self._background.add(job)
         job.add_done_callback(self._background.discard)

@@ -14,12 +14,8 @@ then says the same things to the instance (hello, cgroup, load, ready) as to a s
   retired template exits once its last instance has. A version whose template is refused
   (module-level code started threads or left sockets open, the function failed to load, it
   provides a module the fork server preloaded) is not tried again.
-- A ready template keeps up to ``spares`` (``FAASBOX_TEMPLATE_SPARES``) **spare children**
-  forked ahead of demand: confined, in a cgroup of their own with the version's limit, their
-  ``hello`` received; a cold start of that version takes one (it only needs its ``load``),
-  and a new one is forked in the background. A spare belongs to its template (one function
-  version, so one tenant, under the template's uid); one that died while waiting is dropped,
-  never handed out. Spares go with their template.
+- A ready template keeps **spare children** forked ahead of demand (node/spares.py): a cold
+  start of that version takes one, which only needs its ``load``.
 """
 
 from __future__ import annotations
@@ -31,41 +27,31 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from faasbox import errors
 from faasbox.node import network, startmode
 from faasbox.node.cgroups import Cgroup
 from faasbox.node.environment import RUNTIME_ENV, InstanceEnvironment
 from faasbox.node.instance import Instance
+from faasbox.node.spares import HELLO_TIMEOUT_S, SPARE_DELAY_S, Spare, Spares
 from faasbox.node.zygote import (
     ForkedProcess,
-    SpawnedProcess,
     Zygote,
-    in_thread,
-    parent_and_uid,
-    popen_in_thread,
+    is_child_of,
+    spawn,
     start_fork_server,
 )
-from faasbox.runtime import protocol
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_IDLE_S = 600.0
 FORKSERVER_RETRY_S = 30.0
-HELLO_TIMEOUT_S = 10.0
 INIT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
-# a spare is forked this long after the cold start that took one is ready (or the template
-# is), so that its fork and confinement do not compete for the CPU with that cold start
-SPARE_DELAY_S = 0.05
 # What a template's child copies between its fork and its move into its own cgroup (the
 # at-fork hooks, confinement, hello: faasbox's code, no user code) stays charged to the
 # template's cgroup, as neither cgroup version moves charges: the template's limit allows
@@ -80,19 +66,6 @@ class Refused(Exception):
 
 
 @dataclass(eq=False)
-class Spare:
-    """A child forked from a template before any cold start asked for it: confined, in its
-    own cgroup, its hello received; it waits for its ``load``."""
-
-    id: str
-    scratch: Path
-    output_path: Path
-    cgroup: Cgroup | None
-    proc: ForkedProcess | None = None
-    sock: socket.socket | None = None
-
-
-@dataclass(eq=False)
 class Template:
     key: Key
     id: str
@@ -101,7 +74,7 @@ class Template:
     output_path: Path
     cgroup: Cgroup | None
     spec: FunctionSpec | None = None
-    spares: list[Spare] = field(default_factory=list)
+    spares: list[Spare] = field(default_factory=list)  # node/spares.py
     filling: int = 0  # spares being forked
     retired: bool = False
     zygote: Zygote | None = None
@@ -116,7 +89,7 @@ class Starter:
     def __init__(self, env: InstanceEnvironment, mode: str, spares: int = 1) -> None:
         self.env = env
         self.mode = mode
-        self.spares = max(0, spares)  # spare children per ready template
+        self.spares = Spares(env, max(0, spares), self._fork_child, self._spawn_task)
         self._forkserver: Zygote | None = None
         self._forkserver_task: asyncio.Task[Zygote] | None = None
         self._forkserver_failed_at: float | None = None
@@ -145,7 +118,7 @@ class Starter:
     async def _try(self, way: str, inst: Instance, paths: list[str],
                    notes: list[str]) -> socket.socket | None:
         if way == startmode.SPAWN:
-            return await self._spawn(inst, paths)
+            return await spawn(self.env, inst, paths)
         if way == startmode.FORK:
             forkserver = await self._fork_server()
             clash = self._shadowed(paths, forkserver)
@@ -157,7 +130,7 @@ class Starter:
         if template is None:
             return None
         try:
-            sock = self._take_spare(inst, template)
+            sock = self.spares.take(inst, template)
             if sock is None:
                 sock = await self._fork_template(inst, template)
         except errors.Unavailable:
@@ -171,35 +144,7 @@ class Starter:
         if inst.start_mode == startmode.TEMPLATE:
             template = _made(self._templates.get((inst.function, inst.version)))
             if template is not None:
-                asyncio.get_running_loop().call_later(SPARE_DELAY_S, self._refill, template)
-
-    async def _spawn(self, inst: Instance, paths: list[str]) -> socket.socket:
-        """Start the instance as a new interpreter; returns the node's end of its socket. It
-        starts as the server's user and confines itself (runtime/confine.py) before it says
-        hello: namespaces, mounts, its uid, no_new_privs, seccomp."""
-        self.env.prepare(inst)
-        env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
-        plan = self.env.plan(inst.spec, inst.uid, inst.scratch, paths)
-        sink = self.env.output(inst.id, inst.output_path)
-        parent, child = socket.socketpair()
-        try:
-            proc = await popen_in_thread(lambda: (
-                subprocess.Popen(
-                    [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno()),
-                     orjson.dumps(plan).decode()],
-                    stdin=subprocess.DEVNULL, stdout=sink.write_fd, stderr=subprocess.STDOUT,
-                    pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
-                    process_group=0,
-                )))
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-            sink.start()
-        inst.proc = SpawnedProcess(proc)
-        inst.start_mode = startmode.SPAWN
-        return parent
+                asyncio.get_running_loop().call_later(SPARE_DELAY_S, self.spares.refill, template)
 
     async def _fork(self, inst: Instance, zygote: Zygote, paths: list[str],
                     template: bool = False) -> socket.socket:
@@ -239,7 +184,7 @@ class Starter:
         inst.uid = template.uid
         try:
             sock = await self._fork(inst, template.zygote, [], template=True)
-            if not self._is_child(template, inst.pid):
+            if not is_child_of(template.zygote, template.uid, inst.pid):
                 # a template runs user code: never act on a pid it names without checking
                 sock.close()
                 if isinstance(inst.proc, ForkedProcess):
@@ -259,112 +204,6 @@ class Starter:
         template.last_used = asyncio.get_running_loop().time()
         template.forks += 1
         return sock
-
-    @staticmethod
-    def _is_child(template: Template, pid: int | None) -> bool:
-        """``pid`` is the template's child under its uid (a template runs user code: never
-        act on a pid it names without checking)."""
-        assert template.zygote is not None
-        expected = (template.zygote.pid, os.getuid() if template.uid is None else template.uid)
-        return parent_and_uid(pid or -1) == expected
-
-    # -- spare children of templates ----------------------------------------------------------
-    def _take_spare(self, inst: Instance, template: Template) -> socket.socket | None:
-        """Give ``inst`` a live spare of ``template`` (None: none is left); dead ones are
-        dropped on the way."""
-        while template.spares:
-            spare = template.spares.pop(0)
-            if spare.proc is None or spare.sock is None or not spare.proc.running():
-                log.info("spare %s of template %s died while waiting; dropped", spare.id,
-                         template.id)
-                self._drop_spare(spare)
-                continue
-            if inst.uid is not None:
-                self.env.release_uid(inst.uid)
-            inst.uid = template.uid
-            inst.scratch, inst.output_path = spare.scratch, spare.output_path
-            inst.cgroup = spare.cgroup
-            self.env.rename_output(spare.id, inst.id)
-            inst.proc = spare.proc
-            inst.start_mode = startmode.TEMPLATE
-            inst.spare = spare.id
-            template.last_used = asyncio.get_running_loop().time()
-            template.forks += 1
-            return spare.sock
-        return None
-
-    def _refill(self, template: Template) -> None:
-        """Fork spares in the background until ``template`` has ``self.spares``."""
-        missing = self.spares - len(template.spares) - template.filling
-        for _ in range(missing if template.spec is not None and not template.retired else 0):
-            template.filling += 1
-            self._spawn_task(self._fill(template))
-
-    async def _fill(self, template: Template) -> None:
-        try:
-            spare = await self._make_spare(template)
-        except (errors.Unavailable, OSError) as exc:
-            log.warning("cannot fork a spare of template %s: %s", template.id, exc)
-            return
-        finally:
-            template.filling -= 1
-        if template.retired or template.zygote is None or not template.zygote.alive:
-            self._drop_spare(spare)
-            return
-        template.spares.append(spare)
-
-    async def _make_spare(self, template: Template) -> Spare:
-        """Fork a child of ``template``, check it is the template's, take its hello and put
-        it in a cgroup of its own: what a cold start would do before ``load``."""
-        assert template.zygote is not None and template.spec is not None
-        function, version = template.key
-        sid = f"{template.id}-s{os.urandom(3).hex()}"
-        spare = Spare(sid, self.env.scratch_root / sid, self.env.output_root / f"{sid}.out",
-                      self.env.instance_cgroup(function, version, template.spec, sid))
-        try:
-            await in_thread(self._prepare_spare, spare, template.uid, template.spec.memory_mb)
-            env = self.env.variables(function, version, template.spec, spare.scratch)
-            spare.proc, spare.sock = await self._fork_child(
-                template.zygote, sid, template.uid, spare.scratch, spare.output_path, env,
-                {"uid": template.uid, "scratch": str(spare.scratch)})
-            if not self._is_child(template, spare.proc.pid):
-                raise errors.Unavailable("the template named a process that is not its child")
-            hello = await _read_frame(spare.sock, HELLO_TIMEOUT_S)
-            if hello.get("t") != "hello":
-                raise errors.Unavailable(f"a spare sent {str(hello.get('t'))[:40]!r}, not hello")
-            if spare.cgroup is not None:
-                await in_thread(spare.cgroup.add, spare.proc.pid)
-        except BaseException:
-            self._drop_spare(spare)
-            raise
-        return spare
-
-    @staticmethod
-    def _prepare_spare(spare: Spare, uid: int | None, memory_mb: int) -> None:
-        spare.scratch.mkdir(mode=0o700)
-        if uid is not None:
-            os.chown(spare.scratch, uid, uid)
-        if spare.cgroup is not None:
-            spare.cgroup.create(memory_mb)
-
-    def _drop_spare(self, spare: Spare) -> None:
-        """Kill a spare and remove what it had (its scratch goes when the template reaps it)."""
-        if spare.sock is not None:
-            spare.sock.close()
-        if spare.proc is not None:
-            spare.proc.kill()
-            spare.proc.close()
-        self.env.close_output(spare.id)
-        with contextlib.suppress(OSError):
-            spare.output_path.unlink()
-        if spare.cgroup is not None:
-            self._spawn_task(spare.cgroup.destroy())
-        shutil.rmtree(spare.scratch, ignore_errors=True)
-
-    def _drop_spares(self, template: Template) -> None:
-        spares, template.spares = template.spares, []
-        for spare in spares:
-            self._drop_spare(spare)
 
     def _shadowed(self, paths: list[str], forkserver: Zygote) -> str | None:
         key = tuple(paths)
@@ -509,7 +348,7 @@ class Starter:
                 # the import ran under memory_mb; from now on the template only forks, and
                 # what its children copy before their move is charged here
                 template.cgroup.raise_memory(
-                    spec.memory_mb + CHILD_CHARGE_MB * (spec.max_instances + self.spares))
+                    spec.memory_mb + CHILD_CHARGE_MB * (spec.max_instances + self.spares.count))
         except BaseException:
             if parent is not None:
                 parent.close()
@@ -524,7 +363,7 @@ class Starter:
         template.spec = spec
         self._arm(template)
         # the first spare after the cold start that may be waiting for this template
-        asyncio.get_running_loop().call_later(SPARE_DELAY_S, self._refill, template)
+        asyncio.get_running_loop().call_later(SPARE_DELAY_S, self.spares.refill, template)
         return template
 
     def _arm(self, template: Template, delay: float = TEMPLATE_IDLE_S) -> None:
@@ -540,7 +379,7 @@ class Starter:
 
     def _retire(self, template: Template) -> None:
         template.retired = True
-        self._drop_spares(template)  # the template exits once its last child has
+        self.spares.drop_all(template)  # the template exits once its last child has
         if _made(self._templates.get(template.key)) is template:
             del self._templates[template.key]
         if template.timer is not None:
@@ -560,7 +399,7 @@ class Starter:
 
     def _cleanup(self, template: Template) -> None:
         template.retired = True
-        self._drop_spares(template)
+        self.spares.drop_all(template)
         if template.cgroup is not None:
             template.cgroup.kill_all()
             if not template.cgroup.remove():
@@ -623,31 +462,6 @@ class Starter:
                 await asyncio.wait_for(self._forkserver.gone.wait(), CLOSE_TIMEOUT_S)
         if watchers:
             await asyncio.wait(watchers, timeout=CLOSE_TIMEOUT_S)
-
-
-async def _read_frame(sock: socket.socket, timeout: float) -> dict[str, Any]:
-    """One frame's header from a child's socket (the spare's hello); raises Unavailable."""
-    loop = asyncio.get_running_loop()
-    sock.setblocking(False)
-
-    async def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            got = await loop.sock_recv(sock, n - len(data))
-            if not got:
-                raise errors.Unavailable("the spare closed its socket")
-            data += got
-        return data
-
-    try:
-        async with asyncio.timeout(timeout):
-            body = await exactly(protocol.parse_length(await exactly(4), 2**16))
-        header, _ = protocol.unpack(body)
-    except TimeoutError:
-        raise errors.Unavailable(f"a spare sent no hello within {timeout:g} s") from None
-    except protocol.ProtocolError as exc:
-        raise errors.Unavailable(f"a spare broke the protocol: {exc}") from None
-    return header
 
 
 def _made(task: asyncio.Task[Template | None] | None) -> Template | None:

@@ -6,6 +6,8 @@ reaped, so it names that process and no other); the node watches the pidfd for t
 the zygote, which is the parent and reaps the child, reports the exit code. A template runs
 user code, so the node checks that a pidfd it is handed refers to the pid named and that this
 is the zygote's child before it keeps or signals it.
+
+:func:`spawn` is the other way an instance gets its process: a new interpreter.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from faasbox import errors
+from faasbox.node.startmode import SPAWN
 from faasbox.runtime.zygote import receive, send
+
+if TYPE_CHECKING:
+    from faasbox.node.environment import InstanceEnvironment
+    from faasbox.node.instance import Instance
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,36 @@ async def popen_in_thread(
     except asyncio.CancelledError:
         await asyncio.shield(asyncio.ensure_future(_end_started(started)))
         raise
+
+
+async def spawn(environment: InstanceEnvironment, inst: Instance,
+                paths: list[str]) -> socket.socket:
+    """Start the instance as a new interpreter; returns the node's end of its socket. It
+    starts as the server's user and confines itself (runtime/confine.py) before it says
+    hello: namespaces, mounts, its uid, no_new_privs, seccomp."""
+    environment.prepare(inst)
+    env = environment.variables(inst.function, inst.version, inst.spec, inst.scratch)
+    plan = environment.plan(inst.spec, inst.uid, inst.scratch, paths)
+    sink = environment.output(inst.id, inst.output_path)
+    parent, child = socket.socketpair()
+    try:
+        proc = await popen_in_thread(lambda: (
+            subprocess.Popen(
+                [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno()),
+                 orjson.dumps(plan).decode()],
+                stdin=subprocess.DEVNULL, stdout=sink.write_fd, stderr=subprocess.STDOUT,
+                pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+                process_group=0,
+            )))
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+        sink.start()
+    inst.proc = SpawnedProcess(proc)
+    inst.start_mode = SPAWN
+    return parent
 
 
 async def _end_started(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
@@ -314,6 +353,14 @@ async def start_fork_server(output_path: Path, env: dict[str, str]) -> Zygote:
         raise
     zygote.modules = frozenset(hello.get("modules", ()))
     return zygote
+
+
+def is_child_of(zygote: Zygote | None, uid: int | None, pid: int | None) -> bool:
+    """``pid`` is a child of ``zygote`` running under ``uid`` (None: the server's). A template
+    runs user code: the node never acts on a pid it names without checking this."""
+    assert zygote is not None
+    expected = (zygote.pid, os.getuid() if uid is None else uid)
+    return parent_and_uid(pid or -1) == expected
 
 
 def pidfd_pid(pidfd: int) -> int | None:

@@ -80,12 +80,13 @@ class Store(abc.ABC):
     async def open(self) -> None:
         """Connect and bring the schema up to date."""
 
+    @abc.abstractmethod
     async def put_code(self, sha: str, data: bytes, now: float) -> None:
         """Keep a code package (a zip whose tree hashes to ``sha``), once per ``sha``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def get_code(self, sha: str) -> bytes | None:
-        raise NotImplementedError
+        """The code package kept for ``sha``, or None."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -224,8 +224,7 @@ class Database(abc.ABC):
             writer.lock.release()
         if writer.checkpoint_due:
             writer.put(_CHECKPOINT)
-        _settle_all([(fut, ok, value)
-                     for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)])
+        _settle_all(_settled(batch, outcomes))
 
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:
@@ -329,9 +328,8 @@ class _Writer(threading.Thread):
                 if self.checkpoint_due:
                     self._checkpoint()
                 self.done_items += taken
-            settled = [(fut, ok, value)
-                       for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)]
-            self.loop.call_soon_threadsafe(_settle_all, settled)  # one wakeup for the group
+            # one wakeup for the group
+            self.loop.call_soon_threadsafe(_settle_all, _settled(batch, outcomes))
 
     def _connection(self) -> Any:
         if self.db.broken(self.conn):
@@ -419,6 +417,11 @@ class _Writer(threading.Thread):
         if self.commits % CHECKPOINT_EVERY == 0:
             self.checkpoint_due = True  # by the writer thread, between groups
         return outcomes
+
+
+def _settled(batch: list[Write], outcomes: list[tuple[bool, Any]],
+             ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    return [(fut, ok, value) for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)]
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import orjson
-
 from faasbox.store.base import InvocationRecord
-from faasbox.store.database import Conn, Dialect, Row
+from faasbox.store.database import Conn
 from faasbox.store.queue import Failure, NewTask, TaskFilter, TaskPolicy, TaskQueue, TaskRow
 from faasbox.store.relational.functions import (
     INSERT_RECORD,
@@ -22,101 +20,15 @@ from faasbox.store.relational.functions import (
     tenant_range,
     where_clause,
 )
-
-_COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
-# the same columns with the event left out (listings of many tasks)
-_LIGHT = _COLUMNS.replace("event,", "x'' AS event,")
-_RUNNABLE = "('queued', 'retry_wait')"
-
-
-def _row(r: Row) -> TaskRow:
-    task = TaskRow(*r)
-    task.invocation_ids = orjson.loads(r["invocation_ids"])
-    task.cancel_requested = bool(task.cancel_requested)
-    return task
-
-
-def insert_tasks(
-    conn: Conn, function: str, tasks: list[NewTask], version: int | None,
-    policy: TaskPolicy, now: float, dedup_window_s: float,
-) -> list[tuple[TaskRow, bool]]:
-    """Insert tasks inside the caller's transaction, deduplicating by idempotency key."""
-    out: list[tuple[TaskRow, bool]] = []
-    for t in tasks:
-        run_at = now if t.run_at is None else max(now, t.run_at)
-        expires = run_at + policy.max_event_age_s
-        if t.idempotency_key is not None:
-            seen = conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE function = ?"
-                " AND idempotency_key = ?", (function, t.idempotency_key)).fetchone()
-            if seen is not None and seen["created_at"] > now - dedup_window_s:
-                out.append((_row(seen), False))
-                continue
-            if seen is not None:  # outside the window: the key is free again
-                conn.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?",
-                             (seen["id"],))
-        row = TaskRow(
-            id=t.id, function=function, version=version,
-            status="held" if t.held else "queued",
-            event=t.event, idempotency_key=t.idempotency_key, attempts=0,
-            max_attempts=policy.max_attempts, created_at=now, run_at=run_at,
-            expires_at=expires, trace_id=t.trace_id, source=t.source, job_id=t.job_id,
-            shard_index=t.shard_index, shard_count=t.shard_count,
-            trigger_name=t.trigger_name, priority=t.priority, redrive_of=t.redrive_of,
-            workflow_id=t.workflow_id, workflow_step=t.workflow_step)
-        # another server may insert the same key meanwhile: its row wins, as if seen
-        made = conn.execute(
-            "INSERT INTO tasks (id, function, version, status, event, idempotency_key,"
-            " max_attempts, created_at, run_at, expires_at, trace_id, source, job_id,"
-            " shard_index, shard_count, trigger_name, priority, redrive_of, workflow_id,"
-            " workflow_step)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL"
-            " DO NOTHING",
-            (row.id, function, version, row.status, row.event, row.idempotency_key,
-             row.max_attempts, now, run_at, expires, row.trace_id, row.source, row.job_id,
-             row.shard_index, row.shard_count, row.trigger_name, row.priority,
-             row.redrive_of, row.workflow_id, row.workflow_step)).rowcount
-        if not made:
-            winner = conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE function = ? AND idempotency_key = ?",
-                (function, t.idempotency_key)).fetchone()
-            out.append((_row(winner), False))
-            continue
-        out.append((row, True))
-    return out
-
-
-def _filter(where: TaskFilter) -> tuple[str, list[Any]]:
-    """A WHERE clause (never empty: later conditions are ANDed to it) for a task filter."""
-    ids = where.ids
-    statuses = where.statuses
-    clause, args = where_clause(
-        ("function = ?", where.function),
-        ("COALESCE(finished_at, created_at) >= ?", where.since),
-        ("COALESCE(finished_at, created_at) < ?", where.before),
-        *tenant_range("function", where.tenant))
-    extra = []
-    if statuses:
-        extra.append(f"status IN ({', '.join('?' * len(statuses))})")
-        args += list(statuses)
-    if ids is not None:
-        extra.append(f"id IN ({', '.join('?' * len(ids))})" if ids else "1 = 0")
-        args += list(ids)
-    text = " AND ".join([clause.removeprefix("WHERE ")] * bool(clause) + extra) or "1 = 1"
-    return f"WHERE {text}", args
-
-
-def lease_sql(dialect: Dialect) -> str:
-    """Take the highest priority, then the oldest, runnable tasks of one function (rows
-    another server holds locked are skipped where the backend locks rows)."""
-    return (
-        "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
-        " lease_until = ?, lease_owner = ?, started_at = COALESCE(started_at, ?)"
-        f" WHERE id IN (SELECT id FROM tasks{dialect.lease_index}"
-        f" WHERE function = ? AND status IN {_RUNNABLE} AND run_at <= ? AND expires_at > ?"
-        f" ORDER BY priority DESC, run_at LIMIT ?{dialect.lease_lock})"
-        f" RETURNING {_COLUMNS}")
+from faasbox.store.relational.tasks import (
+    COLUMNS,
+    LIGHT_COLUMNS,
+    RUNNABLE,
+    insert_tasks,
+    lease_sql,
+    task_filter,
+    task_row,
+)
 
 
 class SqlTaskQueue(TaskQueue):
@@ -140,7 +52,7 @@ class SqlTaskQueue(TaskQueue):
         def tx(conn: Conn) -> list[TaskRow]:
             rows = conn.execute(
                 self._lease_sql, (now + lease_s, owner, now, function, now, now, limit)).fetchall()
-            return sorted((_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
+            return sorted((task_row(r) for r in rows), key=lambda t: (-t.priority, t.run_at))
 
         return await self.store.write(tx, durable=False, single=True)
 
@@ -209,9 +121,9 @@ class SqlTaskQueue(TaskQueue):
             conn.execute(
                 "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
                 (task_id,))
-            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
+            row = conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
-            return _row(row) if row else None
+            return task_row(row) if row else None
 
         return await self.store.write(tx)
 
@@ -249,7 +161,7 @@ class SqlTaskQueue(TaskQueue):
             return conn.execute(
                 "UPDATE tasks SET status = 'expired', finished_at = ?, error_code = 'expired',"
                 " error_message = 'the task was not run within its max_event_age_s'"
-                f" WHERE status IN {_RUNNABLE} AND expires_at <= ?", (now, now)).rowcount
+                f" WHERE status IN {RUNNABLE} AND expires_at <= ?", (now, now)).rowcount
 
         return await self.store.write(tx, durable=False, single=True)
 
@@ -264,9 +176,9 @@ class SqlTaskQueue(TaskQueue):
 
     async def get(self, task_id: str) -> TaskRow | None:
         def q(conn: Conn) -> TaskRow | None:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?",
+            row = conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
-            return _row(row) if row else None
+            return task_row(row) if row else None
 
         return await self.store.read(q)
 
@@ -316,8 +228,8 @@ class SqlTaskQueue(TaskQueue):
 
     async def job_tasks(self, job_id: str) -> list[TaskRow]:
         def q(conn: Conn) -> list[TaskRow]:
-            return [_row(r) for r in conn.execute(
-                f"SELECT {_LIGHT} FROM tasks WHERE job_id = ? AND source = 'shard'"
+            return [task_row(r) for r in conn.execute(
+                f"SELECT {LIGHT_COLUMNS} FROM tasks WHERE job_id = ? AND source = 'shard'"
                 " ORDER BY shard_index", (job_id,)).fetchall()]
 
         return await self.store.read(q)
@@ -337,8 +249,8 @@ class SqlTaskQueue(TaskQueue):
 
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         def q(conn: Conn) -> list[TaskRow]:
-            return [_row(r) for r in conn.execute(
-                f"SELECT {_LIGHT} FROM tasks WHERE trace_id = ?"
+            return [task_row(r) for r in conn.execute(
+                f"SELECT {LIGHT_COLUMNS} FROM tasks WHERE trace_id = ?"
                 f" ORDER BY created_at, {self.store.dialect.insertion_order}",
                 (trace_id,)).fetchall()]
 
@@ -346,11 +258,11 @@ class SqlTaskQueue(TaskQueue):
 
     # -- batch operations and queue control --------------------------------------------------
     async def find(self, where: TaskFilter, limit: int) -> list[TaskRow]:
-        clause, args = _filter(where)
+        clause, args = task_filter(where)
 
         def q(conn: Conn) -> list[TaskRow]:
-            return [_row(r) for r in conn.execute(
-                f"SELECT {_LIGHT} FROM tasks {clause} ORDER BY created_at, id LIMIT ?",
+            return [task_row(r) for r in conn.execute(
+                f"SELECT {LIGHT_COLUMNS} FROM tasks {clause} ORDER BY created_at, id LIMIT ?",
                 (*args, limit)).fetchall()]
 
         return await self.store.read(q)
@@ -362,11 +274,11 @@ class SqlTaskQueue(TaskQueue):
             out: list[tuple[TaskRow, TaskRow]] = []
             for task_id in ids:
                 r = conn.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND redriven_to IS NULL"
+                    f"SELECT {COLUMNS} FROM tasks WHERE id = ? AND redriven_to IS NULL"
                     " AND status IN ('dead', 'failed', 'expired')", (task_id,)).fetchone()
                 if r is None:
                     continue
-                old = _row(r)
+                old = task_row(r)
                 new = NewTask(os.urandom(16).hex(), old.event, None, old.trace_id,
                               source=old.source, trigger_name=old.trigger_name,
                               priority=old.priority,
@@ -382,15 +294,15 @@ class SqlTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def cancel_where(self, where: TaskFilter, now: float) -> tuple[list[TaskRow], list[str]]:
-        clause, args = _filter(where)
+        clause, args = task_filter(where)
 
         def tx(conn: Conn) -> tuple[list[TaskRow], list[str]]:
-            cancelled = [_row(r) for r in conn.execute(
+            cancelled = [task_row(r) for r in conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = 'cancelled before it ran'"
                 f" WHERE id IN (SELECT id FROM tasks {clause}"
                 "   AND status IN ('held', 'queued', 'retry_wait'))"
-                f" RETURNING {_LIGHT}", (now, *args)).fetchall()]
+                f" RETURNING {LIGHT_COLUMNS}", (now, *args)).fetchall()]
             running = [r[0] for r in conn.execute(
                 "UPDATE tasks SET cancel_requested = 1"
                 f" WHERE id IN (SELECT id FROM tasks {clause} AND status = 'running')"
@@ -400,7 +312,7 @@ class SqlTaskQueue(TaskQueue):
         return await self.store.write(tx)
 
     async def purge_where(self, where: TaskFilter) -> int:
-        clause, args = _filter(where)
+        clause, args = task_filter(where)
 
         def tx(conn: Conn) -> int:
             return conn.execute(
@@ -414,7 +326,7 @@ class SqlTaskQueue(TaskQueue):
         def q(conn: Conn) -> dict[str, tuple[int, float]]:
             return {r[0]: (r[1], r[2]) for r in conn.execute(
                 "SELECT function, COUNT(*), MIN(created_at) FROM tasks"
-                f" WHERE status IN {_RUNNABLE} GROUP BY function")}
+                f" WHERE status IN {RUNNABLE} GROUP BY function")}
 
         return await self.store.read(q)
 
@@ -442,18 +354,18 @@ class SqlTaskQueue(TaskQueue):
             ("function = ?", function), ("status = ?", status),
             ("(created_at, id) < (SELECT created_at, id FROM tasks WHERE id = ?)", before),
             *tenant_range("function", tenant))
-        sql = (f"SELECT {_COLUMNS} FROM tasks {clause}"
+        sql = (f"SELECT {COLUMNS} FROM tasks {clause}"
                " ORDER BY created_at DESC, id DESC LIMIT ?")
 
         def q(conn: Conn) -> list[TaskRow]:
-            return [_row(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
+            return [task_row(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
 
         return await self.store.read(q)
 
     async def runnable_functions(self, now: float) -> dict[str, float]:
         def q(conn: Conn) -> dict[str, float]:
             rows = conn.execute(
-                f"SELECT function, MIN(run_at) FROM tasks WHERE status IN {_RUNNABLE}"
+                f"SELECT function, MIN(run_at) FROM tasks WHERE status IN {RUNNABLE}"
                 " GROUP BY function").fetchall()
             return {r[0]: r[1] for r in rows}
 
@@ -462,7 +374,7 @@ class SqlTaskQueue(TaskQueue):
     async def next_run_at(self, function: str) -> float | None:
         def q(conn: Conn) -> float | None:
             row = conn.execute(
-                f"SELECT MIN(run_at) FROM tasks WHERE function = ? AND status IN {_RUNNABLE}",
+                f"SELECT MIN(run_at) FROM tasks WHERE function = ? AND status IN {RUNNABLE}",
                 (function,)).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 

@@ -7,7 +7,7 @@ import orjson
 from faasbox.store.database import Conn, Row
 from faasbox.store.queue import NewTask, TaskPolicy
 from faasbox.store.relational.functions import SqlStore, tenant_range, where_clause
-from faasbox.store.relational.queue import insert_tasks
+from faasbox.store.relational.tasks import insert_tasks
 from faasbox.store.triggers import JobRow, TriggerRow, TriggerStore
 from faasbox.triggers.cron import TriggerSpec
 
