@@ -174,12 +174,13 @@ def cgroup_scope(data: Path) -> str:
 
 
 def cgroup_dirs(data: Path) -> list[Path]:
-    """The instance cgroups this server's scope holds, across controllers."""
+    """The instance cgroups this server's scope holds, across controllers (the cpuset one
+    holds the server's shared CPUs and service groups only)."""
     found = []
     for root in Path("/sys/fs/cgroup").iterdir():
         scope = root / "faasbox" / cgroup_scope(data)
         if scope.is_dir():
-            found += [d for d in scope.iterdir() if d.is_dir()]
+            found += [d for d in scope.iterdir() if d.is_dir() and d.name != "shared"]
     return found
 
 

@@ -313,7 +313,10 @@ def test_the_group_is_a_parent_cgroup(server: Server) -> None:
     server.deploy("cg-fn", ECHO, service_group="cg", memory_mb=128)
     assert server.invoke("cg-fn", 1).status_code == 200
     [inst] = server.instances("cg-fn")
-    for d in dirs.values():  # the instance's cgroups are children of the group's
+    for c, d in dirs.items():  # the instance's cgroups are children of the group's
+        if c == "cpuset":  # one for the group: the instance is in it
+            assert str(inst["pid"]) in (Path(d) / "cgroup.procs").read_text().split()
+            continue
         assert (Path(d) / inst["id"]).is_dir(), (d, os.listdir(d))
         assert str(inst["pid"]) in (Path(d) / inst["id"] / "cgroup.procs").read_text().split()
     # new limits
@@ -344,6 +347,68 @@ def test_without_writable_cgroups_groups_are_pools_only(make_server: Any) -> Non
         assert [r.status_code for r in gate.open()] == [200]
     finally:
         gate.close()
+
+
+AFFINITY = {"main.py": """
+    import os
+    def handler(event, context):
+        try:  # every CPU of the machine: a cpuset clips this to its own
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:
+            pass
+        return sorted(os.sched_getaffinity(0))
+"""}
+
+
+def test_a_group_with_cpus_gets_cpus_of_its_own(make_server: Any) -> None:
+    """``cpus`` dedicates CPUs (a cpuset) to the group: its instances run only there, and the
+    server, its other instances and a function that asks for every CPU run elsewhere."""
+    cpus = sorted(os.sched_getaffinity(0))
+    srv = make_server()
+    if not srv.feature("dedicated cpus") or len(cpus) < 2:
+        pytest.skip("no writable cpuset controller, or one CPU (the degraded path is below)")
+    mine, rest = cpus[-1], cpus[:-1]
+    view = group(srv, "pinned", memory_mb=512, cpus=1, max_instances=2)
+    assert f"cpuset.cpus {mine} dedicated" in view["isolation"], view["isolation"]
+    assert Path(view["cgroup"]["cpuset"]).name == "grp-default.pinned"
+    srv.deploy("pinned-fn", AFFINITY, service_group="pinned")
+    srv.deploy("free-fn", AFFINITY)
+    assert srv.invoke("pinned-fn", {}).json() == [mine]
+    assert srv.invoke("free-fn", {}).json() == rest  # asked for every CPU, got the shared
+    assert sorted(os.sched_getaffinity(srv.proc.pid)) == rest  # the server itself
+    # without cpus the group gives its CPU back, and its running instance moves out
+    resp = srv.http.patch("/v1/service-groups/pinned", json={"cpus": None})
+    assert resp.status_code == 200 and "cpuset" not in resp.json()["isolation"], resp.text
+    assert srv.invoke("pinned-fn", {}).json() == cpus
+    assert sorted(os.sched_getaffinity(srv.proc.pid)) == cpus
+    # and takes one again; removing the group gives it back
+    resp = srv.http.patch("/v1/service-groups/pinned", json={"cpus": 0.5})
+    assert f"cpuset.cpus {mine} dedicated" in resp.json()["isolation"], resp.text
+    assert srv.invoke("pinned-fn", {}).json() == [mine]
+    srv.http.delete("/v1/functions/pinned-fn")
+    assert srv.http.delete("/v1/service-groups/pinned").status_code == 204
+    assert srv.invoke("free-fn", {}).json() == cpus
+    assert sorted(os.sched_getaffinity(srv.proc.pid)) == cpus
+
+
+def test_cpus_stay_shared_where_they_cannot_be_dedicated(make_server: Any) -> None:
+    """A group that would take the last shared CPU, or a node without the cpuset controller,
+    keeps the quota on shared CPUs and says why."""
+    cpus = sorted(os.sched_getaffinity(0))
+    srv = make_server()
+    if not srv.feature("dedicated cpus"):
+        pytest.skip("no writable cpuset controller here")
+    view = group(srv, "greedy", memory_mb=256, cpus=len(cpus), max_instances=1)
+    assert (f"cpus shared (no {len(cpus)} CPUs to dedicate: {len(cpus)} of {len(cpus)} are"
+            " free and one stays shared)") in view["isolation"], view["isolation"]
+    srv.deploy("greedy-fn", AFFINITY, service_group="greedy")
+    assert srv.invoke("greedy-fn", {}).json() == cpus
+    off = make_server(env={"FAASBOX_SANDBOX_DISABLE": "dedicated cpus"})
+    assert not off.feature("dedicated cpus")
+    view = group(off, "plain", memory_mb=256, cpus=1, max_instances=1)
+    assert "cpus shared (disabled by FAASBOX_SANDBOX_DISABLE)" in view["isolation"], view
+    off.deploy("plain-fn", AFFINITY, service_group="plain")
+    assert off.invoke("plain-fn", {}).json() == cpus
 
 
 # -- warm floor -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class Cgroup:
     def __init__(self, feats: SandboxFeatures, name: str) -> None:
         self.version = feats.cgroup_version
         self.dirs: dict[str, Path] = {c: p / name for c, p in feats.cgroup_dirs.items()}
+        self.join: tuple[Path, ...] = ()  # more cgroups its processes enter (a group's cpuset)
 
     def create(self, memory_mb: int) -> None:
         for d in set(self.dirs.values()):
@@ -118,8 +119,15 @@ class Cgroup:
             log.debug("cgroup %s: cannot set %s: %s", d, name, exc)
 
     def add(self, pid: int) -> None:
-        for d in set(self.dirs.values()):
+        for d in (*set(self.dirs.values()), *self.join):
             (d / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        """The processes in this cgroup (none if it cannot be read)."""
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError, ValueError):
+                return [int(p) for p in (d / "cgroup.procs").read_text().split()]
+        return []
 
     def oom_killed(self) -> bool:
         d = self.dirs.get("memory")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import faasbox
 from faasbox.node.cgroups import Cgroup
+from faasbox.node.cpusets import CpuSets
 from faasbox.node.instance import Instance
 from faasbox.node.output import OutputSink
 from faasbox.node.sandbox import SandboxFeatures, rlimits
@@ -52,6 +53,8 @@ class InstanceEnvironment:
         # instances of this server live under faasbox/<scope>/, one scope per data dir
         digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
         self.cgroup_scope = f"srv-{digest}"
+        self.cpusets = CpuSets(features.cpuset_dir, self.cgroup_scope,
+                               features.reasons.get("cpuset", ""))
         self._uids_in_use: set[int] = set()
         self._next_uid = 0
         self._uid_leases: dict[int, int] = {}  # uid -> fd of its host-wide lock file
@@ -64,6 +67,7 @@ class InstanceEnvironment:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
         self._clear_stale_cgroups()
+        self.cpusets.open()
         self.scratch_root.chmod(0o711)
         self.output_root.chmod(0o700)
 
@@ -77,6 +81,7 @@ class InstanceEnvironment:
                         await self.cgroup(child.name).destroy()
                 with contextlib.suppress(OSError):
                     scope.rmdir()
+        self.cpusets.close()
         for uid in list(self._uid_leases):
             self.release_uid(uid)
 
@@ -150,9 +155,14 @@ class InstanceEnvironment:
         """The cgroup of an instance (or a template's spare child) called ``name``."""
         if not self.features.cgroup_dirs:
             return None
-        if spec.service_group is not None and version > 0:
-            name = f"{group_cgroup_name(tenant_of(function), spec.service_group)}/{name}"
-        return self.cgroup(name)
+        if spec.service_group is None or version == 0:
+            return self.cgroup(name)
+        group = group_cgroup_name(tenant_of(function), spec.service_group)
+        cg = self.cgroup(f"{group}/{name}")
+        cpuset = self.cpusets.dir_of(group)
+        if cpuset is not None:
+            cg.join = (cpuset,)
+        return cg
 
     def network(self, spec: FunctionSpec) -> str:
         """The network an instance of ``spec`` gets here: none, egress or host."""
@@ -218,6 +228,13 @@ class InstanceEnvironment:
         if cg is None:
             reason = self.features.reasons.get("memory", "unavailable")
             return f"none (cgroups not writable: {reason})"
+        cpus_part = self.cpusets.assign(group_cgroup_name(tenant, spec.name), spec.cpus)
+        cpuset = self.cpusets.dir_of(group_cgroup_name(tenant, spec.name))
+        if cpuset is not None:  # instances started before the group had CPUs of its own
+            for child in cg.children():
+                for pid in self.cgroup(f"{group_cgroup_name(tenant, spec.name)}/{child}").pids():
+                    with contextlib.suppress(OSError):
+                        (cpuset / "cgroup.procs").write_text(str(pid))
         try:
             cg.create_parent(spec.memory_mb, spec.cpus)
         except OSError as exc:
@@ -241,6 +258,8 @@ class InstanceEnvironment:
         else:
             why = self.features.reasons.get("cpu") or f"{cpu_file} was not accepted"
             parts.append(f"cpu not limited ({why})")
+        if spec.cpus is not None:
+            parts.append(cpus_part)
         return f"cgroup v{self.features.cgroup_version}: " + ", ".join(parts)
 
     async def remove_group(self, tenant: str, group: str) -> None:
@@ -252,6 +271,7 @@ class InstanceEnvironment:
         for child in cg.children():
             await self.cgroup(f"{name}/{child}").destroy()
         await cg.destroy()
+        self.cpusets.release(name)
 
     def prepare(self, inst: Instance) -> None:
         """Make the instance's scratch dir (owned by its uid) and cgroup."""

@@ -47,6 +47,8 @@ class SandboxFeatures:
     cgroup_version: int | None = None
     # controller -> parent directory under which per-instance groups are made
     cgroup_dirs: dict[str, Path] = field(default_factory=dict)
+    # the cgroup v1 cpuset parent under which service groups get dedicated CPUs
+    cpuset_dir: Path | None = None
     uid_drop: bool = False
     # host-wide uid leases (lock files), so that servers on one host never share a uid
     uid_lock_dir: Path | None = None
@@ -106,6 +108,10 @@ class SandboxFeatures:
             ("pids limit", self.pids_limit,
              f"{cg}: at most {PIDS_MAX} tasks" if self.pids_limit
              else self.reasons.get("pids", "unavailable") + "; RLIMIT_NPROC used instead"),
+            ("dedicated cpus", self.cpuset_dir is not None,
+             "cgroup v1 cpuset: a service group with cpus gets CPUs of its own"
+             if self.cpuset_dir is not None else self._why("cpuset")
+             + "; a service group's cpus is a quota on shared CPUs"),
             ("rlimits", self.enabled, f"nofile {NOFILE}, no core files"),
             ("unprivileged uid", self.uid_drop,
              "each instance runs as its own uid" if self.uid_drop
@@ -170,7 +176,8 @@ def detect(data_dir: Path, mode: str = "auto", start_mode: str = "auto") -> Sand
     if mode == "off":
         feats = SandboxFeatures(enabled=False)
         feats.reasons = {k: "sandbox disabled (FAASBOX_SANDBOX=off)"
-                         for k in ("memory", "cpu", "pids", "uid", "egress", *CONFINE_FEATURES)}
+                         for k in ("memory", "cpu", "pids", "cpuset", "uid", "egress",
+                                   *CONFINE_FEATURES)}
     else:
         feats = SandboxFeatures()
         # FAASBOX_SANDBOX_DISABLE="seccomp,network egress,...": protections turned off by
@@ -184,6 +191,9 @@ def detect(data_dir: Path, mode: str = "auto", start_mode: str = "auto") -> Sand
             feats.reasons[name] = "disabled by FAASBOX_SANDBOX_DISABLE"
         _detect_uid(feats, data_dir)
         _detect_uid_leases(feats)
+        if "dedicated cpus" in disabled:
+            feats.cpuset_dir = None
+            feats.reasons["cpuset"] = "disabled by FAASBOX_SANDBOX_DISABLE"
         if "network egress" in disabled:
             feats.reasons["egress"] = "disabled by FAASBOX_SANDBOX_DISABLE"
         else:
@@ -262,13 +272,32 @@ def _detect_egress(feats: SandboxFeatures) -> None:
 
 def _detect_cgroups(feats: SandboxFeatures) -> None:
     if os.geteuid() != 0:
-        for c in ("memory", "cpu", "pids"):
+        for c in ("memory", "cpu", "pids", "cpuset"):
             feats.reasons[c] = "the server is not root, so it cannot create cgroups"
         return
     if (CGROUP_MOUNT / "cgroup.controllers").exists():
         _detect_v2(feats)
+        feats.reasons["cpuset"] = "dedicated CPUs need the cgroup v1 cpuset controller"
     else:
         _detect_v1(feats)
+        _detect_cpuset(feats)
+
+
+def _detect_cpuset(feats: SandboxFeatures) -> None:
+    root = CGROUP_MOUNT / "cpuset"
+    if not (root / "cpuset.cpus").is_file():
+        feats.reasons["cpuset"] = "no cgroup v1 cpuset controller mounted"
+        return
+    parent = root / GROUP_NAME
+    try:
+        parent.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):  # a new v1 cpuset starts empty
+            if not (parent / knob).read_text().strip():
+                (parent / knob).write_text((root / knob).read_text().strip())
+    except OSError as exc:
+        feats.reasons["cpuset"] = f"cgroup v1 cpuset is not writable here ({exc.strerror})"
+        return
+    feats.cpuset_dir = parent
 
 
 def _detect_v2(feats: SandboxFeatures) -> None:

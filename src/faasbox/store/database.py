@@ -12,7 +12,9 @@ SQL that both backends run (``store/relational/``). An engine runs them:
   first runs without savepoints (a round trip each) and, only if a write fails, is undone and
   run again with them. On SQLite, records sent while the writer has nothing queued or running
   commit on the event loop's own thread (about 60 µs), which saves the two thread hand-offs
-  that cost more than the commit; checkpoints then run on the writer thread only.
+  that cost more than the commit. Checkpoints (SQLite) run on a thread and a connection of
+  their own, beside the writes: a write never waits for one (a checkpoint is 10-20 ms of
+  copying and syncing, longer than a hundred commits).
 - **Durability** is per write. A ``durable`` write (the default: a deploy, an accepted task)
   is on disk when its future resolves, so it outlives a crash of the machine. The hot writes
   that only record what happened (invocation records, leases, a task's end) pass
@@ -46,7 +48,6 @@ T = TypeVar("T")
 MAX_GROUP = 512
 CHECKPOINT_EVERY = 256  # groups
 _STOP = object()
-_CHECKPOINT = object()
 
 
 class Row(Protocol):
@@ -109,6 +110,7 @@ class Database(abc.ABC):
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="faasbox-store-read")
         self._local = threading.local()
         self._writer: _Writer | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._unflushed: set[asyncio.Future[Any]] = set()
         self._opened: list[Any] = []  # the readers' connections, closed with the store
         self._opened_lock = threading.Lock()
@@ -143,8 +145,12 @@ class Database(abc.ABC):
     def writer_connection(self, conn: Any) -> None:  # noqa: B027 - most backends need none
         """Set up the writer's connection (once, before its first group)."""
 
+    # the log is folded into the database by checkpoints (``checkpoint``), on their own thread
+    checkpoints = False
+
     def checkpoint(self, conn: Any) -> None:  # noqa: B027
-        """Fold the log into the database (on the writer thread, outside a transaction)."""
+        """Fold the log into the database (on the checkpoint thread's own connection, beside
+        the writes)."""
 
     def begin(self, conn: Any, durable: bool) -> None:
         """Begin a group's transaction; ``durable`` when its commit must reach the disk."""
@@ -169,7 +175,10 @@ class Database(abc.ABC):
         conn = await asyncio.to_thread(self.connect)
         await asyncio.to_thread(self.migrate, conn)
         await asyncio.to_thread(self.writer_connection, conn)
-        self._writer = _Writer(self, conn, asyncio.get_running_loop())
+        if self.checkpoints:
+            self._checkpointer = _Checkpointer(self, await asyncio.to_thread(self.connect))
+            self._checkpointer.start()
+        self._writer = _Writer(self, conn, asyncio.get_running_loop(), self._checkpointer)
         self._writer.start()
 
     async def close(self) -> None:
@@ -181,6 +190,9 @@ class Database(abc.ABC):
         with contextlib.suppress(Exception):
             self._writer.conn.close()
         self._writer = None
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         self._readers.shutdown(wait=True)
         with self._opened_lock:
             for conn in self._opened:
@@ -222,8 +234,6 @@ class Database(abc.ABC):
             outcomes = writer.commit(batch)
         finally:
             writer.lock.release()
-        if writer.checkpoint_due:
-            writer.put(_CHECKPOINT)
         _settle_all(_settled(batch, outcomes))
 
     def write_later(self, fn: WriteFn, durable: bool = True,
@@ -276,17 +286,18 @@ class Database(abc.ABC):
 class _Writer(threading.Thread):
     """Runs queued write functions in grouped transactions."""
 
-    def __init__(self, db: Database, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, db: Database, conn: Any, loop: asyncio.AbstractEventLoop,
+                 checkpointer: _Checkpointer | None) -> None:
         super().__init__(name="faasbox-store-writer", daemon=True)
         self.db = db
         self.conn = conn
         self.loop = loop
+        self.checkpointer = checkpointer
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.commits = 0
         self.lock = threading.Lock()  # held while a group runs (here, or inline)
         self.put_items = 0  # inbox items put (by the event loop's thread only)
         self.done_items = 0  # inbox items done (by this thread only)
-        self.checkpoint_due = False
 
     def put(self, item: Any) -> None:
         self.put_items += 1
@@ -301,11 +312,6 @@ class _Writer(threading.Thread):
             first = self.inbox.get()
             if first is _STOP:
                 return
-            if first is _CHECKPOINT:
-                with self.lock:
-                    self._checkpoint()
-                    self.done_items += 1
-                continue
             batch: list[Write] = []
             item, taken = first, 1
             while True:
@@ -319,14 +325,12 @@ class _Writer(threading.Thread):
                     item = self.inbox.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP or item is _CHECKPOINT:
+                if item is _STOP:
                     self.inbox.put(item)  # after this group
                     break
                 taken += 1
             with self.lock:
                 outcomes = self.commit(batch)
-                if self.checkpoint_due:
-                    self._checkpoint()
                 self.done_items += taken
             # one wakeup for the group
             self.loop.call_soon_threadsafe(_settle_all, _settled(batch, outcomes))
@@ -402,21 +406,44 @@ class _Writer(threading.Thread):
             outcomes = [(False, self.db.unavailable(exc))] * len(batch)
         return outcomes
 
-    def _checkpoint(self) -> None:
-        self.checkpoint_due = False
-        try:
-            self.db.checkpoint(self._connection())
-        except Exception as exc:
-            log.warning("checkpoint failed: %s", exc)
-
     def commit(self, batch: list[Write]) -> list[tuple[bool, Any]]:
         """Run ``batch`` as one group (the caller holds ``lock``): each write's outcome."""
         outcomes = None if self.db.dialect.atomic_statements else self._run_optimistic(batch)
         if outcomes is None:
             outcomes = self._run_careful(batch)
-        if self.commits % CHECKPOINT_EVERY == 0:
-            self.checkpoint_due = True  # by the writer thread, between groups
+        if self.checkpointer is not None and self.commits % CHECKPOINT_EVERY == 0:
+            self.checkpointer.due.set()
         return outcomes
+
+
+class _Checkpointer(threading.Thread):
+    """Runs the backend's checkpoint on its own connection when the writer says one is due:
+    the log is folded into the database while writes go on."""
+
+    def __init__(self, db: Database, conn: Any) -> None:
+        super().__init__(name="faasbox-store-checkpoint", daemon=True)
+        self.db = db
+        self.conn = conn
+        self.due = threading.Event()
+        self.stopping = False
+
+    def run(self) -> None:
+        while True:
+            self.due.wait()
+            self.due.clear()
+            if self.stopping:
+                return
+            try:
+                self.db.checkpoint(self.conn)
+            except Exception as exc:
+                log.warning("checkpoint failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.due.set()
+        self.join()
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
 
 def _settled(batch: list[Write], outcomes: list[tuple[bool, Any]],

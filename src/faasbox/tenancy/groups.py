@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from faasbox import errors
 from faasbox.clock import Clock
+from faasbox.node.environment import group_cgroup_name
 from faasbox.spec import NAME_RE, FunctionSpec, as_spec, validation_text
 from faasbox.store.tenancy import TenancyStore
 from faasbox.tenancy.model import Principal
@@ -227,6 +228,9 @@ class ServiceGroups:
         if admin:
             cg = self.node.env.group_cgroup(row.tenant, row.name)
             view["cgroup"] = None if cg is None else {c: str(d) for c, d in cg.dirs.items()}
+            cpuset = self.node.env.cpusets.dir_of(group_cgroup_name(row.tenant, row.name))
+            if view["cgroup"] is not None and cpuset is not None:
+                view["cgroup"]["cpuset"] = str(cpuset)
         return view
 
     def check_function(self, function: str, spec: FunctionSpec) -> None:

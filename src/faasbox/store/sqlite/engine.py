@@ -87,10 +87,10 @@ class SqliteDatabase(Database):
         return migrate(conn)
 
     inline_writes = True
+    checkpoints = True
 
     def writer_connection(self, conn: sqlite3.Connection) -> None:
-        # checkpoints run on the writer thread (store/database.py), never in a commit that
-        # the event loop's thread makes
+        # checkpoints run on their own thread (store/database.py), never in a commit
         conn.execute("PRAGMA wal_autocheckpoint=0")
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
