@@ -218,3 +218,23 @@ def test_records_commit_inline_when_the_writer_is_idle(tmp_path: Path) -> None:
         return inline, queued, rows
 
     assert asyncio.run(main()) == (0, 1, 2)
+
+
+def test_the_log_starts_again_under_a_steady_load(tmp_path: Path) -> None:
+    """Checkpoints run beside the writes; their short step on the writer thread folds what was
+    written meanwhile, so the log restarts instead of growing with every write."""
+    async def main() -> tuple[int, int]:
+        db = SqliteDatabase(tmp_path / "s.db")
+        store = SqlStore(db)
+        await store.open()
+        for i in range(3000):  # about 24 MB of records, a commit each, without a pause
+            await store.record_invocation(InvocationRecord(**{**vars(_record(i)),
+                                                              "logs": "x" * 8000}))
+        commits = db.commits
+        wal = (tmp_path / "s.db-wal").stat().st_size
+        await store.close()
+        return wal, commits
+
+    wal, commits = asyncio.run(main())
+    assert commits >= 3000, commits  # a checkpoint was due every 256
+    assert wal < 16 * 2**20, wal

@@ -12,9 +12,12 @@ SQL that both backends run (``store/relational/``). An engine runs them:
   first runs without savepoints (a round trip each) and, only if a write fails, is undone and
   run again with them. On SQLite, records sent while the writer has nothing queued or running
   commit on the event loop's own thread (about 60 µs), which saves the two thread hand-offs
-  that cost more than the commit. Checkpoints (SQLite) run on a thread and a connection of
-  their own, beside the writes: a write never waits for one (a checkpoint is 10-20 ms of
-  copying and syncing, longer than a hundred commits).
+  that cost more than the commit. Checkpoints (SQLite) fold the log into the database in two
+  steps: the long one (10-20 ms of copying and syncing, longer than a hundred commits) on a
+  thread and a connection of their own, beside the writes; then a short one on the writer
+  thread between two groups, for the pages written meanwhile, so that the log is wholly
+  folded and the next write starts it again from the beginning (else it would grow without
+  end under a steady load).
 - **Durability** is per write. A ``durable`` write (the default: a deploy, an accepted task)
   is on disk when its future resolves, so it outlives a crash of the machine. The hot writes
   that only record what happened (invocation records, leases, a task's end) pass
@@ -48,6 +51,7 @@ T = TypeVar("T")
 MAX_GROUP = 512
 CHECKPOINT_EVERY = 256  # groups
 _STOP = object()
+_CHECKPOINT = object()  # the short step of a checkpoint, on the writer thread
 
 
 class Row(Protocol):
@@ -175,24 +179,28 @@ class Database(abc.ABC):
         conn = await asyncio.to_thread(self.connect)
         await asyncio.to_thread(self.migrate, conn)
         await asyncio.to_thread(self.writer_connection, conn)
+        checkpointer = None
         if self.checkpoints:
-            self._checkpointer = _Checkpointer(self, await asyncio.to_thread(self.connect))
-            self._checkpointer.start()
-        self._writer = _Writer(self, conn, asyncio.get_running_loop(), self._checkpointer)
+            checkpointer = _Checkpointer(self, await asyncio.to_thread(self.connect))
+        self._writer = _Writer(self, conn, asyncio.get_running_loop(), checkpointer)
         self._writer.start()
+        if checkpointer is not None:
+            checkpointer.writer = self._writer
+            checkpointer.start()
+            self._checkpointer = checkpointer
 
     async def close(self) -> None:
         if self._writer is None:
             return
         await self.flush()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         self._writer.put(_STOP)
         await asyncio.to_thread(self._writer.join)
         with contextlib.suppress(Exception):
             self._writer.conn.close()
         self._writer = None
-        if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.stop)
-            self._checkpointer = None
         self._readers.shutdown(wait=True)
         with self._opened_lock:
             for conn in self._opened:
@@ -312,6 +320,14 @@ class _Writer(threading.Thread):
             first = self.inbox.get()
             if first is _STOP:
                 return
+            if first is _CHECKPOINT:
+                with self.lock:
+                    try:
+                        self.db.checkpoint(self._connection())
+                    except Exception as exc:
+                        log.warning("checkpoint failed: %s", exc)
+                    self.done_items += 1
+                continue
             batch: list[Write] = []
             item, taken = first, 1
             while True:
@@ -325,7 +341,7 @@ class _Writer(threading.Thread):
                     item = self.inbox.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is _STOP or item is _CHECKPOINT:
                     self.inbox.put(item)  # after this group
                     break
                 taken += 1
@@ -417,13 +433,15 @@ class _Writer(threading.Thread):
 
 
 class _Checkpointer(threading.Thread):
-    """Runs the backend's checkpoint on its own connection when the writer says one is due:
-    the log is folded into the database while writes go on."""
+    """Runs the long step of a checkpoint on its own connection when the writer says one is
+    due (the log is folded into the database while writes go on), then asks the writer for
+    the short step."""
 
     def __init__(self, db: Database, conn: Any) -> None:
         super().__init__(name="faasbox-store-checkpoint", daemon=True)
         self.db = db
         self.conn = conn
+        self.writer: _Writer | None = None
         self.due = threading.Event()
         self.stopping = False
 
@@ -437,6 +455,11 @@ class _Checkpointer(threading.Thread):
                 self.db.checkpoint(self.conn)
             except Exception as exc:
                 log.warning("checkpoint failed: %s", exc)
+                continue
+            writer = self.writer
+            if writer is not None and not self.stopping:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                    writer.loop.call_soon_threadsafe(writer.put, _CHECKPOINT)
 
     def stop(self) -> None:
         self.stopping = True
