@@ -2,7 +2,8 @@
 
 A function whose handler notes when it began (``time.time()``) and then sleeps ``--hold``
 seconds (longer than the scale-out takes) is invoked by ``--burst`` concurrent callers that
-start together. With no instance alive before the burst, each round measures, from the moment
+start together (one connection each, made before the round; the calls are written back to
+back). With no instance alive before the burst, each round measures, from the moment
 the first request is sent:
 
   scale.first_busy     until the first handler runs
@@ -21,15 +22,14 @@ median over ``--rounds`` (``all_busy`` also as max), per start mode (``--start-m
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import http.client
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
+import orjson
 
 from common import FaasboxServer, emit, say
 
@@ -52,31 +52,56 @@ def wait_zero(fb: FaasboxServer, name: str, timeout: float = 60.0) -> float:
     return time.monotonic() - started
 
 
-def one_round(fb: FaasboxServer, client: httpx.Client, name: str, burst: int,
-              hold: float) -> dict[str, float]:
-    gate = threading.Barrier(burst + 1)
+class Burst:
+    """``burst`` keep-alive connections, each made before a round, that send their calls back
+    to back when the round starts (``http.client``: some 50 µs of the client's CPU per call,
+    so the burst leaves the client within a few ms and the client's own work is not what is
+    measured)."""
 
-    def call(_: int) -> httpx.Response:
-        gate.wait()
-        return client.post(f"/v1/functions/{name}/invoke", json={"hold": hold})
+    def __init__(self, fb: FaasboxServer, name: str, burst: int, hold: float) -> None:
+        self.host, self.port = "127.0.0.1", fb.port
+        self.path = f"/v1/functions/{name}/invoke"
+        self.body = orjson.dumps({"hold": hold})
+        self.headers = {**fb.auth_headers, "Content-Type": "application/json"}
+        self.conns = [http.client.HTTPConnection(self.host, self.port, timeout=120)
+                      for _ in range(burst)]
 
-    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
-        futures = [pool.submit(call, i) for i in range(burst)]
-        gate.wait()
-        sent = time.time()
-        results = [f.result() for f in futures]
+    def connect(self) -> None:
+        for c in self.conns:  # the server closes idle connections between rounds
+            c.close()
+            c.connect()
+
+    def send(self) -> list[tuple[int, bytes]]:
+        for c in self.conns:
+            c.request("POST", self.path, body=self.body, headers=self.headers)
+        out = []
+        for c in self.conns:
+            resp = c.getresponse()
+            out.append((resp.status, resp.read()))
+        return out
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+
+def one_round(fb: FaasboxServer, burst: Burst, name: str, hold: float) -> dict[str, float]:
+    burst.connect()
+    sent = time.time()
+    results = burst.send()
     done = time.time()
-    bad = [r for r in results if r.status_code != 200]
+    bad = [(status, body) for status, body in results if status != 200]
     if bad:
-        raise RuntimeError(f"{len(bad)} calls failed: {bad[0].status_code} {bad[0].text[:300]}")
-    began = sorted(r.json()[1] for r in results)
+        raise RuntimeError(f"{len(bad)} calls failed: {bad[0][0]} {bad[0][1][:300]!r}")
+    values = [orjson.loads(body) for _, body in results]
+    began = sorted(v[1] for v in values)
     if began[-1] - began[0] >= hold:
         say(f"warning: the first handler ended before the last began (hold {hold} s too short)")
     return {
         "first_busy": began[0] - sent,
         "all_busy": began[-1] - sent,
         "burst_wall": done - sent,
-        "instances": float(len({r.json()[0] for r in results})),
+        "instances": float(len({v[0] for v in values})),
         "to_zero": wait_zero(fb, name),
     }
 
@@ -112,16 +137,15 @@ def measure(args: argparse.Namespace, mode: str) -> None:
         wait_zero(fb, name)
         params = {"burst": args.burst, "hold_s": args.hold, "sandbox": fb.sandbox(),
                   "start_mode": mode, "rounds": args.rounds}
-        client = httpx.Client(base_url=fb.url, timeout=120, headers=fb.auth_headers,
-                              limits=httpx.Limits(max_connections=args.burst + 4))
+        burst = Burst(fb, name, args.burst, args.hold)
         rounds = []
         try:
             for i in range(args.rounds):
-                r = one_round(fb, client, name, args.burst, args.hold)
+                r = one_round(fb, burst, name, args.hold)
                 say(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
                 rounds.append(r)
         finally:
-            client.close()
+            burst.close()
         for key, unit in (("first_busy", "s"), ("all_busy", "s"), ("burst_wall", "s"),
                           ("instances", "count"), ("to_zero", "s")):
             emit(f"scale.{key}", statistics.median(r[key] for r in rounds), unit, **params)
