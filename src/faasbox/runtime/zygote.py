@@ -201,6 +201,7 @@ class Zygote:
         if reason is not None:
             send(self.ctl, {"t": "refused", "reason": reason})
             return
+        worker.rehearse(spec)  # the per-call code specialized here, not in every child
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages in every child
         send(self.ctl, {"t": "ready", "init_ms": init_ms, "pid": os.getpid()})
