@@ -399,8 +399,9 @@ def test_cpus_stay_shared_where_they_cannot_be_dedicated(make_server: Any) -> No
     if not srv.feature("dedicated cpus"):
         pytest.skip("no writable cpuset controller here")
     view = group(srv, "greedy", memory_mb=256, cpus=len(cpus), max_instances=1)
-    assert (f"cpus shared (no {len(cpus)} CPUs to dedicate: {len(cpus)} of {len(cpus)} are"
-            " free and one stays shared)") in view["isolation"], view["isolation"]
+    n = len(cpus)
+    assert (f"cpus shared ({n} dedicated CPU{'s' * (n > 1)} would leave no CPU shared: {n} of"
+            f" {n} are not dedicated)") in view["isolation"], view["isolation"]
     srv.deploy("greedy-fn", AFFINITY, service_group="greedy")
     assert srv.invoke("greedy-fn", {}).json() == cpus
     off = make_server(env={"FAASBOX_SANDBOX_DISABLE": "dedicated cpus"})

@@ -106,8 +106,8 @@ class CpuSets:
         free = [c for c in self.cpus if c not in taken]
         if want > len(free) - 1:
             self.release(name)
-            return (f"cpus shared (no {want} CPUs to dedicate: {len(free)} of"
-                    f" {len(self.cpus)} are free and one stays shared)")
+            return (f"cpus shared ({want} dedicated CPU{'s' * (want > 1)} would leave no CPU"
+                    f" shared: {len(free)} of {len(self.cpus)} are not dedicated)")
         chosen = free[len(free) - want:]  # the highest: CPU 0 often takes more interrupts
         try:
             self.dedicated[name] = chosen
