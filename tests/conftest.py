@@ -7,6 +7,8 @@ functions are real folders; instances are real processes. Nothing of faasbox is 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -94,6 +96,33 @@ def gate_dir() -> Path:
     path.chmod(0o711)
     _tempdirs.append(path)
     return path
+
+
+def clear_cgroups(data: Path) -> None:
+    """Kill and remove what servers on ``data`` left in their cgroup scope. A server that a
+    test kills leaves it to the next server on the same data dir, which never comes: without
+    this, every such test would leave cgroups (and any instance that outlived its server)
+    behind on the machine."""
+    scope = "srv-" + hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    for top in [*Path("/sys/fs/cgroup").glob(f"*/faasbox/{scope}"),
+                *Path("/sys/fs/cgroup").glob(f"faasbox/{scope}")]:
+        dirs = [d for d in top.rglob("*") if d.is_dir()]
+        for d in [*sorted(dirs, key=lambda d: len(d.parts), reverse=True), top]:
+            deadline = time.monotonic() + 2
+            while True:
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in (d / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break  # left for the machine's next clean-up; nothing fails for it
+                    time.sleep(0.02)
 
 
 def remove_tree(path: Path) -> None:
@@ -342,6 +371,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
                                  **_store_env(request)}).start()
     yield srv
     srv.stop()
+    clear_cgroups(srv.data)
     remove_tree(root)
 
 
@@ -364,6 +394,8 @@ def make_server(request: pytest.FixtureRequest) -> Iterator[Any]:
     yield make
     for srv in started:
         srv.stop()
+    for data in {srv.data for srv in started}:
+        clear_cgroups(data)
     remove_tree(root)
 
 
