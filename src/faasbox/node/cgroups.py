@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from faasbox.node.sandbox import CGROUP_REMOVE_WAIT_S, CPU_PERIOD_US, PIDS_MAX, SandboxFeatures
+from faasbox.node.zygote import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,9 @@ class Cgroup:
 
     async def destroy(self) -> None:
         """Kill everything in the group and remove it once the last task has exited (killed
-        tasks take a moment to leave); what still cannot be removed is logged."""
-
-        self.kill_all()
+        tasks take a moment to leave); what still cannot be removed is logged. The kills run
+        off the event loop (a v1 kill waits for the group to freeze)."""
+        await in_thread(self.kill_all)
         deadline = time.monotonic() + CGROUP_REMOVE_WAIT_S
         while not self.remove():
             if time.monotonic() > deadline:
@@ -209,4 +210,4 @@ class Cgroup:
                             next(iter(self.dirs.values()), None))
                 return
             await asyncio.sleep(0.01)
-            self.kill_all()
+            await in_thread(self.kill_all)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from faasbox import errors
 from faasbox.node.cgroups import Cgroup
-from faasbox.node.zygote import ForkedProcess
+from faasbox.node.zygote import ForkedProcess, in_thread
 from faasbox.runtime import protocol
 from faasbox.spec import FunctionSpec
 
@@ -193,7 +193,7 @@ class Instance:
 
     async def _fail_all(self) -> None:
         if self.proc is not None:
-            self.kill()
+            await self.kill_all()
             await self.exited.wait()
         reason = self._stop_reason or self._death_reason()
         self.state = "stopped"
@@ -246,8 +246,15 @@ class Instance:
         if not isinstance(self.proc, ForkedProcess) or self.proc.running():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def kill_all(self) -> None:
+        """:meth:`kill`, then every process in its cgroup, off the event loop (a cgroup v1
+        kill freezes the group and waits for it to freeze)."""
+        if self.proc is None or self.exited.is_set():
+            return
+        self.kill()
         if self.cgroup is not None:
-            self.cgroup.kill_all()
+            await in_thread(self.cgroup.kill_all)
 
     async def stop(self, reason: errors.InvocationError | None = None) -> None:
         """Kill the process and wait until it is gone and every caller has been told."""
@@ -255,7 +262,7 @@ class Instance:
             self._stop_reason = reason or errors.InstanceCrashed("the instance was stopped")
         if self.state != "stopped":
             self.state = "stopping"
-        self.kill()
+        await self.kill_all()
         if self._transport is not None:  # connected: the stream ends with the process
             await asyncio.shield(self._gone)
         elif self.proc is not None:
