@@ -228,19 +228,20 @@ class InstanceEnvironment:
         if cg is None:
             reason = self.features.reasons.get("memory", "unavailable")
             return f"none (cgroups not writable: {reason})"
-        cpus_part = self.cpusets.assign(group_cgroup_name(tenant, spec.name), spec.cpus)
-        cpuset = self.cpusets.dir_of(group_cgroup_name(tenant, spec.name))
-        if cpuset is not None:  # instances started before the group had CPUs of its own
-            for child in cg.children():
-                for pid in self.cgroup(f"{group_cgroup_name(tenant, spec.name)}/{child}").pids():
-                    with contextlib.suppress(OSError):
-                        (cpuset / "cgroup.procs").write_text(str(pid))
         try:
             cg.create_parent(spec.memory_mb, spec.cpus)
         except OSError as exc:
             log.warning("cannot make the cgroup of service group %s/%s: %s", tenant,
                         spec.name, exc)
             return f"none (the group's cgroup cannot be made: {exc.strerror or exc})"
+        name = group_cgroup_name(tenant, spec.name)
+        cpus_part = self.cpusets.assign(name, spec.cpus)
+        cpuset = self.cpusets.dir_of(name)
+        if cpuset is not None:  # instances started before the group had CPUs of its own
+            for child in cg.children():
+                for pid in self.cgroup(f"{name}/{child}").pids():
+                    with contextlib.suppress(OSError):
+                        (cpuset / "cgroup.procs").write_text(str(pid))
         memory, cpus = cg.limits()
         v2 = self.features.cgroup_version == 2
         memory_file = "memory.max" if v2 else "memory.limit_in_bytes"

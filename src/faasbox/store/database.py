@@ -424,10 +424,12 @@ class _Writer(threading.Thread):
 
     def commit(self, batch: list[Write]) -> list[tuple[bool, Any]]:
         """Run ``batch`` as one group (the caller holds ``lock``): each write's outcome."""
+        before = self.commits
         outcomes = None if self.db.dialect.atomic_statements else self._run_optimistic(batch)
         if outcomes is None:
             outcomes = self._run_careful(batch)
-        if self.checkpointer is not None and self.commits % CHECKPOINT_EVERY == 0:
+        if (self.checkpointer is not None and self.commits != before
+                and self.commits % CHECKPOINT_EVERY == 0):
             self.checkpointer.due.set()
         return outcomes
 
