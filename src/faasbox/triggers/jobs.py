@@ -90,6 +90,9 @@ class JobService:
         self.sweep_interval_s = sweep_interval_s
         self._specs: dict[str, JobSpec] = {}
         self._dirty: set[str] = set()
+        # jobs being stopped here: their shards turn cancelled one by one, which must not read
+        # as failures before the stop ends the job with its own status
+        self._stopping: set[str] = set()
         self._kick = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._loop: asyncio.Task[None] | None = None
@@ -180,6 +183,8 @@ class JobService:
 
     async def advance(self, job_id: str) -> None:
         """Release held shards, stop on failure, reduce or finish: whatever is due."""
+        if job_id in self._stopping:
+            return  # the stop ends it
         job = await self.store.get_job(job_id)
         if job is None or job.terminal:
             self._done(job_id)
@@ -247,10 +252,14 @@ class JobService:
 
     async def _stop(self, job: JobRow, status: str, code: str, message: str) -> None:
         verb = "cancelled" if status == "cancelled" else "stopped"
-        running = await self.queue.cancel_held(job.id, self.clock.now(),
-                                               f"the job was {verb}: {message}")
-        await asyncio.gather(*(self._cancel_task(t) for t in running))
-        await self._end(job, status, error_code=code, error_message=message)
+        self._stopping.add(job.id)
+        try:
+            running = await self.queue.cancel_held(job.id, self.clock.now(),
+                                                   f"the job was {verb}: {message}")
+            await asyncio.gather(*(self._cancel_task(t) for t in running))
+            await self._end(job, status, error_code=code, error_message=message)
+        finally:
+            self._stopping.discard(job.id)
 
     async def _cancel_task(self, task_id: str) -> None:
         with contextlib.suppress(errors.NotFound):
