@@ -111,7 +111,7 @@ class CpuSets:
         chosen = free[len(free) - want:]  # the highest: CPU 0 often takes more interrupts
         try:
             self.dedicated[name] = chosen
-            self._set(self.base / SHARED, self._shared())  # shrinks before the group takes
+            self._set(self.base / SHARED, self.shared_cpus())  # shrinks before the group takes
             (self.base / name).mkdir(exist_ok=True)
             self._set(self.base / name, chosen)
         except OSError as exc:
@@ -127,7 +127,7 @@ class CpuSets:
         del self.dedicated[name]
         d = self.base / name
         with contextlib.suppress(OSError):
-            self._set(self.base / SHARED, self._shared())
+            self._set(self.base / SHARED, self.shared_cpus())
             for pid in (d / "cgroup.procs").read_text().split():  # back to the shared CPUs
                 with contextlib.suppress(OSError):
                     (self.base / SHARED / "cgroup.procs").write_text(pid)
@@ -141,9 +141,7 @@ class CpuSets:
         return self.base / name
 
     def shared_cpus(self) -> list[int]:
-        return self._shared()
-
-    def _shared(self) -> list[int]:
+        """The CPUs no group has (the server's and every other instance's)."""
         taken = {c for cs in self.dedicated.values() for c in cs}
         return [c for c in self.cpus if c not in taken]
 

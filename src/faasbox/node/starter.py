@@ -43,6 +43,7 @@ from faasbox.node.zygote import (
     is_child_of,
     spawn,
     start_fork_server,
+    with_socket,
 )
 from faasbox.spec import FunctionSpec
 
@@ -164,19 +165,9 @@ class Starter:
                           plan: dict[str, object]) -> tuple[ForkedProcess, socket.socket]:
         """Have ``zygote`` fork a child; its process and the node's end of its socket."""
         sink = self.env.output(key, output_path)
-        parent, child = socket.socketpair()
-        try:
-            proc = await zygote.fork(
-                key, {"t": "fork", "uid": uid, "cwd": str(scratch), "env": env,
-                      "confine": plan},
-                [child.fileno(), sink.write_fd])
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-            sink.start()
-        return proc, parent
+        return await with_socket(sink, lambda child: zygote.fork(
+            key, {"t": "fork", "uid": uid, "cwd": str(scratch), "env": env, "confine": plan},
+            [child.fileno(), sink.write_fd]))
 
     async def _fork_template(self, inst: Instance, template: Template) -> socket.socket:
         assert template.zygote is not None

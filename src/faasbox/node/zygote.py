@@ -21,9 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -34,9 +34,11 @@ from faasbox.runtime.zygote import receive, send
 if TYPE_CHECKING:
     from faasbox.node.environment import InstanceEnvironment
     from faasbox.node.instance import Instance
+    from faasbox.node.output import OutputSink
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 FORK_TIMEOUT_S = 5.0
 EXIT_REPORT_TIMEOUT_S = 5.0
 
@@ -85,25 +87,34 @@ async def spawn(environment: InstanceEnvironment, inst: Instance,
     env = environment.variables(inst.function, inst.version, inst.spec, inst.scratch)
     plan = environment.plan(inst.spec, inst.uid, inst.scratch, paths)
     sink = environment.output(inst.id, inst.output_path)
+    proc, parent = await with_socket(sink, lambda child: popen_in_thread(lambda: (
+        subprocess.Popen(
+            [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno()),
+             orjson.dumps(plan).decode()],
+            stdin=subprocess.DEVNULL, stdout=sink.write_fd, stderr=subprocess.STDOUT,
+            pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
+            process_group=0,
+        ))))
+    inst.proc = SpawnedProcess(proc)
+    inst.start_mode = SPAWN
+    return parent
+
+
+async def with_socket(sink: OutputSink, launch: Callable[[socket.socket], Awaitable[T]],
+                      ) -> tuple[T, socket.socket]:
+    """``launch`` a process that inherits the child's end of a new socketpair and ``sink``'s
+    pipe: what ``launch`` returned and the node's end. The child's end is closed here either
+    way (the node's end too if the launch failed), and the sink starts draining."""
     parent, child = socket.socketpair()
     try:
-        proc = await popen_in_thread(lambda: (
-            subprocess.Popen(
-                [sys.executable, "-I", "-m", "faasbox.runtime", str(child.fileno()),
-                 orjson.dumps(plan).decode()],
-                stdin=subprocess.DEVNULL, stdout=sink.write_fd, stderr=subprocess.STDOUT,
-                pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
-                process_group=0,
-            )))
+        value = await launch(child)
     except BaseException:
         parent.close()
         raise
     finally:
         child.close()
         sink.start()
-    inst.proc = SpawnedProcess(proc)
-    inst.start_mode = SPAWN
-    return parent
+    return value, parent
 
 
 async def _end_started(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
