@@ -276,11 +276,17 @@ class InstanceEnvironment:
 
     def prepare(self, inst: Instance) -> None:
         """Make the instance's scratch dir (owned by its uid) and cgroup."""
-        inst.scratch.mkdir(mode=0o700, exist_ok=True)
-        if inst.uid is not None:
-            os.chown(inst.scratch, inst.uid, inst.uid)
-        if inst.cgroup is not None:
-            inst.cgroup.create(inst.memory_mb)
+        self.prepare_process(inst.scratch, inst.uid, inst.cgroup, inst.memory_mb)
+
+    @staticmethod
+    def prepare_process(scratch: Path, uid: int | None, cgroup: Cgroup | None,
+                        memory_mb: int) -> None:
+        """A process's scratch dir (owned by ``uid``) and its cgroup (``memory_mb``)."""
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        if uid is not None:
+            os.chown(scratch, uid, uid)
+        if cgroup is not None:
+            cgroup.create(memory_mb)
 
     def variables(self, function: str, version: int, spec: FunctionSpec,
                   scratch: Path) -> dict[str, str]:

@@ -119,7 +119,8 @@ class Spares:
         spare = Spare(sid, self.env.scratch_root / sid, self.env.output_root / f"{sid}.out",
                       self.env.instance_cgroup(function, version, template.spec, sid))
         try:
-            await in_thread(self._prepare, spare, template.uid, template.spec.memory_mb)
+            await in_thread(self.env.prepare_process, spare.scratch, template.uid,
+                            spare.cgroup, template.spec.memory_mb)
             env = self.env.variables(function, version, template.spec, spare.scratch)
             spare.proc, spare.sock = await self._fork_child(
                 template.zygote, sid, template.uid, spare.scratch, spare.output_path, env,
@@ -135,14 +136,6 @@ class Spares:
             self.drop(spare)
             raise
         return spare
-
-    @staticmethod
-    def _prepare(spare: Spare, uid: int | None, memory_mb: int) -> None:
-        spare.scratch.mkdir(mode=0o700)
-        if uid is not None:
-            os.chown(spare.scratch, uid, uid)
-        if spare.cgroup is not None:
-            spare.cgroup.create(memory_mb)
 
     def drop(self, spare: Spare) -> None:
         """Kill a spare and remove what it had (its scratch goes when the template reaps it)."""
