@@ -99,6 +99,7 @@ def identity(event):
     out = {
         "uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups(),
         "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+        "batch": os.sched_getscheduler(0) == os.SCHED_BATCH,
         "ptrace": _sys(libc.ptrace(0, 0, None, None)),   # PTRACE_TRACEME
         "unshare_net": _sys(libc.unshare(0x40000000)),
         "unshare_user": _sys(libc.unshare(0x10000000)),
@@ -297,6 +298,7 @@ def test_identity_and_seccomp(moded: Server) -> None:
         assert out[syscall] == 1, (syscall, out)  # EPERM
     assert out["unshare_cmd"] != 0
     assert out["hostname"] == "faasbox"
+    assert out["batch"]  # SCHED_BATCH: a woken instance does not preempt the node
     still_serves(moded, "attack")
 
 

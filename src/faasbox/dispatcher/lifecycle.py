@@ -58,6 +58,7 @@ class TaskLifecycle:
         self.running_by_function: Counter[str] = Counter()
         self._instances: dict[str, Instance] = {}  # task id -> instance running it
         self._cancelling: set[str] = set()
+        self._writing: set[str] = set()  # runs over, their ends being written
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.started = 0
         self.running_mb = 0.0  # memory the running tasks hold (for fair shares)
@@ -166,6 +167,7 @@ class TaskLifecycle:
 
     async def _run(self, task: TaskRow, done: Done, cost_mb: float) -> None:
         acquired = False
+        over = False
         again: float | None = None
 
         def on_start(inst: Instance) -> None:
@@ -173,6 +175,14 @@ class TaskLifecycle:
             acquired = True
             self.acquiring[task.function] -= 1
             self._instances[task.id] = inst
+
+        def run_over() -> None:
+            # the instance is free: the next held task starts now, while this end is written
+            nonlocal over
+            if not over:
+                over = True
+                self._run_over(task, cost_mb,
+                               (self.clock.monotonic() - began) * 1000 if acquired else None)
 
         invocation_id = new_request_id()
         began = self.clock.monotonic()
@@ -183,10 +193,13 @@ class TaskLifecycle:
             if task.source == "shard":
                 extra["shard"] = {"index": task.shard_index, "count": task.shard_count}
             policy = await self.policies.of_task(task)
-            outcome = await self.invoker.invoke(
-                row, task.event, trigger="task" if task.source == "async" else task.source,
-                request_id=invocation_id, extra=extra, on_start=on_start,
-                interruptible=policy.interruptible, write_record=False)
+            try:
+                outcome = await self.invoker.invoke(
+                    row, task.event, trigger="task" if task.source == "async" else task.source,
+                    request_id=invocation_id, extra=extra, on_start=on_start,
+                    interruptible=policy.interruptible, write_record=False)
+            finally:
+                run_over()
         except errors.Throttled:
             back = again = self.clock.now() + GIVE_BACK_DELAY_S
             await self._durably(lambda: self.queue.give_back(task.id, task.attempts, back))
@@ -209,12 +222,12 @@ class TaskLifecycle:
                     outcome.record)):
                 self._finished(task, "succeeded", outcome.payload)
         finally:
-            self._ended(task, done, again, cost_mb,
-                        (self.clock.monotonic() - began) * 1000 if acquired else None)
+            run_over()
+            self._ended(task, done, again)
 
-    def _ended(self, task: TaskRow, done: Done, again: float | None, cost_mb: float,
-               run_ms: float | None) -> None:
-        """A run ended (``run_ms`` None: it never got an instance)."""
+    def _run_over(self, task: TaskRow, cost_mb: float, run_ms: float | None) -> None:
+        """A run is over (``run_ms`` None: it never got an instance); its end may not be
+        written yet. A held task of the function takes its place at once."""
         if run_ms is None:
             self.acquiring[task.function] -= 1
         else:
@@ -222,13 +235,18 @@ class TaskLifecycle:
             self.run_ms[task.function] = run_ms if last is None else 0.8 * last + 0.2 * run_ms
         self.running_by_function[task.function] -= 1
         self.running_mb -= cost_mb
-        self.running.pop(task.id, None)
         self._instances.pop(task.id, None)
+        self._writing.add(task.id)
+        if task.function in self.ahead:
+            self.start_held(task.function)
+
+    def _ended(self, task: TaskRow, done: Done, again: float | None) -> None:
+        """A task's attempt ended and its end is written (or given up on)."""
+        self.running.pop(task.id, None)
+        self._writing.discard(task.id)
         self._cancelling.discard(task.id)
         self.resolve_waiters(task.id)
         done(task, again)
-        if task.function in self.ahead:
-            self.start_held(task.function)
 
     async def _finish_cancelled(self, task: TaskRow, invocation_id: str | None) -> None:
         failure = Failure("cancelled", "cancelled while it ran", None, "cancelled")
@@ -288,6 +306,9 @@ class TaskLifecycle:
             self.resolve_waiters(task_id)
             return
         if task_id not in self.running:
+            return
+        if task_id in self._writing:  # too late to stop: its end is being written
+            await asyncio.wait({self.running[task_id]})
             return
         self._cancelling.add(task_id)
         inst = self._instances.get(task_id)
