@@ -181,6 +181,14 @@ class OverLimit(Throttled):
         self.code = code
 
 
+class NotStarted(FaasboxError):
+    """A call sent to an instance behind another (pipelined) that never started: the
+    instance was stopped first. Nothing ran; a task goes back to its queue."""
+
+    status = 503
+    code = "not_started"
+
+
 class InvocationError(FaasboxError):
     """An execution that did not produce a result. ``duration_ms`` and ``logs`` are what the
     instance reported, for the invocation record (not part of the error body)."""

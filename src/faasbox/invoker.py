@@ -75,7 +75,7 @@ class Invoker:
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
         on_start: Callable[[Instance], None] | None = None, interruptible: bool = False,
-        write_record: bool = True,
+        write_record: bool = True, pipeline: int = 0,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
@@ -90,14 +90,14 @@ class Invoker:
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start,
-                                      interruptible, write_record)
+                                      interruptible, write_record, pipeline)
         finally:
             self.admission.leave(row.function)
 
     async def _invoke(
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
-        interruptible: bool = False, write_record: bool = True,
+        interruptible: bool = False, write_record: bool = True, pipeline: int = 0,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -110,7 +110,8 @@ class Invoker:
         )
         t0 = self.clock.monotonic()
         try:
-            inst, cold = await self.scheduler.acquire(row, interruptible=interruptible)
+            inst, cold = await self.scheduler.acquire(row, interruptible=interruptible,
+                                                      pipeline=pipeline)
         except errors.Throttled:
             self.metrics.throttles.labels(*labels(row.function)).inc()
             self.events.emit(InvocationThrottled(row.function))

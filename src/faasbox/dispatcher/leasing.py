@@ -260,7 +260,8 @@ class Dispatcher:
         held, starting, sync_waiting = self.scheduler.slots_in_use(function)
         if sync_waiting:
             return 0  # sync callers come first
-        total = row.spec.max_instances * row.spec.concurrency
+        total = row.spec.max_instances * (row.spec.concurrency
+                                          + self.lifecycle.pipeline(function))
         policy = await self.policies.of_function(function)
         limit = policy.async_concurrency or total
         acquiring = self.lifecycle.acquiring[function]

@@ -34,6 +34,8 @@ GIVE_BACK_DELAY_S = 1.0
 AHEAD_MAX_MS = 50.0
 AHEAD_MAX_WAIT_S = 2.0
 AHEAD_MIN, AHEAD_MOST = 4, 64
+# ... and each of its instances that runs calls in order takes this many more, sent ahead
+PIPELINE = 1
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class TaskLifecycle:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.acquiring: Counter[str] = Counter()  # leased, not yet on an instance
         self.running_by_function: Counter[str] = Counter()
-        self._instances: dict[str, Instance] = {}  # task id -> instance running it
+        # task id -> the instance running it and the invocation's id
+        self._instances: dict[str, tuple[Instance, str]] = {}
         self._cancelling: set[str] = set()
         self._writing: set[str] = set()  # runs over, their ends being written
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -79,6 +82,12 @@ class TaskLifecycle:
         self.running_mb += cost_mb
         self.running[task.id] = asyncio.create_task(self._run(task, done, cost_mb),
                                                     name=f"task-{task.id}")
+
+    def pipeline(self, function: str) -> int:
+        """Calls of ``function`` an instance may take beyond its concurrency, sent ahead:
+        only for runs short enough that the one sent ahead does not wait long."""
+        ms = self.run_ms.get(function)
+        return PIPELINE if ms is not None and ms <= AHEAD_MAX_MS else 0
 
     def ahead_room(self, function: str) -> int:
         """How many more leased tasks of ``function`` to hold here: for a function whose runs
@@ -174,7 +183,7 @@ class TaskLifecycle:
             nonlocal acquired
             acquired = True
             self.acquiring[task.function] -= 1
-            self._instances[task.id] = inst
+            self._instances[task.id] = (inst, invocation_id)
 
         def run_over() -> None:
             # the instance is free: the next held task starts now, while this end is written
@@ -197,11 +206,15 @@ class TaskLifecycle:
                 outcome = await self.invoker.invoke(
                     row, task.event, trigger="task" if task.source == "async" else task.source,
                     request_id=invocation_id, extra=extra, on_start=on_start,
-                    interruptible=policy.interruptible, write_record=False)
+                    interruptible=policy.interruptible, write_record=False,
+                    pipeline=self.pipeline(task.function))
             finally:
                 run_over()
         except errors.Throttled:
             back = again = self.clock.now() + GIVE_BACK_DELAY_S
+            await self._durably(lambda: self.queue.give_back(task.id, task.attempts, back))
+        except errors.NotStarted:  # sent ahead to an instance stopped before it ran
+            back = again = self.clock.now()
             await self._durably(lambda: self.queue.give_back(task.id, task.attempts, back))
         except asyncio.CancelledError:
             await self._finish_cancelled(task, invocation_id if acquired else None)
@@ -311,9 +324,10 @@ class TaskLifecycle:
             await asyncio.wait({self.running[task_id]})
             return
         self._cancelling.add(task_id)
-        inst = self._instances.get(task_id)
-        if inst is not None:
-            await inst.stop(errors.Cancelled("the task was cancelled"))
+        on = self._instances.get(task_id)
+        if on is not None:
+            inst, invocation_id = on
+            await inst.interrupt(invocation_id, errors.Cancelled("the task was cancelled"))
         else:
             self.running[task_id].cancel()
         running = self.running.get(task_id)

@@ -8,6 +8,7 @@ dead and every in-flight call fails with the reason (out of memory, crash, timeo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -50,8 +51,28 @@ class InvokeResult:
     peak_rss_mb: float
 
 
+class _Call:
+    """A call sent to the instance. ``began`` is None while it waits behind others (its
+    frame sent ahead, pipelined); the node times it from when it starts."""
+
+    __slots__ = ("began", "fut", "stop_reason", "timeout_s", "timer")
+
+    def __init__(self, fut: asyncio.Future[tuple[dict[str, Any], bytes]],
+                 timeout_s: float) -> None:
+        self.fut = fut
+        self.timeout_s = timeout_s
+        self.began: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.stop_reason: errors.InvocationError | None = None
+
+
 class Instance:
-    """States: starting → idle ⇄ busy → stopping → stopped."""
+    """States: starting → idle ⇄ busy → stopping → stopped.
+
+    An instance runs ``concurrency`` calls at once. One whose worker runs calls in the order
+    they come (``ordered``: a sync handler) may also take ``pipeline`` more, sent ahead: each
+    starts, and is timed from, when a running one ends, without a round trip through the node.
+    """
 
     def __init__(
         self, function: str, version: int, spec: FunctionSpec, scratch: Path,
@@ -82,7 +103,10 @@ class Instance:
         # scratch dir and cgroup (None: forked or spawned for this instance)
         self.spare: str | None = None
         self.peak_rss_mb: float = 0.0
-        self.in_flight: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self.in_flight: dict[str, _Call] = {}
+        self.pending: collections.deque[str] = collections.deque()  # sent ahead, in order
+        self.running = 0  # calls started and not ended
+        self.ordered = False  # its worker runs calls in the order sent (its ``ready`` says)
         self.proc: Process | None = None
         self._transport: Any = None
         self._reader_task: asyncio.Task[None] | None = None  # runs ``_died`` once the stream ends
@@ -104,6 +128,12 @@ class Instance:
         if self.state not in ("idle", "busy"):
             return 0
         return self.concurrency - self.leases
+
+    def queue_room(self, pipeline: int) -> int:
+        """Calls that may be sent ahead now, behind the running ones."""
+        if not self.ordered or self.state not in ("idle", "busy"):
+            return 0
+        return self.concurrency + pipeline - self.leases
 
     async def connect(self, proc: Process, sock: Any) -> None:
         """Talk to ``proc`` over ``sock`` (closed here if this fails or is cancelled)."""
@@ -149,14 +179,18 @@ class Instance:
         raises :class:`~faasbox.runtime.protocol.ProtocolError` (and kills it)."""
         header, payload = protocol.unpack(body)
         if header["t"] == "result":
-            fut = self.in_flight.pop(str(header.get("id")), None)
-            if fut is None:
-                raise protocol.ProtocolError("a result for no call in flight")
+            call = self.in_flight.get(str(header.get("id")))
+            if call is None or call.began is None:
+                raise protocol.ProtocolError("a result for no call running")
             if len(payload) > protocol.MAX_RESULT:
                 raise protocol.ProtocolError(
                     f"a result of {len(payload)} bytes (at most {protocol.MAX_RESULT})")
-            if not fut.done():
-                fut.set_result((header, payload))
+            del self.in_flight[str(header["id"])]
+            self.running -= 1
+            if not call.fut.done():
+                call.fut.set_result((header, payload))
+            if self.pending:
+                self._start_pending()
         elif self._control is not None and not self._control.done():
             self._control.set_result(header)
         else:
@@ -197,10 +231,18 @@ class Instance:
             await self.exited.wait()
         reason = self._stop_reason or self._death_reason()
         self.state = "stopped"
-        for fut in self.in_flight.values():
-            if not fut.done():
-                fut.set_exception(reason)
+        for call in self.in_flight.values():
+            if call.timer is not None:
+                call.timer.cancel()
+            if call.fut.done():
+                continue
+            if call.began is None:
+                call.fut.set_exception(errors.NotStarted(
+                    "the instance was stopped before the call started"))
+            else:
+                call.fut.set_exception(reason)
         self.in_flight.clear()
+        self.pending.clear()
         if self._control is not None and not self._control.done():
             self._control.set_exception(reason)
             self._control.exception()  # mark retrieved: nobody may be waiting for it
@@ -274,14 +316,18 @@ class Instance:
     async def invoke(
         self, request_id: str, payload: bytes, timeout_s: float, extra: dict[str, Any],
     ) -> InvokeResult:
+        """Run one call. Over ``concurrency`` running (a pipelined call), its frame is sent
+        now and it starts when a running call ends."""
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = self.loop.create_future()
-        self.in_flight[request_id] = fut
+        call = _Call(fut, timeout_s)
+        self.in_flight[request_id] = call
         self.state = "busy"
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
-        began = self.loop.time()  # durations are the node's, never what the instance says
         self.send(header, payload)
-        # a plain timer, cheaper than asyncio.timeout: it fails the call's future
-        timer = self.loop.call_at(began + timeout_s, _time_out, fut)
+        if self.running < self.concurrency:
+            self._begin(call)
+        else:
+            self.pending.append(request_id)
         try:
             reply, body = await fut
         except _TimedOut:
@@ -294,13 +340,46 @@ class Instance:
             )
             await self.stop(others)
             raise reason from None
+        except _Stopping:
+            self.in_flight.pop(request_id, None)
+            stopped = call.stop_reason or errors.InstanceCrashed("the instance was stopped")
+            await self.stop(stopped)
+            raise stopped from None
         finally:
-            timer.cancel()
+            if call.timer is not None:
+                call.timer.cancel()
             self.calls_served += 1
             self.last_used = self.loop.time()
             if self.state == "busy" and not self.in_flight:
                 self.state = "idle"
-        return self._result(reply, body, (self.loop.time() - began) * 1000)
+        # durations are the node's, never what the instance says: from when the call started
+        assert call.began is not None
+        return self._result(reply, body, (self.loop.time() - call.began) * 1000)
+
+    def _begin(self, call: _Call) -> None:
+        """``call`` starts now on the instance: time it (a plain timer, cheaper than
+        asyncio.timeout, fails its future)."""
+        call.began = self.loop.time()
+        self.running += 1
+        if call.stop_reason is not None:  # stopped while it waited: stop it as it starts
+            call.fut.set_exception(_Stopping())
+            return
+        call.timer = self.loop.call_at(call.began + call.timeout_s, _time_out, call.fut)
+
+    def _start_pending(self) -> None:
+        while self.pending and self.running < self.concurrency:
+            call = self.in_flight.get(self.pending.popleft())
+            if call is not None and not call.fut.done():
+                self._begin(call)
+
+    async def interrupt(self, request_id: str, reason: errors.InvocationError) -> None:
+        """Stop one call: the instance is stopped with it, once it has started (a call
+        sent ahead is stopped as it starts, so the call before it ends untouched)."""
+        call = self.in_flight.get(request_id)
+        if call is not None and call.began is None:
+            call.stop_reason = reason
+            return
+        await self.stop(reason)
 
     def _result(self, reply: dict[str, Any], body: bytes, duration_ms: float) -> InvokeResult:
         rss = reply.get("peak_rss_kb")
@@ -349,6 +428,10 @@ class Instance:
 
 
 class _TimedOut(Exception):
+    pass
+
+
+class _Stopping(Exception):
     pass
 
 

@@ -87,6 +87,7 @@ class NodeService:
                 type=reply.get("type"), traceback=reply.get("traceback"),
             )
         inst.init_ms = reply.get("init_ms")
+        inst.ordered = reply.get("ordered") is True
         inst.state = "idle"
         self.starter.started(inst)
 

@@ -67,7 +67,8 @@ class Worker:
 
             self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="faasbox-handler")
         init_ms = (time.monotonic() - started) * 1000
-        self.send({"t": "ready", "init_ms": init_ms})
+        # a sync handler runs calls in the order they come: the node may send some ahead
+        self.send({"t": "ready", "init_ms": init_ms, "ordered": not self.is_async})
 
     def _start_loop(self) -> None:
         import asyncio

@@ -35,15 +35,18 @@ class Scheduler:
         self.acquire_timeout_s = acquire_timeout_s
 
     # -- acquire / release ------------------------------------------------------------------
-    async def acquire(self, row: VersionRow, interruptible: bool = False) -> tuple[Instance, bool]:
+    async def acquire(self, row: VersionRow, interruptible: bool = False,
+                      pipeline: int = 0) -> tuple[Instance, bool]:
         """A slot on an instance of ``row``: ``(instance, cold)``. Release it with release().
-        A caller that is not ``interruptible`` may preempt interruptible tasks for room."""
+        A caller that is not ``interruptible`` may preempt interruptible tasks for room.
+        ``pipeline`` > 0: with no free slot, a place behind that many running calls on a busy
+        instance will do (the call is sent ahead, see :class:`~faasbox.node.Instance`)."""
         pool = self.instances.pool(row.function)
         if not pool.planner.configured:
             pool.planner.configure(row.spec)
         meter(pool, +1, self.clock.monotonic())
         try:
-            inst, cold = await self._acquire(pool, row, not interruptible)
+            inst, cold = await self._acquire(pool, row, not interruptible, pipeline)
         except BaseException:
             meter(pool, -1, self.clock.monotonic())
             raise
@@ -52,9 +55,11 @@ class Scheduler:
         pool.planner.arrival(self.clock.now(), cold)
         return inst, cold
 
-    async def _acquire(self, pool: Pool, row: VersionRow,
-                       preempt: bool) -> tuple[Instance, bool]:
+    async def _acquire(self, pool: Pool, row: VersionRow, preempt: bool,
+                       pipeline: int = 0) -> tuple[Instance, bool]:
         inst = self._warm(pool, row)
+        if inst is None and pipeline > 0:
+            inst = self._behind(pool, row, pipeline)
         if inst is not None:
             return inst, False
         if not pool.waiters:
@@ -103,6 +108,19 @@ class Scheduler:
         for inst in pool.instances:
             if inst.version == row.version and inst.free_slots > 0 and (
                 best is None or inst.last_used > best.last_used
+            ):
+                best = inst
+        if best is not None:
+            best.leases += 1
+        return best
+
+    @staticmethod
+    def _behind(pool: Pool, row: VersionRow, pipeline: int) -> Instance | None:
+        """The instance of ``row`` with the fewest calls that has room for one sent ahead."""
+        best: Instance | None = None
+        for inst in pool.instances:
+            if inst.version == row.version and inst.queue_room(pipeline) > 0 and (
+                best is None or inst.leases < best.leases
             ):
                 best = inst
         if best is not None:
