@@ -354,3 +354,45 @@ def test_short_tasks_held_ahead_run_once_each_and_go_back_on_pause(server: Serve
     assert "queued" in {v["status"] for v in views}
     assert server.http.post("/v1/functions/t-ahead/queue:resume").status_code == 200
     assert {wait_task(server, t)["status"] for t in more_ids} == {"succeeded"}
+
+
+def test_short_tasks_are_sent_ahead_and_one_behind_a_timeout_goes_back_unrun(
+        server: Server) -> None:
+    """An instance of a short sync function takes one more task, sent ahead of the running
+    one (node/instance.py). When the running one times out and the instance is stopped, the
+    one sent ahead never ran: it goes back to the queue, its attempt not counted, and runs
+    once on the next instance."""
+    server.deploy("t-pipe", SLEEPER, max_instances=1, timeout_s=2)
+    set_policy(server, "t-pipe", max_attempts=1)
+    warm = server.http.post("/v1/functions/t-pipe/tasks:batch",
+                            json=[{"i": i} for i in range(200)]).json()["tasks"]
+    assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
+    [inst] = server.instances("t-pipe")
+    assert inst["sent_ahead"] > 0, inst  # short runs: tasks were sent ahead
+    slow, *quick = server.http.post("/v1/functions/t-pipe/tasks:batch",
+                                    json=[{"sleep": 30}, {"i": 1}, {"i": 2}]).json()["tasks"]
+    server.wait_for(lambda: [i for i in server.instances("t-pipe") if i["in_flight"] == 2],
+                    what="a task sent ahead of the slow one")
+    timed_out = wait_task(server, slow["task_id"])
+    assert timed_out["status"] == "dead" and timed_out["error"]["code"] == "timeout", timed_out
+    for task in quick:
+        done = wait_task(server, task["task_id"])
+        assert done["status"] == "succeeded" and done["attempts"] == 1, done
+        assert len(done["invocation_ids"]) == 1
+    assert inst["id"] not in {i["id"] for i in server.instances("t-pipe")}
+
+
+def test_cancelling_a_task_sent_ahead_leaves_the_one_before_it_running(
+        server: Server) -> None:
+    server.deploy("t-pipe-cancel", SLEEPER, max_instances=1, timeout_s=60)
+    warm = server.http.post("/v1/functions/t-pipe-cancel/tasks:batch",
+                            json=[{"i": i} for i in range(50)]).json()["tasks"]
+    assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
+    slow, ahead = server.http.post("/v1/functions/t-pipe-cancel/tasks:batch",
+                                   json=[{"sleep": 1.5}, {"i": 1}]).json()["tasks"]
+    server.wait_for(lambda: [i for i in server.instances("t-pipe-cancel")
+                             if i["in_flight"] == 2], what="a task sent ahead")
+    cancelled = server.http.post(f"/v1/tasks/{ahead['task_id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    done = wait_task(server, slow["task_id"])
+    assert done["status"] == "succeeded" and done["result"]["echo"] == {"sleep": 1.5}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.conftest import Server
 
 # a handler that finds the node's socket and writes a frame of its own on it
@@ -32,6 +34,15 @@ FORGER = {"main.py": """
             sock.sendall(struct.pack(">II", 40, 500) + b"\\xff" * 36)
         elif event["how"] == "header":
             sock.sendall(struct.pack(">II", 10, 6) + b"[1,2]x")
+        elif event["how"] == "ahead":  # answer the call sent ahead before it has started
+            import select
+            if not select.select([sock], [], [], 10)[0]:
+                return "nothing was sent ahead"
+            data = sock.recv(65536)
+            hlen = struct.unpack(">I", data[4:8])[0]
+            ahead = json.loads(data[8:8 + hlen])["id"]
+            sock.sendall(frame({"t": "result", "id": ahead, "ok": True, "duration_ms": 1},
+                               b'"forged"'))
         time.sleep(5)
         return "not this"
 """}
@@ -64,3 +75,31 @@ def test_durations_are_the_nodes_own(server: Server) -> None:
     assert duration >= 50.0  # it slept 50 ms; the worker's clock said otherwise
     rec = server.http.get(f"/v1/invocations/{resp.headers['x-faasbox-request-id']}").json()
     assert rec["billed_ms"] >= 50 and rec["gb_s"] > 0
+
+
+def test_a_result_forged_for_a_call_sent_ahead_is_refused(server: Server) -> None:
+    """A handler reads the next task's frame, sent ahead to its instance, and answers it
+    before it has started: the instance is killed, and the task sent ahead never ran, so
+    it goes back to the queue and runs once, with its own result."""
+    server.deploy("tr-ahead", FORGER, max_instances=1, timeout_s=30)
+    server.http.put("/v1/functions/tr-ahead/task-policy", json={"max_attempts": 1})
+    warm = server.http.post("/v1/functions/tr-ahead/tasks:batch",
+                            json=[{"how": "none"}] * 100).json()["tasks"]
+    for task in warm:
+        assert wait(server, task["task_id"])["status"] == "succeeded"
+    forger = server.http.post("/v1/functions/tr-ahead/tasks", json={"how": "ahead"}).json()
+    server.wait_for(lambda: [i for i in server.instances("tr-ahead") if i["in_flight"] == 1],
+                    what="the forger to run")
+    victim = server.http.post("/v1/functions/tr-ahead/tasks", json={"how": "none"}).json()
+    forged = wait(server, forger["task_id"])
+    assert forged["status"] == "dead" and forged["error"]["code"] == "protocol_error", forged
+    done = wait(server, victim["task_id"])
+    assert done["status"] == "succeeded" and done["result"] == "ok", done
+    assert done["attempts"] == 1 and len(done["invocation_ids"]) == 1
+
+
+def wait(server: Server, task_id: str) -> dict[str, Any]:
+    return dict(server.wait_for(
+        lambda: (lambda t: t if t["status"] not in ("queued", "running", "retry_wait")
+                 else None)(server.http.get(f"/v1/tasks/{task_id}").json()),
+        timeout=60, what=f"task {task_id} to end"))

@@ -107,6 +107,7 @@ class Instance:
         self.pending: collections.deque[str] = collections.deque()  # sent ahead, in order
         self.running = 0  # calls started and not ended
         self.ordered = False  # its worker runs calls in the order sent (its ``ready`` says)
+        self.sent_ahead = 0  # calls sent behind running ones, so far
         self.proc: Process | None = None
         self._transport: Any = None
         self._reader_task: asyncio.Task[None] | None = None  # runs ``_died`` once the stream ends
@@ -328,6 +329,7 @@ class Instance:
             self._begin(call)
         else:
             self.pending.append(request_id)
+            self.sent_ahead += 1
         try:
             reply, body = await fut
         except _TimedOut:
@@ -418,6 +420,7 @@ class Instance:
             "idle_s": round(self.loop.time() - self.last_used, 3) if not self.in_flight else 0.0,
             "calls_served": self.calls_served,
             "in_flight": len(self.in_flight),
+            "sent_ahead": self.sent_ahead,
             "rss_mb": round(current_rss_mb(self.pid), 1) if self.pid else None,
             "init_ms": None if self.init_ms is None else round(self.init_ms, 2),
             "start_mode": self.start_mode,
