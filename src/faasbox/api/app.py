@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +42,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
         if deploy is not None:
             for line in await deploy_stack(platform, deploy):  # failures are logged there
                 log.info("%s", line)
+        # what start-up made lives as long as the server: collections need not scan it
+        gc.freeze()
         try:
             yield
         finally:

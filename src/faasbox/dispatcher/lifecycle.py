@@ -71,6 +71,7 @@ class TaskLifecycle:
         self.run_ms: dict[str, float] = {}  # a function's recent run time (moving average)
         self._background: set[asyncio.Future[None]] = set()  # held tasks going back
         self.may_start: Callable[[str], bool] = lambda function: True  # false: paused
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- running ----------------------------------------------------------------------------
     def start(self, task: TaskRow, done: Done, cost_mb: float = 0.0) -> None:
@@ -80,8 +81,12 @@ class TaskLifecycle:
         self.acquiring[task.function] += 1
         self.running_by_function[task.function] += 1
         self.running_mb += cost_mb
-        self.running[task.id] = asyncio.create_task(self._run(task, done, cost_mb),
-                                                    name=f"task-{task.id}")
+        # the loop's own create_task: asyncio.create_task asks for the running loop, a
+        # getpid() system call on 3.11
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        self.running[task.id] = loop.create_task(self._run(task, done, cost_mb),
+                                                 name=f"task-{task.id}")
 
     def pipeline(self, function: str) -> int:
         """Calls of ``function`` an instance may take beyond its concurrency, sent ahead:
