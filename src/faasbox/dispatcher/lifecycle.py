@@ -81,8 +81,7 @@ class TaskLifecycle:
         self.acquiring[task.function] += 1
         self.running_by_function[task.function] += 1
         self.running_mb += cost_mb
-        # the loop's own create_task: asyncio.create_task asks for the running loop, a
-        # getpid() system call on 3.11
+        # the loop's own create_task: no lookup of the running loop per task
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         self.running[task.id] = loop.create_task(self._run(task, done, cost_mb),

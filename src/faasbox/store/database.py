@@ -218,7 +218,7 @@ class Database(abc.ABC):
         ``durable``: see the module's docstring; ``single``: ``fn`` runs one statement."""
         if self._writer is None:
             raise RuntimeError("store is not open")
-        # the writer's loop, not get_running_loop(): on 3.11 that is a getpid() system call
+        # the writer's loop: no lookup of the running loop per write
         fut: asyncio.Future[T] = self._writer.loop.create_future()
         self._writer.put((fn, fut, durable, single))
         return fut
