@@ -275,7 +275,7 @@ def test_kill_9_of_the_server_loses_no_accepted_task(make_server: Any) -> None:
     srv.deploy("t-crash", {"main.py": f"""
         import os, time
         def handler(event, context):
-            time.sleep(0.01)
+            time.sleep(0.02)
             open(os.path.join({str(marks)!r}, f"{{context.task_id}}.{{context.attempt}}"),
                  "w").close()
             return event
@@ -318,8 +318,10 @@ def test_kill_9_of_the_server_loses_no_accepted_task(make_server: Any) -> None:
         runs[task_id] = runs.get(task_id, 0) + 1
     assert set(runs) == set(accepted)  # every accepted task ran
     rerun = [t for t, n in runs.items() if n > 1]
-    # only tasks leased at the crash ran twice: at most the function's 4 slots
-    assert len(rerun) <= 4, rerun
+    # only tasks leased at the crash ran twice: on each of the 4 instances, the one running,
+    # the one sent ahead, and ones that ran to the end but whose end was not yet written
+    # (a 20 ms run against a write of about a millisecond: one, at times two)
+    assert len(rerun) <= 4 * 4, rerun
     assert all(tasks[t]["attempts"] == 2 for t in rerun)
     assert sum(t["result"] is not None for t in tasks.values()) == 1000
     assert sorted(t["result"] for t in tasks.values()) == list(range(1000))
