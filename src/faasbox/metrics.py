@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from faasbox.tenancy.names import display, tenant_of
@@ -31,6 +31,18 @@ class _InstanceCollector(Collector):
         for (function, state), n in sorted(Tally(self._states()).items()):
             family.add_metric([tenant_of(function), display(function), state], n)
         yield family
+
+
+class _StoreCollector(Collector):
+    def __init__(self, commits: Callable[[], int], sweeps: Callable[[], int]) -> None:
+        self._commits = commits
+        self._sweeps = sweeps
+
+    def collect(self) -> Iterable[Any]:
+        yield CounterMetricFamily("faasbox_store_commits", "Transactions the store's writer"
+                                  " committed (a group of writes each)", value=self._commits())
+        yield CounterMetricFamily("faasbox_task_sweeps", "Sweeps for lost leases and expired"
+                                  " tasks", value=self._sweeps())
 
 
 class _TaskCollector(Collector):
@@ -65,8 +77,11 @@ class _TaskCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, instance_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+    def __init__(self, instance_states: Callable[[], Iterable[tuple[str, str]]],
+                 store_commits: Callable[[], int] = lambda: 0,
+                 sweeps: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(_StoreCollector(store_commits, sweeps))
         self.invocations = Counter(
             "faasbox_invocations", "Invocations by function and status",
             ["tenant", "function", "status"], registry=self.registry)

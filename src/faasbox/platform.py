@@ -110,7 +110,8 @@ class Platform:
                                     self.instances, self.node, self.clock)
         self.scheduler = Scheduler(self.instances, self.events, self.clock,
                                    acquire_timeout_s=settings.acquire_timeout_s)
-        self.metrics = Metrics(self.instances.states)
+        self.metrics = Metrics(self.instances.states, lambda: self.store.db.commits,
+                               lambda: self.dispatcher.sweeps)
         self.invoker = Invoker(self.scheduler, self.admission, self.store, self.metrics,
                                self.events, self.clock)
         self.queue = SqlTaskQueue(self.store)

@@ -398,3 +398,34 @@ def test_cancelling_a_task_sent_ahead_leaves_the_one_before_it_running(
     assert cancelled["status"] == "cancelled"
     done = wait_task(server, slow["task_id"])
     assert done["status"] == "succeeded" and done["result"]["echo"] == {"sleep": 1.5}
+
+
+def _metric(server: Server, name: str) -> float:
+    for line in server.http.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+def test_an_idle_server_sweeps_only_when_something_is_due(make_server: Any) -> None:
+    """With one server, the sweep (lost leases, expired tasks: two writes) runs when something
+    may be due, not every second: at a task's expiry, and once nothing is queued or running,
+    not for a minute."""
+    srv: Server = make_server()
+    srv.deploy("t-idle", SLEEPER, max_instances=1, timeout_s=60)
+    set_policy(srv, "t-idle", max_event_age_s=3)
+    blocker = submit(srv, "t-idle", {"sleep": 6})
+    srv.wait_for(lambda: srv.http.get(f"/v1/tasks/{blocker['task_id']}").json()["status"]
+                 == "running", what="the blocker to run")
+    late = submit(srv, "t-idle", {"sleep": 0})
+    # expired by the sweep due at its expiry (the next one after that is a minute away)
+    done = wait_task(srv, late["task_id"])
+    assert done["status"] == "expired" and done["attempts"] == 0
+    assert wait_task(srv, blocker["task_id"])["status"] == "succeeded"
+    sweeps = _metric(srv, "faasbox_task_sweeps_total")
+    commits = _metric(srv, "faasbox_store_commits_total")
+    time.sleep(3)  # three sweep intervals, idle
+    assert _metric(srv, "faasbox_task_sweeps_total") == sweeps
+    # what is left: a heartbeat a second (the store's health) and, with a warm instance,
+    # its metering every 5 s; the sweeps were two more writes a second
+    assert _metric(srv, "faasbox_store_commits_total") - commits <= 7  # before: 10-11

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
 from typing import Any
 
@@ -27,7 +28,7 @@ from faasbox.events import Events, SlotReleased, TasksEnqueued
 from faasbox.invoker import new_id
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
-from faasbox.store.queue import NewTask, TaskPolicy, TaskQueue, TaskRow
+from faasbox.store.queue import MIN_EVENT_AGE_S, NewTask, TaskPolicy, TaskQueue, TaskRow
 from faasbox.tenancy.admission import Admission
 from faasbox.tenancy.names import tenant_of
 
@@ -38,6 +39,10 @@ LEASE_MARGIN_S = 60.0
 PURGE_EVERY_S = 60.0
 CHECK_READY_S = 5.0
 STRANDED_RETRY_S = 0.05
+# with one server, recover and expire run only when something may be due: at the earliest
+# lease deadline or expiry the store holds, within a second of new tasks (the shortest
+# max_event_age_s), and at least this often
+SWEEP_AT_LEAST_S = 60.0
 
 
 class Dispatcher:
@@ -64,6 +69,8 @@ class Dispatcher:
         self._ready: dict[str, float] = {}  # function -> earliest run_at of its runnable tasks
         self._notified: Counter[str] = Counter()  # function -> notifies so far
         self._wake = asyncio.Event()
+        self._sweep_due = 0.0  # when the next recover and expire are due (one server)
+        self.sweeps = 0
         self._loops: list[asyncio.Task[None]] = []
         self.fair = FairShare()
         # functions whose queue is paused: nothing of theirs is leased (delivery.QueueControl
@@ -119,6 +126,7 @@ class Dispatcher:
     def notify(self, function: str, run_at: float) -> None:
         """Tasks of ``function`` become runnable at ``run_at`` (an enqueue or release)."""
         self._ready[function] = min(run_at, self._ready.get(function, run_at))
+        self._sweep_due = min(self._sweep_due, self.clock.now() + MIN_EVENT_AGE_S)
         self._notified[function] += 1
         self._wake.set()
 
@@ -299,6 +307,9 @@ class Dispatcher:
             await self.clock.sleep(self.sweep_interval_s)
             try:
                 now = self.clock.now()
+                if not self.cluster.shared and now < self._sweep_due:
+                    continue  # nothing can be due (idle: no write every second)
+                self.sweeps += 1
                 if await self.queue.recover(now, self.owner, self.cluster.live_since(now)):
                     self._ready.update(await self.queue.runnable_functions(now))
                     self._wake.set()
@@ -310,5 +321,10 @@ class Dispatcher:
                 if now - last_purge > PURGE_EVERY_S:
                     last_purge = now
                     await self.queue.purge(now - self.retention_s)
+                if not self.cluster.shared:
+                    due = min(await self.queue.next_due() or math.inf, now + SWEEP_AT_LEAST_S)
+                    # a notify during this sweep set a due time of its own: keep the earlier
+                    noticed = self._sweep_due if self._sweep_due > now else math.inf
+                    self._sweep_due = min(due, noticed)
             except Exception:
                 log.exception("task sweep failed")

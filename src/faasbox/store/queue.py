@@ -34,6 +34,7 @@ STATUSES = frozenset({"held", "queued", "running", "retry_wait"}) | TERMINAL
 SOURCES = frozenset({"async", "cron", "shard", "reduce", "chain", "destination", "topic",
                      "workflow"})
 MAX_PRIORITY = 1000
+MIN_EVENT_AGE_S = 1.0  # the shortest max_event_age_s
 RetryOn = Literal["function_error", "timeout", "oom", "crash"]
 ALL_RETRY_ON: list[RetryOn] = ["function_error", "timeout", "oom", "crash"]
 
@@ -58,7 +59,7 @@ class TaskPolicy(BaseModel):
     max_attempts: int = Field(3, ge=1, le=100)
     backoff_base_s: float = Field(1.0, ge=0, le=3600)
     backoff_cap_s: float = Field(300.0, ge=0, le=86400)
-    max_event_age_s: float = Field(21600.0, ge=1, le=7 * 86400)
+    max_event_age_s: float = Field(21600.0, ge=MIN_EVENT_AGE_S, le=7 * 86400)
     retry_on: list[RetryOn] = Field(
         default_factory=lambda: list(ALL_RETRY_ON))
     interruptible: bool = Field(
@@ -214,6 +215,11 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def expire(self, now: float) -> int:
         """Move runnable tasks past their ``expires_at`` to ``expired``."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """When :meth:`recover` or :meth:`expire` may next have work: the earliest lease
+        deadline of a running task or ``expires_at`` of a runnable one (None: neither)."""
 
     @abc.abstractmethod
     async def purge(self, before: float) -> int:

@@ -165,6 +165,17 @@ class SqlTaskQueue(TaskQueue):
 
         return await self.store.write(tx, durable=False, single=True)
 
+    async def next_due(self) -> float | None:
+        def q(conn: Conn) -> float | None:
+            leases = conn.execute(
+                "SELECT MIN(lease_until) FROM tasks WHERE status = 'running'").fetchone()[0]
+            ages = conn.execute(
+                f"SELECT MIN(expires_at) FROM tasks WHERE status IN {RUNNABLE}").fetchone()[0]
+            due = [float(v) for v in (leases, ages) if v is not None]
+            return min(due) if due else None
+
+        return await self.store.read(q)
+
     async def purge(self, before: float) -> int:
         def tx(conn: Conn) -> int:
             return conn.execute(
