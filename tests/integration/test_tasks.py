@@ -429,3 +429,34 @@ def test_an_idle_server_sweeps_only_when_something_is_due(make_server: Any) -> N
     # what is left: a heartbeat a second (the store's health) and, with a warm instance,
     # its metering every 5 s; the sweeps were two more writes a second
     assert _metric(srv, "faasbox_store_commits_total") - commits <= 7  # before: 10-11
+
+
+def test_a_task_sent_ahead_of_a_memory_error_runs_once_elsewhere(server: Server) -> None:
+    """A handler's MemoryError retires its instance (its heap may be in any state): the task
+    sent ahead of it does not start there, and runs once on the next instance."""
+    server.deploy("t-pipe-oom", {"main.py": """
+        import time
+        def handler(event, context):
+            time.sleep(event.get("sleep", 0))
+            if event.get("oom"):
+                raise MemoryError("out of memory")
+            return event
+    """}, max_instances=1, timeout_s=30)
+    set_policy(server, "t-pipe-oom", max_attempts=1)
+    warm = server.http.post("/v1/functions/t-pipe-oom/tasks:batch",
+                            json=[{"i": i} for i in range(50)]).json()["tasks"]
+    assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
+    [first] = server.instances("t-pipe-oom")
+    oom = submit(server, "t-pipe-oom", {"oom": True, "sleep": 1})
+    server.wait_for(lambda: [i for i in server.instances("t-pipe-oom") if i["in_flight"] == 1],
+                    what="the task to run")
+    ahead = submit(server, "t-pipe-oom", {"i": "ahead"})
+    server.wait_for(lambda: [i for i in server.instances("t-pipe-oom") if i["in_flight"] == 2],
+                    what="a task sent ahead")
+    failed = wait_task(server, oom["task_id"])
+    assert failed["status"] == "dead" and failed["error"]["code"] == "out_of_memory", failed
+    done = wait_task(server, ahead["task_id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert done["result"] == {"i": "ahead"} and len(done["invocation_ids"]) == 1
+    record = server.http.get(f"/v1/invocations/{done['invocation_ids'][0]}").json()
+    assert record["instance_id"] != first["id"]  # not on the instance the error retired

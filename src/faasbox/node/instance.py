@@ -190,7 +190,10 @@ class Instance:
             self.running -= 1
             if not call.fut.done():
                 call.fut.set_result((header, payload))
-            if self.pending:
+            error = header.get("error")
+            if isinstance(error, dict) and error.get("type") == "MemoryError":
+                self.state = "stopping"  # not reused (see _result): what waits does not start
+            elif self.pending:
                 self._start_pending()
         elif self._control is not None and not self._control.done():
             self._control.set_result(header)
