@@ -127,3 +127,66 @@ def test_settings_from_env_and_overrides(tmp_path: Path) -> None:
     assert s.port == 9000 and s.acquire_timeout_s == 2.5 and s.data == tmp_path
     assert s.host == "0.0.0.0"
     assert Settings.from_env({}, port=1234).port == 1234
+
+
+PEAK_PROBE = """
+import json, os, sys
+from faasbox.runtime import worker
+
+def own():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+def report():
+    peak = worker._peak_rss_kb()
+    return {"peak": peak, "hwm": own(), "rusage": worker._status[0] == worker._RUSAGE}
+
+out = {"spawned": report()}
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, json.dumps(report()).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+out["forked"] = json.loads(os.read(read, 4096))
+print(json.dumps(out))
+"""
+
+
+def test_an_instances_peak_rss_is_its_own_spawned_or_forked(tmp_path: Path) -> None:
+    """A spawned instance inherits its parent's peak in ``ru_maxrss`` across exec, so the
+    worker reads VmHWM there; a forked one reads ``ru_maxrss``, which is then the same."""
+    import json
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(PEAK_PROBE)
+    # a parent of 300 MB execs the probe: its ru_maxrss starts at the parent's peak
+    parent = ("import os, sys; big = bytearray(300 << 20); big[::4096] = b'x' * len(big[::4096]);"
+              f" os.execv(sys.executable, [sys.executable, {str(probe)!r}])")
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True)
+    out = json.loads(done.stdout)
+    spawned, forked = out["spawned"], out["forked"]
+    assert spawned["rusage"] is False and forked["rusage"] is True
+    for seen in (spawned, forked):
+        assert 0 < seen["peak"] <= seen["hwm"] < 200 * 1024  # not the parent's 300 MB
+
+
+def test_row_ids_sort_by_creation_and_stay_unguessable() -> None:
+    import re
+    import time
+
+    from faasbox.invoker import new_id, new_row_id
+
+    ids = []
+    for _ in range(3):
+        ids += [new_row_id() for _ in range(100)]
+        time.sleep(0.002)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    prefixes = [i[:12] for i in ids]
+    assert prefixes == sorted(prefixes) and len(set(prefixes)) >= 3  # milliseconds first
+    assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 60
+    assert len({i[12:] for i in ids}) == len(ids)  # 80 random bits after them
+    assert len({new_id()[:8] for _ in range(50)}) > 1  # random ids stay random from the start

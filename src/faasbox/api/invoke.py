@@ -14,7 +14,7 @@ from faasbox.api.body import read_capped, trace_id_of, validate_event
 from faasbox.api.errors import error_parts
 from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import record_view
-from faasbox.invoker import new_id, new_request_id
+from faasbox.invoker import new_request_id, new_trace_id
 from faasbox.payload import MAX_EVENT
 from faasbox.platform import Platform
 from faasbox.store import InvocationRecord
@@ -65,7 +65,7 @@ async def call(p: Platform, tenant: str, name: str, version: str | None,
         p.admission.take(tenant)
         event = validate_event(await read())
         request_id = new_request_id()
-        trace_id = trace_id_of(traceparent) or new_id()
+        trace_id = trace_id_of(traceparent) or new_trace_id()
         headers = [("X-Faasbox-Request-Id", request_id),
                    ("X-Faasbox-Version", str(row.version)), ("X-Faasbox-Trace-Id", trace_id)]
         try:

@@ -13,7 +13,7 @@ from faasbox.api.body import read_capped, read_event, trace_id_of
 from faasbox.api.responses import V1, error_responses
 from faasbox.api.views import task_view
 from faasbox.delivery.webhooks import WebhookRefused, check_url
-from faasbox.invoker import new_id
+from faasbox.invoker import new_task_id, new_trace_id
 from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
 from faasbox.store.queue import MAX_PRIORITY, STATUSES, NewTask, TaskPolicy, TaskRow
@@ -73,7 +73,8 @@ async def _submit(
     p: Platform, function: str, events: list[bytes], keys: list[str | None],
     version: int | None, trace_id: str | None, run_at: float | None, priority: int,
 ) -> list[tuple[TaskRow, bool]]:
-    new = [NewTask(new_id(), e, k, trace_id or new_id(), run_at=run_at, priority=priority)
+    new = [NewTask(new_task_id(), e, k, trace_id or new_trace_id(), run_at=run_at,
+                   priority=priority)
            for e, k in zip(events, keys, strict=True)]
     return await p.dispatcher.enqueue(function, new, version)
 

@@ -33,7 +33,7 @@ from faasbox.delivery.topics import Topics
 from faasbox.delivery.webhooks import Webhooks
 from faasbox.dispatcher import Dispatcher, Policies
 from faasbox.events import InvocationFinished, TaskFinished
-from faasbox.invoker import new_id
+from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.store.queue import NewTask, TaskQueue, TaskRow
 from faasbox.store.relational.delivery import DeliveryRow, SqlDeliveryStore
 from faasbox.tenancy.names import qualify, tenant_of, within
@@ -92,8 +92,8 @@ class DestinationService:
             assert chain is not None
             if await self._hops_left(event.record.trace_id, chain):
                 await self.dispatcher.enqueue(within(event.row.function, chain), [NewTask(
-                    new_id(), event.payload, f"chain:{event.record.id}",
-                    event.record.trace_id or new_id(), source="chain")])
+                    new_task_id(), event.payload, f"chain:{event.record.id}",
+                    event.record.trace_id or new_trace_id(), source="chain")])
             return
         dests: list[Destination] = []
         if chain:
@@ -201,7 +201,7 @@ class DestinationService:
         event = result if dest.payload == "result" and result is not None else row.body
         key = f"chain:{task.id}" if legacy else f"dest:{task.id}:{condition}:{row.position}"
         [(made, created)] = await self.dispatcher.enqueue(row.target, [NewTask(
-            new_id(), event, key, task.trace_id or new_id(),
+            new_task_id(), event, key, task.trace_id or new_trace_id(),
             source="chain" if legacy else "destination")])
         row.status = "delivered"
         row.outcome = {"task_id": made.id, "created": created}

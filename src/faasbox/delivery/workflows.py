@@ -34,7 +34,7 @@ from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher
 from faasbox.events import TaskFinished
-from faasbox.invoker import new_id
+from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.payload import MAX_EVENT
 from faasbox.registry import Registry
 from faasbox.spec import NAME_RE, validation_text
@@ -151,7 +151,7 @@ class Workflows:
             id=new_id(), tenant=tenant, name=name,
             spec={"chain": spec.chain, "on_failure": spec.on_failure, "stages": plan},
             status="running", stage=0, stage_input=event, created_at=self.clock.now(),
-            trace_id=trace_id or new_id(),
+            trace_id=trace_id or new_trace_id(),
             idempotency_key=None if idempotency_key is None else f"{tenant}:{idempotency_key}")
         row, created = await self.store.create_workflow(row)
         if created:
@@ -258,7 +258,7 @@ class Workflows:
         by_function: dict[str, list[NewTask]] = {}
         for index, (fn, event) in enumerate(members):
             by_function.setdefault(qualify(wf.tenant, fn), []).append(NewTask(
-                new_id(), event, f"wf:{wf.id}:{wf.stage}:{index}", wf.trace_id,
+                new_task_id(), event, f"wf:{wf.id}:{wf.stage}:{index}", wf.trace_id,
                 source="workflow", shard_index=index, shard_count=len(members),
                 workflow_id=wf.id, workflow_step=wf.stage))
         for function, new in by_function.items():
@@ -279,7 +279,7 @@ class Workflows:
                                   "error": {"status": status, "code": code,
                                             "message": message}})
             [(row, _)] = await self.dispatcher.enqueue(qualify(wf.tenant, failure), [NewTask(
-                new_id(), event, f"wf:{wf.id}:on_failure", wf.trace_id, source="workflow")])
+                new_task_id(), event, f"wf:{wf.id}:on_failure", wf.trace_id, source="workflow")])
             await self.store.set_failure_task(wf.id, row.id)
 
     async def _cancel_tasks(self, workflow_id: str) -> None:

@@ -25,7 +25,7 @@ from faasbox.dispatcher.fairness import FairShare, Want
 from faasbox.dispatcher.lifecycle import TaskLifecycle
 from faasbox.dispatcher.policies import Policies
 from faasbox.events import Events, SlotReleased, TasksEnqueued
-from faasbox.invoker import new_id
+from faasbox.invoker import new_task_id, new_trace_id
 from faasbox.registry import Registry
 from faasbox.scheduler import Scheduler
 from faasbox.store.queue import MIN_EVENT_AGE_S, NewTask, TaskPolicy, TaskQueue, TaskRow
@@ -100,7 +100,7 @@ class Dispatcher:
     ) -> list[tuple[TaskRow, bool]]:
         """Durably enqueue tasks; returns ``[(task, created)]`` once they are committed.
         Each task without a ``trace_id`` starts a trace of its own."""
-        new = [NewTask(new_id(), e, k, trace_id or new_id(), source=source,
+        new = [NewTask(new_task_id(), e, k, trace_id or new_trace_id(), source=source,
                        trigger_name=trigger_name)
                for e, k in zip(events, keys, strict=True)]
         return await self.enqueue(function, new, version)

@@ -25,7 +25,7 @@ from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
 from faasbox.events import Events, TaskFinished, TasksEnqueued
-from faasbox.invoker import new_id
+from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.registry import Registry
 from faasbox.spec import check_name
 from faasbox.store.queue import TERMINAL, NewTask, TaskPolicy, TaskQueue
@@ -116,10 +116,10 @@ class JobService:
             await self.registry.get(within(spec.function, spec.reduce))
         events = spec.events()
         job_id = new_id()
-        trace_id = trace_id or new_id()
+        trace_id = trace_id or new_trace_id()
         count = len(events)
         first = count if spec.max_parallel is None else spec.max_parallel
-        shards = [NewTask(new_id(), e, None, trace_id, source="shard", job_id=job_id,
+        shards = [NewTask(new_task_id(), e, None, trace_id, source="shard", job_id=job_id,
                           shard_index=i, shard_count=count, held=i >= first,
                           trigger_name=trigger_name)
                   for i, e in enumerate(events)]
@@ -245,7 +245,7 @@ class JobService:
                             error_message=f"the shard results are {len(event)} bytes; reduce"
                             f" takes at most {MAX_REDUCE_EVENT}")
             return
-        new = NewTask(new_id(), event, f"job:{job.id}:reduce", job.trace_id, source="reduce",
+        new = NewTask(new_task_id(), event, f"job:{job.id}:reduce", job.trace_id, source="reduce",
                       job_id=job.id)
         [(row, _)] = await self.dispatcher.enqueue(within(job.function, spec.reduce), [new])
         await self.store.set_reduce(job.id, row.id)
