@@ -235,6 +235,57 @@ def test_template_instances_share_the_import_not_the_process(template: Server) -
     assert all(ms < 1000 for ms in inits), inits
 
 
+FORKED = {"main.py": """
+    import concurrent.futures, os, random, sys, threading
+
+    HOOKED = []
+    if os.environ.get("REGISTER_HOOK"):
+        os.register_at_fork(after_in_child=lambda: HOOKED.append(os.getpid()))
+
+    def handler(event, context):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            squares = sorted(pool.map(lambda n: n * n, range(4)))
+        return {
+            "pid": os.getpid(), "random": random.random(), "hooked": HOOKED,
+            "bare": getattr(sys.modules["__main__"], "bare_fork", None),
+            "main": threading.current_thread() is threading.main_thread(),
+            "native_id": threading.main_thread().native_id == threading.get_native_id(),
+            "threads": squares,
+        }
+"""}
+
+
+def forked_burst(server: Server, name: str) -> list[dict[str, Any]]:
+    outs = burst(server, name, 2, {})
+    modes = {instance_of(server, name, o["pid"])["start_mode"] for o in outs}
+    assert modes == {"template"}
+    assert outs[0]["pid"] != outs[1]["pid"] and outs[0]["random"] != outs[1]["random"]
+    for out in outs:  # what the interpreter's own after-fork work would have set up
+        assert out["main"] and out["native_id"] and out["threads"] == [0, 1, 4, 9]
+    return outs
+
+
+def test_template_children_are_forked_bare(template: Server) -> None:
+    template.deploy("t-bare", FORKED, max_instances=2)
+    outs = forked_burst(template, "t-bare")
+    assert all(o["bare"] is True and o["hooked"] == [] for o in outs)
+
+
+def test_a_functions_own_at_fork_hook_makes_its_template_fork_with_os_fork(
+        template: Server) -> None:
+    template.deploy("t-hook", FORKED, max_instances=2, env={"REGISTER_HOOK": "1"})
+    outs = forked_burst(template, "t-hook")
+    for out in outs:  # the hook the module registered in the template ran in each child
+        assert out["bare"] is False and out["hooked"] == [out["pid"]], out
+
+
+def test_bare_forks_can_be_turned_off(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_START_MODE": "template", "FAASBOX_FORK_BARE": "0"})
+    srv.deploy("t-off", FORKED, max_instances=2)
+    outs = forked_burst(srv, "t-off")
+    assert all(o["bare"] is False for o in outs)
+
+
 def test_template_instance_is_oom_killed(template: Server) -> None:
     if not template.feature("memory limit"):
         pytest.skip("faasbox doctor reports no memory limit on this machine")

@@ -220,8 +220,11 @@ class Starter:
                     f"the fork server failed to start {loop.time() - failed:.0f} s ago")
             if current is not None:
                 log.warning("the fork server (pid %s) exited; starting a new one", current.pid)
+            env = dict(RUNTIME_ENV)
+            if os.environ.get("FAASBOX_FORK_BARE") == "0":  # runtime/zygote.py
+                env["FAASBOX_FORK_BARE"] = "0"
             self._forkserver_task = asyncio.create_task(start_fork_server(
-                self.env.output_root / "forkserver.out", RUNTIME_ENV))
+                self.env.output_root / "forkserver.out", env))
         task = self._forkserver_task
         try:
             self._forkserver = await asyncio.shield(task)

@@ -22,6 +22,7 @@ a retired zygote (or one whose node went away) exits once its last child has.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import os
@@ -45,6 +46,59 @@ PRELOAD = (
 )
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 4
+
+# -- a bare fork ----------------------------------------------------------------------------
+# ``os.fork`` runs CPython's after-fork work in the child (its locks and thread states made
+# anew) and every at-fork hook: each writes to pages the child shares with its zygote, about
+# 0.7 MB of private memory per child. In a single-threaded zygote none of it is needed: no
+# other thread can hold a lock or own a thread state, and the hooks that the runtime's own
+# modules register (threading, random, logging, concurrent.futures) only re-make locks or
+# reseed; the child reseeds ``random`` itself (after_fork_in_instance). So a zygote forks
+# with libc's fork (the GIL held throughout) unless a thread has started or code it ran after
+# start-up (a function's module, in a template) registered an at-fork hook of its own: then
+# ``os.fork``, so that the hook runs. ``FAASBOX_FORK_BARE=0`` turns it off.
+_register_at_fork = os.register_at_fork
+_hooks_since_start: list[str] = []
+_watching = False
+_bare_enabled = True  # FAASBOX_FORK_BARE in the fork server's environment; templates inherit it
+bare_fork = False  # in a child: whether its zygote forked it bare
+
+
+def _watched_register_at_fork(**hooks: Any) -> None:
+    if _watching:
+        _hooks_since_start.extend(getattr(h, "__qualname__", repr(h))
+                                  for h in hooks.values() if h is not None)
+    _register_at_fork(**hooks)
+
+
+os.register_at_fork = _watched_register_at_fork
+
+
+def watch_fork_hooks() -> None:
+    """From now on an at-fork hook registered in this process (or its forked children) makes
+    them fork with ``os.fork``."""
+    global _watching, _bare_enabled
+    _watching = True
+    _hooks_since_start.clear()
+    _bare_enabled = os.environ.get("FAASBOX_FORK_BARE", "1") != "0"
+
+
+def _bare_fork_allowed() -> bool:
+    return _bare_enabled and not _hooks_since_start and threading.active_count() == 1
+
+
+_libc_fork: Any = None
+
+
+def _fork_bare() -> int:
+    global _libc_fork
+    if _libc_fork is None:
+        _libc_fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held
+    pid: int = _libc_fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fork: {os.strerror(err)}")
+    return pid
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -135,14 +189,17 @@ class Zygote:
             return
         sys.stdout.flush()
         sys.stderr.flush()
+        bare = _bare_fork_allowed()
         try:
-            pid = os.fork()
+            pid = _fork_bare() if bare else os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
             self._report({"t": "fork_error", "id": message.get("id"), "message": str(exc)})
             return
         if pid == 0:
+            global bare_fork
+            bare_fork = bare
             self._child(message, fds[0], fds[1])
         for fd in fds:
             os.close(fd)
@@ -156,6 +213,10 @@ class Zygote:
     # -- in the child -----------------------------------------------------------------------
     def _child(self, message: dict[str, Any], sock_fd: int, out_fd: int) -> NoReturn:
         code = 1
+        # the thread's id in the kernel is new (Python 3.11's own at-fork hook misses it)
+        set_native_id = getattr(threading.main_thread(), "_set_native_id", None)
+        if set_native_id is not None:
+            set_native_id()
         try:
             # nothing of the zygote's own channel or children stays reachable from user code
             self.selector.close()
@@ -297,6 +358,7 @@ def main(argv: list[str]) -> None:
 
     ctl = socket.socket(fileno=int(argv[1]))
     zygote = Zygote(ctl, "forkserver")
+    watch_fork_hooks()  # what registers a hook from here on is not the runtime's own
     gc.collect()
     gc.freeze()
     send(ctl, {"t": "hello", "pid": os.getpid(), "modules": loaded_top_level()})
