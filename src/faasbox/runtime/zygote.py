@@ -23,6 +23,7 @@ a retired zygote (or one whose node went away) exits once its last child has.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import importlib
 import os
@@ -64,6 +65,7 @@ _bare_enabled = True  # FAASBOX_FORK_BARE in the fork server's environment; temp
 bare_fork = False  # in a child: whether its zygote forked it bare
 
 
+@functools.wraps(_register_at_fork)
 def _watched_register_at_fork(**hooks: Any) -> None:
     if _watching:
         _hooks_since_start.extend(getattr(h, "__qualname__", repr(h))
