@@ -17,7 +17,7 @@ import orjson
 from faasbox import errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher
-from faasbox.invoker import new_task_id, new_trace_id
+from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.store.queue import NewTask
 from faasbox.store.relational.delivery import SqlDeliveryStore, Subscription
 from faasbox.tenancy.names import display, qualify, tenant_of
@@ -84,7 +84,7 @@ class Topics:
     ) -> tuple[str, list[dict[str, Any]]]:
         """Enqueue the message for every matching subscriber; (message id, the tasks)."""
         await self.require(topic)
-        message_id = message_id or new_trace_id()
+        message_id = message_id or new_id()
         if not 0 < len(message_id) <= MESSAGE_ID_MAX:
             raise errors.InvalidRequest(f"a message id is 1-{MESSAGE_ID_MAX} characters")
         decoded = orjson.loads(message)

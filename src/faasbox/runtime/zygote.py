@@ -59,7 +59,7 @@ MAX_FDS = 4
 # start-up (a function's module, in a template) registered an at-fork hook of its own: then
 # ``os.fork``, so that the hook runs. ``FAASBOX_FORK_BARE=0`` turns it off.
 _register_at_fork = os.register_at_fork
-_hooks_since_start: list[str] = []
+_hooked_since_start = False  # an at-fork hook was registered after the watch began
 _watching = False
 _bare_enabled = True  # FAASBOX_FORK_BARE in the fork server's environment; templates inherit it
 bare_fork = False  # in a child: whether its zygote forked it bare
@@ -67,9 +67,8 @@ bare_fork = False  # in a child: whether its zygote forked it bare
 
 @functools.wraps(_register_at_fork)
 def _watched_register_at_fork(**hooks: Any) -> None:
-    if _watching:
-        _hooks_since_start.extend(getattr(h, "__qualname__", repr(h))
-                                  for h in hooks.values() if h is not None)
+    global _hooked_since_start
+    _hooked_since_start = _hooked_since_start or _watching
     _register_at_fork(**hooks)
 
 
@@ -79,14 +78,14 @@ os.register_at_fork = _watched_register_at_fork
 def watch_fork_hooks() -> None:
     """From now on an at-fork hook registered in this process (or its forked children) makes
     them fork with ``os.fork``."""
-    global _watching, _bare_enabled
+    global _watching, _bare_enabled, _hooked_since_start
     _watching = True
-    _hooks_since_start.clear()
+    _hooked_since_start = False
     _bare_enabled = os.environ.get("FAASBOX_FORK_BARE", "1") != "0"
 
 
 def _bare_fork_allowed() -> bool:
-    return _bare_enabled and not _hooks_since_start and threading.active_count() == 1
+    return _bare_enabled and not _hooked_since_start and threading.active_count() == 1
 
 
 _libc_fork: Any = None
