@@ -215,6 +215,36 @@ def test_a_job_and_its_shards_in_one_transaction_and_it_ends_once(backend: Backe
     run(backend, body)
 
 
+def test_a_stop_ends_the_job_and_cancels_its_waiting_shards_in_one_write(
+        backend: Backend) -> None:
+    """Another server's advance never sees cancelled shards of a job that still runs (it
+    would fail the job before the cancel ends it)."""
+    async def body(store: SqlStore) -> None:
+        q, jobs = SqlTaskQueue(store), SqlTriggerStore(store)
+        now = time.time()
+        job = JobRow(id="j2", function=F, version=None, status="running",
+                     spec={"max_parallel": 2}, shard_count=3, created_at=now)
+        shards = [task(f"u{i}", source="shard", job_id="j2", shard_index=i, shard_count=3,
+                       held=i == 2) for i in range(3)]
+        await jobs.create_job(job, shards, POLICY, 3600)
+        [leased] = await q.lease(F, 1, now, 60, "a")
+        ended, running = await jobs.stop_job("j2", "cancelled", now, "cancelled", "by request",
+                                             "the job was cancelled")
+        assert ended and running == [leased.id]
+        assert await q.job_counts("j2") == {"cancelled": 2, "running": 1}
+        stopped = await jobs.get_job("j2")
+        assert stopped is not None and stopped.status == "cancelled"
+        assert stopped.error_message == "by request"
+        # a second stop (another server saw the cancelled shards as failures) changes nothing
+        again, still = await jobs.stop_job("j2", "failed", now, "shard_failed", "2 failed", "x")
+        assert not again and still == [leased.id]
+        after = await jobs.get_job("j2")
+        assert after is not None and after.status == "cancelled"
+        assert not await jobs.finish_job("j2", "failed", now)
+
+    run(backend, body)
+
+
 def _record(i: int, started: float) -> InvocationRecord:
     return InvocationRecord(
         id=f"r{i}", function=F, version=1, trigger="sync", started_at=started,

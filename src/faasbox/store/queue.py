@@ -251,10 +251,6 @@ class TaskQueue(abc.ABC):
         """A job's shard tasks in shard order, with results (events left out)."""
 
     @abc.abstractmethod
-    async def cancel_held(self, job_id: str, now: float, message: str) -> list[str]:
-        """Cancel a job's held and runnable shards; returns the ids of its running ones."""
-
-    @abc.abstractmethod
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         """Tasks of one trace, oldest first (events left out)."""
 

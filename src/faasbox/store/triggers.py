@@ -115,3 +115,13 @@ class TriggerStore(abc.ABC):
         error_code: str | None = None, error_message: str | None = None,
     ) -> bool:
         """End a running job; False if it had already ended."""
+
+    @abc.abstractmethod
+    async def stop_job(
+        self, job_id: str, status: str, now: float, error_code: str, error_message: str,
+        shard_message: str,
+    ) -> tuple[bool, list[str]]:
+        """In one transaction: end a running job (cancelled or failed) and cancel its held
+        and runnable shards (``shard_message``). Returns (whether this ended it, the ids of
+        its running shards), so that no server ever sees its shards cancelled while the
+        job still runs."""

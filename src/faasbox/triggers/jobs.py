@@ -90,8 +90,8 @@ class JobService:
         self.sweep_interval_s = sweep_interval_s
         self._specs: dict[str, JobSpec] = {}
         self._dirty: set[str] = set()
-        # jobs being stopped here: their shards turn cancelled one by one, which must not read
-        # as failures before the stop ends the job with its own status
+        # jobs being stopped here: ended already, their waiters hear of it once the running
+        # shards are cancelled too
         self._stopping: set[str] = set()
         self._kick = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -254,10 +254,15 @@ class JobService:
         verb = "cancelled" if status == "cancelled" else "stopped"
         self._stopping.add(job.id)
         try:
-            running = await self.queue.cancel_held(job.id, self.clock.now(),
-                                                   f"the job was {verb}: {message}")
+            # the job ends in the same write that cancels its waiting shards: no server's
+            # advance sees cancelled shards of a running job and fails it first
+            ended, running = await self.store.stop_job(
+                job.id, status, self.clock.now(), code, message,
+                f"the job was {verb}: {message}")
+            if ended:
+                log.info("job %s %s", job.id, status)
             await asyncio.gather(*(self._cancel_task(t) for t in running))
-            await self._end(job, status, error_code=code, error_message=message)
+            self._done(job.id)
         finally:
             self._stopping.discard(job.id)
 

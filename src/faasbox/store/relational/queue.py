@@ -245,19 +245,6 @@ class SqlTaskQueue(TaskQueue):
 
         return await self.store.read(q)
 
-    async def cancel_held(self, job_id: str, now: float, message: str) -> list[str]:
-        def tx(conn: Conn) -> list[str]:
-            conn.execute(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
-                " error_code = 'cancelled', error_message = ?"
-                " WHERE job_id = ? AND status IN ('held', 'queued', 'retry_wait')",
-                (now, message, job_id))
-            return [r[0] for r in conn.execute(
-                "SELECT id FROM tasks WHERE job_id = ? AND status = 'running'",
-                (job_id,)).fetchall()]
-
-        return await self.store.write(tx)
-
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         def q(conn: Conn) -> list[TaskRow]:
             return [task_row(r) for r in conn.execute(

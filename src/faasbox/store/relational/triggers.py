@@ -169,3 +169,24 @@ class SqlTriggerStore(TriggerStore):
                 (status, now, result, error_code, error_message, job_id)).rowcount > 0
 
         return await self.store.write(tx)
+
+    async def stop_job(
+        self, job_id: str, status: str, now: float, error_code: str, error_message: str,
+        shard_message: str,
+    ) -> tuple[bool, list[str]]:
+        def tx(conn: Conn) -> tuple[bool, list[str]]:
+            ended = conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?,"
+                " error_message = ? WHERE id = ? AND status = 'running'",
+                (status, now, error_code, error_message, job_id)).rowcount > 0
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
+                " error_code = 'cancelled', error_message = ?"
+                " WHERE job_id = ? AND status IN ('held', 'queued', 'retry_wait')",
+                (now, shard_message, job_id))
+            running = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE job_id = ? AND status = 'running'",
+                (job_id,)).fetchall()]
+            return ended, running
+
+        return await self.store.write(tx)
