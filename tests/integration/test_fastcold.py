@@ -446,6 +446,21 @@ def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any
     assert seen[-1] == "template", seen
 
 
+def test_auto_mode_starts_instances_ahead_of_demand_from_a_template(make_server: Any) -> None:
+    """min_instances are started with nobody waiting: they wait for the version's template, so
+    the instances kept warm share its import instead of each holding their own."""
+    srv = make_server(env={"FAASBOX_START_MODE": "auto"})
+    srv.deploy("a-min", STATE, min_instances=2)
+    srv.wait_for(lambda: len([i for i in srv.instances("a-min") if i["state"] == "idle"]) == 2,
+                 what="two warm instances")
+    modes = [i["start_mode"] for i in srv.instances("a-min")]
+    assert modes == ["template", "template"], modes
+    # a caller's first cold start still forks from the fork server (it does not wait)
+    srv.deploy("a-cold", STATE)
+    out = srv.invoke("a-cold").json()
+    assert instance_of(srv, "a-cold", out["pid"])["start_mode"] == "fork"
+
+
 def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) -> None:
     def template_pid(name: str) -> int:
         out = template.invoke(name, {}).json()

@@ -26,6 +26,11 @@ def test_template_due() -> None:
     assert not startmode.template_due("forkserver", 5)
     assert not startmode.template_due("spawn", 5)
     assert startmode.template_awaited("template") and not startmode.template_awaited("auto")
+    # a start ahead of demand (min_instances, a schedule) waits for the template in auto mode
+    assert startmode.template_due("auto", 1, ahead=True)
+    assert startmode.template_awaited("auto", ahead=True)
+    assert not startmode.template_due("forkserver", 1, ahead=True)
+    assert not startmode.template_awaited("forkserver", ahead=True)
 
 
 def test_check_mode() -> None:

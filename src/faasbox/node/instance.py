@@ -99,6 +99,7 @@ class Instance:
         self.init_ms: float | None = None
         self.start_mode = "spawn"  # spawn, fork or template (node/startmode.py)
         self.start_fallback: str | None = None  # why a faster way was not used
+        self.ahead = False  # started ahead of demand (no caller waits for it)
         # a template's child forked ahead of demand (node/starter.py): its id, which names its
         # scratch dir and cgroup (None: forked or spawned for this instance)
         self.spare: str | None = None

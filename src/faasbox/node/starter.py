@@ -248,12 +248,12 @@ class Starter:
             return None
         task = self._templates.get(key)
         if task is None:
-            if not startmode.template_due(self.mode, self._cold_starts[key]):
+            if not startmode.template_due(self.mode, self._cold_starts[key], inst.ahead):
                 return None
             task = asyncio.create_task(self._make_template(inst.function, inst.version,
                                                            inst.spec, paths))
             self._templates[key] = task
-        if not task.done() and not startmode.template_awaited(self.mode):
+        if not task.done() and not startmode.template_awaited(self.mode, inst.ahead):
             return None
         template = await asyncio.shield(task)
         if template is None:

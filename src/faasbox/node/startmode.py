@@ -5,7 +5,10 @@ imported), **fork** from the node's fork server (runtime already imported), or *
 interpreter. ``FAASBOX_START_MODE`` picks the fastest allowed: ``template`` and ``auto`` try all
 three in that order, ``forkserver`` the last two, ``spawn`` only the last. They differ in when a
 template is made: ``template`` at a version's first cold start (that start waits for it),
-``auto`` in the background at its second (a version started once may never start again).
+``auto`` in the background at its second (a version started once may never start again), or
+at its first when that start is ahead of demand (``min_instances``, a schedule, a forecast):
+such a start waits for the template, as nobody waits for it, so the instances kept warm are
+template children and not the fork server's (which share far less memory).
 """
 
 from __future__ import annotations
@@ -35,16 +38,17 @@ def ways(mode: str, version: int) -> list[str]:
     return [TEMPLATE, FORK, SPAWN]
 
 
-def template_due(mode: str, cold_starts: int) -> bool:
-    """Whether to make a version's template now, after its ``cold_starts``-th cold start."""
-    if mode == "template":
+def template_due(mode: str, cold_starts: int, ahead: bool = False) -> bool:
+    """Whether to make a version's template now, after its ``cold_starts``-th cold start
+    (``ahead``: this one is ahead of demand)."""
+    if mode == "template" or (mode == "auto" and ahead):
         return cold_starts >= 1
     return mode == "auto" and cold_starts >= 2
 
 
-def template_awaited(mode: str) -> bool:
+def template_awaited(mode: str, ahead: bool = False) -> bool:
     """Whether a cold start waits for a template being made (else it forks meanwhile)."""
-    return mode == "template"
+    return mode == "template" or (mode == "auto" and ahead)
 
 
 def top_level_names(paths: Iterable[str]) -> set[str]:

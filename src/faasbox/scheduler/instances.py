@@ -331,14 +331,17 @@ class InstancePools:
         return min(idle, key=lambda i: i.last_used, default=None)
 
     # -- starting and stopping --------------------------------------------------------------
-    async def start(self, pool: Pool, row: VersionRow, node: Node) -> Instance:
+    async def start(self, pool: Pool, row: VersionRow, node: Node,
+                    ahead: bool = False) -> Instance:
         """Start an instance on ``node`` (already reserved); it is in the pool, ``starting``,
-        from the first moment, and comes back holding one slot for the caller."""
+        from the first moment, and comes back holding one slot for the caller (``ahead``: no
+        caller, it is started ahead of demand)."""
         if not self.serves(pool):
             self.resources.release(node, row.spec.memory_mb)
             raise errors.Unavailable(f"function {display(row.function)!r} is no longer served here")
         inst = self.node.create(row.function, row.version, row.spec)
         inst.leases = 1
+        inst.ahead = ahead
         pool.instances.append(inst)
         self._placement[inst.id] = node
         if node.parent is None:

@@ -211,7 +211,7 @@ class ScalingLoop:
     async def _warm_up(self, pool: Pool, row: VersionRow, node: Node, keep_s: float) -> None:
         pool.starting -= 1
         try:
-            inst = await self.pools.start(pool, row, node)
+            inst = await self.pools.start(pool, row, node, ahead=True)
         except errors.FaasboxError as exc:
             log.warning("cannot start an instance of %s ahead of demand: %s", row.function, exc)
             self.scheduler.pump(pool)
