@@ -9,6 +9,9 @@ is deployed once (``idle_ttl_s`` 0). Every sample is a cold start of that same v
 bench waits until the previous instance is gone, then invokes (a sample whose
 ``X-Faasbox-Cold-Start`` header is not ``true`` is discarded). The first cold start of the
 version is reported apart (``cold_start.first``): in ``template`` mode it makes the template.
+``--start-mode auto`` (the server's default, on request only) mixes fork-server and template
+starts in its latency samples; its PSS figures show what the default keeps warm for
+``min_instances``.
 
 Figures per function and mode:
   cold_start.first     the version's first cold start (template mode: includes the template)
@@ -47,6 +50,8 @@ FUNCTIONS = {
 }
 DEFAULT_FUNCTIONS = ["hello", "heavy"]
 START_MODES = ["spawn", "forkserver", "template"]
+# auto (the default) is on request: its cold starts mix forks and template children
+MODE_CHOICES = [*START_MODES, "auto"]
 EVENT = {"message": "hello"}
 GONE_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 120.0
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="warm invokes per function, for contrast (default: 200)")
     ap.add_argument("--function", choices=sorted(FUNCTIONS), nargs="+",
                     default=DEFAULT_FUNCTIONS, help="which functions (default: hello heavy)")
-    ap.add_argument("--start-mode", choices=START_MODES, nargs="+", default=START_MODES,
+    ap.add_argument("--start-mode", choices=MODE_CHOICES, nargs="+", default=START_MODES,
                     help="which start modes (default: all)")
     ap.add_argument("--pss-instances", type=int, default=4,
                     help="idle instances for the PSS figures (0: skip; default: 4)")
