@@ -6,10 +6,12 @@ import asyncio
 import sqlite3
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from faasbox.spec import FunctionSpec
 from faasbox.store import InvocationRecord, SqlStore
+from faasbox.store.database import QUIET_WRITES
 from faasbox.store.sqlite.engine import SqliteDatabase, migrate, migrations
 
 
@@ -219,6 +221,45 @@ def test_records_commit_inline_when_the_writer_is_idle(tmp_path: Path) -> None:
         return inline, queued, rows
 
     assert asyncio.run(main()) == (0, 1, 2)
+
+
+def test_seldom_quick_writes_commit_inline_and_a_burst_goes_to_the_writer(
+        tmp_path: Path) -> None:
+    """A write that need not reach the disk commits on the loop's thread while writes come
+    seldom (a lone task's lease and end: no thread hand-off); a durable one, and every write
+    of a burst, goes to the writer, which groups them."""
+    async def main() -> tuple[bool, bool, int, int]:
+        db = SqliteDatabase(tmp_path / "s.db")
+        db.quiet_window_s = 3600.0  # a slow machine's burst still counts as one
+        store = SqlStore(db)
+        await store.open()
+        assert db._writer is not None
+        writer = db._writer
+
+        def insert(i: int) -> Callable[[sqlite3.Connection], None]:
+            return lambda conn: conn.execute(
+                "INSERT INTO task_policies (function, policy, updated_at) VALUES (?, '{}', 0)",
+                (f"f{i}",))
+
+        quick = store.submit(insert(0), durable=False)
+        inline = quick.done()  # committed before submit returned
+        durable = store.submit(insert(1))
+        queued = not durable.done()
+        await durable
+        burst = [store.submit(insert(i), durable=False) for i in range(2, 2 + 2 * QUIET_WRITES)]
+        handed = sum(not f.done() for f in burst)
+        await asyncio.gather(*burst)
+        rows: int = await store.read(lambda conn: conn.execute(
+            "SELECT count(*) FROM task_policies").fetchone()[0])
+        assert writer.done_items >= 2
+        await store.close()
+        return inline, queued, handed, rows
+
+    inline, queued, handed, rows = asyncio.run(main())
+    assert inline and queued
+    # the first writes of the burst still commit inline; once it is seen, they queue
+    assert handed == 2 * QUIET_WRITES - (QUIET_WRITES - 2)
+    assert rows == 2 + 2 * QUIET_WRITES
 
 
 def test_the_log_starts_again_under_a_steady_load(tmp_path: Path) -> None:
