@@ -13,12 +13,12 @@ SQL that both backends run (``store/relational/``). An engine runs them:
   run again with them. On SQLite, records sent while the writer has nothing queued or running
   commit on the event loop's own thread (about 60 µs), which saves the two thread hand-offs
   that cost more than the commit; so does any write that need not reach the disk while writes
-  come seldom (under 3,200 a second: a lone task's lease and end, 1 ms sooner each). Checkpoints (SQLite) fold the log into the database in two
-  steps: the long one (10-20 ms of copying and syncing, longer than a hundred commits) on a
-  thread and a connection of their own, beside the writes; then a short one on the writer
-  thread between two groups, for the pages written meanwhile, so that the log is wholly
-  folded and the next write starts it again from the beginning (else it would grow without
-  end under a steady load).
+  come seldom (under 3,200 a second: a lone task's lease and end, 1 ms sooner each).
+  Checkpoints (SQLite) fold the log into the database in two steps: the long one (10-20 ms of
+  copying and syncing, longer than a hundred commits) on a thread and a connection of their
+  own, beside the writes; then a short one on the writer thread between two groups, for the
+  pages written meanwhile, so that the log is wholly folded and the next write starts it again
+  from the beginning (else it would grow without end under a steady load).
 - **Durability** is per write. A ``durable`` write (the default: a deploy, an accepted task)
   is on disk when its future resolves, so it outlives a crash of the machine. The hot writes
   that only record what happened (invocation records, leases, a task's end) pass
