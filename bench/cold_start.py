@@ -26,11 +26,21 @@ Figures per function and mode:
   cold_start.pss_total_per_instance  PSS of every process under the server that is not the
                                      server (fork server, template, instances) / instances
   cold_start.first_deploy  the first deploy (code upload, pip install, load check)
+
+In ``auto`` mode only, for ``heavy`` (whose handler can be told to sleep):
+  cold_start.burst_pss_total_per_instance  PSS of everything under the server / instances,
+                                     once ``--pss-instances`` instances started by a burst of
+                                     as many calls (before the version had its template: from
+                                     the fork server) are idle and the server has replaced
+                                     them by the template's children
+  cold_start.burst_swapped_s         from the end of the burst until every instance is a
+                                     template child
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import http.client
 import os
 import sys
@@ -172,6 +182,34 @@ def pss_figures(fb: FaasboxServer, name: str, count: int) -> tuple[float, float]
     return per_instance, total
 
 
+def burst_figures(fb: FaasboxServer, name: str, count: int) -> tuple[float, float]:
+    """``(PSS of everything under the server / count in MB, seconds until swapped)``: a new
+    version of ``name``, a burst of ``count`` calls that hold their instance for a second,
+    then until its idle instances are all the template's children."""
+    folder, memory_mb = FUNCTIONS[name]
+    fb.deploy(name, folder, check=False, memory_mb=memory_mb, max_instances=count,
+              idle_ttl_s=600)
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda _: fb.request(
+            "POST", f"/v1/functions/{name}/invoke", json={"sleep": 1.0}), range(count)))
+    if any(r.status_code != 200 for r in answers):
+        raise RuntimeError(f"{name}: a call of the burst failed")
+    ended = time.monotonic()
+    while True:
+        live = fb.instances(name)
+        if len(live) >= count and all(i["start_mode"] == "template" and i["state"] == "idle"
+                                      for i in live):
+            break
+        if time.monotonic() - ended > READY_TIMEOUT_S:
+            raise RuntimeError(f"{name}: the burst's instances were not replaced")
+        time.sleep(0.1)
+    swapped_s = time.monotonic() - ended
+    time.sleep(1.0)  # the replaced processes are gone
+    total = sum(pss_kb(pid) for pid in descendants(fb.pid)) / count / 1024
+    fb.delete(name)
+    return total, swapped_s
+
+
 def warm_samples(fb: FaasboxServer, invoke: Invoker, name: str, memory_mb: int,
                  samples: int) -> list[float]:
     fb.deploy(name, None, check=False, memory_mb=memory_mb, idle_ttl_s=600,
@@ -230,6 +268,13 @@ def bench_function(fb: FaasboxServer, function: str, args: Any, sandbox: str,
         emit("cold_start.pss_total_per_instance", total, "MB", **idle)
         say(f"{function} [{mode}]: PSS per idle instance {per_instance:.1f} MB, "
             f"everything under the server / instance {total:.1f} MB")
+    if args.pss_instances and mode == "auto" and function == "heavy":
+        total, swapped_s = burst_figures(fb, function, args.pss_instances)
+        burst = {**params, "instances": args.pss_instances}
+        emit("cold_start.burst_pss_total_per_instance", total, "MB", **burst)
+        emit("cold_start.burst_swapped_s", swapped_s, "s", **burst)
+        say(f"{function} [{mode}]: after a burst, everything under the server / instance "
+            f"{total:.1f} MB (all template children {swapped_s:.1f} s after the burst)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -461,6 +461,33 @@ def test_auto_mode_starts_instances_ahead_of_demand_from_a_template(make_server:
     assert instance_of(srv, "a-cold", out["pid"])["start_mode"] == "fork"
 
 
+def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
+        make_server: Any) -> None:
+    """Instances a burst forked from the fork server before the version had its template are
+    swapped for template children once it is ready, while idle: same count, and the ones
+    kept warm share the template's import."""
+    srv = make_server(env={"FAASBOX_START_MODE": "auto"})
+    srv.deploy("a-swap", STATE, idle_ttl_s=600)
+    first = burst(srv, "a-swap", 3, {"sleep": 0.5})  # three cold starts: the second makes
+    assert len({o["pid"] for o in first}) == 3       # the template in the background
+    forked = {o["pid"] for o in first
+              if instance_of(srv, "a-swap", o["pid"])["start_mode"] == "fork"}
+    assert forked, "the burst started no fork-server instance"
+
+    def swapped() -> bool:
+        live = srv.instances("a-swap")
+        return (len(live) == 3 and all(i["start_mode"] == "template" for i in live)
+                and all(i["state"] == "idle" for i in live))
+
+    srv.wait_for(swapped, what="the forked instances replaced by template children")
+    assert not forked & {i["pid"] for i in srv.instances("a-swap")}
+    for pid in forked:  # the old processes are gone
+        srv.wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}"), what=f"{pid} stopped")
+    # the replacements serve
+    out = srv.invoke("a-swap").json()
+    assert instance_of(srv, "a-swap", out["pid"])["start_mode"] == "template"
+
+
 def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) -> None:
     def template_pid(name: str) -> int:
         out = template.invoke(name, {}).json()

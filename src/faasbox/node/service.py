@@ -91,6 +91,10 @@ class NodeService:
         inst.state = "idle"
         self.starter.started(inst)
 
+    def has_template(self, function: str, version: int) -> bool:
+        """Whether new instances of the version are forked from a ready template."""
+        return self.starter.has_template(function, version)
+
     async def close(self) -> None:
         """Retire the fork server and the templates (instances are stopped by their owner)."""
         await self.starter.close()

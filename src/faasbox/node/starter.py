@@ -409,6 +409,11 @@ class Starter:
         if template.uid is not None:
             self.env.release_uid(template.uid)
 
+    def has_template(self, function: str, version: int) -> bool:
+        """Whether ``version`` has a ready template whose zygote runs."""
+        template = _made(self._templates.get((function, version)))
+        return template is not None and template.zygote is not None and template.zygote.alive
+
     def drop_templates(self, function: str, below: int | None = None) -> None:
         """Retire the templates of ``function`` (only of versions below ``below``)."""
         for key in [k for k in self._templates if k[0] == function]:

@@ -59,6 +59,7 @@ class Pool:
     since: float = 0.0
     used_at: float = 0.0  # monotonic time of the last call that got a slot
     floor: int = 0  # warm instances the last plan asked for (eviction spares these)
+    swapping: int = 0  # template children starting in place of fork-server instances
 
     def size(self) -> int:
         return len(self.instances) + self.starting

@@ -20,6 +20,8 @@ from faasbox import background, errors
 from faasbox.autoscaler.planner import Observation, Plan
 from faasbox.clock import Clock
 from faasbox.events import ScheduleChanged
+from faasbox.node import Instance
+from faasbox.node.startmode import FORK
 from faasbox.registry import Registry
 from faasbox.resources import Node
 from faasbox.scheduler.groups import Member, base_floor, spread
@@ -29,6 +31,7 @@ from faasbox.store import VersionRow
 from faasbox.tenancy.groups import group_key
 
 log = logging.getLogger(__name__)
+SWAPS_AT_ONCE = 4  # fork-server instances being replaced by template children, per pool
 
 Backlog = Callable[[str], Awaitable[int]]
 
@@ -89,6 +92,7 @@ class ScalingLoop:
                 continue
             pool.floor = plan.floor
             self._scale_in(pool, latest, plan, now)
+            self._swap_forked(pool, latest, now)
             self._prewarm_due(pool, latest, plan, now)
             self._scale_out(pool, latest, plan)
             self.scheduler.pump(pool)
@@ -174,6 +178,36 @@ class ScalingLoop:
             self.pools.retire(pool, inst)
             planner.retired(window, now, why)
 
+    def _swap_forked(self, pool: Pool, latest: VersionRow, now: float) -> None:
+        """Idle instances of the latest version that the fork server started before the
+        version had its template are replaced by the template's children, a few per tick:
+        a template's child shares the function's imports, a fork-server child holds its own
+        copy (tens of MB for a heavy import). The old one is stopped first (its room and its
+        place under max_instances go to the new one, which keeps its keep-alive window)."""
+        if pool.swapping >= SWAPS_AT_ONCE or not self.pools.node.has_template(
+                latest.function, latest.version):
+            return
+        forked = [i for i in pool.latest(latest.version)
+                  if i.state == "idle" and i.leases == 0 and i.start_mode == FORK]
+        for old in sorted(forked, key=lambda i: i.last_used)[:SWAPS_AT_ONCE - pool.swapping]:
+            window = pool.idle.get(old.id)
+            keep_s = max(0.0, window.keep_until - now) if window is not None else 0.0
+            log.info("replacing instance %s (forked before its template) by a template child",
+                     old.id)
+            self.pools.retire(pool, old)
+            node = self.pools.reserve_free(pool, latest)
+            if node is None:
+                return
+            pool.starting += 1
+            pool.swapping += 1
+            self.pools.spawn(self._swap(pool, latest, node, keep_s))
+
+    async def _swap(self, pool: Pool, row: VersionRow, node: Node, keep_s: float) -> None:
+        try:
+            await self._warm_up(pool, row, node, keep_s)
+        finally:
+            pool.swapping -= 1
+
     def _prewarm_due(self, pool: Pool, latest: VersionRow, plan: Plan, now: float) -> None:
         """Load an instance for each predicted call that is due: an idle instance kept only by
         the autoscaler is reused for it, else one is started."""
@@ -208,13 +242,15 @@ class ScalingLoop:
         self.pools.spawn(self._warm_up(pool, row, node, keep_s))
         return True
 
-    async def _warm_up(self, pool: Pool, row: VersionRow, node: Node, keep_s: float) -> None:
+    async def _warm_up(self, pool: Pool, row: VersionRow, node: Node,
+                       keep_s: float) -> Instance | None:
         pool.starting -= 1
         try:
             inst = await self.pools.start(pool, row, node, ahead=True)
         except errors.FaasboxError as exc:
             log.warning("cannot start an instance of %s ahead of demand: %s", row.function, exc)
             self.scheduler.pump(pool)
-            return
+            return None
         pool.idle[inst.id] = pool.planner.started_window(self.clock.now(), keep_s)
         self.scheduler.give_back(inst)
+        return inst
