@@ -466,7 +466,9 @@ def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
     """Instances a burst forked from the fork server before the version had its template are
     swapped for template children once it is ready, while idle: same count, and the ones
     kept warm share the template's import."""
-    srv = make_server(env={"FAASBOX_START_MODE": "auto"})
+    # a fixed keep-alive: the instances stay for the test, whatever the policy would learn
+    srv = make_server(env={"FAASBOX_START_MODE": "auto", "FAASBOX_KEEPALIVE_POLICY": "fixed",
+                           "FAASBOX_KEEPALIVE_ARGS": "ttl_s=600"})
     srv.deploy("a-swap", STATE, idle_ttl_s=600)
     first = burst(srv, "a-swap", 3, {"sleep": 0.5})  # three cold starts: the second makes
     assert len({o["pid"] for o in first}) == 3       # the template in the background
