@@ -130,7 +130,26 @@ def test_fork_server_instances_differ(forkserver: Server) -> None:
 
 
 def test_module_shadowing_a_preloaded_module_is_spawned(forkserver: Server) -> None:
-    forkserver.deploy("f-shadow", {
+    forkserver.deploy("f-shadow", {  # traceback: preloaded, a spawned worker imports it late
+        "main.py": """
+            import traceback
+            def handler(event, context):
+                return traceback.MARK
+        """,
+        "traceback.py": "MARK = 'the function\\'s own traceback'\n",
+    })
+    resp = forkserver.invoke("f-shadow")
+    assert resp.status_code == 200 and resp.json() == "the function's own traceback"
+    (inst,) = forkserver.instances("f-shadow")
+    assert inst["start_mode"] == "spawn"
+    assert "traceback" in inst["start_fallback"]
+
+
+def test_a_module_the_fork_server_did_not_preload_is_the_functions_own(
+        forkserver: Server) -> None:
+    """The fork server preloads next to nothing beyond the runtime: a function may bring its
+    own decimal and is still forked."""
+    forkserver.deploy("f-own", {
         "main.py": """
             import decimal
             def handler(event, context):
@@ -138,11 +157,10 @@ def test_module_shadowing_a_preloaded_module_is_spawned(forkserver: Server) -> N
         """,
         "decimal.py": "MARK = 'the function\\'s own decimal'\n",
     })
-    resp = forkserver.invoke("f-shadow")
+    resp = forkserver.invoke("f-own")
     assert resp.status_code == 200 and resp.json() == "the function's own decimal"
-    (inst,) = forkserver.instances("f-shadow")
-    assert inst["start_mode"] == "spawn"
-    assert "decimal" in inst["start_fallback"]
+    (inst,) = forkserver.instances("f-own")
+    assert inst["start_mode"] == "fork"
 
 
 def test_killed_forked_instance_is_instance_crashed(forkserver: Server) -> None:
@@ -279,11 +297,64 @@ def test_a_functions_own_at_fork_hook_makes_its_template_fork_with_os_fork(
         assert out["bare"] is False and out["hooked"] == [out["pid"]], out
 
 
+def test_a_standard_modules_hook_keeps_the_bare_fork_and_a_namesakes_does_not(
+        template: Server) -> None:
+    """logging and concurrent.futures register at-fork hooks that only re-make locks: a
+    function importing them still forks bare (FORKED imports concurrent.futures). A module of
+    the function's own named logging is not the standard one: its hook runs in each child."""
+    template.deploy("t-std", {"main.py": FORKED["main.py"].replace(
+        "import concurrent.futures,", "import logging, concurrent.futures,")}, max_instances=2)
+    assert all(o["bare"] is True for o in forked_burst(template, "t-std"))
+    template.deploy("t-namesake", {
+        "main.py": """
+            import logging, os, sys, time
+            def handler(event, context):
+                time.sleep(0.3)
+                return {"pid": os.getpid(), "hooked": logging.HOOKED,
+                        "bare": getattr(sys.modules["__main__"], "bare_fork", None)}
+        """,
+        "logging.py": """
+            import os
+            HOOKED = []
+            os.register_at_fork(after_in_child=lambda: HOOKED.append(os.getpid()))
+        """,
+    }, max_instances=2)
+    outs = burst(template, "t-namesake", 2, {})
+    assert {instance_of(template, "t-namesake", o["pid"])["start_mode"] for o in outs} == {
+        "template"}
+    for out in outs:
+        assert out["bare"] is False and out["hooked"] == [out["pid"]], out
+
+
 def test_bare_forks_can_be_turned_off(make_server: Any) -> None:
     srv = make_server(env={"FAASBOX_START_MODE": "template", "FAASBOX_FORK_BARE": "0"})
     srv.deploy("t-off", FORKED, max_instances=2)
     outs = forked_burst(srv, "t-off")
     assert all(o["bare"] is False for o in outs)
+
+
+def test_async_and_concurrent_handlers_run_from_a_template(template: Server) -> None:
+    """A template imports what its children's worker needs for the handler (the event loop
+    of an async one, the thread pool of concurrency > 1) before it forks."""
+    template.deploy("t-async", {"main.py": """
+        import asyncio, os
+        async def handler(event, context):
+            await asyncio.sleep(0.01)
+            return {"pid": os.getpid()}
+    """})
+    out = template.invoke("t-async")
+    assert out.status_code == 200, out.text
+    assert instance_of(template, "t-async", out.json()["pid"])["start_mode"] == "template"
+    template.deploy("t-pool", {"main.py": """
+        import os, threading, time
+        def handler(event, context):
+            time.sleep(0.3)
+            return {"pid": os.getpid(), "thread": threading.current_thread().name}
+    """}, concurrency=3, max_instances=1)
+    answers = burst(template, "t-pool", 3, None)
+    assert len({a["pid"] for a in answers}) == 1  # one instance ran the three at once
+    assert all(a["thread"].startswith("faasbox-handler") for a in answers)
+    assert instance_of(template, "t-pool", answers[0]["pid"])["start_mode"] == "template"
 
 
 def test_template_instance_is_oom_killed(template: Server) -> None:
