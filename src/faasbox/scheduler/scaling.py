@@ -32,6 +32,7 @@ from faasbox.tenancy.groups import group_key
 
 log = logging.getLogger(__name__)
 SWAPS_AT_ONCE = 4  # fork-server instances being replaced by template children, per pool
+SWAP_IDLE_S = 2.0  # ... once idle this long (one in use now is likely to be used again soon)
 
 Backlog = Callable[[str], Awaitable[int]]
 
@@ -180,15 +181,18 @@ class ScalingLoop:
 
     def _swap_forked(self, pool: Pool, latest: VersionRow, now: float) -> None:
         """Idle instances of the latest version that the fork server started before the
-        version had its template are replaced by the template's children, a few per tick:
+        version had its template are replaced by the template's children once idle for
+        ``SWAP_IDLE_S``, a few per tick:
         a template's child shares the function's imports, a fork-server child holds its own
         copy (tens of MB for a heavy import). The old one is stopped first (its room and its
         place under max_instances go to the new one, which keeps its keep-alive window)."""
         if pool.swapping >= SWAPS_AT_ONCE or not self.pools.node.has_template(
                 latest.function, latest.version):
             return
+        idle_since = asyncio.get_running_loop().time() - SWAP_IDLE_S  # instances' own clock
         forked = [i for i in pool.latest(latest.version)
-                  if i.state == "idle" and i.leases == 0 and i.start_mode == FORK]
+                  if i.state == "idle" and i.leases == 0 and i.start_mode == FORK
+                  and i.last_used <= idle_since]
         for old in sorted(forked, key=lambda i: i.last_used)[:SWAPS_AT_ONCE - pool.swapping]:
             window = pool.idle.get(old.id)
             keep_s = max(0.0, window.keep_until - now) if window is not None else 0.0
