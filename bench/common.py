@@ -80,10 +80,21 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by one process (not its children)."""
+    """CPU seconds used so far by one process (not its children). ``utime + stime`` of
+    ``/proc/PID/stat`` count clock ticks: a process that runs in bursts shorter than a tick
+    (an instance answering a call in 20 µs) is mostly not running when the tick comes, and 8
+    instances at c=8 read 29 % low. ``/proc/PID/task/*/schedstat`` counts nanoseconds but
+    only for threads alive now. Both are lower bounds: the larger is the figure."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ns = 0
+    for path in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            ns += int(path.read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just exited
+    return max(ticks, ns / 1e9)
 
 
 def host_busy_seconds() -> float:
