@@ -523,7 +523,7 @@ def test_auto_mode_starts_instances_ahead_of_demand_from_a_template(make_server:
     srv = make_server(env={"FAASBOX_START_MODE": "auto"})
     srv.deploy("a-min", STATE, min_instances=2)
     srv.wait_for(lambda: len([i for i in srv.instances("a-min") if i["state"] == "idle"]) == 2,
-                 what="two warm instances")
+                 timeout=30, what="two warm instances")
     modes = [i["start_mode"] for i in srv.instances("a-min")]
     assert modes == ["template", "template"], modes
     # a caller's first cold start still forks from the fork server (it does not wait)
@@ -557,7 +557,7 @@ def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
                 and all(i["state"] == "idle" for i in live))
 
     try:
-        srv.wait_for(swapped, what="the forked instances replaced by template children")
+        srv.wait_for(swapped, timeout=30, what="the forked instances replaced by template children")
     except AssertionError:
         raise AssertionError(f"not swapped: {seen}") from None
     assert not forked & {i["pid"] for i in srv.instances("a-swap")}
