@@ -40,7 +40,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -48,15 +47,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from faasbox.store.groupcommit import (
+    STOP,
+    Checkpointer,
+    Write,
+    WriteFn,
+    Writer,
+    settle_all,
+    settled,
+)
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_GROUP = 512
-CHECKPOINT_EVERY = 256  # groups
 # below 3,200 writes/s, a write that need not reach the disk may commit on the loop's thread
 QUIET_WRITES, QUIET_WINDOW_S = 32, 0.01
-_STOP = object()
-_CHECKPOINT = object()  # the short step of a checkpoint, on the writer thread
 
 
 class Row(Protocol):
@@ -82,8 +87,6 @@ class Conn(Protocol):
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
 
 
-WriteFn = Callable[[Any], Any]
-Write = tuple[WriteFn, "asyncio.Future[Any]", bool, bool]  # fn, its future, durable, single
 
 
 class Dialect:
@@ -118,8 +121,8 @@ class Database(abc.ABC):
     def __init__(self, readers: int = 4) -> None:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="faasbox-store-read")
         self._local = threading.local()
-        self._writer: _Writer | None = None
-        self._checkpointer: _Checkpointer | None = None
+        self._writer: Writer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._unflushed: set[asyncio.Future[Any]] = set()
         self._recent: deque[float] = deque(maxlen=QUIET_WRITES)  # when the last writes came
         self._opened: list[Any] = []  # the readers' connections, closed with the store
@@ -188,8 +191,8 @@ class Database(abc.ABC):
         await asyncio.to_thread(self.writer_connection, conn)
         checkpointer = None
         if self.checkpoints:
-            checkpointer = _Checkpointer(self, await asyncio.to_thread(self.connect))
-        self._writer = _Writer(self, conn, asyncio.get_running_loop(), checkpointer)
+            checkpointer = Checkpointer(self, await asyncio.to_thread(self.connect))
+        self._writer = Writer(self, conn, asyncio.get_running_loop(), checkpointer)
         self._writer.start()
         if checkpointer is not None:
             checkpointer.writer = self._writer
@@ -203,7 +206,7 @@ class Database(abc.ABC):
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
-        self._writer.put(_STOP)
+        self._writer.put(STOP)
         await asyncio.to_thread(self._writer.join)
         with contextlib.suppress(Exception):
             self._writer.conn.close()
@@ -229,17 +232,23 @@ class Database(abc.ABC):
         # the writer's loop: no lookup of the running loop per write
         fut: asyncio.Future[T] = writer.loop.create_future()
         item: Write = (fn, fut, durable, single)
-        quiet = self._quiet()  # every write counts toward the rate
-        if (quiet and not durable and self.inline_writes and writer.idle()
-                and writer.lock.acquire(blocking=False)):
-            try:
-                outcomes = writer.commit([item])
-            finally:
-                writer.lock.release()
-            _settle_all(_settled([item], outcomes))
-            return fut
-        writer.put(item)
+        # _quiet counts every write toward the rate, durable ones too
+        if not (self.inline_writes and self._quiet() and not durable
+                and self._commit_here(writer, [item])):
+            writer.put(item)
         return fut
+
+    def _commit_here(self, writer: Writer, batch: list[Write]) -> bool:
+        """Commit ``batch`` on the event loop's thread if the writer has nothing queued or
+        running (``inline_writes``); False: it did not, the caller hands it over."""
+        if not (self.inline_writes and writer.idle() and writer.lock.acquire(blocking=False)):
+            return False
+        try:
+            outcomes = writer.commit(batch)
+        finally:
+            writer.lock.release()
+        settle_all(settled(batch, outcomes))
+        return True
 
     def _quiet(self) -> bool:
         """Whether writes come seldom (fewer than ``QUIET_WRITES`` in ``quiet_window_s``): then
@@ -265,14 +274,8 @@ class Database(abc.ABC):
         if writer is None:
             raise RuntimeError("store is not open")
         batch = [(fn, fut, durable, single) for fn, fut in writes]
-        if not (self.inline_writes and writer.idle() and writer.lock.acquire(blocking=False)):
+        if not self._commit_here(writer, batch):
             writer.put(batch)
-            return
-        try:
-            outcomes = writer.commit(batch)
-        finally:
-            writer.lock.release()
-        _settle_all(_settled(batch, outcomes))
 
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:
@@ -319,201 +322,6 @@ class Database(abc.ABC):
         await self.flush()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._read, fn)
-
-
-class _Writer(threading.Thread):
-    """Runs queued write functions in grouped transactions."""
-
-    def __init__(self, db: Database, conn: Any, loop: asyncio.AbstractEventLoop,
-                 checkpointer: _Checkpointer | None) -> None:
-        super().__init__(name="faasbox-store-writer", daemon=True)
-        self.db = db
-        self.conn = conn
-        self.loop = loop
-        self.checkpointer = checkpointer
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.commits = 0
-        self.lock = threading.Lock()  # held while a group runs (here, or inline)
-        self.put_items = 0  # inbox items put (by the event loop's thread only)
-        self.done_items = 0  # inbox items done (by this thread only)
-
-    def put(self, item: Any) -> None:
-        self.put_items += 1
-        self.inbox.put(item)
-
-    def idle(self) -> bool:
-        """Nothing queued or running (asked from the event loop's thread)."""
-        return self.put_items == self.done_items
-
-    def run(self) -> None:
-        while True:
-            first = self.inbox.get()
-            if first is _STOP:
-                return
-            if first is _CHECKPOINT:
-                with self.lock:
-                    try:
-                        self.db.checkpoint(self._connection())
-                    except Exception as exc:
-                        log.warning("checkpoint failed: %s", exc)
-                    self.done_items += 1
-                continue
-            batch: list[Write] = []
-            item, taken = first, 1
-            while True:
-                if isinstance(item, list):  # submit_all
-                    batch.extend(item)
-                else:
-                    batch.append(item)
-                if len(batch) >= MAX_GROUP:
-                    break
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP or item is _CHECKPOINT:
-                    self.inbox.put(item)  # after this group
-                    break
-                taken += 1
-            with self.lock:
-                outcomes = self.commit(batch)
-                self.done_items += taken
-            # one wakeup for the group
-            self.loop.call_soon_threadsafe(_settle_all, _settled(batch, outcomes))
-
-    def _connection(self) -> Any:
-        if self.db.broken(self.conn):
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = self.db.connect()  # raises while the database is away
-        return self.conn
-
-    def _run_one(self, conn: Any, fn: WriteFn) -> tuple[bool, Any]:
-        """One write in its own savepoint; a deadlock with another server's transaction is
-        tried again (its savepoint undone), anything else fails this write only."""
-        for attempt in range(1, 4):
-            conn.execute("SAVEPOINT w")
-            try:
-                value = fn(conn)
-                conn.execute("RELEASE SAVEPOINT w")
-                return True, value
-            except Exception as exc:
-                if self.db.broken(conn):
-                    raise
-                conn.execute("ROLLBACK TO SAVEPOINT w")
-                conn.execute("RELEASE SAVEPOINT w")
-                if attempt < 3 and self.db.retryable(exc):
-                    continue
-                return False, self.db.unavailable(exc)
-        raise AssertionError("unreachable")
-
-    def _run_bare(self, conn: Any, fn: WriteFn) -> tuple[bool, Any]:
-        """One statement without a savepoint (``atomic_statements``): if it fails, it was
-        undone by itself, unless the failure ended the transaction (a full disk)."""
-        try:
-            return True, fn(conn)
-        except Exception as exc:
-            if not conn.in_transaction:
-                raise
-            return False, self.db.unavailable(exc)
-
-    def _run_optimistic(self, batch: list[Write]) -> list[tuple[bool, Any]] | None:
-        """The whole group without savepoints (each costs a round trip on a networked
-        database). None if any write failed: the group was undone, to run again carefully."""
-        try:
-            conn = self._connection()
-            self.db.begin(conn, any(durable for _, _, durable, _ in batch))
-            outcomes = [(True, fn(conn)) for fn, _, _, _ in batch]
-            conn.execute("COMMIT")
-        except Exception:
-            with contextlib.suppress(Exception):
-                self.conn.execute("ROLLBACK")
-            return None
-        self.commits += 1
-        return outcomes
-
-    def _run_careful(self, batch: list[Write]) -> list[tuple[bool, Any]]:
-        """Each write in its own savepoint (or bare, where a statement undoes itself), so that
-        one write's failure fails only that write."""
-        outcomes: list[tuple[bool, Any]] = []
-        bare = self.db.dialect.atomic_statements
-        try:
-            conn = self._connection()
-            self.db.begin(conn, any(durable for _, _, durable, _ in batch))
-            for fn, _, _, single in batch:
-                outcomes.append(self._run_bare(conn, fn) if single and bare
-                                else self._run_one(conn, fn))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:
-            log.error("group commit of %d writes failed: %s", len(batch), exc)
-            with contextlib.suppress(Exception):
-                self.conn.execute("ROLLBACK")
-            outcomes = [(False, self.db.unavailable(exc))] * len(batch)
-        return outcomes
-
-    def commit(self, batch: list[Write]) -> list[tuple[bool, Any]]:
-        """Run ``batch`` as one group (the caller holds ``lock``): each write's outcome."""
-        before = self.commits
-        outcomes = None if self.db.dialect.atomic_statements else self._run_optimistic(batch)
-        if outcomes is None:
-            outcomes = self._run_careful(batch)
-        if (self.checkpointer is not None and self.commits != before
-                and self.commits % CHECKPOINT_EVERY == 0):
-            self.checkpointer.due.set()
-        return outcomes
-
-
-class _Checkpointer(threading.Thread):
-    """Runs the long step of a checkpoint on its own connection when the writer says one is
-    due (the log is folded into the database while writes go on), then asks the writer for
-    the short step."""
-
-    def __init__(self, db: Database, conn: Any) -> None:
-        super().__init__(name="faasbox-store-checkpoint", daemon=True)
-        self.db = db
-        self.conn = conn
-        self.writer: _Writer | None = None
-        self.due = threading.Event()
-        self.stopping = False
-
-    def run(self) -> None:
-        while True:
-            self.due.wait()
-            self.due.clear()
-            if self.stopping:
-                return
-            try:
-                self.db.checkpoint(self.conn)
-            except Exception as exc:
-                log.warning("checkpoint failed: %s", exc)
-                continue
-            writer = self.writer
-            if writer is not None and not self.stopping:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                    writer.loop.call_soon_threadsafe(writer.put, _CHECKPOINT)
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.due.set()
-        self.join()
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-
-def _settled(batch: list[Write], outcomes: list[tuple[bool, Any]],
-             ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
-    return [(fut, ok, value) for (_, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True)]
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in settled:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
 
 
 def statements(sql: str) -> list[str]:

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from faasbox.spec import FunctionSpec
 from faasbox.store.base import FunctionRow, InvocationRecord, Store, VersionRow
-from faasbox.store.database import Conn, Database, Dialect, Row, WriteFn
+from faasbox.store.database import Conn, Database, Dialect, Row
+from faasbox.store.groupcommit import WriteFn
 from faasbox.tenancy.names import prefix_range
 
 T = TypeVar("T")

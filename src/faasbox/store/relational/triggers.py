@@ -162,23 +162,15 @@ class SqlTriggerStore(TriggerStore):
         self, job_id: str, status: str, now: float, result: bytes | None = None,
         error_code: str | None = None, error_message: str | None = None,
     ) -> bool:
-        def tx(conn: Conn) -> bool:
-            return conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error_code = ?,"
-                " error_message = ? WHERE id = ? AND status = 'running'",
-                (status, now, result, error_code, error_message, job_id)).rowcount > 0
-
-        return await self.store.write(tx)
+        return await self.store.write(
+            lambda conn: _end_job(conn, job_id, status, now, result, error_code, error_message))
 
     async def stop_job(
         self, job_id: str, status: str, now: float, error_code: str, error_message: str,
         shard_message: str,
     ) -> tuple[bool, list[str]]:
         def tx(conn: Conn) -> tuple[bool, list[str]]:
-            ended = conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?,"
-                " error_message = ? WHERE id = ? AND status = 'running'",
-                (status, now, error_code, error_message, job_id)).rowcount > 0
+            ended = _end_job(conn, job_id, status, now, None, error_code, error_message)
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?,"
                 " error_code = 'cancelled', error_message = ?"
@@ -190,3 +182,12 @@ class SqlTriggerStore(TriggerStore):
             return ended, running
 
         return await self.store.write(tx)
+
+
+def _end_job(conn: Conn, job_id: str, status: str, now: float, result: bytes | None,
+             error_code: str | None, error_message: str | None) -> bool:
+    """End a running job; False if it had already ended."""
+    return conn.execute(
+        "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error_code = ?,"
+        " error_message = ? WHERE id = ? AND status = 'running'",
+        (status, now, result, error_code, error_message, job_id)).rowcount > 0
