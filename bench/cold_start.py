@@ -261,18 +261,18 @@ def bench_function(fb: FaasboxServer, function: str, args: Any, sandbox: str,
         f"{percentile(overheads, 50):.1f} ms), p99 {percentile(latencies, 99):.1f} ms; "
         f"warm p50 {percentile(warm, 50):.2f} ms")
     fb.delete(function)
-    if args.pss_instances:
-        per_instance, total = pss_figures(fb, function, args.pss_instances)
-        idle = {**params, "instances": args.pss_instances}
-        emit("cold_start.pss_per_instance", per_instance, "MB", **idle)
-        emit("cold_start.pss_total_per_instance", total, "MB", **idle)
-        say(f"{function} [{mode}]: PSS per idle instance {per_instance:.1f} MB, "
-            f"everything under the server / instance {total:.1f} MB")
-    if args.pss_instances and mode == "auto" and function == "heavy":
+    if not args.pss_instances:
+        return
+    idle = {**params, "instances": args.pss_instances}
+    per_instance, total = pss_figures(fb, function, args.pss_instances)
+    emit("cold_start.pss_per_instance", per_instance, "MB", **idle)
+    emit("cold_start.pss_total_per_instance", total, "MB", **idle)
+    say(f"{function} [{mode}]: PSS per idle instance {per_instance:.1f} MB, "
+        f"everything under the server / instance {total:.1f} MB")
+    if mode == "auto" and function == "heavy":
         total, swapped_s = burst_figures(fb, function, args.pss_instances)
-        burst = {**params, "instances": args.pss_instances}
-        emit("cold_start.burst_pss_total_per_instance", total, "MB", **burst)
-        emit("cold_start.burst_swapped_s", swapped_s, "s", **burst)
+        emit("cold_start.burst_pss_total_per_instance", total, "MB", **idle)
+        emit("cold_start.burst_swapped_s", swapped_s, "s", **idle)
         say(f"{function} [{mode}]: after a burst, everything under the server / instance "
             f"{total:.1f} MB (all template children {swapped_s:.1f} s after the burst)")
 

@@ -125,6 +125,15 @@ def clear_cgroups(data: Path) -> None:
                     time.sleep(0.02)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists (an instance is stopped in the background)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def remove_tree(path: Path) -> None:
     """``rm -rf path``, also where instances (under other uids) left entries the owner may not
     write: a directory without write or search permission is opened up. Retries a few times in

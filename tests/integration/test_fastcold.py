@@ -129,18 +129,26 @@ def test_fork_server_instances_differ(forkserver: Server) -> None:
         assert a["uid"] != b["uid"]  # each forked instance has a uid of its own
 
 
-def test_module_shadowing_a_preloaded_module_is_spawned(forkserver: Server) -> None:
-    forkserver.deploy("f-shadow", {  # traceback: preloaded, a spawned worker imports it late
-        "main.py": """
-            import traceback
+def own_module(server: Server, name: str, module: str) -> dict[str, Any]:
+    """Deploy a function that ships its own ``module`` (a standard library name) and uses
+    it; its one instance, once the call answered with the function's copy."""
+    server.deploy(name, {
+        "main.py": f"""
+            import {module}
             def handler(event, context):
-                return traceback.MARK
+                return {module}.MARK
         """,
-        "traceback.py": "MARK = 'the function\\'s own traceback'\n",
+        f"{module}.py": f"MARK = 'the function\\'s own {module}'\n",
     })
-    resp = forkserver.invoke("f-shadow")
-    assert resp.status_code == 200 and resp.json() == "the function's own traceback"
-    (inst,) = forkserver.instances("f-shadow")
+    resp = server.invoke(name)
+    assert resp.status_code == 200 and resp.json() == f"the function's own {module}"
+    (inst,) = server.instances(name)
+    return inst
+
+
+def test_module_shadowing_a_preloaded_module_is_spawned(forkserver: Server) -> None:
+    # traceback: preloaded, a spawned worker imports it late
+    inst = own_module(forkserver, "f-shadow", "traceback")
     assert inst["start_mode"] == "spawn"
     assert "traceback" in inst["start_fallback"]
 
@@ -149,18 +157,7 @@ def test_a_module_the_fork_server_did_not_preload_is_the_functions_own(
         forkserver: Server) -> None:
     """The fork server preloads next to nothing beyond the runtime: a function may bring its
     own decimal and is still forked."""
-    forkserver.deploy("f-own", {
-        "main.py": """
-            import decimal
-            def handler(event, context):
-                return decimal.MARK
-        """,
-        "decimal.py": "MARK = 'the function\\'s own decimal'\n",
-    })
-    resp = forkserver.invoke("f-own")
-    assert resp.status_code == 200 and resp.json() == "the function's own decimal"
-    (inst,) = forkserver.instances("f-own")
-    assert inst["start_mode"] == "fork"
+    assert own_module(forkserver, "f-own", "decimal")["start_mode"] == "fork"
 
 
 def test_killed_forked_instance_is_instance_crashed(forkserver: Server) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, gate_dir
+from tests.conftest import Server, gate_dir, process_alive
 
 SLEEPER = {"main.py": """
     import os, time
@@ -109,7 +109,7 @@ def test_idle_ttl_scales_to_zero(server: Server) -> None:
     assert len(server.instances("l-ttl")) == 1
     server.wait_for(lambda: server.instances("l-ttl") == [], timeout=10, what="scale to zero")
     # out of the list at once, stopped in the background
-    server.wait_for(lambda: _gone(pid), what="the instance process to exit")
+    server.wait_for(lambda: not process_alive(pid), what="the instance process to exit")
     again = server.invoke("l-ttl")
     assert again.headers["x-faasbox-cold-start"] == "true"
 
@@ -187,12 +187,4 @@ def test_deleting_a_function_stops_its_instances(server: Server) -> None:
     pid = server.invoke("l-del").json()
     assert server.http.delete("/v1/functions/l-del").status_code == 204
 
-    server.wait_for(lambda: _gone(pid), what="the instance process to exit")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    server.wait_for(lambda: not process_alive(pid), what="the instance process to exit")

@@ -192,15 +192,22 @@ def test_a_cron_fire_key_enqueues_once_whoever_fires(backend: Backend) -> None:
     run(backend, body)
 
 
+async def _job(jobs: SqlTriggerStore, job_id: str, count: int, held_from: int,
+               now: float) -> tuple[JobRow, bool]:
+    """A running job of ``count`` shards (``max_parallel`` 2), those from ``held_from`` on
+    held, created with its shards in one transaction."""
+    job = JobRow(id=job_id, function=F, version=None, status="running",
+                 spec={"max_parallel": 2}, shard_count=count, created_at=now)
+    shards = [task(f"{job_id}-s{i}", source="shard", job_id=job_id, shard_index=i,
+                   shard_count=count, held=i >= held_from) for i in range(count)]
+    return await jobs.create_job(job, shards, POLICY, 3600)
+
+
 def test_a_job_and_its_shards_in_one_transaction_and_it_ends_once(backend: Backend) -> None:
     async def body(store: SqlStore) -> None:
         q, jobs = SqlTaskQueue(store), SqlTriggerStore(store)
         now = time.time()
-        job = JobRow(id="j1", function=F, version=None, status="running",
-                     spec={"max_parallel": 2}, shard_count=4, created_at=now)
-        shards = [task(f"s{i}", source="shard", job_id="j1", shard_index=i, shard_count=4,
-                       held=i >= 2) for i in range(4)]
-        row, made = await jobs.create_job(job, shards, POLICY, 3600)
+        row, made = await _job(jobs, "j1", 4, held_from=2, now=now)
         assert made and row.id == "j1"
         assert await q.job_counts("j1") == {"queued": 2, "held": 2}
         assert await q.release("j1", 5, now, 3600) == 2
@@ -222,11 +229,7 @@ def test_a_stop_ends_the_job_and_cancels_its_waiting_shards_in_one_write(
     async def body(store: SqlStore) -> None:
         q, jobs = SqlTaskQueue(store), SqlTriggerStore(store)
         now = time.time()
-        job = JobRow(id="j2", function=F, version=None, status="running",
-                     spec={"max_parallel": 2}, shard_count=3, created_at=now)
-        shards = [task(f"u{i}", source="shard", job_id="j2", shard_index=i, shard_count=3,
-                       held=i == 2) for i in range(3)]
-        await jobs.create_job(job, shards, POLICY, 3600)
+        await _job(jobs, "j2", 3, held_from=2, now=now)
         [leased] = await q.lease(F, 1, now, 60, "a")
         ended, running = await jobs.stop_job("j2", "cancelled", now, "cancelled", "by request",
                                              "the job was cancelled")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Server, open_tempdir
+from tests.conftest import Server, open_tempdir, process_alive
 
 SLEEPER = {"main.py": """
     import time
@@ -133,20 +133,12 @@ def test_cancel_queued_and_running(server: Server) -> None:
     stopped = server.http.post(f"/v1/tasks/{running['task_id']}/cancel").json()
     assert stopped["status"] == "cancelled"
     assert time.monotonic() - started < 20  # it stopped the 30 s handler, did not wait for it
-    server.wait_for(lambda: not _alive(pid), what="the instance to be stopped")
+    server.wait_for(lambda: not process_alive(pid), what="the instance to be stopped")
     assert wait_task(server, queued["task_id"])["attempts"] == 0
     assert server.http.post("/v1/tasks/nope/cancel").status_code == 404
     # cancelling a finished task changes nothing
     again = server.http.post(f"/v1/tasks/{running['task_id']}/cancel").json()
     assert again["status"] == "cancelled"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_killed_instance_mid_task_is_retried(server: Server) -> None:
