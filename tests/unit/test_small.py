@@ -190,3 +190,17 @@ def test_row_ids_sort_by_creation_and_stay_unguessable() -> None:
     assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 60
     assert len({i[12:] for i in ids}) == len(ids)  # 80 random bits after them
     assert len({new_id()[:8] for _ in range(50)}) > 1  # random ids stay random from the start
+
+
+def test_tasks_sent_ahead_as_deep_as_a_few_ms_of_calls() -> None:
+    """dispatcher/lifecycle.py: only instances that run calls in order, only short runs; the
+    shorter the calls, the more sent ahead, 1 to PIPELINE_MOST."""
+    from faasbox.dispatcher.lifecycle import (
+        AHEAD_MAX_MS, PIPELINE_MOST, PIPELINE_WAIT_MS, pipeline_depth)
+    assert pipeline_depth(None, None, True) == 0  # no run yet
+    assert pipeline_depth(AHEAD_MAX_MS + 1, 0.1, True) == 0  # long runs
+    assert pipeline_depth(1.0, 0.1, False) == 0  # an async handler's calls overlap
+    assert pipeline_depth(1.0, None, True) == 1  # no call timed yet
+    assert pipeline_depth(1.0, 0.0, True) == PIPELINE_MOST
+    assert pipeline_depth(1.0, PIPELINE_WAIT_MS / 3, True) == 3
+    assert pipeline_depth(1.0, PIPELINE_WAIT_MS * 10, True) == 1

@@ -44,6 +44,7 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                 log.info("%s", line)
         # what start-up made lives as long as the server: collections need not scan it
         gc.freeze()
+        gc.set_threshold(10_000, 20, 20)
         try:
             yield
         finally:

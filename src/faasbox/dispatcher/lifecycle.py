@@ -34,13 +34,28 @@ GIVE_BACK_DELAY_S = 1.0
 AHEAD_MAX_MS = 50.0
 AHEAD_MAX_WAIT_S = 2.0
 AHEAD_MIN, AHEAD_MOST = 4, 64
-# ... and each of its instances that runs calls in order takes this many more, sent ahead
-PIPELINE = 1
+# ... and each of its instances that runs calls in order takes more, sent ahead: as many as
+# run in about PIPELINE_WAIT_MS (by the function's recent calls), at least 1, at most
+# PIPELINE_MOST. An instance with frames waiting runs them back to back instead of sleeping
+# between two, so the server's write does not have to wake it.
+PIPELINE_WAIT_MS = 5.0
+PIPELINE_MOST = 8
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # told when a run ended: (task, when it is runnable again or None)
 Done = Callable[[TaskRow, float | None], None]
+
+
+def pipeline_depth(run_ms: float | None, call_ms: float | None, ordered: bool) -> int:
+    """How many calls to send an instance ahead of its running ones: none unless it runs calls
+    in order and the function's runs (``run_ms``, lease to end) are short; then as many as its
+    calls (``call_ms``, on the instance) run in about ``PIPELINE_WAIT_MS``, 1 to
+    ``PIPELINE_MOST``, so that the last one sent does not wait long."""
+    if run_ms is None or run_ms > AHEAD_MAX_MS or not ordered:
+        return 0
+    call = AHEAD_MAX_MS if call_ms is None else max(call_ms, 0.001)
+    return max(1, min(PIPELINE_MOST, int(PIPELINE_WAIT_MS / call)))
 
 
 class TaskLifecycle:
@@ -69,6 +84,9 @@ class TaskLifecycle:
         # held since)
         self.ahead: dict[str, deque[tuple[TaskRow, Done, float, float]]] = {}
         self.run_ms: dict[str, float] = {}  # a function's recent run time (moving average)
+        # ... and its calls' time on the instance (their records' duration), moving average
+        self.call_ms: dict[str, float] = {}
+        self.ordered: dict[str, bool] = {}  # its last instance runs calls in order
         self._background: set[asyncio.Future[None]] = set()  # held tasks going back
         self.may_start: Callable[[str], bool] = lambda function: True  # false: paused
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,10 +106,9 @@ class TaskLifecycle:
                                                  name=f"task-{task.id}")
 
     def pipeline(self, function: str) -> int:
-        """Calls of ``function`` an instance may take beyond its concurrency, sent ahead:
-        only for runs short enough that the one sent ahead does not wait long."""
-        ms = self.run_ms.get(function)
-        return PIPELINE if ms is not None and ms <= AHEAD_MAX_MS else 0
+        """Calls of ``function`` an instance may take beyond its concurrency, sent ahead."""
+        return pipeline_depth(self.run_ms.get(function), self.call_ms.get(function),
+                              self.ordered.get(function, False))
 
     def ahead_room(self, function: str) -> int:
         """How many more leased tasks of ``function`` to hold here: for a function whose runs
@@ -188,6 +205,7 @@ class TaskLifecycle:
             acquired = True
             self.acquiring[task.function] -= 1
             self._instances[task.id] = (inst, invocation_id)
+            self.ordered[task.function] = inst.ordered
 
         def run_over() -> None:
             # the instance is free: the next held task starts now, while this end is written
@@ -233,6 +251,9 @@ class TaskLifecycle:
             if again is None and ended:
                 self._finished(task, failure.final_status, None)
         else:
+            call = outcome.record.duration_ms
+            last = self.call_ms.get(task.function)
+            self.call_ms[task.function] = call if last is None else 0.8 * last + 0.2 * call
             # one write: the attempt's record and the task's end
             if await self._durably(lambda: self.queue.succeed(
                     task.id, task.attempts, outcome.payload, invocation_id, self.clock.now(),
