@@ -182,6 +182,44 @@ def test_a_failed_single_statement_fails_alone(tmp_path: Path) -> None:
     assert ids == {"r0", "r1", "r2"}
 
 
+def test_a_group_runs_without_savepoints_and_a_failed_write_is_undone_alone(
+        tmp_path: Path) -> None:
+    """A group first runs without savepoints (groupcommit.py); when one of its writes fails
+    halfway (its first statement done, its second breaking a constraint), the group is run
+    again with a savepoint per write: that write leaves nothing, the others commit."""
+    async def main() -> tuple[list[bool], set[str]]:
+        db = SqliteDatabase(tmp_path / "s.db")
+        store = SqlStore(db)
+        await store.open()
+        assert db._writer is not None
+        await store.record_invocation(_record(0))
+        gate = threading.Event()
+        held = store.submit(lambda conn: gate.wait(10), durable=False)  # holds the writer
+
+        def insert(i: int) -> Callable[[sqlite3.Connection], None]:
+            return lambda conn: conn.execute(
+                "INSERT INTO invocations (id, function, version, trigger, started_at,"
+                " duration_ms, billed_ms, memory_mb, gb_s, cold_start, status)"
+                f" VALUES ('r{i}', 'f', 1, 'sync', 1.0, 1.0, 1, 128, 0.1, 0, 'succeeded')")
+
+        def half(conn: sqlite3.Connection) -> None:  # r9, then r0 again: a clash
+            insert(9)(conn)
+            insert(0)(conn)
+
+        futs = [store.submit(insert(1), durable=False), store.submit(half, durable=False),
+                store.submit(insert(2), durable=False)]
+        gate.set()  # the three queued meanwhile run in one or two groups
+        await held
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        ids = {r.id for r in await store.list_invocations(None, 10)}
+        await store.close()
+        return [not isinstance(d, BaseException) for d in done], ids
+
+    ok, ids = asyncio.run(main())
+    assert ok == [True, False, True]
+    assert ids == {"r0", "r1", "r2"}  # no r9: the failed write was undone whole
+
+
 def test_a_write_goes_after_the_records_queued_before_it(tmp_path: Path) -> None:
     """Records wait for the end of the loop's turn to go to the writer together, but a write
     queued after a record never runs before it (a task's end and its record)."""
