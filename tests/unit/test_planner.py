@@ -176,6 +176,27 @@ def test_cold_start_observations_move_the_lead() -> None:
 
 
 # -- pre-warm from the learned windows --------------------------------------------------------
+def test_a_release_is_learned_even_when_its_window_is_never_computed() -> None:
+    """The slot's release asks for a window only when its instance went idle
+    (planner.released): calls back to back compute none, and the policy learns the same.
+    (Without its cache of decisions, which a window computed more often refreshes less.)"""
+    eager = planner(FaasboxPolicy(recompute_growth=0.0))
+    lazy = planner(FaasboxPolicy(recompute_growth=0.0))
+    t, windows = 0.0, []
+    for i in range(40):  # bursts of 2 overlapping calls every 7 minutes, then one more
+        t = (i // 2) * 420.0 + (i % 2) * 0.5
+        for p in (eager, lazy):
+            p.arrival(t, cold=False)
+        windows.append(eager.finished(t + 2.0))
+        lazy.released(t + 2.0)  # never asked
+    eager.arrival(t + 420.0, cold=False)
+    lazy.arrival(t + 420.0, cold=False)
+    last = eager.finished(t + 421.0)
+    assert lazy.released(t + 421.0)() == last
+    assert len({(w.keep_until - w.since, w.prewarm_at) for w in windows}) > 1  # it learned
+    assert lazy.finished(t + 430.0) == eager.finished(t + 430.0)
+
+
 def test_periodic_function_is_released_and_prewarmed_before_its_next_call() -> None:
     policy = FaasboxPolicy()
     p = planner(policy)

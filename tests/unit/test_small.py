@@ -12,6 +12,12 @@ from pydantic import ValidationError
 from faasbox import errors
 from faasbox.clock import VirtualClock
 from faasbox.config import Settings
+from faasbox.dispatcher.lifecycle import (
+    AHEAD_MAX_MS,
+    PIPELINE_MOST,
+    PIPELINE_WAIT_MS,
+    pipeline_depth,
+)
 from faasbox.metering import billed_ms, gb_seconds
 from faasbox.runtime import protocol
 from faasbox.runtime.context import LOG_LIMIT, LogBuffer
@@ -195,8 +201,6 @@ def test_row_ids_sort_by_creation_and_stay_unguessable() -> None:
 def test_tasks_sent_ahead_as_deep_as_a_few_ms_of_calls() -> None:
     """dispatcher/lifecycle.py: only instances that run calls in order, only short runs; the
     shorter the calls, the more sent ahead, 1 to PIPELINE_MOST."""
-    from faasbox.dispatcher.lifecycle import (
-        AHEAD_MAX_MS, PIPELINE_MOST, PIPELINE_WAIT_MS, pipeline_depth)
     assert pipeline_depth(None, None, True) == 0  # no run yet
     assert pipeline_depth(AHEAD_MAX_MS + 1, 0.1, True) == 0  # long runs
     assert pipeline_depth(1.0, 0.1, False) == 0  # an async handler's calls overlap

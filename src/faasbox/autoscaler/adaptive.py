@@ -305,6 +305,12 @@ class FaasboxPolicy:
             lv.vacated_at = None
 
     def windows(self, fn: str, now: float) -> Windows:
+        return self.released(fn, now)()
+
+    def released(self, fn: str, now: float) -> Callable[[], Windows]:
+        """What :meth:`windows` does, in two steps: learn the release now; the function
+        returned computes the windows. Call it in the same step (nothing else may reach the
+        policy in between), or not at all: an instance that took its next call needs none."""
         st = self._function(fn)
         k = max(1, st.inflight)
         st.inflight = max(0, st.inflight - 1)
@@ -312,15 +318,19 @@ class FaasboxPolicy:
         lv.vacated_at = now
         if now - st.swept_at >= self.sweep_s:
             self._censor(st, now)
-        mb = self._memory_mb.get(fn, self.default_memory_mb)
-        value = self._value(st, now)
-        w = self._learned(st, lv, k, value, mb)
-        next_fire = self._schedules.get(fn)
-        if k == 1 and next_fire is not None:
-            fire = next_fire(now)
-            if fire is not None and now <= fire <= now + self.range_s:
-                w = self._with_fire(w, fire - now, value, mb)
-        return w
+
+        def windows() -> Windows:
+            mb = self._memory_mb.get(fn, self.default_memory_mb)
+            value = self._value(st, now)
+            w = self._learned(st, lv, k, value, mb)
+            next_fire = self._schedules.get(fn)
+            if k == 1 and next_fire is not None:
+                fire = next_fire(now)
+                if fire is not None and now <= fire <= now + self.range_s:
+                    w = self._with_fire(w, fire - now, value, mb)
+            return w
+
+        return windows
 
     # -- internals -----------------------------------------------------------------------------
     def _function(self, fn: str) -> _Function:

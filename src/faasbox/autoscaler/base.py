@@ -30,6 +30,11 @@ class KeepAlivePolicy(Protocol):
 
     Pure: time comes in as ``now`` (seconds, any epoch, never decreasing per function).
     State is kept per function, so functions can be replayed independently.
+
+    A policy may also have ``released(fn, now) -> Callable[[], Windows]``: ``windows`` in two
+    steps, learning the release at once and computing the windows only when called (the
+    platform calls it only for an instance that went idle, not for one that took its next
+    call at once). Without it, the platform calls ``windows``.
     """
 
     name: str
@@ -38,7 +43,8 @@ class KeepAlivePolicy(Protocol):
         """An invocation of ``fn`` arrived at ``now``."""
 
     def windows(self, fn: str, now: float) -> Windows:
-        """An instance of ``fn`` went idle at ``now``: how long to keep or pre-warm it."""
+        """A call of ``fn`` ended at ``now``, which may leave its instance idle: how long to
+        keep or pre-warm it."""
 
 
 def prewarm_plan(next_fire: float, cold_start_s: float, lead_s: float) -> tuple[float, float]:

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from faasbox.autoscaler.base import KeepAlivePolicy
+from faasbox.autoscaler.base import KeepAlivePolicy, Windows
 from faasbox.autoscaler.kpa import Autoscaler, ScalerConfig
 from faasbox.autoscaler.provisioned import ProvisionedWindow, provisioned_at
 
@@ -143,6 +143,10 @@ class FunctionPlanner:
 
     def __post_init__(self) -> None:
         self._autoscaler = Autoscaler(self.scaler)
+        # a policy that can learn a release now and compute its windows later (only for an
+        # instance that goes idle): see KeepAlivePolicy
+        self._released: Callable[[str, float], Callable[[], Windows]] = getattr(
+            self.policy, "released", _at_once(self.policy))
 
     @property
     def autoscaler(self) -> Autoscaler:
@@ -210,11 +214,24 @@ class FunctionPlanner:
             if self.pending:
                 self.pending.pop()  # the slot it was pre-warmed for is taken by this start
 
+    def released(self, now: float) -> Callable[[float | None], IdleWindow]:
+        """An invocation ended at ``now`` (the policy learns it now). The function returned
+        gives the window of its instance if that is now idle (``ttl``: the instance's
+        ``idle_ttl_s``, default the latest spec's); an instance that runs calls back to back
+        never needs one, so none is computed for it."""
+        windows = self._released(self.name, now)
+
+        def window(ttl: float | None = None) -> IdleWindow:
+            return self._window(windows(), now, self.idle_ttl_s if ttl is None else ttl)
+
+        return window
+
     def finished(self, now: float, ttl: float | None = None) -> IdleWindow:
-        """An invocation ended at ``now``; the window for its instance if it is now idle
-        (``ttl``: that instance's ``idle_ttl_s``, default the latest spec's)."""
-        w = self.policy.windows(self.name, now)
-        ttl = self.idle_ttl_s if ttl is None else ttl
+        """An invocation ended at ``now``; the window for its instance if it is now idle."""
+        return self.released(now)(ttl)
+
+    @staticmethod
+    def _window(w: Windows, now: float, ttl: float) -> IdleWindow:
         hard = now + ttl
         if ttl <= 0:
             return IdleWindow(now, now, now)
@@ -305,3 +322,12 @@ class FunctionPlanner:
             if not still:
                 self.set_known_fires([], 1)
         return min(floor, self.max_instances), release
+
+
+def _at_once(policy: KeepAlivePolicy) -> Callable[[str, float], Callable[[], Windows]]:
+    """``released`` for a policy that computes its windows as it learns the release."""
+    def released(fn: str, now: float) -> Callable[[], Windows]:
+        w = policy.windows(fn, now)
+        return lambda: w
+
+    return released

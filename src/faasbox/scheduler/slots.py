@@ -142,10 +142,10 @@ class Scheduler:
             return
         meter(pool, -1, self.clock.monotonic())
         pool.completions += 1
-        window = pool.planner.finished(self.clock.now(), inst.spec.idle_ttl_s)
-        self.give_back(inst)
+        window = pool.planner.released(self.clock.now())
+        self.give_back(inst)  # gives the slot to a waiter, if any: no policy call
         if inst.leases == 0 and inst.state == "idle" and not inst.retired:
-            pool.idle[inst.id] = window
+            pool.idle[inst.id] = window(inst.spec.idle_ttl_s)
 
     def give_back(self, inst: Instance) -> None:
         """Return a slot of ``inst`` to its pool (to a waiter, if any)."""
