@@ -7,6 +7,7 @@ relational stores (tasks, triggers, tenancy, delivery, usage) write and read thr
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -247,9 +248,13 @@ INSERT_RECORD = (f"INSERT INTO invocations ({_INV_COLUMNS})"
                  f" VALUES ({', '.join('?' * len(_INV_FIELDS))})")
 
 
+_ROW = operator.attrgetter(*_INV_FIELDS)  # one C call for the whole tuple
+
+
 def record_values(record: InvocationRecord) -> tuple[Any, ...]:
     """The row of ``record`` for :data:`INSERT_RECORD`."""
-    return tuple(getattr(record, name) for name in _INV_FIELDS)
+    row: tuple[Any, ...] = _ROW(record)
+    return row
 
 
 def tenant_range(column: str, tenant: str | None) -> list[tuple[str, Any]]:

@@ -38,6 +38,11 @@ class SqlTaskQueue(TaskQueue):
     def __init__(self, store: SqlStore) -> None:
         self.store = store
         self._lease_sql = lease_sql(store.dialect)
+        self._succeed_sql = (
+            "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ?,"
+            " lease_until = NULL, error_code = NULL, error_message = NULL,"
+            f" invocation_ids = {store.dialect.json_append('invocation_ids')}"
+            " WHERE id = ? AND status = 'running' AND attempts = ?")
 
     async def enqueue(
         self, function: str, tasks: list[NewTask], version: int | None, policy: TaskPolicy,
@@ -65,12 +70,8 @@ class SqlTaskQueue(TaskQueue):
         def tx(conn: Conn) -> bool:
             if row is not None:
                 conn.execute(INSERT_RECORD, row)
-            return conn.execute(
-                "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ?,"
-                " lease_until = NULL, error_code = NULL, error_message = NULL,"
-                f" invocation_ids = {self.store.dialect.json_append('invocation_ids')}"
-                " WHERE id = ? AND status = 'running' AND attempts = ?",
-                (result, now, invocation_id, task_id, attempt)).rowcount > 0
+            return conn.execute(self._succeed_sql,
+                                (result, now, invocation_id, task_id, attempt)).rowcount > 0
 
         return await self.store.write(tx, durable=False, single=row is None)
 
