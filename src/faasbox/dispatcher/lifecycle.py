@@ -38,8 +38,8 @@ AHEAD_MIN, AHEAD_MOST = 4, 64
 # run in about PIPELINE_WAIT_MS (by the function's recent calls), at least 1, at most
 # PIPELINE_MOST. An instance with frames waiting runs them back to back instead of sleeping
 # between two, so the server's write does not have to wake it.
-PIPELINE_WAIT_MS = 5.0
-PIPELINE_MOST = 8
+PIPELINE_WAIT_MS = 10.0
+PIPELINE_MOST = 16
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
