@@ -8,10 +8,12 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from faasbox.spec import FunctionSpec
 from faasbox.store import InvocationRecord, SqlStore
 from faasbox.store.database import QUIET_WRITES
+from faasbox.store.relational.functions import INSERT_RECORD, record_values
 from faasbox.store.sqlite.engine import SqliteDatabase, migrate, migrations
 
 
@@ -164,6 +166,15 @@ def test_only_durable_writes_wait_for_the_disk(tmp_path: Path) -> None:
     assert asyncio.run(main()) == [1, 2, 2]  # NORMAL, FULL, FULL (a durable write was there)
 
 
+async def _outcomes(store: SqlStore, futs: list[asyncio.Future[Any]],
+                    ) -> tuple[list[bool], set[str]]:
+    """Which writes succeeded, and the records' ids; closes the store."""
+    done = await asyncio.gather(*futs, return_exceptions=True)
+    ids = {r.id for r in await store.list_invocations(None, 10)}
+    await store.close()
+    return [not isinstance(d, BaseException) for d in done], ids
+
+
 def test_a_failed_single_statement_fails_alone(tmp_path: Path) -> None:
     """Single-statement writes run without a savepoint: one that breaks a constraint fails by
     itself and the others of its group commit."""
@@ -172,10 +183,7 @@ def test_a_failed_single_statement_fails_alone(tmp_path: Path) -> None:
         await store.open()
         await store.record_invocation(_record(0))
         futs = [store.record_invocation(_record(i)) for i in (1, 0, 2)]  # r0 again: a clash
-        done = await asyncio.gather(*futs, return_exceptions=True)
-        ids = {r.id for r in await store.list_invocations(None, 10)}
-        await store.close()
-        return [not isinstance(d, BaseException) for d in done], ids
+        return await _outcomes(store, futs)
 
     ok, ids = asyncio.run(main())
     assert ok == [True, False, True]
@@ -197,10 +205,7 @@ def test_a_group_runs_without_savepoints_and_a_failed_write_is_undone_alone(
         held = store.submit(lambda conn: gate.wait(10), durable=False)  # holds the writer
 
         def insert(i: int) -> Callable[[sqlite3.Connection], None]:
-            return lambda conn: conn.execute(
-                "INSERT INTO invocations (id, function, version, trigger, started_at,"
-                " duration_ms, billed_ms, memory_mb, gb_s, cold_start, status)"
-                f" VALUES ('r{i}', 'f', 1, 'sync', 1.0, 1.0, 1, 128, 0.1, 0, 'succeeded')")
+            return lambda conn: conn.execute(INSERT_RECORD, record_values(_record(i)))
 
         def half(conn: sqlite3.Connection) -> None:  # r9, then r0 again: a clash
             insert(9)(conn)
@@ -210,10 +215,7 @@ def test_a_group_runs_without_savepoints_and_a_failed_write_is_undone_alone(
                 store.submit(insert(2), durable=False)]
         gate.set()  # the three queued meanwhile run in one or two groups
         await held
-        done = await asyncio.gather(*futs, return_exceptions=True)
-        ids = {r.id for r in await store.list_invocations(None, 10)}
-        await store.close()
-        return [not isinstance(d, BaseException) for d in done], ids
+        return await _outcomes(store, futs)
 
     ok, ids = asyncio.run(main())
     assert ok == [True, False, True]
