@@ -22,12 +22,19 @@ WORK = {"main.py": """
 NODE = {"FAASBOX_NODE_MEMORY_MB": "1024", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
 
 
-def tenant(server: Server, name: str, weight: float) -> httpx.Client:
+NOOP = {"main.py": """
+    def handler(event, context):
+        return event
+"""}
+
+
+def tenant(server: Server, name: str, weight: float,
+           files: dict[str, str] = WORK) -> httpx.Client:
     assert server.http.post("/v1/tenants", json={"name": name, "weight": weight}
                             ).status_code == 201
     key = server.http.post(f"/v1/tenants/{name}/keys", json={"scope": "developer"}).json()
     client = server.client(key["key"])
-    folder = server.folder(f"{name}-work", WORK)
+    folder = server.folder(f"{name}-work", files)
     body = {"handler": "main:handler", "max_instances": 8,
             "code_zip": base64.b64encode(zip_folder(folder)).decode()}
     assert client.put("/v1/functions/work", json=body).status_code == 201
@@ -69,3 +76,25 @@ def check_shares(server: Server, a: httpx.Client, b: httpx.Client, weight_a: flo
     # both were backlogged the whole time: completions follow the weights (the bench
     # bench/fairness.py reports the exact shares)
     assert abs(share - expected) < 0.1, (done_a, share, expected)
+
+
+def test_tasks_sent_ahead_hold_no_room_of_their_own(make_server: Any) -> None:
+    """Short tasks are sent ahead to busy instances, many per instance (dispatcher/
+    lifecycle.py): each counts its share of the instance's memory, not a whole task's, so on a
+    node with room for 8 instances more than 8 tasks run at once (before, the room ran out at
+    8 and nothing was sent ahead); another tenant's tasks still run."""
+    server: Server = make_server(env=NODE)
+    a, b = tenant(server, "big", 1.0, NOOP), tenant(server, "small", 1.0, NOOP)
+    try:
+        submit(a, 300)  # the function's calls are timed short: its tasks are sent ahead
+        server.wait_for(lambda: counts(a).get("succeeded", 0) == 300, timeout=60,
+                        what="the first tasks")
+        submit(a, 20000)
+        server.wait_for(lambda: counts(a).get("running", 0) > 8, timeout=60,
+                        what="more tasks running than 8 instances of room")
+        submit(b, 50)
+        server.wait_for(lambda: counts(b).get("succeeded", 0) == 50, timeout=120,
+                        what="the small tenant's 50 tasks")
+    finally:
+        a.close()
+        b.close()

@@ -1,7 +1,8 @@
 """Fair shares of the node among tenants with queued work (pure: no clock, no I/O).
 
 When tenants' backlogs want more than the node holds, each dispatch round hands out the room
-that is left (memory, in MB: a running task holds its function's ``memory_mb / concurrency``)
+that is left (memory, in MB: a running task holds its function's ``memory_mb / concurrency``,
+or ``memory_mb / (concurrency + sent ahead)`` for short tasks sent ahead to busy instances)
 by **stride scheduling** over tenants: the tenant with the lowest *pass* gets the next task and
 its pass moves on by ``1 / weight``, so over time tenants start tasks in proportion to their
 weights (and, with like tasks, finish them in that proportion). Within a tenant its functions

@@ -236,12 +236,13 @@ class Dispatcher:
                     await self._cost_mb(function))
 
     async def _cost_mb(self, function: str) -> float:
-        """The memory one running task of ``function`` holds (0 if it is gone)."""
+        """The memory one running task of ``function`` holds (0 if it is gone): its share of
+        an instance, which runs ``concurrency`` tasks and holds those sent ahead of them."""
         try:
             spec = (await self.registry.resolve(function, None)).spec
         except errors.NotFound:
             return 0.0
-        return spec.memory_mb / spec.concurrency
+        return spec.memory_mb / (spec.concurrency + self.lifecycle.pipeline(function))
 
     def weight(self, tenant: str) -> float:
         return self.admission.tenancy.weight(tenant)

@@ -112,13 +112,16 @@ class TaskLifecycle:
 
     def ahead_room(self, function: str) -> int:
         """How many more leased tasks of ``function`` to hold here: for a function whose runs
-        are short, up to two per running task (at least ``AHEAD_MIN``), leased again only once
-        half are gone, so that leases come in batches."""
+        are short, two per call in a slot or one per running task, whichever is more (at least
+        ``AHEAD_MIN``, at most ``AHEAD_MOST``), leased again only once half are gone, so that
+        leases come in batches. (Two per running task counted those sent ahead twice: the
+        rounds grew with the pipeline, and a long round delays the sync calls behind it.)"""
         ms = self.run_ms.get(function)
         running = self.running_by_function[function]
         if ms is None or ms > AHEAD_MAX_MS or running == 0:
             return 0  # held tasks start when a run ends: with none running, none would
-        target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * running))
+        in_slots = math.ceil(running / (1 + self.pipeline(function)))
+        target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * in_slots, running))
         held = len(self.ahead.get(function, ()))
         return target - held if held <= target // 2 else 0
 
