@@ -58,6 +58,12 @@ def pipeline_depth(run_ms: float | None, call_ms: float | None, ordered: bool) -
     return max(1, min(PIPELINE_MOST, int(PIPELINE_WAIT_MS / call)))
 
 
+def _average(averages: dict[str, float], function: str, value: float) -> None:
+    """Move ``function``'s moving average toward ``value`` (a fifth of the way)."""
+    last = averages.get(function)
+    averages[function] = value if last is None else 0.8 * last + 0.2 * value
+
+
 class TaskLifecycle:
     def __init__(self, queue: TaskQueue, registry: Registry, invoker: Invoker,
                  policies: Policies, events: Events, clock: Clock) -> None:
@@ -254,9 +260,7 @@ class TaskLifecycle:
             if again is None and ended:
                 self._finished(task, failure.final_status, None)
         else:
-            call = outcome.record.duration_ms
-            last = self.call_ms.get(task.function)
-            self.call_ms[task.function] = call if last is None else 0.8 * last + 0.2 * call
+            _average(self.call_ms, task.function, outcome.record.duration_ms)
             # one write: the attempt's record and the task's end
             if await self._durably(lambda: self.queue.succeed(
                     task.id, task.attempts, outcome.payload, invocation_id, self.clock.now(),
@@ -272,8 +276,7 @@ class TaskLifecycle:
         if run_ms is None:
             self.acquiring[task.function] -= 1
         else:
-            last = self.run_ms.get(task.function)
-            self.run_ms[task.function] = run_ms if last is None else 0.8 * last + 0.2 * run_ms
+            _average(self.run_ms, task.function, run_ms)
         self.running_by_function[task.function] -= 1
         self.running_mb -= cost_mb
         self._instances.pop(task.id, None)
