@@ -363,8 +363,12 @@ def test_short_tasks_are_sent_ahead_and_one_behind_a_timeout_goes_back_unrun(
     assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
     [inst] = server.instances("t-pipe")
     assert inst["sent_ahead"] > 0, inst  # short runs: tasks were sent ahead
-    slow, *quick = server.http.post("/v1/functions/t-pipe/tasks:batch",
-                                    json=[{"sleep": 30}, {"i": 1}, {"i": 2}]).json()["tasks"]
+    # the slow one runs first (tasks of one batch may be leased in any order)
+    slow = submit(server, "t-pipe", {"sleep": 30})
+    server.wait_for(lambda: [i for i in server.instances("t-pipe") if i["in_flight"] == 1],
+                    what="the slow task to run")
+    quick = server.http.post("/v1/functions/t-pipe/tasks:batch",
+                             json=[{"i": 1}, {"i": 2}]).json()["tasks"]
     server.wait_for(lambda: [i for i in server.instances("t-pipe") if i["in_flight"] >= 2],
                     what="a task sent ahead of the slow one")
     timed_out = wait_task(server, slow["task_id"])
@@ -382,14 +386,16 @@ def test_cancelling_a_task_sent_ahead_leaves_the_one_before_it_running(
     warm = server.http.post("/v1/functions/t-pipe-cancel/tasks:batch",
                             json=[{"i": i} for i in range(50)]).json()["tasks"]
     assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
-    slow, ahead = server.http.post("/v1/functions/t-pipe-cancel/tasks:batch",
-                                   json=[{"sleep": 1.5}, {"i": 1}]).json()["tasks"]
+    slow = submit(server, "t-pipe-cancel", {"sleep": 3})  # runs first
+    server.wait_for(lambda: [i for i in server.instances("t-pipe-cancel")
+                             if i["in_flight"] == 1], what="the slow task to run")
+    ahead = submit(server, "t-pipe-cancel", {"i": 1})
     server.wait_for(lambda: [i for i in server.instances("t-pipe-cancel")
                              if i["in_flight"] == 2], what="a task sent ahead")
     cancelled = server.http.post(f"/v1/tasks/{ahead['task_id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     done = wait_task(server, slow["task_id"])
-    assert done["status"] == "succeeded" and done["result"]["echo"] == {"sleep": 1.5}
+    assert done["status"] == "succeeded" and done["result"]["echo"] == {"sleep": 3}
 
 
 def _metric(server: Server, name: str) -> float:
