@@ -137,6 +137,19 @@ def test_timeout_gives_504_and_next_call_works(server: Server) -> None:
     assert ok.headers["x-faasbox-cold-start"] == "true"
 
 
+def test_each_call_is_timed_from_its_own_start(server: Server) -> None:
+    """One timer serves an instance's deadlines: armed by a quick call, it fires while a
+    later call runs, which must go on to its own deadline (and be stopped there)."""
+    server.deploy("l-deadline", SLEEPER, timeout_s=1)
+    assert server.invoke("l-deadline", {"sleep": 0}).status_code == 200  # arms at +1 s
+    time.sleep(0.5)
+    within = server.invoke("l-deadline", {"sleep": 0.7})  # runs past the quick call's +1 s
+    assert within.status_code == 200
+    assert within.headers["x-faasbox-cold-start"] == "false"
+    slow = server.invoke("l-deadline", {"sleep": 5})
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+
+
 def test_out_of_memory_and_next_call_works(server: Server) -> None:
     if not server.feature("memory limit"):
         pytest.skip("faasbox doctor reports no memory limit on this machine")

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -51,18 +52,21 @@ class InvokeResult:
     peak_rss_mb: float
 
 
+TIMER_SLACK_S = 0.001  # the loop's timers fire to the millisecond: a deadline this near is due
+
+
 class _Call:
     """A call sent to the instance. ``began`` is None while it waits behind others (its
     frame sent ahead, pipelined); the node times it from when it starts."""
 
-    __slots__ = ("began", "fut", "stop_reason", "timeout_s", "timer")
+    __slots__ = ("began", "deadline", "fut", "stop_reason", "timeout_s")
 
     def __init__(self, fut: asyncio.Future[tuple[dict[str, Any], bytes]],
                  timeout_s: float) -> None:
         self.fut = fut
         self.timeout_s = timeout_s
         self.began: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf  # loop time; set when it starts
         self.stop_reason: errors.InvocationError | None = None
 
 
@@ -119,6 +123,9 @@ class Instance:
         self.returncode: int | None = None
         self._exit_task: asyncio.Task[None] | None = None
         self._watching = False
+        # one timer for the calls' deadlines, armed at the earliest (see _begin)
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
 
     # -- life -------------------------------------------------------------------------------
     @property
@@ -236,9 +243,8 @@ class Instance:
             await self.exited.wait()
         reason = self._stop_reason or self._death_reason()
         self.state = "stopped"
+        self._disarm()
         for call in self.in_flight.values():
-            if call.timer is not None:
-                call.timer.cancel()
             if call.fut.done():
                 continue
             if call.began is None:
@@ -352,8 +358,6 @@ class Instance:
             await self.stop(stopped)
             raise stopped from None
         finally:
-            if call.timer is not None:
-                call.timer.cancel()
             self.calls_served += 1
             self.last_used = self.loop.time()
             if self.state == "busy" and not self.in_flight:
@@ -363,14 +367,43 @@ class Instance:
         return self._result(reply, body, (self.loop.time() - call.began) * 1000)
 
     def _begin(self, call: _Call) -> None:
-        """``call`` starts now on the instance: time it (a plain timer, cheaper than
-        asyncio.timeout, fails its future)."""
+        """``call`` starts now on the instance: time it. One timer per instance serves every
+        call's deadline: armed at the earliest, it fails the calls past theirs and re-arms at
+        the next (calls shorter than the timeout, the usual case, arm none of their own)."""
         call.began = self.loop.time()
         self.running += 1
         if call.stop_reason is not None:  # stopped while it waited: stop it as it starts
             call.fut.set_exception(_Stopping())
             return
-        call.timer = self.loop.call_at(call.began + call.timeout_s, _time_out, call.fut)
+        call.deadline = call.began + call.timeout_s
+        if call.deadline < self._watch_at:
+            self._arm(call.deadline)
+
+    def _arm(self, at: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watch_at = at
+        self._watchdog = self.loop.call_at(at, self._deadlines)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog, self._watch_at = None, math.inf
+
+    def _deadlines(self) -> None:
+        """The watchdog fired: fail the running calls past their deadline, re-arm."""
+        self._watchdog, self._watch_at = None, math.inf
+        now = self.loop.time()
+        earliest = math.inf
+        for call in self.in_flight.values():
+            if call.began is None or call.fut.done():
+                continue
+            if call.deadline <= now + TIMER_SLACK_S:
+                call.fut.set_exception(_TimedOut())
+            elif call.deadline < earliest:
+                earliest = call.deadline
+        if earliest < math.inf:
+            self._arm(earliest)
 
     def _start_pending(self) -> None:
         while self.pending and self.running < self.concurrency:
@@ -440,11 +473,6 @@ class _TimedOut(Exception):
 
 class _Stopping(Exception):
     pass
-
-
-def _time_out(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(_TimedOut())
 
 
 class _Frames(asyncio.Protocol):
