@@ -304,3 +304,21 @@ def test_faasbox_counts_a_level_never_needed_again() -> None:
         policy.windows("f", i * 600.0 + 1.0)
     level2 = policy._fns["f"].levels[1].hist
     assert level2.oob == 1 and level2.total == 0  # counted once, as out of range
+
+
+def test_faasbox_prewarms_a_timers_fan_out_from_its_first_gaps() -> None:
+    """14 overlapping calls of 90 s every hour: from the second hour's release on, every
+    level's pre-warm covers the next hour, long before ``period_min`` gaps make a timer
+    (a kernel as wide as for scattered gaps spread these few over hours instead)."""
+    policy = FaasboxPolicy()
+    policy.set_memory("f", 3000)
+    for hour in range(3):
+        start = hour * 3600.0
+        for i in range(14):
+            policy.on_invocation("f", start + 4.0 * i)
+        windows = [policy.windows("f", start + 4.0 * i + 90.0) for i in range(14)]
+    next_need = 3600.0 - 90.0  # from a release to the same level's call an hour on
+    for w in windows:
+        assert w.prewarm_s - 60.0 <= next_need < w.prewarm_s + w.keepalive_s
+        assert w.prewarm_s > 30 * MIN  # released in between, not kept
+    assert max(len(lv.long_gaps) for lv in policy._fns["f"].levels) < policy.period_min

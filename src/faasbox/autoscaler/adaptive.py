@@ -22,7 +22,12 @@ the gaps it leaves) and changes what is learned and what is decided:
    not worth a restart and is kept instead.
 3. **Little data, wide kernel.** The histogram is smoothed by a triangular kernel of about
    ``smooth_bins / sqrt(n)`` bins each side (``n`` gaps), so that a few gaps do not leave
-   holes the next gap falls into, while a well-known level gets sharp windows. A young
+   holes the next gap falls into, while a well-known level gets sharp windows. Never wider,
+   though, than the gaps' own spread calls for (``spread_factor * sd * n ** -0.2`` bins, at
+   least 2, with ``sd`` the standard deviation of their bins; 2.6 is Silverman's rule of
+   thumb for a triangular kernel): gaps that agree (a timer's fan-out, each of its levels
+   seeing the same hour) give a window around them from the first few, where a kernel as
+   wide as for scattered gaps spread them over hours and loaded no instance for them. A young
    level's own gaps are blended with a prior worth ``prior_samples`` gaps: the gaps the
    function's levels showed while they were young themselves (so a burst's new levels learn
    from the previous bursts' new levels, not from level 1). A level vacated longer than
@@ -81,6 +86,15 @@ def _box(values: list[float], r: int) -> list[float]:
     n = len(values)
     width = 2 * r + 1
     return [(sums[min(k + 1, n)] - sums[max(k - 2 * r, 0)]) / width for k in range(n + 2 * r)]
+
+
+def _spread(counts: list[float]) -> float:
+    """The standard deviation of the bin index over ``counts`` (in bins)."""
+    total = sum(counts)
+    if total <= 0:
+        return 0.0
+    mean = sum(i * c for i, c in enumerate(counts)) / total
+    return math.sqrt(sum(c * (i - mean) ** 2 for i, c in enumerate(counts)) / total)
 
 
 def smoothed(counts: list[float], oob: float, half: int) -> tuple[list[float], float]:
@@ -223,6 +237,7 @@ class FaasboxPolicy:
         bin_ratio: float = 1.1,
         range_s: float = 4 * 3600.0,
         smooth_bins: int = 32,
+        spread_factor: float = 2.6,
         prior_samples: float = 3.0,
         min_release_s: float = 30.0,
         margin: float = 0.0,
@@ -247,6 +262,7 @@ class FaasboxPolicy:
             raise ValueError("need bin_ratio > 1 and range_s > 1")
         self.edges = gap_edges(bin_ratio, range_s)
         self.smooth_bins = int(smooth_bins)
+        self.spread_factor = spread_factor
         self.prior_samples = prior_samples
         self.min_release_s = min_release_s
         self.margin = margin
@@ -405,6 +421,8 @@ class FaasboxPolicy:
         counts = [a + b for a, b in zip(counts, prior, strict=True)]
         n = own.samples + self.prior_samples
         half = round(self.smooth_bins * n ** -0.5)  # a kernel that narrows as gaps accrue
+        if self.spread_factor > 0:
+            half = min(half, max(2, round(self.spread_factor * _spread(counts) * n ** -0.2)))
         counts, oob = smoothed(counts, oob + prior_oob, half)
         edges = self.edges
         plan = cheapest(edges, counts, oob, value, mb)
