@@ -140,10 +140,10 @@ def test_timeout_gives_504_and_next_call_works(server: Server) -> None:
 def test_each_call_is_timed_from_its_own_start(server: Server) -> None:
     """One timer serves an instance's deadlines: armed by a quick call, it fires while a
     later call runs, which must go on to its own deadline (and be stopped there)."""
-    server.deploy("l-deadline", SLEEPER, timeout_s=1)
-    assert server.invoke("l-deadline", {"sleep": 0}).status_code == 200  # arms at +1 s
-    time.sleep(0.5)
-    within = server.invoke("l-deadline", {"sleep": 0.7})  # runs past the quick call's +1 s
+    server.deploy("l-deadline", SLEEPER, timeout_s=2)
+    assert server.invoke("l-deadline", {"sleep": 0}).status_code == 200  # arms at +2 s
+    time.sleep(1)
+    within = server.invoke("l-deadline", {"sleep": 1.4})  # runs past the quick call's +2 s
     assert within.status_code == 200
     assert within.headers["x-faasbox-cold-start"] == "false"
     slow = server.invoke("l-deadline", {"sleep": 5})
