@@ -131,6 +131,19 @@ def test_faasbox_without_history_keeps_larger_instances_shorter() -> None:
     assert large.keepalive_s * 4096 == pytest.approx(policy.cold_value("large", 1))
 
 
+def test_faasbox_without_history_keeps_a_bursts_higher_levels_shorter() -> None:
+    """A first burst of 4: the instance that goes idle while 3 calls still run (level 4) is
+    kept half as long as the last one (level 1), the break-even divided by sqrt(4)."""
+    policy = FaasboxPolicy()
+    policy.set_memory("f", 4096)
+    for _ in range(4):
+        policy.on_invocation("f", 0)
+    fourth, third, second, first = (policy.windows("f", 1) for _ in range(4))
+    assert first.keepalive_s * 4096 == pytest.approx(policy.cold_value("f", 1))
+    assert fourth.keepalive_s == pytest.approx(first.keepalive_s / 2)
+    assert fourth.keepalive_s < third.keepalive_s < second.keepalive_s < first.keepalive_s
+
+
 def test_faasbox_rarely_called_functions_are_worth_more() -> None:
     policy = FaasboxPolicy()
     for i in range(100):

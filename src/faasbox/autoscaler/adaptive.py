@@ -47,9 +47,10 @@ the gaps it leaves) and changes what is learned and what is decided:
    next; the level-1 instance is then always loaded over ``[fire - lead, fire + lead]``.
 
 Without history (fewer than ``min_samples`` gaps at the level and in the prior) the policy
-keeps the instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``, and at
-most ``new_level_cap_s`` for a level above 1), which costs at most twice the best choice made
-in hindsight. Decisions are cached per level and recomputed when its gaps or the prior grow by
+keeps the level-1 instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``),
+which costs at most twice the best choice made in hindsight, and the level-k instance for
+``V_f / MB_f / sqrt(k)`` (at most ``new_level_cap_s``): the higher levels of a first burst are
+needed again less often than its first. Decisions are cached per level and recomputed when its gaps or the prior grow by
 ``recompute_growth`` or ``V_f`` moves as much.
 
 Everything is online: a decision uses only the calls seen so far.
@@ -394,7 +395,8 @@ class FaasboxPolicy:
             if periodic is not None:
                 return self._windows(0.0, *periodic)
             cap = self.range_s if k == 1 else self.new_level_cap_s
-            return Windows(0.0, min(cap, value / mb))
+            # a burst's higher levels are needed again less often than its first
+            return Windows(0.0, min(cap, value / mb / math.sqrt(k)))
         cached = lv.cached
         growth = self.recompute_growth
         if (
