@@ -50,8 +50,8 @@ Without history (fewer than ``min_samples`` gaps at the level and in the prior) 
 keeps the level-1 instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``),
 which costs at most twice the best choice made in hindsight, and the level-k instance for
 ``V_f / MB_f / sqrt(k)`` (at most ``new_level_cap_s``): the higher levels of a first burst are
-needed again less often than its first. Decisions are cached per level and recomputed when its gaps or the prior grow by
-``recompute_growth`` or ``V_f`` moves as much.
+needed again less often than its first. Decisions are cached per level and recomputed when
+its gaps or the prior grow by ``recompute_growth`` or ``V_f`` moves as much.
 
 Everything is online: a decision uses only the calls seen so far.
 """
