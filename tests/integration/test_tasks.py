@@ -38,15 +38,6 @@ def wait_task(server: Server, task_id: str, timeout: float = 30) -> dict[str, An
         assert time.monotonic() < deadline, body
 
 
-def settle_runs(server: Server, name: str, calls: int = 10) -> None:
-    """Tasks one at a time: a batch's runs count their wait behind the calls sent ahead of
-    them, and on a loaded machine their moving average can pass the limit for sending ahead
-    (dispatcher/lifecycle.py); a few runs alone bring it back down."""
-    for i in range(calls):
-        assert wait_task(server, submit(server, name, {"i": f"settle-{i}"})["task_id"])[
-            "status"] == "succeeded"
-
-
 def set_policy(server: Server, name: str, **policy: Any) -> None:
     resp = server.http.put(f"/v1/functions/{name}/task-policy", json=policy)
     assert resp.status_code == 200, resp.text
@@ -372,7 +363,6 @@ def test_short_tasks_are_sent_ahead_and_one_behind_a_timeout_goes_back_unrun(
     assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
     [inst] = server.instances("t-pipe")
     assert inst["sent_ahead"] > 0, inst  # short runs: tasks were sent ahead
-    settle_runs(server, "t-pipe")
     # the slow one runs first (tasks of one batch may be leased in any order)
     slow = submit(server, "t-pipe", {"sleep": 30})
     server.wait_for(lambda: [i for i in server.instances("t-pipe") if i["in_flight"] == 1],
@@ -396,7 +386,6 @@ def test_cancelling_a_task_sent_ahead_leaves_the_one_before_it_running(
     warm = server.http.post("/v1/functions/t-pipe-cancel/tasks:batch",
                             json=[{"i": i} for i in range(50)]).json()["tasks"]
     assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
-    settle_runs(server, "t-pipe-cancel")
     slow = submit(server, "t-pipe-cancel", {"sleep": 3})  # runs first
     server.wait_for(lambda: [i for i in server.instances("t-pipe-cancel")
                              if i["in_flight"] == 1], what="the slow task to run")
@@ -455,7 +444,6 @@ def test_a_task_sent_ahead_of_a_memory_error_runs_once_elsewhere(server: Server)
     warm = server.http.post("/v1/functions/t-pipe-oom/tasks:batch",
                             json=[{"i": i} for i in range(50)]).json()["tasks"]
     assert {wait_task(server, t["task_id"])["status"] for t in warm} == {"succeeded"}
-    settle_runs(server, "t-pipe-oom")
     [first] = server.instances("t-pipe-oom")
     oom = submit(server, "t-pipe-oom", {"oom": True, "sleep": 1})
     server.wait_for(lambda: [i for i in server.instances("t-pipe-oom") if i["in_flight"] == 1],

@@ -202,9 +202,12 @@ def test_tasks_sent_ahead_as_deep_as_a_few_ms_of_calls() -> None:
     """dispatcher/lifecycle.py: only instances that run calls in order, only short runs; the
     shorter the calls, the more sent ahead, 1 to PIPELINE_MOST."""
     assert pipeline_depth(None, None, True) == 0  # no run yet
-    assert pipeline_depth(AHEAD_MAX_MS + 1, 0.1, True) == 0  # long runs
+    assert pipeline_depth(AHEAD_MAX_MS + 1, None, True) == 0  # long runs, no call timed yet
+    assert pipeline_depth(1.0, AHEAD_MAX_MS + 1, True) == 0  # long calls
+    # a run that waited behind calls sent ahead is long; its call, which counts, is not
+    assert pipeline_depth(AHEAD_MAX_MS * 10, 0.1, True) == PIPELINE_MOST
     assert pipeline_depth(1.0, 0.1, False) == 0  # an async handler's calls overlap
     assert pipeline_depth(1.0, None, True) == 1  # no call timed yet
     assert pipeline_depth(1.0, 0.0, True) == PIPELINE_MOST
     assert pipeline_depth(1.0, PIPELINE_WAIT_MS / 3, True) == 3
-    assert pipeline_depth(1.0, PIPELINE_WAIT_MS * 10, True) == 1
+    assert pipeline_depth(1.0, AHEAD_MAX_MS, True) == 1  # calls longer than the budget

@@ -50,13 +50,21 @@ Done = Callable[[TaskRow, float | None], None]
 
 def pipeline_depth(run_ms: float | None, call_ms: float | None, ordered: bool) -> int:
     """How many calls to send an instance ahead of its running ones: none unless it runs calls
-    in order and the function's runs (``run_ms``, lease to end) are short; then as many as its
+    in order and the function's calls are short (``call_ms``, on the instance; ``run_ms``,
+    lease to end, until a call is timed: a run also counts its wait behind the calls sent
+    ahead of it, which under load could switch this off); then as many as its
     calls (``call_ms``, on the instance) run in about ``PIPELINE_WAIT_MS``, 1 to
     ``PIPELINE_MOST``, so that the last one sent does not wait long."""
-    if run_ms is None or run_ms > AHEAD_MAX_MS or not ordered:
+    if not ordered or not _short(run_ms, call_ms):
         return 0
     call = AHEAD_MAX_MS if call_ms is None else max(call_ms, 0.001)
     return max(1, min(PIPELINE_MOST, int(PIPELINE_WAIT_MS / call)))
+
+
+def _short(run_ms: float | None, call_ms: float | None) -> bool:
+    """Whether a function's calls are short enough to hold or send tasks ahead for."""
+    ms = call_ms if call_ms is not None else run_ms
+    return ms is not None and ms <= AHEAD_MAX_MS
 
 
 def _average(averages: dict[str, float], function: str, value: float) -> None:
@@ -123,9 +131,8 @@ class TaskLifecycle:
         ``AHEAD_MIN``, at most ``AHEAD_MOST``), leased again only once half are gone, so that
         leases come in batches. (Two per running task counted those sent ahead twice: the
         rounds grew with the pipeline, and a long round delays the sync calls behind it.)"""
-        ms = self.run_ms.get(function)
         running = self.running_by_function[function]
-        if ms is None or ms > AHEAD_MAX_MS or running == 0:
+        if not _short(self.run_ms.get(function), self.call_ms.get(function)) or running == 0:
             return 0  # held tasks start when a run ends: with none running, none would
         in_slots = math.ceil(running / (1 + self.pipeline(function)))
         target = min(AHEAD_MOST, max(AHEAD_MIN, 2 * in_slots, running))
