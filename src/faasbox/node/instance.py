@@ -12,14 +12,13 @@ import collections
 import contextlib
 import itertools
 import logging
-import math
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from faasbox import errors
+from faasbox.node.calls import Call, Deadlines, InvokeResult, Stopping, TimedOut
 from faasbox.node.cgroups import Cgroup
 from faasbox.node.zygote import ForkedProcess, in_thread
 from faasbox.runtime import protocol
@@ -42,32 +41,6 @@ class Process(Protocol):
         """SIGKILL this process (only it, and never another that reused its pid)."""
 
     async def wait(self) -> int | None: ...
-
-
-@dataclass
-class InvokeResult:
-    payload: bytes  # the handler's result as JSON bytes
-    duration_ms: float
-    logs: str
-    peak_rss_mb: float
-
-
-TIMER_SLACK_S = 0.001  # the loop's timers fire to the millisecond: a deadline this near is due
-
-
-class _Call:
-    """A call sent to the instance. ``began`` is None while it waits behind others (its
-    frame sent ahead, pipelined); the node times it from when it starts."""
-
-    __slots__ = ("began", "deadline", "fut", "stop_reason", "timeout_s")
-
-    def __init__(self, fut: asyncio.Future[tuple[dict[str, Any], bytes]],
-                 timeout_s: float) -> None:
-        self.fut = fut
-        self.timeout_s = timeout_s
-        self.began: float | None = None
-        self.deadline = math.inf  # loop time; set when it starts
-        self.stop_reason: errors.InvocationError | None = None
 
 
 class Instance:
@@ -108,7 +81,7 @@ class Instance:
         # scratch dir and cgroup (None: forked or spawned for this instance)
         self.spare: str | None = None
         self.peak_rss_mb: float = 0.0
-        self.in_flight: dict[str, _Call] = {}
+        self.in_flight: dict[str, Call] = {}
         self.pending: collections.deque[str] = collections.deque()  # sent ahead, in order
         self.running = 0  # calls started and not ended
         self.ordered = False  # its worker runs calls in the order sent (its ``ready`` says)
@@ -123,9 +96,7 @@ class Instance:
         self.returncode: int | None = None
         self._exit_task: asyncio.Task[None] | None = None
         self._watching = False
-        # one timer for the calls' deadlines, armed at the earliest (see _begin)
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watch_at = math.inf
+        self._deadlines = Deadlines(self.loop, self.in_flight.values())
 
     # -- life -------------------------------------------------------------------------------
     @property
@@ -243,7 +214,7 @@ class Instance:
             await self.exited.wait()
         reason = self._stop_reason or self._death_reason()
         self.state = "stopped"
-        self._disarm()
+        self._deadlines.stop()
         for call in self.in_flight.values():
             if call.fut.done():
                 continue
@@ -330,7 +301,7 @@ class Instance:
         """Run one call. Over ``concurrency`` running (a pipelined call), its frame is sent
         now and it starts when a running call ends."""
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = self.loop.create_future()
-        call = _Call(fut, timeout_s)
+        call = Call(fut, timeout_s)
         self.in_flight[request_id] = call
         self.state = "busy"
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
@@ -342,7 +313,7 @@ class Instance:
             self.sent_ahead += 1
         try:
             reply, body = await fut
-        except _TimedOut:
+        except TimedOut:
             self.in_flight.pop(request_id, None)
             reason = errors.InvocationTimeout(
                 f"the invocation timed out after {timeout_s:g} s; its instance was stopped"
@@ -352,7 +323,7 @@ class Instance:
             )
             await self.stop(others)
             raise reason from None
-        except _Stopping:
+        except Stopping:
             self.in_flight.pop(request_id, None)
             stopped = call.stop_reason or errors.InstanceCrashed("the instance was stopped")
             await self.stop(stopped)
@@ -366,44 +337,14 @@ class Instance:
         assert call.began is not None
         return self._result(reply, body, (self.loop.time() - call.began) * 1000)
 
-    def _begin(self, call: _Call) -> None:
-        """``call`` starts now on the instance: time it. One timer per instance serves every
-        call's deadline: armed at the earliest, it fails the calls past theirs and re-arms at
-        the next (calls shorter than the timeout, the usual case, arm none of their own)."""
+    def _begin(self, call: Call) -> None:
+        """``call`` starts now on the instance: time it (node/calls.py)."""
         call.began = self.loop.time()
         self.running += 1
         if call.stop_reason is not None:  # stopped while it waited: stop it as it starts
-            call.fut.set_exception(_Stopping())
+            call.fut.set_exception(Stopping())
             return
-        call.deadline = call.began + call.timeout_s
-        if call.deadline < self._watch_at:
-            self._arm(call.deadline)
-
-    def _arm(self, at: float) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._watch_at = at
-        self._watchdog = self.loop.call_at(at, self._deadlines)
-
-    def _disarm(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._watchdog, self._watch_at = None, math.inf
-
-    def _deadlines(self) -> None:
-        """The watchdog fired: fail the running calls past their deadline, re-arm."""
-        self._watchdog, self._watch_at = None, math.inf
-        now = self.loop.time()
-        earliest = math.inf
-        for call in self.in_flight.values():
-            if call.began is None or call.fut.done():
-                continue
-            if call.deadline <= now + TIMER_SLACK_S:
-                call.fut.set_exception(_TimedOut())
-            elif call.deadline < earliest:
-                earliest = call.deadline
-        if earliest < math.inf:
-            self._arm(earliest)
+        self._deadlines.start(call)
 
     def _start_pending(self) -> None:
         while self.pending and self.running < self.concurrency:
@@ -465,14 +406,6 @@ class Instance:
             "spare": self.spare,
             "memory_mb": self.memory_mb,
         }
-
-
-class _TimedOut(Exception):
-    pass
-
-
-class _Stopping(Exception):
-    pass
 
 
 class _Frames(asyncio.Protocol):
