@@ -50,11 +50,9 @@ Done = Callable[[TaskRow, float | None], None]
 
 def pipeline_depth(run_ms: float | None, call_ms: float | None, ordered: bool) -> int:
     """How many calls to send an instance ahead of its running ones: none unless it runs calls
-    in order and the function's calls are short (``call_ms``, on the instance; ``run_ms``,
-    lease to end, until a call is timed: a run also counts its wait behind the calls sent
-    ahead of it, which under load could switch this off); then as many as its
-    calls (``call_ms``, on the instance) run in about ``PIPELINE_WAIT_MS``, 1 to
-    ``PIPELINE_MOST``, so that the last one sent does not wait long."""
+    in order and the function is short (:func:`_short`); then as many as its calls
+    (``call_ms``, on the instance) run in about ``PIPELINE_WAIT_MS``, 1 to ``PIPELINE_MOST``,
+    so that the last one sent does not wait long."""
     if not ordered or not _short(run_ms, call_ms):
         return 0
     call = AHEAD_MAX_MS if call_ms is None else max(call_ms, 0.001)
@@ -62,7 +60,10 @@ def pipeline_depth(run_ms: float | None, call_ms: float | None, ordered: bool) -
 
 
 def _short(run_ms: float | None, call_ms: float | None) -> bool:
-    """Whether a function's calls are short enough to hold or send tasks ahead for."""
+    """Whether a function's calls are short enough to hold or send tasks ahead for: by their
+    time on the instance, or by its runs (lease to end) until a call is timed. Not by runs
+    once calls are timed: a run counts its wait behind the calls sent ahead of it, and under
+    load that switched both off."""
     ms = call_ms if call_ms is not None else run_ms
     return ms is not None and ms <= AHEAD_MAX_MS
 
