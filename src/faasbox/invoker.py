@@ -86,14 +86,13 @@ class Invoker:
         self, row: VersionRow, payload: bytes, trigger: str = "sync",
         request_id: str | None = None, extra: dict[str, Any] | None = None,
         on_start: Callable[[Instance], None] | None = None, interruptible: bool = False,
-        write_record: bool = True, pipeline: int = 0, on_end: Callable[[], None] | None = None,
+        write_record: bool = True, pipeline: int = 0,
     ) -> Outcome:
         """Run ``payload`` on ``row``. Returns a succeeded outcome, or raises the
         :class:`~faasbox.errors.FaasboxError` that explains the failure (after recording it).
         Over a concurrency limit it raises :class:`~faasbox.errors.OverLimit` at once.
         ``write_record`` False: the caller writes the record (``Outcome.record``, or the
-        error's ``record``) with its own write, as a task's end does. ``on_start`` hears the
-        instance the call got, ``on_end`` the moment its slot is given back."""
+        error's ``record``) with its own write, as a task's end does."""
         try:
             self.admission.enter(row.function)
         except errors.OverLimit:
@@ -102,7 +101,7 @@ class Invoker:
             raise
         try:
             return await self._invoke(row, payload, trigger, request_id, extra, on_start,
-                                      interruptible, write_record, pipeline, on_end)
+                                      interruptible, write_record, pipeline)
         finally:
             self.admission.leave(row.function)
 
@@ -110,7 +109,6 @@ class Invoker:
         self, row: VersionRow, payload: bytes, trigger: str, request_id: str | None,
         extra: dict[str, Any] | None, on_start: Callable[[Instance], None] | None,
         interruptible: bool = False, write_record: bool = True, pipeline: int = 0,
-        on_end: Callable[[], None] | None = None,
     ) -> Outcome:
         request_id = request_id or new_request_id()
         spec = row.spec
@@ -143,20 +141,17 @@ class Invoker:
         else:
             finished = extra or {}
         return await self._run(row, payload, record, inst, cold, request_id, extra,
-                               on_start, on_end, finished, t0, interruptible, write_record)
+                               on_start, finished, t0, interruptible, write_record)
 
-    def _release(self, inst: Instance, interruptible: bool,
-                 on_end: Callable[[], None] | None) -> None:
+    def _release(self, inst: Instance, interruptible: bool) -> None:
         if interruptible:  # first: the slot may go to a sync caller at once
             self.scheduler.instances.not_interruptible(inst)
         self.scheduler.release(inst)
-        if on_end is not None:  # before anything awaits: the slot is the caller's no more
-            on_end()
 
     async def _run(
         self, row: VersionRow, payload: bytes, record: InvocationRecord, inst: Instance,
         cold: bool, request_id: str, extra: dict[str, Any] | None,
-        on_start: Callable[[Instance], None] | None, on_end: Callable[[], None] | None,
+        on_start: Callable[[Instance], None] | None,
         finished: dict[str, Any], t0: float, interruptible: bool, write_record: bool,
     ) -> Outcome:
         spec = row.spec
@@ -176,13 +171,13 @@ class Invoker:
                 elapsed = spec.timeout_s * 1000
             record.peak_rss_mb = inst.peak_rss_mb or None
             self._fail(record, exc, exc.duration_ms or elapsed, write_record)
-            self._release(inst, interruptible, on_end)
+            self._release(inst, interruptible)
             await self.events.publish(InvocationFinished(row, record, None, finished))
             raise
         except BaseException:
-            self._release(inst, interruptible, on_end)
+            self._release(inst, interruptible)
             raise
-        self._release(inst, interruptible, on_end)
+        self._release(inst, interruptible)
         record.status = "succeeded"
         record.logs = result.logs
         record.peak_rss_mb = round(result.peak_rss_mb, 2)

@@ -150,6 +150,20 @@ def test_each_call_is_timed_from_its_own_start(server: Server) -> None:
     assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
 
 
+def test_a_call_is_timed_finer_than_the_loops_millisecond_clock(server: Server) -> None:
+    """The node times a call from before its frame is sent to after its answer arrives, so
+    the duration is never under the handler's own sleep, and is not rounded to a whole
+    millisecond (the event loop's clock is: a 20.3 ms call read 20 or 21)."""
+    server.deploy("l-timed", SLEEPER)
+    durations = []
+    for _ in range(3):
+        resp = server.invoke("l-timed", {"sleep": 0.0203})
+        assert resp.status_code == 200
+        durations.append(float(resp.headers["x-faasbox-duration-ms"]))
+    assert min(durations) >= 20.3, durations
+    assert any(d != int(d) for d in durations), durations
+
+
 def test_out_of_memory_and_next_call_works(server: Server) -> None:
     if not server.feature("memory limit"):
         pytest.skip("faasbox doctor reports no memory limit on this machine")

@@ -247,7 +247,7 @@ class TaskLifecycle:
                     row, task.event, trigger="task" if task.source == "async" else task.source,
                     request_id=invocation_id, extra=extra, on_start=on_start,
                     interruptible=policy.interruptible, write_record=False,
-                    pipeline=self.pipeline(task.function), on_end=run_over)
+                    pipeline=self.pipeline(task.function))
             finally:
                 run_over()
         except errors.Throttled:

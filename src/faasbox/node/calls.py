@@ -30,15 +30,18 @@ class InvokeResult:
 
 class Call:
     """A call sent to the instance. ``began`` is None while it waits behind others (its
-    frame sent ahead, pipelined); the node times it from when it starts."""
+    frame sent ahead, pipelined); the node times it from when it starts: ``began`` in the
+    event loop's time for its deadline, ``started`` by ``time.perf_counter`` for its
+    duration (the loop's clock moves in whole milliseconds: a 50.3 ms call read 50 or 51)."""
 
-    __slots__ = ("began", "deadline", "fut", "stop_reason", "timeout_s")
+    __slots__ = ("began", "deadline", "fut", "started", "stop_reason", "timeout_s")
 
     def __init__(self, fut: asyncio.Future[tuple[dict[str, Any], bytes]],
                  timeout_s: float) -> None:
         self.fut = fut
         self.timeout_s = timeout_s
         self.began: float | None = None
+        self.started = 0.0
         self.deadline = math.inf  # loop time; set when it starts
         self.stop_reason: errors.InvocationError | None = None
 

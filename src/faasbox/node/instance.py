@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -335,11 +336,12 @@ class Instance:
                 self.state = "idle"
         # durations are the node's, never what the instance says: from when the call started
         assert call.began is not None
-        return self._result(reply, body, (self.loop.time() - call.began) * 1000)
+        return self._result(reply, body, (time.perf_counter() - call.started) * 1000)
 
     def _begin(self, call: Call) -> None:
         """``call`` starts now on the instance: time it (node/calls.py)."""
         call.began = self.loop.time()
+        call.started = time.perf_counter()
         self.running += 1
         if call.stop_reason is not None:  # stopped while it waited: stop it as it starts
             call.fut.set_exception(Stopping())
