@@ -30,9 +30,10 @@ class InvokeResult:
 
 class Call:
     """A call sent to the instance. ``began`` is None while it waits behind others (its
-    frame sent ahead, pipelined); the node times it from when it starts: ``began`` in the
-    event loop's time for its deadline, ``started`` by ``time.perf_counter`` for its
-    duration (the loop's clock moves in whole milliseconds: a 50.3 ms call read 50 or 51)."""
+    frame sent ahead, pipelined); the node times it from when it starts, a call that does
+    not wait from just before its frame is sent: ``began`` in the event loop's time for its
+    deadline, ``started`` by ``time.perf_counter`` for its duration (the loop's clock moves
+    in whole milliseconds: a 50.3 ms call read 50 or 51)."""
 
     __slots__ = ("began", "deadline", "fut", "started", "stop_reason", "timeout_s")
 

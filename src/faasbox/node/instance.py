@@ -306,12 +306,12 @@ class Instance:
         self.in_flight[request_id] = call
         self.state = "busy"
         header = {"t": "invoke", "id": request_id, "timeout_ms": int(timeout_s * 1000), **extra}
-        self.send(header, payload)
         if self.running < self.concurrency:
-            self._begin(call)
+            self._begin(call)  # timed from before its frame goes out
         else:
             self.pending.append(request_id)
             self.sent_ahead += 1
+        self.send(header, payload)
         try:
             reply, body = await fut
         except TimedOut:
