@@ -29,20 +29,18 @@ class InvokeResult:
 
 
 class Call:
-    """A call sent to the instance. ``began`` is None while it waits behind others (its
-    frame sent ahead, pipelined); the node times it from when it starts, a call that does
-    not wait from just before its frame is sent: ``began`` in the event loop's time for its
-    deadline, ``started`` by ``time.perf_counter`` for its duration (the loop's clock moves
-    in whole milliseconds: a 50.3 ms call read 50 or 51)."""
+    """A call sent to the instance. ``started`` is None while it waits behind others (its
+    frame sent ahead, pipelined); the node times it from when it starts (a call that does
+    not wait: from just before its frame is sent), by ``time.perf_counter``: the event
+    loop's clock moves in whole milliseconds (a 50.3 ms call read 50 or 51)."""
 
-    __slots__ = ("began", "deadline", "fut", "started", "stop_reason", "timeout_s")
+    __slots__ = ("deadline", "fut", "started", "stop_reason", "timeout_s")
 
     def __init__(self, fut: asyncio.Future[tuple[dict[str, Any], bytes]],
                  timeout_s: float) -> None:
         self.fut = fut
         self.timeout_s = timeout_s
-        self.began: float | None = None
-        self.started = 0.0
+        self.started: float | None = None
         self.deadline = math.inf  # loop time; set when it starts
         self.stop_reason: errors.InvocationError | None = None
 
@@ -65,9 +63,8 @@ class Deadlines:
         self._at = math.inf
 
     def start(self, call: Call) -> None:
-        """``call`` started now (``call.began``): it is due ``timeout_s`` later."""
-        assert call.began is not None
-        call.deadline = call.began + call.timeout_s
+        """``call`` started now: it is due ``timeout_s`` later."""
+        call.deadline = self.loop.time() + call.timeout_s
         if call.deadline < self._at:
             self._arm(call.deadline)
 
@@ -88,7 +85,7 @@ class Deadlines:
         now = self.loop.time()
         earliest = math.inf
         for call in self.calls:
-            if call.began is None or call.fut.done():
+            if call.started is None or call.fut.done():
                 continue
             if call.deadline <= now + TIMER_SLACK_S:
                 call.fut.set_exception(TimedOut())

@@ -161,7 +161,7 @@ class Instance:
         header, payload = protocol.unpack(body)
         if header["t"] == "result":
             call = self.in_flight.get(str(header.get("id")))
-            if call is None or call.began is None:
+            if call is None or call.started is None:
                 raise protocol.ProtocolError("a result for no call running")
             if len(payload) > protocol.MAX_RESULT:
                 raise protocol.ProtocolError(
@@ -219,7 +219,7 @@ class Instance:
         for call in self.in_flight.values():
             if call.fut.done():
                 continue
-            if call.began is None:
+            if call.started is None:
                 call.fut.set_exception(errors.NotStarted(
                     "the instance was stopped before the call started"))
             else:
@@ -335,12 +335,11 @@ class Instance:
             if self.state == "busy" and not self.in_flight:
                 self.state = "idle"
         # durations are the node's, never what the instance says: from when the call started
-        assert call.began is not None
+        assert call.started is not None
         return self._result(reply, body, (time.perf_counter() - call.started) * 1000)
 
     def _begin(self, call: Call) -> None:
         """``call`` starts now on the instance: time it (node/calls.py)."""
-        call.began = self.loop.time()
         call.started = time.perf_counter()
         self.running += 1
         if call.stop_reason is not None:  # stopped while it waited: stop it as it starts
@@ -358,7 +357,7 @@ class Instance:
         """Stop one call: the instance is stopped with it, once it has started (a call
         sent ahead is stopped as it starts, so the call before it ends untouched)."""
         call = self.in_flight.get(request_id)
-        if call is not None and call.began is None:
+        if call is not None and call.started is None:
             call.stop_reason = reason
             return
         await self.stop(reason)
