@@ -177,6 +177,14 @@ class Database(abc.ABC):
     def description(self) -> str:
         return self.dialect.name
 
+    def lock_writes(self, blocking: bool) -> bool:
+        """Take the turn to write among the servers that share the database (False: another
+        holds it and ``blocking`` is False); one process writes at a time already."""
+        return True
+
+    def unlock_writes(self) -> None:  # noqa: B027 - no turn to give back
+        """Give the turn back (after the group's commit or rollback)."""
+
     def publish(self, message: str) -> None:  # noqa: B027 - nobody to tell
         """Tell the other servers on this store (none where the store is not shared)."""
 
@@ -244,7 +252,12 @@ class Database(abc.ABC):
         if not (self.inline_writes and writer.idle() and writer.lock.acquire(blocking=False)):
             return False
         try:
-            outcomes = writer.commit(batch)
+            if not self.lock_writes(blocking=False):  # another server is writing
+                return False
+            try:
+                outcomes = writer.commit(batch)
+            finally:
+                self.unlock_writes()
         finally:
             writer.lock.release()
         settle_all(settled(batch, outcomes))

@@ -81,7 +81,11 @@ class Writer(threading.Thread):
                     break
                 taken += 1
             with self.lock:
-                outcomes = self.commit(batch)
+                self.db.lock_writes(blocking=True)
+                try:
+                    outcomes = self.commit(batch)
+                finally:
+                    self.db.unlock_writes()
                 self.done_items += taken
             # one wakeup for the group
             self.loop.call_soon_threadsafe(settle_all, settled(batch, outcomes))

@@ -1,5 +1,5 @@
-"""Which backend a store URL names: ``sqlite:///PATH`` (the default, in the data dir) or
-``postgresql://USER:PASSWORD@HOST:PORT/DB``."""
+"""Which backend a store URL names: ``sqlite:///PATH`` or
+``postgresql://USER:PASSWORD@HOST:PORT/DB``; none is SQLite in the data dir."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ from faasbox import errors
 from faasbox.store.database import Database
 
 
-def default_url(data: Path) -> str:
-    return f"sqlite:///{data / 'faasbox.db'}"
-
-
 def database_for(url: str, data: Path, synchronous: str = "FULL") -> Database:
     """The engine for ``url`` (empty: SQLite in ``data``)."""
-    url = url or default_url(data)
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///") or not url:
         from faasbox.store.sqlite.engine import SqliteDatabase
 
-        return SqliteDatabase(Path(url.removeprefix("sqlite:///")), synchronous)
+        # a file the URL names may be shared by several servers; the default is this one's
+        path = Path(url.removeprefix("sqlite:///")) if url else data / "faasbox.db"
+        return SqliteDatabase(path, synchronous, shared=bool(url))
     if url.startswith(("postgresql://", "postgres://")):
         from faasbox.store.postgres.engine import PostgresDatabase
 
@@ -30,5 +27,6 @@ def database_for(url: str, data: Path, synchronous: str = "FULL") -> Database:
 
 
 def is_shared(url: str) -> bool:
-    """Whether several servers may use the store ``url`` at once."""
-    return url.startswith(("postgresql://", "postgres://"))
+    """Whether several servers may use the store ``url`` at once: PostgreSQL, or an SQLite
+    file named by its URL (on one machine)."""
+    return url.startswith(("postgresql://", "postgres://", "sqlite:///"))

@@ -2,19 +2,29 @@
 
 ``synchronous=FULL`` (the default) fsyncs every group commit that holds a durable write and
 leaves the others (records, leases, a task's end) to the next sync, as ``NORMAL`` does;
-``NORMAL`` leaves every commit to checkpoints. One server owns the file (the data-dir lock).
+``NORMAL`` leaves every commit to checkpoints.
+
+One server owns the file in its data dir (the data-dir lock). A file named by its URL is
+*shared*: several servers on one machine may use it at once (docs/cluster.md). Their writers
+then take turns by a lock file beside it (``flock``: a writer waits in the kernel, woken when
+the lock is free, where SQLite's own busy handler would sleep and retry), and they hear each
+other through :mod:`faasbox.store.sqlite.channel`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from faasbox import errors
 from faasbox.store.database import Database, statements
+from faasbox.store.sqlite.channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +74,83 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SqliteDatabase(Database):
-    def __init__(self, path: Path, synchronous: str = "FULL", readers: int = 4) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", readers: int = 4,
+                 shared: bool = False) -> None:
         super().__init__(readers)
         self.path = path
         self.synchronous = synchronous
         self._writer_sync = synchronous.upper()  # the write connection's mode now
+        self.shared = shared
+        self._lock_fd = -1  # the writers' lock file (shared only)
+        self._channel: Channel | None = None
+        self._outbox: list[str] = []  # messages waiting for the next commit
 
     @property
     def description(self) -> str:
-        return f"sqlite ({self.path})"
+        return f"sqlite ({self.path}{', shared' if self.shared else ''})"
 
     def prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # private to the server: SQLite gives the -wal and -shm files the same mode
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self.path.chmod(0o600)
+        if self.shared and self._lock_fd < 0:
+            self._lock_fd = os.open(self.path.with_name(self.path.name + "-lock"),
+                                    os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+    # -- several servers on one file ------------------------------------------------------
+    def lock_writes(self, blocking: bool) -> bool:
+        if self._lock_fd < 0:
+            return True
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def unlock_writes(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def publish(self, message: str) -> None:
+        """Sent after the next commit, as NOTIFY is: the others read what it is about."""
+        if self._channel is None:
+            return
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            self.submit(_nothing, durable=False, single=True).add_done_callback(self._send)
+
+    def _send(self, _: asyncio.Future[None]) -> None:
+        channel, messages, self._outbox = self._channel, list(dict.fromkeys(self._outbox)), []
+        if channel is not None:
+            for message in messages:
+                channel.send(message)
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        channel = Channel(self.path)
+        channel.open()
+        channel.listen(callback)
+        self._channel = channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            self._channel.unlisten()
+            self._channel.close()
+            self._channel = None
+        await super().close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def connect(self) -> sqlite3.Connection:
         return connect(self.path, self.synchronous)
 
     def migrate(self, conn: sqlite3.Connection) -> int:
-        return migrate(conn)
+        self.lock_writes(blocking=True)  # servers that start together migrate in turn
+        try:
+            return migrate(conn)
+        finally:
+            self.unlock_writes()
 
     inline_writes = True
     checkpoints = True
@@ -109,3 +175,7 @@ class SqliteDatabase(Database):
                 exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
             return errors.StoreUnavailable(f"the store cannot write: {exc}")
         return exc
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """The write whose commit sends the messages queued before it."""

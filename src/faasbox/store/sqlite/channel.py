@@ -1,0 +1,128 @@
+"""Messages between the servers of one SQLite file, on one machine: what PostgreSQL's
+LISTEN/NOTIFY is to a shared PostgreSQL.
+
+Each server binds a Unix datagram socket in a directory beside the database file (mode 0700,
+like the file itself: only the servers' user reaches it). A message goes to every socket there
+but the sender's own; a socket nobody holds any more (its server was killed) is removed by the
+first sender that finds it so. Messages are hints, as NOTIFY's are: one a busy receiver has no
+room for is dropped, and the servers' slow poll covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 64 * 1024
+RESCAN_S = 1.0  # how often a sender looks again for servers that started since
+SUN_PATH_MAX = 107  # bytes in a socket address, with its terminating NUL
+
+
+def directory_for(db: Path) -> Path:
+    return db.with_name(db.name + "-servers")
+
+
+class Channel:
+    """This server's socket among its peers'."""
+
+    def __init__(self, db: Path) -> None:
+        self.dir = directory_for(db)
+        self.name = uuid.uuid4().hex[:16]
+        self.sock: socket.socket | None = None
+        self._dir_fd = -1
+        self._peers: list[str] = []
+        self._scanned = 0.0
+        self.sent = 0
+        self.dropped = 0
+
+    def _address(self, name: str) -> str:
+        """The socket path of ``name``; through the open directory where the real path would
+        not fit a socket address."""
+        path = str(self.dir / name)
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
+            return path
+        return f"/proc/self/fd/{self._dir_fd}/{name}"
+
+    def open(self) -> None:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.dir.chmod(0o700)
+        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(self._address(self.name))
+        self.sock = sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / self.name)
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    # -- sending --------------------------------------------------------------------------
+    def _scan(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._scanned > RESCAN_S:
+            try:
+                self._peers = [n for n in os.listdir(self.dir) if n != self.name]
+            except OSError:
+                self._peers = []
+            self._scanned = now
+        return self._peers
+
+    def send(self, message: str) -> None:
+        """Send ``message`` to every other server (never blocks)."""
+        sock = self.sock
+        if sock is None:
+            return
+        data = message.encode()
+        for peer in list(self._scan()):
+            try:
+                sock.sendto(data, self._address(peer))
+                self.sent += 1
+            except (ConnectionRefusedError, FileNotFoundError):
+                self._peers.remove(peer)  # its server is gone: so is its socket
+                with contextlib.suppress(OSError):
+                    os.unlink(self.dir / peer)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                    log.warning("could not tell server %s: %s", peer, exc)
+                self.dropped += 1  # its queue is full: its poll will see what it missed
+
+    # -- receiving ------------------------------------------------------------------------
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` on the running event loop with each message received."""
+        sock = self.sock
+        if sock is None:
+            raise RuntimeError("the channel is not open")
+
+        def readable() -> None:
+            while True:
+                try:
+                    data = sock.recv(MAX_MESSAGE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    log.warning("server channel: %s", exc)
+                    return
+                callback(data.decode(errors="replace"))
+
+        asyncio.get_running_loop().add_reader(sock.fileno(), readable)
+
+    def unlisten(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
