@@ -8,6 +8,11 @@ throughput is tasks / (last ``finished_at`` - first submit). A burst this size q
 latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
 time (submit, long-poll its result, next), i.e. what dispatch itself costs.
 
+``--servers`` runs it with one server, then (by default) with one server per core on one SQLite
+file (docs/cluster.md), the batches submitted to each server in turn and every figure summed
+over the servers: the peers, too, run one worker process per core on one Redis. Those lines
+carry ``params.servers``.
+
 Against its peers (``--peers``): after faasbox's end-to-end run(s), Celery and Dramatiq run the
 same number of no-op tasks on a local Redis, enqueued one per call (``peers.py``), and
 ``tasks.e2e.ratio_best_peer`` is faasbox's ``tasks.e2e.throughput`` over the best peer's. The
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -50,14 +56,17 @@ from faasbox.store.relational.queue import SqlTaskQueue
 from faasbox.store.sqlite import SqliteDatabase
 
 FUNCTION = "echo"
+SERVERS = sorted({1, os.cpu_count() or 1})
 WAIT_S = 60  # the server's cap on ?wait=
 
 
 # -- end to end through the server --------------------------------------------------------------
-def submit(fb: FaasboxServer, events: list[bytes], batch: int) -> list[str]:
+def submit(fbs: list[FaasboxServer], events: list[bytes], batch: int) -> list[str]:
+    """Submit ``events`` in batches, each batch to the next server in turn."""
     ids: list[str] = []
     for start in range(0, len(events), batch):
         body = b"[" + b",".join(events[start:start + batch]) + b"]"
+        fb = fbs[start // batch % len(fbs)]
         resp = fb.request("POST", f"/v1/functions/{FUNCTION}/tasks:batch", content=body,
                           headers={"content-type": "application/json"})
         ids += [t["task_id"] for t in resp.json()["tasks"]]
@@ -105,19 +114,29 @@ def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
     return latencies
 
 
-def bench_end_to_end(tasks: int, batch: int, max_instances: int,
-                     idle_samples: int) -> tuple[float, float]:
-    """Print the end-to-end figures; returns the throughput (tasks/s) and the CPU the server
-    and its instances spent per task (µs)."""
-    with FaasboxServer() as fb:
+def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int,
+                     servers: int = 1) -> tuple[float, float]:
+    """Print the end-to-end figures; returns the throughput (tasks/s) and the CPU the servers
+    and their instances spent per task (µs). ``servers`` above 1: that many servers on one
+    SQLite file, the batches submitted to each in turn."""
+    with contextlib.ExitStack() as stack:
+        env = {}
+        if servers > 1:
+            shared = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="faasbox-bench-shared-")))
+            env["FAASBOX_STORE_URL"] = f"sqlite:///{shared / 'faasbox.db'}"
+        fbs = [stack.enter_context(FaasboxServer(env=env)) for _ in range(servers)]
+        fb = fbs[0]
         params: dict[str, Any] = {"tasks": tasks, "batch": batch,
                                   "max_instances": max_instances, "sandbox": fb.sandbox()}
+        if servers > 1:
+            params["servers"] = servers
         fb.deploy(FUNCTION, FUNCTIONS_DIR / FUNCTION, max_instances=max_instances,
                   idle_ttl_s=600)
-        warmup = 20 * max_instances  # starts every instance
-        submit(fb, [orjson.dumps({"warmup": i}) for i in range(warmup)], batch)
+        warmup = 20 * max_instances * servers  # starts every instance
+        submit(fbs, [orjson.dumps({"warmup": i}) for i in range(warmup)], batch)
         wait_all(fb, warmup)
-        say(f"e2e: warmed up {len(fb.instances(FUNCTION))} instances")
+        say(f"e2e: warmed up {sum(len(f.instances(FUNCTION)) for f in fbs)} instances")
 
         idle = idle_latency(fb, idle_samples)
         emit("tasks.idle.latency.p50", percentile(idle, 50), "ms", **params | {
@@ -126,13 +145,17 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int,
             "tasks": idle_samples})
 
         events = [orjson.dumps({"i": i}) for i in range(tasks)]
-        cpu0, tree0, host0 = cpu_seconds(fb.pid), tree_cpu_seconds(fb.pid), host_busy_seconds()
+        def server_cpu() -> tuple[float, float]:
+            return (sum(cpu_seconds(f.pid) for f in fbs),
+                    sum(tree_cpu_seconds(f.pid) for f in fbs))
+
+        (cpu0, tree0), host0 = server_cpu(), host_busy_seconds()
         bench0, window0 = cpu_seconds(os.getpid()), time.monotonic()
         t0 = time.time()
-        ids = submit(fb, events, batch)
+        ids = submit(fbs, events, batch)
         submitted = time.time() - t0
         wait_all(fb, warmup + idle_samples + tasks)
-        cpu, tree = cpu_seconds(fb.pid) - cpu0, tree_cpu_seconds(fb.pid) - tree0
+        cpu, tree = (now - then for now, then in zip(server_cpu(), (cpu0, tree0), strict=True))
         other = (host_busy_seconds() - host0 - tree - (cpu_seconds(os.getpid()) - bench0)) / (
             time.monotonic() - window0)  # the whole window, the tail of the wait included
         done = records(fb, set(ids))
@@ -162,12 +185,15 @@ def compare_peers(args: argparse.Namespace, faasbox: dict[int, tuple[float, floa
                            threads=args.peer_threads, persistence=args.redis_persistence)
     best = max(runs.values(), key=lambda run: run.throughput)
     thrifty = min(runs.values(), key=lambda run: run.system_cpu_per_task_us)
-    for max_instances, (throughput, cpu_per_task) in faasbox.items():
+    for (servers, max_instances), (throughput, cpu_per_task) in faasbox.items():
         params = {"tasks": args.tasks, "max_instances": max_instances}
+        if servers > 1:
+            params["servers"] = servers
         emit("tasks.e2e.ratio_best_peer", throughput / best.throughput, "x", **params)
         emit("tasks.e2e.ratio_cpu_per_task_best_peer",
              cpu_per_task / thrifty.system_cpu_per_task_us, "x", **params)
-        say(f"faasbox (max_instances {max_instances}) {throughput:.0f} tasks/s, best peer"
+        say(f"faasbox ({servers} server(s), max_instances {max_instances})"
+            f" {throughput:.0f} tasks/s, best peer"
             f" {best.system} {best.throughput:.0f} tasks/s: {throughput / best.throughput:.2f}x;"
             f" CPU per task {cpu_per_task:.0f} µs, the lowest peer's ({thrifty.system})"
             f" {thrifty.system_cpu_per_task_us:.0f} µs")
@@ -232,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="events per batch request (1000)")
     ap.add_argument("--max-instances", type=int, nargs="+", default=[4],
                     help="max_instances of the function; one run each (4)")
+    ap.add_argument("--servers", type=int, nargs="+", default=SERVERS,
+                    help="servers of each run; above 1 they share one SQLite file, as the"
+                         f" peers' worker processes share Redis ({' '.join(map(str, SERVERS))}:"
+                         " one, and one per core)")
     ap.add_argument("--idle-samples", type=int, default=200,
                     help="one-at-a-time tasks for the idle latency (200)")
     ap.add_argument("--queue-tasks", type=int, default=20000,
@@ -260,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(bench_queue(n, concurrency, args.synchronous))
     faasbox = {}
     if not args.skip_e2e:
-        for max_instances in args.max_instances:
-            faasbox[max_instances] = bench_end_to_end(args.tasks, args.batch, max_instances,
-                                                      args.idle_samples)
+        for servers in args.servers:
+            for max_instances in args.max_instances:
+                faasbox[servers, max_instances] = bench_end_to_end(
+                    args.tasks, args.batch, max_instances, args.idle_samples, servers)
     if args.peers:
         compare_peers(args, faasbox)
     return 0

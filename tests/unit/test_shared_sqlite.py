@@ -1,0 +1,141 @@
+"""One SQLite file shared by several servers: their writers take turns by the lock file,
+they hear each other on the channel, and nothing is heard before it is committed."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from faasbox.store.database import QUIET_WRITES
+from faasbox.store.sqlite.channel import SUN_PATH_MAX, Channel, directory_for
+from faasbox.store.sqlite.engine import SqliteDatabase, migrations
+from faasbox.store.url import database_for
+
+
+def test_only_a_file_the_url_names_is_shared(tmp_path: Path) -> None:
+    default = database_for("", tmp_path)
+    named = database_for(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path)
+    assert isinstance(default, SqliteDatabase) and not default.shared
+    assert default.path == tmp_path / "faasbox.db"
+    assert isinstance(named, SqliteDatabase) and named.shared
+    assert named.description.endswith(", shared)")
+
+
+def test_servers_that_open_a_new_file_together_migrate_it_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        stores = [SqliteDatabase(tmp_path / "s.db", shared=True) for _ in range(4)]
+        await asyncio.gather(*[s.open() for s in stores])
+        for s in stores:
+            await s.close()
+
+    asyncio.run(main())
+    conn = sqlite3.connect(tmp_path / "s.db")
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == [v for v, _ in migrations()]
+
+
+def _rows(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id")]
+
+
+def test_a_write_waits_for_the_turn_another_server_holds(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        db = SqliteDatabase(path, shared=True)
+        await db.open()
+        await db.write(lambda c: c.execute("CREATE TABLE t (id INTEGER)"))
+        # another server's writer holds the turn (a lock of its own on the same file)
+        other = os.open(path.with_name("s.db-lock"), os.O_RDWR)
+        fcntl.flock(other, fcntl.LOCK_EX)
+        try:
+            # a lone write would commit inline on the loop's thread: it must not wait there
+            quiet = db.write_later(lambda c: c.execute("INSERT INTO t VALUES (1)"),
+                                   durable=False)
+            burst = [db.write_later(lambda c, i=i: c.execute("INSERT INTO t VALUES (?)", (i,)))
+                     for i in range(2, QUIET_WRITES + 2)]
+            await asyncio.sleep(0.3)  # the writer thread has had its chance
+            assert not quiet.done() and not any(f.done() for f in burst)
+            assert _rows(path) == []
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+            os.close(other)
+        await asyncio.gather(quiet, *burst)
+        assert _rows(path) == list(range(1, QUIET_WRITES + 2))
+        await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_message_is_heard_after_the_writes_before_it_are_committed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        a, b = SqliteDatabase(path, shared=True), SqliteDatabase(path, shared=True)
+        await a.open()
+        await b.open()
+        await a.write(lambda c: c.execute("CREATE TABLE t (id INTEGER)"))
+        heard: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
+        a.listen(lambda m: pytest.fail(f"a server heard its own message {m!r}"))
+        b.listen(lambda m: heard.put_nowait((m, _rows(path))))
+        for n in range(1, 4):
+            a.write_later(lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,)))
+            a.publish(f"row {n}")
+            message, seen = await asyncio.wait_for(heard.get(), 10)
+            assert message == f"row {n}" and seen == list(range(1, n + 1))
+        # the same message twice before a commit is sent once
+        a.publish("again")
+        a.publish("again")
+        assert (await asyncio.wait_for(heard.get(), 10))[0] == "again"
+        await a.write(lambda c: None)
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_dead_servers_socket_is_removed_by_the_next_sender(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    directory_for(db).mkdir(mode=0o700)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(directory_for(db) / "dead"))
+    dead.close()  # killed: its socket file stays
+    live = Channel(db)
+    live.open()
+    try:
+        assert sorted(os.listdir(directory_for(db))) == sorted(["dead", live.name])
+        live.send("hello")
+        assert os.listdir(directory_for(db)) == [live.name]
+        assert live.sent == 0
+    finally:
+        live.close()
+    assert os.listdir(directory_for(db)) == []
+    assert directory_for(db).stat().st_mode & 0o777 == 0o700
+
+
+def test_servers_talk_where_the_path_is_too_long_for_a_socket_address(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    db = deep / "s.db"
+    assert len(os.fsencode(str(directory_for(db) / "x"))) > SUN_PATH_MAX
+    a, b = Channel(db), Channel(db)
+    a.open()
+    b.open()
+    try:
+        a.send("over the fd")
+        assert b.sock is not None
+        b.sock.setblocking(True)
+        b.sock.settimeout(10)
+        assert b.sock.recv(100) == b"over the fd"
+    finally:
+        a.close()
+        b.close()
