@@ -41,7 +41,8 @@ def server(
                                        help="A stack file to deploy at start."),
     store_url: str = typer.Option(
         "", "--store-url", envvar="FAASBOX_STORE_URL", show_default=False,
-        help="The store: sqlite:///PATH (default: faasbox.db in the data directory) or"
+        help="The store: sqlite:///PATH (a file that several servers on this machine may"
+             " share; default: faasbox.db in the data directory, this server's alone) or"
              " postgresql://USER:PASSWORD@HOST:PORT/DB (several servers on one database)."),
     log_level: str = typer.Option("info", envvar="FAASBOX_LOG_LEVEL"),
     insecure_no_auth: bool = typer.Option(

@@ -63,32 +63,39 @@ class Writer(threading.Thread):
                         log.warning("checkpoint failed: %s", exc)
                     self.done_items += 1
                 continue
-            batch: list[Write] = []
-            item, taken = first, 1
-            while True:
-                if isinstance(item, list):  # submit_all
-                    batch.extend(item)
-                else:
-                    batch.append(item)
-                if len(batch) >= MAX_GROUP:
-                    break
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is STOP or item is CHECKPOINT:
-                    self.inbox.put(item)  # after this group
-                    break
-                taken += 1
             with self.lock:
+                # the turn first (another server may hold it): what comes meanwhile joins
                 self.db.lock_writes(blocking=True)
                 try:
+                    batch, taken = self._gather(first)
                     outcomes = self.commit(batch)
                 finally:
                     self.db.unlock_writes()
                 self.done_items += taken
             # one wakeup for the group
             self.loop.call_soon_threadsafe(settle_all, settled(batch, outcomes))
+
+    def _gather(self, first: Any) -> tuple[list[Write], int]:
+        """A group: ``first`` and what else is queued, up to ``MAX_GROUP`` writes; returns it
+        and the inbox items it took."""
+        batch: list[Write] = []
+        item, taken = first, 1
+        while True:
+            if isinstance(item, list):  # submit_all
+                batch.extend(item)
+            else:
+                batch.append(item)
+            if len(batch) >= MAX_GROUP:
+                break
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is STOP or item is CHECKPOINT:
+                self.inbox.put(item)  # after this group
+                break
+            taken += 1
+        return batch, taken
 
     def _connection(self) -> Any:
         if self.db.broken(self.conn):
