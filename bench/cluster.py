@@ -1,5 +1,6 @@
 """The store backends side by side: async no-op tasks/s and warm sync latency on SQLite (one
-server) and on PostgreSQL (1 and ``--servers`` servers on one database), in one run.
+server, and ``--servers`` servers on one file) and on PostgreSQL (1 and ``--servers`` servers
+on one database), in one run.
 
 PostgreSQL is a throwaway cluster (``tests/pg.py``: Debian's server binaries, ``initdb`` in a
 temp dir, a free port) with the durability of a real one (fsync and synchronous_commit on,
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--servers", type=int, default=3, help="servers of the largest cluster")
     args = ap.parse_args(argv)
     run("sqlite", 1, None, args)
+    if args.servers > 1:
+        with tempfile.TemporaryDirectory(prefix="faasbox-bench-shared-") as shared:
+            run("sqlite", args.servers, f"sqlite:///{shared}/faasbox.db", args)
     reason = PgCluster.available()
     if reason is not None:
         say(f"no PostgreSQL here ({reason}): only SQLite measured")
