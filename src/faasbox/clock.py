@@ -10,7 +10,20 @@ import asyncio
 import heapq
 import itertools
 import time
+import zoneinfo
+from functools import lru_cache
 from typing import Protocol
+
+
+@lru_cache(maxsize=64)
+def time_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA time zone ``name``; ValueError for a name that is not one (a missing zone, a
+    directory of zones such as ``America``, a name too long for a file)."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as"
+                         " 'Europe/Berlin' or 'UTC')") from None
 
 
 class Clock(Protocol):

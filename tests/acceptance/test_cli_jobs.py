@@ -156,7 +156,7 @@ def test_trigger_add_list_disable_rm(functions: Server) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (("trigger", "add", "cj-shard", "--cron", "61 * * * *"), "not a valid expression"),
     (("trigger", "add", "cj-shard", "--cron", "@daily", "--tz", "Mars/Olympus"),
-     "unknown timezone"),
+     "unknown time zone"),
     (("trigger", "add", "cj-shard", "--cron", "@daily", "--misfire", "never"), "--misfire"),
     (("trigger", "add", "cj-shard", "--cron", "@daily", "--job-param", "n=1"),
      "go with --job-shards"),

@@ -123,6 +123,10 @@ def test_provisioned_capacity_is_kept_warm(scaling_server: Server) -> None:
 @pytest.mark.parametrize(("window", "needle"), [
     ({"instances": 1, "from": "09:00", "to": "17:00", "timezone": "Europe/Nowhere"},
      "unknown time zone"),
+    ({"instances": 1, "from": "09:00", "to": "17:00", "timezone": "America"},
+     "unknown time zone"),  # a directory of zones, not one
+    ({"instances": 1, "from": "09:00", "to": "17:00", "timezone": "x" * 300},
+     "unknown time zone"),  # longer than a file name
     ({"instances": 1, "from": "9am", "to": "17:00"}, "HH:MM"),
     ({"instances": 99, "from": "09:00", "to": "17:00"}, "cannot exceed max_instances"),
 ])

@@ -57,7 +57,9 @@ def test_aliases_and_upcoming() -> None:
 @pytest.mark.parametrize("bad, words", [
     ({"cron": "* * *"}, "5 fields"),
     ({"cron": "61 * * * *"}, "not a valid"),
-    ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
+    ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "unknown time zone"),
+    ({"cron": "* * * * *", "timezone": "America"}, "unknown time zone"),  # a directory
+    ({"cron": "* * * * *", "timezone": "x" * 300}, "unknown time zone"),  # too long a file
     ({"cron": "* * * * *", "misfire": "sometimes"}, "misfire"),
     ({"cron": "* * * * *", "overlap": "maybe"}, "overlap"),
 ])

@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from faasbox.clock import time_zone
 
 __all__ = ["ProvisionedWindow", "parse_days", "provisioned_at"]
 
@@ -49,11 +49,6 @@ def parse_days(text: str) -> frozenset[int]:
     return frozenset(out)
 
 
-@lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
 class ProvisionedWindow(BaseModel):
     """Instances kept warm during a recurring local-time window."""
 
@@ -77,11 +72,7 @@ class ProvisionedWindow(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            _zone(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as"
-                             " Europe/Berlin)") from None
+        time_zone(v)
         return v
 
     @field_validator("days")
@@ -100,7 +91,7 @@ class ProvisionedWindow(BaseModel):
 
     def active(self, now: float) -> bool:
         """Whether the window covers the instant ``now`` (epoch seconds)."""
-        local = datetime.fromtimestamp(now, _zone(self.timezone))
+        local = datetime.fromtimestamp(now, time_zone(self.timezone))
         minute = local.hour * 60 + local.minute + local.second / 60
         start, end = _minutes(self.start), _minutes(self.end)
         days = parse_days(self.days)

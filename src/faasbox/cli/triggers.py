@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import orjson
 import typer
@@ -15,6 +15,7 @@ from rich.table import Table
 from faasbox.cli.app import CliError, JsonOpt, UrlOpt, app, out, print_json
 from faasbox.cli.jobs import _choice, parse_params
 from faasbox.client import Client
+from faasbox.clock import time_zone
 
 MISFIRE = ("skip", "fire_once", "fire_all")
 OVERLAP = ("allow", "skip", "queue", "replace")
@@ -23,8 +24,8 @@ WIDE_COLUMNS = 130  # the full triggers table fits from here
 
 def _zone(tz: str) -> ZoneInfo | None:
     try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+        return time_zone(tz)
+    except ValueError:
         return None  # local time
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from faasbox.clock import time_zone
 from faasbox.payload import encode_event
 from faasbox.store.queue import TaskPolicy
 from faasbox.triggers.shards import shard_events
@@ -42,11 +42,7 @@ class Schedule:
         self.seconds = len(fields) == 6
         if not croniter.is_valid(expr, second_at_beginning=self.seconds):
             raise ValueError(f"cron {expr!r} is not a valid expression")
-        try:
-            self.tz = zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {timezone!r} (use an IANA name such as"
-                             " 'Europe/Berlin' or 'UTC')") from None
+        self.tz = time_zone(timezone)
         self.expr = expr
         try:
             self.after(time.time())
