@@ -91,6 +91,7 @@ class Platform:
         data.chmod(0o711)  # instances may traverse to code/, not list (without a mount ns)
         self.store = SqlStore(database_for(settings.store_url, data,
                                            settings.sqlite_synchronous))
+        self.store.db.claim()
         self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
                                 self.features.start_mode, settings.template_spares)
@@ -330,6 +331,7 @@ class Platform:
     async def start(self) -> None:
         if self._lock_fd is None:  # closed and started again
             self._lock_data_dir()
+        self.store.db.claim()
         await self.store.open()
         await self.tenancy.load()
         await self.groups.load()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from faasbox import errors
 from faasbox.store.database import QUIET_WRITES
-from faasbox.store.sqlite.channel import SUN_PATH_MAX, Channel, directory_for
+from faasbox.store.sqlite.channel import SUN_PATH_MAX, Channel, check_directory, directory_for
 from faasbox.store.sqlite.engine import SqliteDatabase, migrations
 from faasbox.store.url import database_for
 
@@ -139,3 +140,53 @@ def test_servers_talk_where_the_path_is_too_long_for_a_socket_address(tmp_path: 
     finally:
         a.close()
         b.close()
+
+
+def test_the_socket_directory_must_be_this_users_own(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    where = directory_for(db)
+    check_directory(db)  # made
+    assert where.is_dir() and where.stat().st_mode & 0o777 == 0o700
+    where.chmod(0o755)
+    check_directory(db)  # narrowed
+    assert where.stat().st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:
+        os.chown(where, 4321, 4321)  # another user's
+        with pytest.raises(errors.Unavailable, match="must belong to this user"):
+            check_directory(db)
+    where.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    where.symlink_to(elsewhere)  # a link: messages would go where it points
+    with pytest.raises(errors.Unavailable, match="must be a directory"):
+        check_directory(db)
+
+
+def test_a_lock_file_that_is_a_link_or_anothers_stops_the_server(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "s.db", shared=True)
+    (tmp_path / "target").write_text("")
+    (tmp_path / "s.db-owners").symlink_to(tmp_path / "target")
+    with pytest.raises(errors.Unavailable, match="cannot open"):
+        db.claim()
+    (tmp_path / "s.db-owners").unlink()
+    (tmp_path / "s.db-owners").write_text("")
+    (tmp_path / "s.db-owners").chmod(0o644)
+    with pytest.raises(errors.Unavailable, match="mode 0600"):
+        db.claim()
+
+
+def test_a_file_is_either_one_servers_alone_or_shared(tmp_path: Path) -> None:
+    alone = database_for("", tmp_path)
+    alone.claim()
+    shared = database_for(f"sqlite:///{tmp_path / 'faasbox.db'}", tmp_path / "other")
+    with pytest.raises(errors.Unavailable, match="has it alone"):
+        shared.claim()
+    asyncio.run(alone.close())  # its claim goes with it
+    shared.claim()
+    again = database_for("", tmp_path)
+    with pytest.raises(errors.Unavailable, match="shares it"):
+        again.claim()
+    second = database_for(f"sqlite:///{tmp_path / 'faasbox.db'}", tmp_path / "third")
+    second.claim()  # any number of servers share it
+    for db in (shared, second):
+        asyncio.run(db.close())

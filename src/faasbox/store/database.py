@@ -177,6 +177,10 @@ class Database(abc.ABC):
     def description(self) -> str:
         return self.dialect.name
 
+    def claim(self) -> None:  # noqa: B027 - a server database needs none
+        """Take the database for this server, before anything else is set up (raises
+        :class:`~faasbox.errors.Unavailable` when another server's use excludes this one)."""
+
     def lock_writes(self, blocking: bool) -> bool:
         """Take the turn to write among the servers that share the database (False: another
         holds it and ``blocking`` is False); one process writes at a time already."""

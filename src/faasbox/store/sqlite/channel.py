@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from faasbox import errors
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024
@@ -32,10 +34,32 @@ def directory_for(db: Path) -> Path:
     return db.with_name(db.name + "-servers")
 
 
+def check_directory(db: Path) -> None:
+    """Make the servers' socket directory of ``db``, or check the one there: a directory,
+    not a link, of this user's alone (mode 0700)."""
+    path = directory_for(db)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise errors.Unavailable(f"{path} must be a directory: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise errors.Unavailable(f"{path} must belong to this user (uid {os.geteuid()}),"
+                                     f" not uid {st.st_uid}")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 class Channel:
     """This server's socket among its peers'."""
 
     def __init__(self, db: Path) -> None:
+        self.db = db
         self.dir = directory_for(db)
         self.name = uuid.uuid4().hex[:16]
         self.sock: socket.socket | None = None
@@ -54,8 +78,7 @@ class Channel:
         return f"/proc/self/fd/{self._dir_fd}/{name}"
 
     def open(self) -> None:
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        self.dir.chmod(0o700)
+        check_directory(self.db)
         self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)

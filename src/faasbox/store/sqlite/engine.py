@@ -24,7 +24,7 @@ from pathlib import Path
 
 from faasbox import errors
 from faasbox.store.database import Database, statements
-from faasbox.store.sqlite.channel import Channel
+from faasbox.store.sqlite.channel import Channel, check_directory
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class SqliteDatabase(Database):
         self._writer_sync = synchronous.upper()  # the write connection's mode now
         self.shared = shared
         self._lock_fd = -1  # the writers' lock file (shared only)
+        self._owners_fd = -1  # held while open: alone (exclusive) or shared
         self._channel: Channel | None = None
         self._outbox: list[str] = []  # messages waiting for the next commit
 
@@ -95,10 +96,33 @@ class SqliteDatabase(Database):
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self.path.chmod(0o600)
         if self.shared and self._lock_fd < 0:
-            self._lock_fd = os.open(self.path.with_name(self.path.name + "-lock"),
-                                    os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            self._lock_fd = _private_file(self.path.with_name(self.path.name + "-lock"))
 
     # -- several servers on one file ------------------------------------------------------
+    def claim(self) -> None:
+        """Hold the file the way this server uses it: alone (its default store) or shared (a
+        store URL names it). A server that would use it the other way stops here, before a
+        server alone takes back leases that servers sharing the file hold."""
+        if self._owners_fd >= 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _private_file(self.path.with_name(self.path.name + "-owners"))
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            how = ("has it alone (it is that server's default store)" if self.shared else
+                   "shares it (their store URL names it)")
+            raise errors.Unavailable(f"another faasbox server {how}: {self.path}") from None
+        self._owners_fd = fd
+        if self.shared:
+            try:
+                check_directory(self.path)
+            except errors.Unavailable:
+                self._owners_fd = -1
+                os.close(fd)
+                raise
+
     def lock_writes(self, blocking: bool) -> bool:
         if self._lock_fd < 0:
             return True
@@ -138,9 +162,10 @@ class SqliteDatabase(Database):
             self._channel.close()
             self._channel = None
         await super().close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        for fd in (self._lock_fd, self._owners_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._lock_fd = self._owners_fd = -1
 
     def connect(self) -> sqlite3.Connection:
         return connect(self.path, self.synchronous)
@@ -179,3 +204,17 @@ class SqliteDatabase(Database):
 
 def _nothing(conn: sqlite3.Connection) -> None:
     """The write whose commit sends the messages queued before it."""
+
+
+def _private_file(path: Path) -> int:
+    """An open lock file beside the database: not a link, and this user's alone."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise errors.Unavailable(f"cannot open {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise errors.Unavailable(f"{path} must belong to this user (uid {os.geteuid()}) with"
+                                 f" mode 0600, not uid {st.st_uid} mode {st.st_mode & 0o777:o}")
+    return fd
