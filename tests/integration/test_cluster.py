@@ -6,6 +6,7 @@ accepted task."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sqlite3
@@ -39,6 +40,11 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
     url = pg_cluster.clone(PG_TEMPLATE, name)
     yield url
     pg_cluster.drop(name)
+
+
+@pytest.fixture
+def shared_sqlite() -> str:
+    return f"sqlite:///{open_tempdir() / 'shared.db'}"
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -253,3 +259,44 @@ def test_a_database_restart_is_503_meanwhile_and_loses_no_accepted_task(
         row = conn.execute("SELECT COUNT(*) FROM tasks WHERE id = ANY(%s)"
                            " AND status = 'succeeded'", (accepted,)).fetchone()
     assert row is not None and row[0] == total == len(set(accepted))
+
+
+PROBE = {"main.py": r"""
+import os, socket
+
+def _errno(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+def handler(event, context):
+    db, sockets = event["db"], event["db"] + "-servers"
+    out = {name: _errno(lambda: open(path, "rb").read(1))
+           for name, path in {"db": db, "lock": db + "-lock", "owners": db + "-owners",
+                              "wal": db + "-wal"}.items()}
+    out["list_sockets"] = _errno(lambda: os.listdir(sockets))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    out["send"] = [_errno(lambda: s.sendto(b'{"kind": "control"}', os.path.join(sockets, n)))
+                   for n in event["names"]]
+    return out
+"""}
+
+
+def test_a_function_cannot_reach_the_shared_file_or_the_servers_sockets(
+        make_server: Any, shared_sqlite: str) -> None:
+    a, b = servers(make_server, shared_sqlite, 2)
+    a.deploy("cl-probe", PROBE)
+    db = shared_sqlite.removeprefix("sqlite:///")
+    names = os.listdir(db + "-servers")
+    assert len(names) == 2  # one socket per server
+    for srv in (a, b):
+        resp = srv.invoke("cl-probe", {"db": db, "names": names})
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        # not there at all (its own /tmp), or not its to open (another uid)
+        refused = {errno.ENOENT, errno.EACCES}
+        for what in ("db", "lock", "owners", "wal", "list_sockets"):
+            assert out[what] in refused, (what, out)
+        assert all(e in refused for e in out["send"]), out

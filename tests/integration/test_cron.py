@@ -285,7 +285,7 @@ def test_trigger_bad_input(server: Server) -> None:
     base = "/v1/functions/cron-bad/triggers"
     for body, status, words in [
         ({"cron": "* * *"}, 422, "5 fields"),
-        ({"cron": "* * * * *", "timezone": "Nowhere/Land"}, 422, "timezone"),
+        ({"cron": "* * * * *", "timezone": "Nowhere/Land"}, 422, "time zone"),
         ({"cron": "* * * * *", "name": "Bad Name"}, 422, "trigger name"),
         ({"cron": "* * * * *", "job": {"shards": []}}, 422, "shards"),
         ({"cron": "* * * * *", "colour": "red"}, 422, "colour"),
