@@ -162,6 +162,7 @@ class SqliteDatabase(Database):
             self._channel.close()
             self._channel = None
         await super().close()
+        self._outbox = []  # nobody to tell; a store opened again starts afresh
         for fd in (self._lock_fd, self._owners_fd):
             if fd >= 0:
                 os.close(fd)
