@@ -2,13 +2,14 @@
 
 - **Membership**: every server writes a heartbeat (``servers`` table) every
   ``HEARTBEAT_S``; a server silent for ``dead_after_s`` is dead, and only its leases (and
-  leases past their deadline) are taken back by the others. On a store that is not shared
-  (SQLite: one server per data dir) every other owner is a previous run of this server.
+  leases past their deadline) are taken back by the others, once their own heartbeats have
+  gone through steadily for ``dead_after_s``. On a store that is not shared (SQLite in the
+  data dir: one server) every other owner is a previous run of this server.
 - **Store health**: a heartbeat that cannot be written marks the store lost: this server
   stops leasing tasks and ``/healthz`` says so, until a heartbeat is written again.
 - **Messages**: what one server changes, the others hear through the store (PostgreSQL
-  LISTEN/NOTIFY): new tasks, cancels, deploys, tenancy and trigger changes. A slow poll
-  (``POLL_S``) covers messages lost while a connection was down.
+  LISTEN/NOTIFY; a shared SQLite file: Unix sockets beside it): new tasks, cancels, deploys,
+  tenancy and trigger changes. A slow poll (``POLL_S``) covers messages lost meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from faasbox.store.relational.cluster import ServerRow, SqlClusterStore
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+STALL_S = 3 * HEARTBEAT_S  # heartbeats further apart: the store's writes stalled
 POLL_S = 5.0
 FORGET_AFTER_S = 86400.0
 
@@ -66,6 +68,8 @@ class Cluster:
         self._pollers: list[Handler] = []
         self._loops: list[asyncio.Task[None]] = []
         self.heard = 0  # messages from other servers
+        self._last_beat: float | None = None  # when this server's last heartbeat committed
+        self._steady_since: float | None = None  # since when they have, without a stall
 
     @property
     def shared(self) -> bool:
@@ -76,8 +80,16 @@ class Cluster:
         return self.store_error is None
 
     def live_since(self, now: float) -> float | None:
-        """Heartbeats older than this are dead servers (None: one server per store)."""
-        return now - self.dead_after_s if self.shared else None
+        """Heartbeats older than this are dead servers (None: one server per store). Until
+        this server's own heartbeats have gone through steadily for ``dead_after_s`` (after
+        its start, or after a stall of the store's writes that held everyone's back), no
+        server counts as dead: the others' may still be on their way."""
+        if not self.shared:
+            return None
+        steady = self._steady_since
+        if steady is None or self.clock.monotonic() - steady < self.dead_after_s:
+            return 0.0
+        return now - self.dead_after_s
 
     # -- life -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +111,10 @@ class Cluster:
         now = self.clock.now()
         info = {"host": socket.gethostname(), "pid": os.getpid(), **self.info()}
         await self.store.heartbeat(self.id, self.started_at, now, self.url, info)
+        done = self.clock.monotonic()
+        if self._last_beat is None or done - self._last_beat > STALL_S:
+            self._steady_since = done
+        self._last_beat = done
 
     async def _heartbeat_loop(self) -> None:
         last_forget = 0.0

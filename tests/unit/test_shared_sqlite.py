@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,15 @@ def test_a_message_is_heard_after_the_writes_before_it_are_committed(tmp_path: P
             a.publish(f"row {n}")
             message, seen = await asyncio.wait_for(heard.get(), 10)
             assert message == f"row {n}" and seen == list(range(1, n + 1))
+        # a message queued behind a slow write waits for it
+        gate = threading.Event()
+        a.write_later(lambda c: (gate.wait(10), c.execute("INSERT INTO t VALUES (4)")))
+        a.publish("row 4")
+        await asyncio.sleep(0.3)  # the write is held: nothing is heard meanwhile
+        assert heard.empty()
+        gate.set()
+        message, seen = await asyncio.wait_for(heard.get(), 10)
+        assert message == "row 4" and seen == [1, 2, 3, 4]
         # the same message twice before a commit is sent once
         a.publish("again")
         a.publish("again")
@@ -114,7 +124,7 @@ def test_a_dead_servers_socket_is_removed_by_the_next_sender(tmp_path: Path) -> 
     live.open()
     try:
         assert sorted(os.listdir(directory_for(db))) == sorted(["dead", live.name])
-        live.send("hello")
+        live.send(["hello"])
         assert os.listdir(directory_for(db)) == [live.name]
         assert live.sent == 0
     finally:
@@ -132,7 +142,7 @@ def test_servers_talk_where_the_path_is_too_long_for_a_socket_address(tmp_path: 
     a.open()
     b.open()
     try:
-        a.send("over the fd")
+        a.send(["over the fd"])
         assert b.sock is not None
         b.sock.setblocking(True)
         b.sock.settimeout(10)
@@ -190,3 +200,35 @@ def test_a_file_is_either_one_servers_alone_or_shared(tmp_path: Path) -> None:
     second.claim()  # any number of servers share it
     for db in (shared, second):
         asyncio.run(db.close())
+
+
+def test_no_server_counts_dead_until_this_ones_heartbeats_run_steadily(tmp_path: Path) -> None:
+    from faasbox.clock import VirtualClock
+    from faasbox.cluster import Cluster
+    from faasbox.store import SqlStore
+    from faasbox.store.relational.cluster import SqlClusterStore
+
+    async def main() -> None:
+        clock = VirtualClock(1000.0)
+        store = SqlStore(SqliteDatabase(tmp_path / "s.db", shared=True))
+        await store.open()
+        cluster = Cluster(store.db, SqlClusterStore(store), clock, "http://a", 10.0, dict)
+        assert cluster.live_since(clock.now()) == 0.0  # no heartbeat yet
+        await cluster._beat()
+        for _ in range(9):  # steady, but for less than the timeout
+            clock.set(clock.now() + 1)
+            await cluster._beat()
+            assert cluster.live_since(clock.now()) == 0.0
+        clock.set(clock.now() + 1)
+        await cluster._beat()
+        assert cluster.live_since(clock.now()) == clock.now() - 10.0
+        clock.set(clock.now() + 30)  # the store's writes stalled: everyone's heartbeats too
+        await cluster._beat()
+        assert cluster.live_since(clock.now()) == 0.0  # the others' are still on their way
+        for _ in range(10):
+            clock.set(clock.now() + 1)
+            await cluster._beat()
+        assert cluster.live_since(clock.now()) == clock.now() - 10.0
+        await store.close()
+
+    asyncio.run(main())

@@ -30,8 +30,8 @@ SQL that both backends run (``store/relational/``). An engine runs them:
 - **Placeholders** are ``?``; an engine whose driver wants another style translates (once per
   statement text). The few statements that differ by dialect ask :class:`Dialect`.
 
-Backends: ``store/sqlite`` (embedded, the default) and ``store/postgres`` (several servers on
-one database).
+Backends: ``store/sqlite`` (embedded, the default; a file several servers on one machine may
+share) and ``store/postgres`` (several servers on one database).
 """
 
 from __future__ import annotations

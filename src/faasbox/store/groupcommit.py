@@ -64,13 +64,18 @@ class Writer(threading.Thread):
                     self.done_items += 1
                 continue
             with self.lock:
-                # the turn first (another server may hold it): what comes meanwhile joins
-                self.db.lock_writes(blocking=True)
                 try:
+                    # the turn first (another server may hold it): what comes meanwhile joins
+                    self.db.lock_writes(blocking=True)
+                except OSError as exc:  # no turn to be had: the group fails, the writer lives
                     batch, taken = self._gather(first)
-                    outcomes = self.commit(batch)
-                finally:
-                    self.db.unlock_writes()
+                    outcomes = [(False, self.db.unavailable(exc))] * len(batch)
+                else:
+                    try:
+                        batch, taken = self._gather(first)
+                        outcomes = self.commit(batch)
+                    finally:
+                        self.db.unlock_writes()
                 self.done_items += taken
             # one wakeup for the group
             self.loop.call_soon_threadsafe(settle_all, settled(batch, outcomes))

@@ -15,7 +15,12 @@ def database_for(url: str, data: Path, synchronous: str = "FULL") -> Database:
         from faasbox.store.sqlite.engine import SqliteDatabase
 
         # a file the URL names may be shared by several servers; the default is this one's
-        path = Path(url.removeprefix("sqlite:///")) if url else data / "faasbox.db"
+        named = url.removeprefix("sqlite:///")
+        if url and not named.startswith("/"):
+            raise errors.InvalidRequest(
+                f"an SQLite store URL names an absolute path: sqlite:////PATH, not {url!r}")
+        # the real file: its lock files and sockets sit beside it, whatever link names it
+        path = Path(named).resolve() if url else data / "faasbox.db"
         return SqliteDatabase(path, synchronous, shared=bool(url))
     if url.startswith(("postgresql://", "postgres://")):
         from faasbox.store.postgres.engine import PostgresDatabase
@@ -24,9 +29,3 @@ def database_for(url: str, data: Path, synchronous: str = "FULL") -> Database:
     raise errors.InvalidRequest(
         "the store URL must start with sqlite:/// or postgresql:// (got"
         f" {url.split('://')[0]!r})")
-
-
-def is_shared(url: str) -> bool:
-    """Whether several servers may use the store ``url`` at once: PostgreSQL, or an SQLite
-    file named by its URL (on one machine)."""
-    return url.startswith(("postgresql://", "postgres://", "sqlite:///"))

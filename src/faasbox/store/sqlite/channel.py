@@ -3,9 +3,10 @@ LISTEN/NOTIFY is to a shared PostgreSQL.
 
 Each server binds a Unix datagram socket in a directory beside the database file (mode 0700,
 like the file itself: only the servers' user reaches it). A message goes to every socket there
-but the sender's own; a socket nobody holds any more (its server was killed) is removed by the
-first sender that finds it so. Messages are hints, as NOTIFY's are: one a busy receiver has no
-room for is dropped, and the servers' slow poll covers it.
+but the sender's own, the messages of one commit in one datagram; a socket nobody holds any
+more (its server was killed) is removed by the first sender that finds it so. A server whose
+queue is full gets the datagram again a little later; one stopped for longer than
+``RETRY_FOR_S`` misses it, and its slow poll covers what can be polled.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024
 RESCAN_S = 1.0  # how often a sender looks again for servers that started since
+RETRY_S = 0.02  # a server whose queue is full is sent to again this much later
+RETRY_FOR_S = 5.0  # and given up on after this long (a stopped server)
 SUN_PATH_MAX = 107  # bytes in a socket address, with its terminating NUL
 
 
@@ -106,24 +109,35 @@ class Channel:
             self._scanned = now
         return self._peers
 
-    def send(self, message: str) -> None:
-        """Send ``message`` to every other server (never blocks)."""
+    def send(self, messages: list[str]) -> None:
+        """Send ``messages`` to every other server, in one datagram each (never blocks). A
+        server with no room yet gets them again a little later, for up to ``RETRY_FOR_S``."""
+        if self.sock is None or not messages:
+            return
+        data = "\n".join(messages).encode()[:MAX_MESSAGE]
+        for peer in list(self._scan()):
+            self._send_to(peer, data, time.monotonic() + RETRY_FOR_S)
+
+    def _send_to(self, peer: str, data: bytes, give_up_at: float) -> None:
         sock = self.sock
         if sock is None:
             return
-        data = message.encode()
-        for peer in list(self._scan()):
-            try:
-                sock.sendto(data, self._address(peer))
-                self.sent += 1
-            except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            sock.sendto(data, self._address(peer))
+            self.sent += 1
+        except (ConnectionRefusedError, FileNotFoundError):
+            if peer in self._peers:
                 self._peers.remove(peer)  # its server is gone: so is its socket
-                with contextlib.suppress(OSError):
-                    os.unlink(self.dir / peer)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
-                    log.warning("could not tell server %s: %s", peer, exc)
-                self.dropped += 1  # its queue is full: its poll will see what it missed
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / peer)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.warning("could not tell server %s: %s", peer, exc)
+            elif time.monotonic() < give_up_at:  # its queue is full: again, later
+                asyncio.get_running_loop().call_later(
+                    RETRY_S, self._send_to, peer, data, give_up_at)
+                return
+            self.dropped += 1  # its slow poll sees what it missed
 
     # -- receiving ------------------------------------------------------------------------
     def listen(self, callback: Callable[[str], None]) -> None:
@@ -141,7 +155,8 @@ class Channel:
                 except OSError as exc:
                     log.warning("server channel: %s", exc)
                     return
-                callback(data.decode(errors="replace"))
+                for message in data.decode(errors="replace").split("\n"):
+                    callback(message)
 
         asyncio.get_running_loop().add_reader(sock.fileno(), readable)
 

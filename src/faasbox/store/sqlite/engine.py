@@ -84,7 +84,7 @@ class SqliteDatabase(Database):
         self._lock_fd = -1  # the writers' lock file (shared only)
         self._owners_fd = -1  # held while open: alone (exclusive) or shared
         self._channel: Channel | None = None
-        self._outbox: list[str] = []  # messages waiting for the next commit
+        self._outbox: list[str] = []  # committed messages, sent at the end of the loop's turn
 
     @property
     def description(self) -> str:
@@ -137,18 +137,25 @@ class SqliteDatabase(Database):
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def publish(self, message: str) -> None:
-        """Sent after the next commit, as NOTIFY is: the others read what it is about."""
+        """Sent once every write queued before it is committed, as NOTIFY is: the others
+        then read what it is about. Its own no-op write marks its place in the queue; the
+        messages of one commit go in one datagram."""
         if self._channel is None:
             return
-        self._outbox.append(message)
-        if len(self._outbox) == 1:
-            self.submit(_nothing, durable=False, single=True).add_done_callback(self._send)
+        self.submit(lambda conn: message, durable=False, single=True).add_done_callback(
+            self._committed)
 
-    def _send(self, _: asyncio.Future[None]) -> None:
-        channel, messages, self._outbox = self._channel, list(dict.fromkeys(self._outbox)), []
-        if channel is not None:
-            for message in messages:
-                channel.send(message)
+    def _committed(self, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # not committed: the others' slow poll sees what it was about
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send)  # after the group's others
+        self._outbox.append(fut.result())
+
+    def _send(self) -> None:
+        messages, self._outbox = list(dict.fromkeys(self._outbox)), []
+        if self._channel is not None:
+            self._channel.send(messages)
 
     def listen(self, callback: Callable[[str], None]) -> None:
         channel = Channel(self.path)
@@ -203,8 +210,6 @@ class SqliteDatabase(Database):
         return exc
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
-    """The write whose commit sends the messages queued before it."""
 
 
 def _private_file(path: Path) -> int:
