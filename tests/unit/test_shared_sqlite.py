@@ -232,3 +232,17 @@ def test_no_server_counts_dead_until_this_ones_heartbeats_run_steadily(tmp_path:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_url_through_a_link_names_the_file_it_points_to(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    alone = database_for("", tmp_path / "data")
+    alone.claim()
+    (tmp_path / "link.db").symlink_to(tmp_path / "data" / "faasbox.db")
+    linked = database_for(f"sqlite:///{tmp_path / 'link.db'}", tmp_path / "other")
+    assert isinstance(linked, SqliteDatabase) and linked.path == tmp_path / "data" / "faasbox.db"
+    with pytest.raises(errors.Unavailable, match="has it alone"):
+        linked.claim()
+    asyncio.run(alone.close())
+    with pytest.raises(errors.InvalidRequest, match="absolute path"):
+        database_for("sqlite:///relative/faasbox.db", tmp_path)
