@@ -37,6 +37,16 @@ TMP_ROOT_ENV = "FAASBOX_TEST_TMP_ROOT"
 # gate dirs (see gate_dir) have a session root of their own, where instances can see them
 GATE_ROOT_ENV = "FAASBOX_TEST_GATE_ROOT"
 GATE_PARENT = Path("/run")
+# for the source of probe functions: run a call, keep its errno (0: it succeeded)
+ERRNO_OF = """
+def _errno(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return 0
+"""
+
 _tempdirs: list[Path] = []
 
 

@@ -20,7 +20,14 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import PG_TEMPLATE, Server, _tmp_root, migrate_pg, open_tempdir
+from tests.conftest import (
+    ERRNO_OF,
+    PG_TEMPLATE,
+    Server,
+    _tmp_root,
+    migrate_pg,
+    open_tempdir,
+)
 
 NOOP = {"main.py": "def handler(event, context):\n    return event\n"}
 TERMINAL = {"succeeded", "failed", "dead", "expired", "cancelled"}
@@ -263,13 +270,7 @@ def test_a_database_restart_is_503_meanwhile_and_loses_no_accepted_task(
 
 PROBE = {"main.py": r"""
 import os, socket
-
-def _errno(fn):
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return 0
+""" + ERRNO_OF + r"""
 
 def handler(event, context):
     db, sockets = event["db"], event["db"] + "-servers"

@@ -21,7 +21,7 @@ import pytest
 
 import faasbox
 from faasbox.node.sandbox import detect
-from tests.conftest import Server, open_tempdir, remove_tree
+from tests.conftest import ERRNO_OF, Server, open_tempdir, remove_tree
 
 pytestmark = [
     pytest.mark.xdist_group("sandbox-attacks"),
@@ -32,13 +32,7 @@ ATTACK = {"main.py": r'''
 import ctypes, errno, os, socket, subprocess, sys, time
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-def _errno(fn):
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return 0
+''' + ERRNO_OF + r'''
 
 def _sys(res):
     return 0 if res == 0 else ctypes.get_errno()
