@@ -15,9 +15,11 @@ import pytest
 
 from faasbox import errors
 from faasbox.store.database import QUIET_WRITES
-from faasbox.store.sqlite.channel import SUN_PATH_MAX, Channel, check_directory, directory_for
+from faasbox.store.sqlite.channel import Channel, check_directory, directory_for
 from faasbox.store.sqlite.engine import SqliteDatabase, migrations
 from faasbox.store.url import database_for
+
+SUN_PATH_MAX = 107  # bytes in a socket address, with its terminating NUL
 
 
 def test_only_a_file_the_url_names_is_shared(tmp_path: Path) -> None:
@@ -155,10 +157,10 @@ def test_servers_talk_where_the_path_is_too_long_for_a_socket_address(tmp_path: 
 def test_the_socket_directory_must_be_this_users_own(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     where = directory_for(db)
-    check_directory(db)  # made
+    os.close(check_directory(db))  # made
     assert where.is_dir() and where.stat().st_mode & 0o777 == 0o700
     where.chmod(0o755)
-    check_directory(db)  # narrowed
+    os.close(check_directory(db))  # narrowed
     assert where.stat().st_mode & 0o777 == 0o700
     if os.geteuid() == 0:
         os.chown(where, 4321, 4321)  # another user's

@@ -64,15 +64,17 @@ class Writer(threading.Thread):
                     self.done_items += 1
                 continue
             with self.lock:
+                failure: OSError | None = None
                 try:
                     # the turn first (another server may hold it): what comes meanwhile joins
                     self.db.lock_writes(blocking=True)
                 except OSError as exc:  # no turn to be had: the group fails, the writer lives
-                    batch, taken = self._gather(first)
-                    outcomes = [(False, self.db.unavailable(exc))] * len(batch)
+                    failure = exc
+                batch, taken = self._gather(first)
+                if failure is not None:
+                    outcomes = [(False, self.db.unavailable(failure))] * len(batch)
                 else:
                     try:
-                        batch, taken = self._gather(first)
                         outcomes = self.commit(batch)
                     finally:
                         self.db.unlock_writes()

@@ -30,21 +30,20 @@ MAX_MESSAGE = 64 * 1024
 RESCAN_S = 1.0  # how often a sender looks again for servers that started since
 RETRY_S = 0.02  # a server whose queue is full is sent to again this much later
 RETRY_FOR_S = 5.0  # and given up on after this long (a stopped server)
-SUN_PATH_MAX = 107  # bytes in a socket address, with its terminating NUL
 
 
 def directory_for(db: Path) -> Path:
     return db.with_name(db.name + "-servers")
 
 
-def check_directory(db: Path) -> None:
+def check_directory(db: Path) -> int:
     """Make the servers' socket directory of ``db``, or check the one there: a directory,
-    not a link, of this user's alone (mode 0700)."""
+    not a link, of this user's alone (mode 0700). Returns it open (the caller closes it)."""
     path = directory_for(db)
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise errors.Unavailable(f"{path} must be a directory: {exc.strerror}") from None
     try:
@@ -54,8 +53,10 @@ def check_directory(db: Path) -> None:
                                      f" not uid {st.st_uid}")
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o700)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 class Channel:
@@ -63,7 +64,6 @@ class Channel:
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self.dir = directory_for(db)
         self.name = uuid.uuid4().hex[:16]
         self.sock: socket.socket | None = None
         self._dir_fd = -1
@@ -73,19 +73,20 @@ class Channel:
         self.dropped = 0
 
     def _address(self, name: str) -> str:
-        """The socket path of ``name``; through the open directory where the real path would
-        not fit a socket address."""
-        path = str(self.dir / name)
-        if len(os.fsencode(path)) <= SUN_PATH_MAX:
-            return path
+        """The socket address of ``name``, through the directory this server checked and
+        holds open (short whatever the real path; no link put there since is followed)."""
         return f"/proc/self/fd/{self._dir_fd}/{name}"
 
     def open(self) -> None:
-        check_directory(self.db)
-        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        self._dir_fd = check_directory(self.db)  # the one checked, not what the path is now
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind(self._address(self.name))
+        try:
+            sock.setblocking(False)
+            sock.bind(self._address(self.name))
+        except OSError:
+            sock.close()
+            self.close()
+            raise
         self.sock = sock
 
     def close(self) -> None:
@@ -93,7 +94,7 @@ class Channel:
             self.sock.close()
             self.sock = None
             with contextlib.suppress(OSError):
-                os.unlink(self.dir / self.name)
+                os.unlink(self.name, dir_fd=self._dir_fd)
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
@@ -103,7 +104,7 @@ class Channel:
         now = time.monotonic()
         if now - self._scanned > RESCAN_S:
             try:
-                self._peers = [n for n in os.listdir(self.dir) if n != self.name]
+                self._peers = [n for n in os.listdir(self._dir_fd) if n != self.name]
             except OSError:
                 self._peers = []
             self._scanned = now
@@ -129,7 +130,7 @@ class Channel:
             if peer in self._peers:
                 self._peers.remove(peer)  # its server is gone: so is its socket
             with contextlib.suppress(OSError):
-                os.unlink(self.dir / peer)
+                os.unlink(peer, dir_fd=self._dir_fd)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
                 log.warning("could not tell server %s: %s", peer, exc)

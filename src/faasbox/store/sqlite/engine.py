@@ -117,7 +117,7 @@ class SqliteDatabase(Database):
         self._owners_fd = fd
         if self.shared:
             try:
-                check_directory(self.path)
+                os.close(check_directory(self.path))
             except errors.Unavailable:
                 self._owners_fd = -1
                 os.close(fd)
@@ -208,8 +208,6 @@ class SqliteDatabase(Database):
                 exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
             return errors.StoreUnavailable(f"the store cannot write: {exc}")
         return exc
-
-
 
 
 def _private_file(path: Path) -> int:
