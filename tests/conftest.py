@@ -255,9 +255,11 @@ def write_function(root: Path, files: dict[str, str]) -> Path:
 class Server:
     """A running ``faasbox server`` and a client for it."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         # data dirs may be reused by a restarted server; the log sits beside them
         self.data = data
+        self.args = args or []  # more options of `faasbox server`
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FAASBOX_REAP_INTERVAL_S": "0.2", **(env or {})}
@@ -272,7 +274,7 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "faasbox", "server", "--port", str(self.port),
-                 "--data", str(self.data), "--log-level", "warning"],
+                 "--data", str(self.data), "--log-level", "warning", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -105,7 +106,7 @@ class CodeStore:
             if final.exists():
                 return sha
             _make_readable(tmp)
-            os.replace(tmp, final)
+            _publish(tmp, final)
             return sha
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -138,15 +139,34 @@ class CodeStore:
             final = self.packages_dir(key)
             if final.exists():
                 return key
+            # servers sharing this cache (--workers) install each key once: the others wait
             with _disk_errors():
-                tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
+                fd = await asyncio.to_thread(self._lock_key, key)
                 try:
-                    await _pip_install(self.code_dir(sha), tmp, source_builds, self.pip)
-                    _make_readable(tmp)
-                    os.replace(tmp, final)
+                    if final.exists():
+                        return key
+                    tmp = Path(tempfile.mkdtemp(dir=self.tmp_root))
+                    try:
+                        await _pip_install(self.code_dir(sha), tmp, source_builds, self.pip)
+                        _make_readable(tmp)
+                        _publish(tmp, final)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
                 finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    os.close(fd)  # releases the lock
         return key
+
+    def _lock_key(self, key: str) -> int:
+        """An exclusive lock on ``key`` among the processes sharing this cache (closing the
+        descriptor releases it)."""
+        fd = os.open(self.tmp_root / f"{key}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
@@ -237,6 +257,16 @@ def _disk_errors() -> Iterator[None]:
         if exc.errno in DISK_ERRNOS:
             raise errors.StoreUnavailable(f"the code store cannot write: {exc}") from None
         raise
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; if another server sharing the cache put the same
+    content there first, keep theirs."""
+    try:
+        os.replace(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+            raise
 
 
 def _extract(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path) -> None:

@@ -68,6 +68,9 @@ class Settings:
     webhook_allow_private: bool = False
     # the store: "" is SQLite in the data dir; postgresql://... is shared by several servers
     store_url: str = ""
+    # a worker of `faasbox server --workers`: its supervisor's data dir, whose code cache and
+    # admin key the workers share ("": this server's own data dir)
+    shared_dir: str = ""
     # SQLite synchronous mode: FULL fsyncs every group commit, NORMAL leaves it to checkpoints
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"

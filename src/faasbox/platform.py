@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -96,7 +97,9 @@ class Platform:
         self.node = NodeService(data, self.features, settings.sandbox_uid_base,
                                 self.features.start_mode, settings.template_spares)
         self.builds = BuildSandbox(self.node.env)
-        self.code = CodeStore(data, private=self.features.mount_ns, pip=self.builds.pip)
+        # the workers of one `faasbox server --workers` share one code cache and admin key
+        self.home = Path(settings.shared_dir).resolve() if settings.shared_dir else data
+        self.code = CodeStore(self.home, private=self.features.mount_ns, pip=self.builds.pip)
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(
             [Node("local", settings.node_memory_mb, os.cpu_count() or 1)])
@@ -336,7 +339,7 @@ class Platform:
         await self.tenancy.load()
         await self.groups.load()
         if not self.settings.insecure_no_auth:
-            path = await self.tenancy.bootstrap(self.settings.data)
+            path = await self.tenancy.bootstrap(self.home)
             log.info("the admin key of the default tenant is in %s", path)
         await self.cluster.start()  # a heartbeat before any lease is recovered
         for fn in await self.registry.functions():

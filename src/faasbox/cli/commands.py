@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from faasbox.cli.app import (
 from faasbox.cli.tasks import invoke_async
 from faasbox.client import ApiError, Client
 from faasbox.codestore import zip_folder
+from faasbox.errors import FaasboxError
 from faasbox.stack import load_stack, load_workflows
 
 
@@ -48,8 +52,16 @@ def server(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", envvar="FAASBOX_INSECURE_NO_AUTH",
         help="Serve without API keys (loopback addresses only)."),
+    workers: int = typer.Option(
+        1, "--workers", envvar="FAASBOX_WORKERS",
+        help="Server processes on this port (one per core uses the machine; they share one"
+             " store, by default sqlite:///DATA/faasbox.db)."),
+    listen_fd: int = typer.Option(-1, "--listen-fd", hidden=True),
+    ready_fd: int = typer.Option(-1, "--ready-fd", hidden=True),
+    shared_dir: Path | None = typer.Option(None, "--shared-dir", hidden=True),
 ) -> None:
-    """Run the faasbox server (API, scheduler and local node) in this process."""
+    """Run the faasbox server (API, scheduler and local node): in this process, or in
+    --workers processes on one port."""
     import logging
 
     import uvicorn
@@ -59,6 +71,8 @@ def server(
     from faasbox.config import Settings
     from faasbox.platform import Platform
 
+    if workers < 1:
+        raise CliError(f"--workers must be at least 1, not {workers}")
     if insecure_no_auth and not is_loopback(host):
         raise CliError(f"--insecure-no-auth serves anyone who reaches the port: it is refused"
                        f" on {host}, which is not a loopback address")
@@ -75,11 +89,45 @@ def server(
                                              " process can deploy and invoke")
     settings = Settings.from_env(host=host, port=port, data=data, log_level=log_level,
                                  insecure_no_auth=insecure_no_auth or None,
-                                 store_url=store_url or None)
+                                 store_url=store_url or None,
+                                 shared_dir=str(shared_dir) if shared_dir else None)
+    if workers > 1:
+        from faasbox.workers import Supervisor
+
+        try:
+            code = Supervisor(workers, host, port, data, settings.store_url, log_level,
+                              insecure_no_auth, deploy, settings.node_memory_mb).run()
+        except FaasboxError as exc:
+            raise CliError(exc.message) from None
+        raise typer.Exit(code)
+    if listen_fd >= 0:
+        from faasbox.workers import watch_supervisor
+
+        watch_supervisor(int(os.environ.get("FAASBOX_SUPERVISOR_PID", "0")))
     platform = Platform(settings)
-    api = create_app(platform, deploy)
-    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    api = create_app(platform, deploy, on_ready=_ready_signal(ready_fd))
+    config = uvicorn.Config(api, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
+    # a worker of --workers accepts from its supervisor's socket
+    sockets = None
+    if listen_fd >= 0:
+        os.set_inheritable(listen_fd, False)  # not for the instances it starts
+        sockets = [socket.socket(fileno=listen_fd)]
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def _ready_signal(fd: int) -> Callable[[], None] | None:
+    """A worker's word to its supervisor that it serves (a byte on a pipe)."""
+    if fd < 0:
+        return None
+    os.set_inheritable(fd, False)  # not for the instances it starts
+
+    def ready() -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"1")
+            os.close(fd)
+
+    return ready
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:

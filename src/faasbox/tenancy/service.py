@@ -56,7 +56,10 @@ class Tenancy:
         (a new one on first start, or when the file is gone or its key was revoked)."""
         path = data / ADMIN_KEY_FILE
         if DEFAULT_TENANT not in self.tenants:
-            await self.create_tenant(TenantSpec(name=DEFAULT_TENANT), None)
+            try:
+                await self.create_tenant(TenantSpec(name=DEFAULT_TENANT), None)
+            except errors.Conflict:  # another server on the store made it meanwhile
+                await self.load()
         try:
             current = path.read_text().strip()
         except FileNotFoundError:

@@ -1,0 +1,236 @@
+"""`faasbox server --workers N`: N servers behind one port on one shared SQLite file. Both
+take connections; a worker killed is started again and loses no accepted task; stopping the
+supervisor stops every worker, and killing it takes them with it; a data dir first used by one
+server alone serves its functions on workers; an instance cannot reach the listening socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    Server,
+    clear_cgroups,
+    free_port,
+    open_tempdir,
+    process_alive,
+    remove_tree,
+)
+from tests.integration.test_cluster import submit_batch
+
+SLEEPY = {"main.py": "import time\n\ndef handler(event, context):\n"
+                     "    time.sleep(0.01)\n    return event\n"}
+ENV = {"FAASBOX_SERVER_TIMEOUT_S": "2", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+class Workers(Server):
+    def __init__(self, data: Path, count: int = 2) -> None:
+        super().__init__(data, ENV, ["--workers", str(count)])
+
+    def nodes(self, http: httpx.Client | None = None) -> dict[str, Any]:
+        resp = (http or self.http).get("/v1/nodes")
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    def alive(self) -> dict[int, str]:
+        """pid -> server id of the live servers on the store."""
+        return {s["pid"]: s["id"] for s in self.nodes()["servers"] if s["alive"]}
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        return children(self.proc.pid)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = open_tempdir()
+    yield path
+    for data in path.glob("*/workers/*"):
+        clear_cgroups(data)
+    for data in path.glob("data*"):
+        clear_cgroups(data)
+    remove_tree(path)
+
+
+@pytest.fixture
+def workers(root: Path) -> Iterator[Workers]:
+    srv = Workers(root / "data").start()
+    yield srv
+    srv.stop()
+
+
+def test_two_workers_share_the_port_and_the_store(workers: Workers) -> None:
+    pids = workers.worker_pids()
+    assert len(pids) == 2
+    assert workers.wait_for(lambda: sorted(workers.alive()) == sorted(pids),
+                            what="both workers on the store")
+    # each new connection is accepted by either worker: both answer within a bounded number
+    seen = set()
+    for _ in range(400):
+        with httpx.Client(base_url=workers.url, headers=workers.http.headers) as fresh:
+            seen.add(workers.nodes(fresh)["self"])
+        if len(seen) == 2:
+            break
+    assert seen == set(workers.alive().values())
+    # one node's memory is split between them
+    servers = workers.nodes()["servers"]
+    assert servers[0]["memory_mb"] == servers[1]["memory_mb"]
+    workers.deploy("wk-echo", SLEEPY)
+    for n in range(20):
+        with httpx.Client(base_url=workers.url, headers=workers.http.headers) as fresh:
+            resp = fresh.post("/v1/functions/wk-echo/invoke", json={"n": n})
+            assert resp.status_code == 200 and resp.json() == {"n": n}, resp.text
+    ids = submit_batch(workers, "wk-echo", 100)
+    for task_id in ids:
+        done = workers.http.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", done
+
+
+def test_a_killed_worker_is_started_again_and_loses_no_task(workers: Workers) -> None:
+    workers.deploy("wk-sleepy", SLEEPY, max_instances=4)
+    first = workers.wait_for(lambda: len(workers.alive()) == 2 and workers.alive(),
+                             what="two workers")
+    ids = submit_batch(workers, "wk-sleepy", 400)
+    victim = workers.worker_pids()[1]
+    os.kill(victim, signal.SIGKILL)
+    workers.http.close()  # its connection may have been the killed worker's
+    workers.http = httpx.Client(base_url=workers.url, timeout=120,
+                                headers={"Authorization": f"Bearer {workers.admin_key}"})
+    for task_id in ids:
+        done = workers.http.get(f"/v1/tasks/{task_id}", params={"wait": 60}).json()
+        assert done["status"] == "succeeded", done
+    # a new worker took its place: two live servers again, the killed one not among them
+    after = workers.wait_for(
+        lambda: (alive := workers.alive()) and len(alive) == 2 and victim not in alive
+        and alive, timeout=30, what="the worker started again")
+    assert set(after.values()) != set(first.values())
+    assert "worker 1 (pid" in workers.log.read_text()
+    assert "exited with signal SIGKILL; starting it again" in workers.log.read_text()
+
+
+def test_stopping_the_supervisor_stops_every_worker(workers: Workers) -> None:
+    workers.deploy("wk-stop", SLEEPY)
+    assert workers.invoke("wk-stop", {}).status_code == 200
+    pids = workers.worker_pids()
+    below = [p for w in pids for p in children(w)]  # fork servers and templates
+    assert workers.proc is not None
+    workers.proc.send_signal(signal.SIGTERM)
+    assert workers.proc.wait(30) == 0
+    for pid in pids + below:
+        assert workers.wait_for(lambda p=pid: not process_alive(p), what=f"pid {pid} gone")
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(workers: Workers) -> None:
+    pids = workers.worker_pids()
+    assert workers.proc is not None
+    workers.proc.kill()
+    workers.proc.wait()
+    for pid in pids:
+        assert workers.wait_for(lambda p=pid: not process_alive(p), timeout=30,
+                                what=f"worker {pid} gone")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{workers.url}/healthz", timeout=2)
+
+
+def test_a_data_dir_first_used_alone_serves_on_workers(root: Path) -> None:
+    alone = Server(root / "data", ENV).start()
+    alone.deploy("wk-old", SLEEPY)
+    key = alone.admin_key
+    alone.stop()
+    srv = Workers(root / "data").start()
+    try:
+        assert srv.admin_key == key  # the same admin key file, still live
+        # both workers serve it (each then has an instance): its code is in the shared cache
+        for n in range(400):
+            with httpx.Client(base_url=srv.url, headers=srv.http.headers) as fresh:
+                resp = fresh.post("/v1/functions/wk-old/invoke", json={"n": n})
+                assert resp.status_code == 200 and resp.json() == {"n": n}, resp.text
+            if all(s["instances"] for s in srv.nodes()["servers"] if s["alive"]):
+                break
+        assert [s["instances"] > 0 for s in srv.nodes()["servers"]] == [True, True]
+    finally:
+        srv.stop()
+
+
+def test_an_instance_does_not_hold_the_listening_socket(workers: Workers) -> None:
+    assert workers.proc is not None
+    listening = {os.readlink(f"/proc/{workers.proc.pid}/fd/{fd}")
+                 for fd in os.listdir(f"/proc/{workers.proc.pid}/fd")}
+    listening = {t for t in listening if t.startswith("socket:")}
+    assert listening
+    probe = {"main.py": (
+        "import os\n\ndef handler(event, context):\n"
+        "    out = []\n"
+        "    for fd in os.listdir('/proc/self/fd'):\n"
+        "        try:\n"
+        "            out.append(os.readlink('/proc/self/fd/' + fd))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return out\n")}
+    workers.deploy("wk-probe", probe)
+    for _ in range(4):
+        resp = workers.invoke("wk-probe", {})
+        assert resp.status_code == 200, resp.text
+        assert not listening & set(resp.json()), resp.json()
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A port held by a listening socket for the block."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "faasbox", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_bad_workers_options_are_clear_errors(root: Path) -> None:
+    done = run_cli("server", "--workers", "0", "--data", str(root / "d0"))
+    assert done.returncode != 0
+    assert "--workers must be at least 1, not 0" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    # the port taken
+    with held_port() as port:
+        done = run_cli("server", "--workers", "2", "--port", str(port),
+                       "--data", str(root / "d1"))
+        assert done.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+    # the data dir taken by a server alone
+    alone = Server(root / "data", ENV).start()
+    try:
+        done = run_cli("server", "--workers", "2", "--port", str(free_port()),
+                       "--data", str(alone.data))
+        assert done.returncode != 0
+        assert "another faasbox server is using" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        assert alone.invoke("nothing", {}).status_code == 404  # untouched
+    finally:
+        alone.stop()
