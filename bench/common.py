@@ -105,8 +105,7 @@ def host_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of a process and all its descendants alive now."""
+def _children_by_parent() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -114,6 +113,17 @@ def tree_cpu_seconds(root: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (a supervisor's workers)."""
+    return _children_by_parent().get(pid, [])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and all its descendants alive now."""
+    children = _children_by_parent()
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()

@@ -37,12 +37,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 import peers
 from common import (
     FUNCTIONS_DIR,
     FaasboxServer,
+    children,
     cpu_seconds,
     emit,
     host_busy_seconds,
@@ -61,14 +63,17 @@ WAIT_S = 60  # the server's cap on ?wait=
 
 
 # -- end to end through the server --------------------------------------------------------------
-def submit(fbs: list[FaasboxServer], events: list[bytes], batch: int) -> list[str]:
-    """Submit ``events`` in batches, each batch to the next server in turn."""
+def submit(clients: list[httpx.Client], events: list[bytes], batch: int) -> list[str]:
+    """Submit ``events`` in batches, each batch on the next connection in turn (to the next
+    server, or to whichever worker took that connection)."""
     ids: list[str] = []
     for start in range(0, len(events), batch):
         body = b"[" + b",".join(events[start:start + batch]) + b"]"
-        fb = fbs[start // batch % len(fbs)]
-        resp = fb.request("POST", f"/v1/functions/{FUNCTION}/tasks:batch", content=body,
-                          headers={"content-type": "application/json"})
+        client = clients[start // batch % len(clients)]
+        resp = client.post(f"/v1/functions/{FUNCTION}/tasks:batch", content=body,
+                           headers={"content-type": "application/json"})
+        if resp.status_code != 202:
+            raise RuntimeError(f"submit -> {resp.status_code}: {resp.text[:2000]}")
         ids += [t["task_id"] for t in resp.json()["tasks"]]
     return ids
 
@@ -115,26 +120,38 @@ def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
 
 
 def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int,
-                     servers: int = 1) -> tuple[float, float]:
+                     servers: int = 1, workers: bool = False) -> tuple[float, float]:
     """Print the end-to-end figures; returns the throughput (tasks/s) and the CPU the servers
     and their instances spent per task (µs). ``servers`` above 1: that many servers on one
-    SQLite file, the batches submitted to each in turn."""
+    SQLite file, the batches submitted to each in turn; with ``workers``, one
+    ``faasbox server --workers N`` on one port, the batches sent over N connections."""
     with contextlib.ExitStack() as stack:
         env = {}
-        if servers > 1:
-            shared = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="faasbox-bench-shared-")))
-            env["FAASBOX_STORE_URL"] = f"sqlite:///{shared / 'faasbox.db'}"
-        fbs = [stack.enter_context(FaasboxServer(env=env)) for _ in range(servers)]
+        if workers and servers > 1:
+            fbs = [stack.enter_context(FaasboxServer(args=["--workers", str(servers)]))]
+            clients = [stack.enter_context(httpx.Client(
+                base_url=fbs[0].url, headers=fbs[0].auth_headers, timeout=900))
+                for _ in range(servers)]
+            server_pids = [fbs[0].pid, *children(fbs[0].pid)]
+        else:
+            if servers > 1:
+                shared = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="faasbox-bench-shared-")))
+                env["FAASBOX_STORE_URL"] = f"sqlite:///{shared / 'faasbox.db'}"
+            fbs = [stack.enter_context(FaasboxServer(env=env)) for _ in range(servers)]
+            clients = [f.http for f in fbs]
+            server_pids = [f.pid for f in fbs]
         fb = fbs[0]
         params: dict[str, Any] = {"tasks": tasks, "batch": batch,
                                   "max_instances": max_instances, "sandbox": fb.sandbox()}
         if servers > 1:
             params["servers"] = servers
+            if workers:
+                params["workers"] = True
         fb.deploy(FUNCTION, FUNCTIONS_DIR / FUNCTION, max_instances=max_instances,
                   idle_ttl_s=600)
         warmup = 20 * max_instances * servers  # starts every instance
-        submit(fbs, [orjson.dumps({"warmup": i}) for i in range(warmup)], batch)
+        submit(clients, [orjson.dumps({"warmup": i}) for i in range(warmup)], batch)
         wait_all(fb, warmup)
         say(f"e2e: warmed up {sum(len(f.instances(FUNCTION)) for f in fbs)} instances")
 
@@ -146,13 +163,13 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
 
         events = [orjson.dumps({"i": i}) for i in range(tasks)]
         def server_cpu() -> tuple[float, float]:
-            return (sum(cpu_seconds(f.pid) for f in fbs),
+            return (sum(cpu_seconds(pid) for pid in server_pids),
                     sum(tree_cpu_seconds(f.pid) for f in fbs))
 
         (cpu0, tree0), host0 = server_cpu(), host_busy_seconds()
         bench0, window0 = cpu_seconds(os.getpid()), time.monotonic()
         t0 = time.time()
-        ids = submit(fbs, events, batch)
+        ids = submit(clients, events, batch)
         submitted = time.time() - t0
         wait_all(fb, warmup + idle_samples + tasks)
         cpu, tree = (now - then for now, then in zip(server_cpu(), (cpu0, tree0), strict=True))
@@ -262,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="servers of each run; above 1 they share one SQLite file, as the"
                          f" peers' worker processes share Redis ({' '.join(map(str, SERVERS))}:"
                          " one, and one per core)")
+    ap.add_argument("--workers", action="store_true",
+                    help="servers above 1 run as one `faasbox server --workers N` on one port"
+                         " (the batches sent over N connections), not N servers on N ports")
     ap.add_argument("--idle-samples", type=int, default=200,
                     help="one-at-a-time tasks for the idle latency (200)")
     ap.add_argument("--queue-tasks", type=int, default=20000,
@@ -293,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         for servers in args.servers:
             for max_instances in args.max_instances:
                 faasbox[servers, max_instances] = bench_end_to_end(
-                    args.tasks, args.batch, max_instances, args.idle_samples, servers)
+                    args.tasks, args.batch, max_instances, args.idle_samples, servers,
+                    args.workers)
     if args.peers:
         compare_peers(args, faasbox)
     return 0
