@@ -163,6 +163,7 @@ def test_a_data_dir_first_used_alone_serves_on_workers(root: Path) -> None:
     srv = Workers(root / "data").start()
     try:
         assert srv.admin_key == key  # the same admin key file, still live
+        srv.wait_for(lambda: len(srv.alive()) == 2, what="both workers on the store")
         # both workers serve it (each then has an instance): its code is in the shared cache
         for n in range(400):
             with httpx.Client(base_url=srv.url, headers=srv.http.headers) as fresh:

@@ -83,6 +83,7 @@ class SqliteDatabase(Database):
         self.shared = shared
         self._lock_fd = -1  # the writers' lock file (shared only)
         self._owners_fd = -1  # held while open: alone (exclusive) or shared
+        self._migrated = False  # this store migrated the file (its first connection is done)
         self._channel: Channel | None = None
         self._outbox: list[str] = []  # committed messages, sent at the end of the loop's turn
 
@@ -176,14 +177,24 @@ class SqliteDatabase(Database):
         self._lock_fd = self._owners_fd = -1
 
     def connect(self) -> sqlite3.Connection:
+        if self._lock_fd >= 0 and not self._migrated:
+            # a new file's first connections turn it to WAL, which SQLite may refuse at once
+            # ("database is locked") to a server that does it while another does: in turn
+            self.lock_writes(blocking=True)
+            try:
+                return connect(self.path, self.synchronous)
+            finally:
+                self.unlock_writes()
         return connect(self.path, self.synchronous)
 
     def migrate(self, conn: sqlite3.Connection) -> int:
         self.lock_writes(blocking=True)  # servers that start together migrate in turn
         try:
-            return migrate(conn)
+            version = migrate(conn)
         finally:
             self.unlock_writes()
+        self._migrated = True
+        return version
 
     inline_writes = True
     checkpoints = True
