@@ -93,12 +93,13 @@ class Platform:
         self.store = SqlStore(database_for(settings.store_url, data,
                                            settings.sqlite_synchronous))
         self.store.db.claim()
-        self.features: SandboxFeatures = detect(data, settings.sandbox, settings.start_mode)
-        self.node = NodeService(data, self.features, settings.sandbox_uid_base,
-                                self.features.start_mode, settings.template_spares)
-        self.builds = BuildSandbox(self.node.env)
         # the workers of one `faasbox server --workers` share one code cache and admin key
         self.home = Path(settings.shared_dir).resolve() if settings.shared_dir else data
+        self.features: SandboxFeatures = detect(self.home, settings.sandbox, settings.start_mode)
+        self.node = NodeService(data, self.features, settings.sandbox_uid_base,
+                                self.features.start_mode, settings.template_spares,
+                                home=self.home)
+        self.builds = BuildSandbox(self.node.env)
         self.code = CodeStore(self.home, private=self.features.mount_ns, pip=self.builds.pip)
         self.registry = Registry(self.store, self.code, self.node, self.events, self.clock)
         self.resources = ResourceManager(

@@ -6,6 +6,7 @@ server alone serves its functions on workers; an instance cannot reach the liste
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from tests.conftest import (
     Server,
     clear_cgroups,
     free_port,
-    open_tempdir,
+    gate_dir,
     process_alive,
     remove_tree,
 )
@@ -66,7 +67,9 @@ class Workers(Server):
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = open_tempdir()
+    # outside /tmp, as a real install's data dir (an instance's mount namespace hides /tmp
+    # whole, which would hide a data dir below it whatever the sandbox does for it)
+    path = gate_dir()
     yield path
     for data in path.glob("*/workers/*"):
         clear_cgroups(data)
@@ -205,6 +208,41 @@ def held_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         yield int(sock.getsockname()[1])
+
+
+def test_a_function_on_a_worker_cannot_reach_what_the_workers_share(workers: Workers) -> None:
+    data = workers.data
+    probe = {"main.py": (
+        "import os\n\ndef handler(event, context):\n"
+        "    out = {}\n"
+        "    for path in event['paths']:\n"
+        "        try:\n"
+        "            if os.path.isdir(path):\n"
+        "                out[path] = sorted(os.listdir(path))\n"
+        "            else:\n"
+        "                with open(path, 'rb') as f:\n"
+        "                    out[path] = len(f.read())\n"
+        "        except OSError as exc:\n"
+        "            out[path] = exc.errno\n"
+        "    return out\n")}
+    workers.deploy("wk-reach", probe)
+    paths = [str(data / "admin.key"), str(data / "faasbox.db"), str(data / "faasbox.db-lock"),
+             str(data / "code"), str(data / "packages"), str(data / "tmp"),
+             str(data / "workers"), str(data / "workers" / "0" / "server.lock")]
+    assert (data / "admin.key").is_file() and (data / "code").is_dir()  # they exist
+    for _ in range(4):  # whichever worker runs it
+        resp = workers.invoke("wk-reach", {"paths": paths})
+        assert resp.status_code == 200, resp.text
+        seen = resp.json()
+        for path in paths:
+            if path.endswith(("/code", "/packages", "/workers")):
+                # its own code is bound back, read-only, and its scratch dir made anew in
+                # its tmpfs (workers/K/scratch/ID): nothing else is there
+                assert (seen[path] in (errno.ENOENT, errno.EACCES)
+                        or len(seen[path]) <= 1), (path, seen[path])
+            else:
+                assert isinstance(seen[path], int) and seen[path] in (
+                    errno.ENOENT, errno.EACCES), (path, seen[path])
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -60,7 +60,7 @@ class BuildSandbox:
             if uid is not None:
                 os.chown(target, uid, uid)
             plan = self.env.features.plan(
-                uid=uid, scratch=self.env.scratch_root / name, data_dir=self.env.data_dir,
+                uid=uid, scratch=self.env.scratch_root / name, data_dir=self.env.hidden_dir,
                 read_only=[str(code), *self.env.runtime_paths()], network="host",
                 tmpfs_mb=BUILD_TMPFS_MB)
             plan["read_write"] = [str(target)]

@@ -44,12 +44,16 @@ def group_cgroup_name(tenant: str, group: str) -> str:
 
 
 class InstanceEnvironment:
-    def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int) -> None:
+    def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int,
+                 home: Path | None = None) -> None:
         self.features = features
         self.scratch_root = data_dir / "scratch"
         self.output_root = data_dir / "instances"
         self.uid_base = uid_base
         self.data_dir = data_dir.resolve()
+        # what an instance's tmpfs covers: the data dir, or for a worker of `--workers` its
+        # supervisor's (the code cache, admin key and store that the workers share)
+        self.hidden_dir = (home or data_dir).resolve()
         # instances of this server live under faasbox/<scope>/, one scope per data dir
         digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
         self.cgroup_scope = f"srv-{digest}"
@@ -179,7 +183,7 @@ class InstanceEnvironment:
     def runtime_paths(self) -> list[str]:
         """The interpreter's and faasbox's own folders where the instance's private mounts
         would hide them (a checkout or virtualenv under /tmp, say): bound back read-only."""
-        hidden = [Path(p) for p in ("/tmp", "/var/tmp", "/dev/shm")] + [self.data_dir]
+        hidden = [Path(p) for p in ("/tmp", "/var/tmp", "/dev/shm")] + [self.hidden_dir]
         found: list[str] = []
         for path in (sys.prefix, sys.base_prefix, str(Path(faasbox.__file__).parent.parent)):
             real = Path(path).resolve()
@@ -193,7 +197,7 @@ class InstanceEnvironment:
         if not self.features.enabled:
             return {"uid": uid, "scratch": str(scratch)}
         return self.features.plan(
-            uid=uid, scratch=scratch, data_dir=self.data_dir,
+            uid=uid, scratch=scratch, data_dir=self.hidden_dir,
             read_only=[*paths, *self.runtime_paths()],
             network=self.network(spec), tmpfs_mb=spec.ephemeral_storage_mb, template=template)
 

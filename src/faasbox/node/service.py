@@ -26,9 +26,10 @@ INIT_TIMEOUT_S = 30.0
 
 class NodeService:
     def __init__(self, data_dir: Path, features: SandboxFeatures, uid_base: int,
-                 start_mode: str = "auto", template_spares: int = 1) -> None:
+                 start_mode: str = "auto", template_spares: int = 1,
+                 home: Path | None = None) -> None:
         self.features = features
-        self.env = InstanceEnvironment(data_dir, features, uid_base)
+        self.env = InstanceEnvironment(data_dir, features, uid_base, home)
         self.env.reset()
         self.starter = Starter(self.env, startmode.check_mode(start_mode), template_spares)
         self._egress: dict[str, tuple[int, list[str]]] = {}  # instance id -> (slot, allow)
