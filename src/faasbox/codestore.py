@@ -141,7 +141,7 @@ class CodeStore:
                 return key
             # servers sharing this cache (--workers) install each key once: the others wait
             with _disk_errors():
-                fd = await asyncio.to_thread(self._lock_key, key)
+                fd = await self._lock_key(key)
                 try:
                     if final.exists():
                         return key
@@ -156,17 +156,21 @@ class CodeStore:
                     os.close(fd)  # releases the lock
         return key
 
-    def _lock_key(self, key: str) -> int:
+    async def _lock_key(self, key: str) -> int:
         """An exclusive lock on ``key`` among the processes sharing this cache (closing the
-        descriptor releases it)."""
+        descriptor releases it). Polled, so that a deploy cancelled meanwhile holds nothing."""
         fd = os.open(self.tmp_root / f"{key}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC,
                      0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    await asyncio.sleep(0.2)  # another server installs the same requirements
         except BaseException:
             os.close(fd)
             raise
-        return fd
 
 
 VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")

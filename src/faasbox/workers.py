@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -28,16 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faasbox import errors
+from faasbox.store.url import redact
 
 log = logging.getLogger("faasbox.workers")
 
 STOP_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 120.0  # a worker not serving by then is killed, and started again
+DEPLOY_START_TIMEOUT_S = 900.0  # worker 0 with --deploy (pip installs)
 QUICK_EXIT_S = 10.0  # a worker that dies sooner than this after its start backs off
 MAX_BACKOFF_S = 30.0
-
-
-class Stop(Exception):
-    """A signal asked the supervisor to stop."""
 
 
 @dataclass
@@ -45,10 +45,12 @@ class Worker:
     index: int
     data: Path
     proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1  # readable once the worker has exited
+    ready_fd: int = -1  # its ready pipe, until it said it serves or exited
     started: float = 0.0
-    failures: int = 0  # quick exits in a row
     ready: bool = False
-    restarts: int = 0
+    failures: int = 0  # quick exits in a row
+    restart_at: float | None = None  # when a worker that exited starts again
 
 
 class Supervisor:
@@ -68,7 +70,11 @@ class Supervisor:
         self.node_memory_mb = max(1, node_memory_mb // count)
         self.workers = [Worker(k, self.data / "workers" / str(k)) for k in range(count)]
         self.sock: socket.socket | None = None
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self.serving = False  # worker 0 has started: workers that exit are started again
         self._lock_fd: int | None = None
+        self._wake_r = self._wake_w = -1
 
     # -- start ------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -100,106 +106,149 @@ class Supervisor:
         assert self.sock is not None
         cmd = [sys.executable, "-m", "faasbox", "server", "--workers", "1",
                "--host", self.host, "--port", str(self.port), "--data", str(worker.data),
-               "--store-url", self.store_url, "--log-level", self.log_level,
-               "--listen-fd", str(self.sock.fileno()), "--ready-fd", str(ready_fd),
-               "--shared-dir", str(self.data)]
+               "--log-level", self.log_level, "--listen-fd", str(self.sock.fileno()),
+               "--ready-fd", str(ready_fd), "--shared-dir", str(self.data)]
         if self.insecure_no_auth:
             cmd.append("--insecure-no-auth")
         if first and self.deploy is not None:
             cmd += ["--deploy", str(self.deploy)]
         return cmd
 
-    def _spawn(self, worker: Worker, first: bool = False) -> int:
-        """Start ``worker``; returns the read end of its ready pipe."""
+    def _spawn(self, worker: Worker, first: bool = False) -> None:
         assert self.sock is not None
         worker.data.mkdir(parents=True, exist_ok=True)
         r, w = os.pipe()
-        env = {**os.environ, "FAASBOX_NODE_MEMORY_MB": str(self.node_memory_mb),
+        # the store URL in the environment, not on the command line (a password in it)
+        env = {**os.environ, "FAASBOX_STORE_URL": self.store_url,
+               "FAASBOX_NODE_MEMORY_MB": str(self.node_memory_mb),
                "FAASBOX_SUPERVISOR_PID": str(os.getpid())}
         env.pop("FAASBOX_WORKERS", None)
         try:
             worker.proc = subprocess.Popen(
                 self._command(worker, w, first), env=env, stdin=subprocess.DEVNULL,
                 pass_fds=(self.sock.fileno(), w), start_new_session=True)
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
         worker.started = time.monotonic()
         worker.ready = False
-        return r
-
-    def _await_ready(self, worker: Worker, r: int) -> bool:
-        """Whether ``worker`` said it is serving (False: it exited first)."""
-        try:
-            while True:
-                try:
-                    got = os.read(r, 1)
-                except InterruptedError:
-                    continue
-                worker.ready = got == b"1"
-                return worker.ready
-        finally:
-            os.close(r)
+        worker.restart_at = None
+        worker.ready_fd = r
+        worker.pidfd = os.pidfd_open(worker.proc.pid)
+        self.selector.register(r, selectors.EVENT_READ, ("ready", worker))
+        self.selector.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
 
     def run(self) -> int:
         """Serve until a signal; the exit code."""
-        handler = self._on_signal
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("signal", None))
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._prepare()
-            log.info("%d workers on http://%s:%d (data %s, store %s)", self.count,
-                     self.host, self.port, self.data, self.store_url)
+            log.info("%d workers on http://%s:%d (data %s, store %s)", self.count, self.host,
+                     self.port, self.data, redact(self.store_url))
             first, *rest = self.workers
-            if not self._await_ready(first, self._spawn(first, first=True)):
-                log.error("worker 0 could not start (its log is above)")
-                return 1
-            pipes = [(w, self._spawn(w)) for w in rest]
-            for w, r in pipes:
-                if not self._await_ready(w, r):
-                    log.warning("worker %d exited during its start; starting it again", w.index)
-            self._watch()
-        except Stop:
-            pass
+            self._spawn(first, first=True)
+            # worker 0 alone first: it migrates the store, makes the default tenant and key
+            while not self.stopping and not first.ready:
+                self._step()
+                if first.restart_at is not None:  # it exited before it served
+                    log.error("worker 0 could not start (its log is above)")
+                    return 1
+            self.serving = True
+            for worker in rest:
+                if not self.stopping:
+                    self._spawn(worker)
+            while not self.stopping:
+                self._step()
+            return 0
         finally:
-            for s in old:  # a second Ctrl-C does not cut the stop short
-                signal.signal(s, signal.SIG_IGN)
             self._stop_all()
             for s, h in old.items():
                 signal.signal(s, h)
+            signal.set_wakeup_fd(old_wakeup)
+            self.selector.close()
+            for fd in (self._wake_r, self._wake_w, *(w.pidfd for w in self.workers),
+                       *(w.ready_fd for w in self.workers)):
+                if fd >= 0:
+                    os.close(fd)
             if self.sock is not None:
                 self.sock.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
-        return 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        raise Stop()
+        self.stopping = True  # the loop wakes through the wakeup fd
 
     # -- watch ------------------------------------------------------------------------------
-    def _by_pid(self, pid: int) -> Worker | None:
-        for w in self.workers:
-            if w.proc is not None and w.proc.pid == pid:
-                return w
-        return None
+    def _start_timeout(self, worker: Worker) -> float:
+        # a first start with --deploy may install its functions' requirements
+        return DEPLOY_START_TIMEOUT_S if worker.index == 0 and self.deploy else START_TIMEOUT_S
 
-    def _watch(self) -> None:
-        while True:
-            pid, status = os.wait()
-            worker = self._by_pid(pid)
-            if worker is None or worker.proc is None:
-                continue
-            worker.proc.returncode = os.waitstatus_to_exitcode(status)
-            quick = time.monotonic() - worker.started < QUICK_EXIT_S
-            worker.failures = worker.failures + 1 if quick else 0
-            pause = min(MAX_BACKOFF_S, 0.5 * 2 ** (worker.failures - 1)) if quick else 0.0
+    def _step(self) -> None:
+        """Wait for the next event (a worker ready or gone, a signal, a deadline) and act."""
+        now = time.monotonic()
+        deadlines = [w.restart_at for w in self.workers if w.restart_at is not None]
+        deadlines += [w.started + self._start_timeout(w) for w in self.workers
+                      if w.proc is not None and w.pidfd >= 0 and not w.ready]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        for key, _ in self.selector.select(timeout):
+            kind, worker = key.data
+            if kind == "signal":
+                with contextlib.suppress(OSError):
+                    while os.read(self._wake_r, 512):
+                        pass
+            elif kind == "ready":
+                self._on_ready(worker)
+            elif kind == "exit":
+                self._on_exit(worker)
+        now = time.monotonic()
+        for worker in self.workers:
+            if (worker.proc is not None and worker.pidfd >= 0 and not worker.ready
+                    and now - worker.started > self._start_timeout(worker)):
+                log.warning("worker %d (pid %d) did not start in %.0f s: killed", worker.index,
+                            worker.proc.pid, self._start_timeout(worker))
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()  # its pidfd reports the exit
+            if (worker.restart_at is not None and now >= worker.restart_at and self.serving
+                    and not self.stopping):
+                self._spawn(worker)
+
+    def _on_ready(self, worker: Worker) -> None:
+        try:
+            got = os.read(worker.ready_fd, 1)
+        except OSError:
+            got = b""
+        worker.ready = got == b"1"
+        self._close_ready(worker)
+
+    def _close_ready(self, worker: Worker) -> None:
+        if worker.ready_fd >= 0:
+            self.selector.unregister(worker.ready_fd)
+            os.close(worker.ready_fd)
+            worker.ready_fd = -1
+
+    def _on_exit(self, worker: Worker) -> None:
+        assert worker.proc is not None
+        self._close_ready(worker)
+        self.selector.unregister(worker.pidfd)
+        os.close(worker.pidfd)
+        worker.pidfd = -1
+        code = worker.proc.wait()
+        quick = time.monotonic() - worker.started < QUICK_EXIT_S
+        worker.failures = worker.failures + 1 if quick else 0
+        pause = min(MAX_BACKOFF_S, 0.5 * 2 ** (worker.failures - 1)) if quick else 0.0
+        worker.restart_at = time.monotonic() + pause
+        if self.serving and not self.stopping:
             log.warning("worker %d (pid %d) exited with %s; starting it again%s",
-                        worker.index, pid, _describe(worker.proc.returncode),
+                        worker.index, worker.proc.pid, _describe(code),
                         f" in {pause:.1f} s" if pause else "")
-            if pause:
-                time.sleep(pause)
-            worker.restarts += 1
-            self._await_ready(worker, self._spawn(worker))
 
     def _stop_all(self) -> None:
+        self.stopping = True  # a signal from here on changes nothing
         running = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
         for proc in running:
             with contextlib.suppress(ProcessLookupError):

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
+    PG_TEMPLATE,
     Server,
     clear_cgroups,
     free_port,
@@ -48,8 +49,8 @@ def children(pid: int) -> list[int]:
 
 
 class Workers(Server):
-    def __init__(self, data: Path, count: int = 2) -> None:
-        super().__init__(data, ENV, ["--workers", str(count)])
+    def __init__(self, data: Path, count: int = 2, env: dict[str, str] | None = None) -> None:
+        super().__init__(data, {**ENV, **(env or {})}, ["--workers", str(count)])
 
     def nodes(self, http: httpx.Client | None = None) -> dict[str, Any]:
         resp = (http or self.http).get("/v1/nodes")
@@ -134,6 +135,37 @@ def test_a_killed_worker_is_started_again_and_loses_no_task(workers: Workers) ->
     assert "exited with signal SIGKILL; starting it again" in workers.log.read_text()
 
 
+def test_a_worker_stuck_in_its_start_does_not_hold_up_the_others(workers: Workers) -> None:
+    """Worker 1 is killed and its replacement stopped (SIGSTOP) as soon as it appears, in the
+    middle of its start; worker 0, killed then, is started again all the same."""
+    assert workers.wait_for(lambda: len(workers.alive()) == 2, what="two workers")
+    zero, one = workers.worker_pids()
+    os.kill(one, signal.SIGKILL)
+    stuck = workers.wait_for(
+        lambda: [p for p in workers.worker_pids() if p not in (zero, one)], what="worker 1 again")
+    os.kill(stuck[0], signal.SIGSTOP)
+    try:
+        os.kill(zero, signal.SIGKILL)
+        # the port answers again: a new worker 0 serves while the other is still stopped
+        again = workers.wait_for(
+            lambda: [p for p in workers.worker_pids() if p not in (zero, one, stuck[0])],
+            timeout=30, what="worker 0 again")
+
+        def served_by_the_new_worker_0() -> bool:
+            # a new connection each time: one that the stopped worker took would hang
+            try:
+                with httpx.Client(base_url=workers.url, headers=workers.http.headers,
+                                  timeout=2) as fresh:
+                    return again[0] in {s["pid"] for s in workers.nodes(fresh)["servers"]
+                                        if s["alive"]}
+            except httpx.TransportError:
+                return False
+
+        assert workers.wait_for(served_by_the_new_worker_0, timeout=30, what="the port served")
+    finally:
+        os.kill(stuck[0], signal.SIGCONT)
+
+
 def test_stopping_the_supervisor_stops_every_worker(workers: Workers) -> None:
     workers.deploy("wk-stop", SLEEPY)
     assert workers.invoke("wk-stop", {}).status_code == 200
@@ -156,6 +188,28 @@ def test_a_killed_supervisor_takes_its_workers_with_it(workers: Workers) -> None
                                 what=f"worker {pid} gone")
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{workers.url}/healthz", timeout=2)
+
+
+def test_workers_on_postgresql_keep_its_password_off_command_lines_and_logs(
+        root: Path, pg_cluster: Any) -> None:
+    name = f"wk{os.getpid()}"
+    url = pg_cluster.clone(PG_TEMPLATE, name)
+    secret = "hunter2-not-for-ps"  # the throwaway cluster trusts local logins: any password
+    with_password = url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    srv = Workers(root / "data", env={"FAASBOX_STORE_URL": with_password}).start()
+    try:
+        srv.wait_for(lambda: len(srv.alive()) == 2, what="both workers on the database")
+        assert srv.nodes()["store"] == "postgresql"
+        srv.deploy("wk-pg", SLEEPY)
+        assert srv.invoke("wk-pg", {"n": 1}).json() == {"n": 1}
+        assert srv.proc is not None
+        for pid in [srv.proc.pid, *srv.worker_pids()]:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert secret.encode() not in f.read()
+        assert secret not in srv.log.read_text()
+    finally:
+        srv.stop()
+        pg_cluster.drop(name)
 
 
 def test_a_data_dir_first_used_alone_serves_on_workers(root: Path) -> None:

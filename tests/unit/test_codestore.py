@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
+import os
 import stat
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from faasbox import errors
+from faasbox import codestore, errors
 from faasbox.codestore import CodeStore, tree_hash, zip_folder
 
 
@@ -84,3 +86,51 @@ def test_requirements_key(tmp_path: Path) -> None:
         with pytest.raises(errors.InvalidSpec) as err:
             store.requirements_key(sha)
         assert err.value.status == 422, bad
+
+
+def test_servers_sharing_the_cache_each_store_the_same_package(tmp_path: Path) -> None:
+    """Two servers (--workers) unpack the same archive at once: the second to finish finds
+    the first's folder in place, keeps it, and leaves no temporary folder."""
+    data = _zip({"main.py": b"def handler(e, c):\n    return 1\n"})
+    a, b = CodeStore(tmp_path), CodeStore(tmp_path)
+    unpacked = tmp_path / "other"
+    unpacked.mkdir()
+    (unpacked / "main.py").write_bytes(b"def handler(e, c):\n    return 1\n")
+    sha = tree_hash(unpacked)
+    # b has unpacked it and is about to publish, when a publishes first
+    assert a._put_zip(data) == sha
+    tmp = tmp_path / "tmp" / "late"
+    tmp.mkdir()
+    (tmp / "main.py").write_bytes(b"def handler(e, c):\n    return 1\n")
+    codestore._publish(tmp, b.code_dir(sha))  # no error: the same content is there
+    assert (b.code_dir(sha) / "main.py").read_bytes().startswith(b"def handler")
+    assert b._put_zip(data) == sha
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.is_dir()] == ["late"]
+
+
+def test_an_install_waits_for_another_servers_and_a_cancelled_wait_holds_nothing(
+        tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    key = "k" * 64
+    other = os.open(tmp_path / "tmp" / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another server installs these requirements
+
+    async def main() -> None:
+        waiting = asyncio.create_task(store._lock_key(key))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        fcntl.flock(other, fcntl.LOCK_UN)
+        # nothing left holding it: the lock is free for anyone
+        probe = os.open(tmp_path / "tmp" / f"{key}.lock", os.O_RDWR)
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
+        fd = await store._lock_key(key)
+        os.close(fd)
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(other)

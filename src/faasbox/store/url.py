@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from faasbox import errors
@@ -29,3 +30,8 @@ def database_for(url: str, data: Path, synchronous: str = "FULL") -> Database:
     raise errors.InvalidRequest(
         "the store URL must start with sqlite:/// or postgresql:// (got"
         f" {url.split('://')[0]!r})")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)

@@ -25,6 +25,7 @@ from typing import Any
 
 from faasbox import errors
 from faasbox.store.database import Database, Dialect, statements
+from faasbox.store.url import redact
 
 try:
     import psycopg
@@ -297,11 +298,6 @@ def migrate(conn: PgConn) -> int:
         return current
     finally:
         conn.execute("SELECT pg_advisory_unlock(7406152)")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def _first_line(exc: BaseException) -> str:
