@@ -6,7 +6,9 @@ through ``POST /v1/functions/echo/tasks:batch`` as fast as the server accepts th
 each task's ``finished_at - created_at`` (accepted → result stored) from its own record;
 throughput is tasks / (last ``finished_at`` - first submit). A burst this size queues, so its
 latency is mostly waiting in line; ``tasks.idle.latency`` is the same measure for one task at a
-time (submit, long-poll its result, next), i.e. what dispatch itself costs.
+time (submit, long-poll its result, next), i.e. what dispatch itself costs, and
+``tasks.idle.client_wait`` what the client sees of it (submit to the long poll's answer: with
+several servers, the one that runs the task may not be the one that answers the poll).
 
 ``--servers`` runs it with one server, then (by default) with one server per core on one SQLite
 file (docs/cluster.md), the batches submitted to each server in turn and every figure summed
@@ -107,16 +109,22 @@ def records(fb: FaasboxServer, ids: set[str]) -> list[dict[str, Any]]:
             return found
 
 
-def idle_latency(fb: FaasboxServer, samples: int) -> list[float]:
-    latencies = []
+def idle_latency(fb: FaasboxServer, samples: int) -> tuple[list[float], list[float]]:
+    """One task at a time: (accepted -> result stored, as the store has it; submit -> the
+    long poll's answer, as the client sees it), in ms. Each task on a new connection, so that
+    with ``--workers`` it may go to either worker."""
+    stored, seen = [], []
     for i in range(samples):
-        task_id = fb.request("POST", f"/v1/functions/{FUNCTION}/tasks", json={"i": i}).json()[
-            "task_id"]
-        task = fb.request("GET", f"/v1/tasks/{task_id}", params={"wait": WAIT_S}).json()
+        with httpx.Client(base_url=fb.url, headers=fb.auth_headers, timeout=WAIT_S + 30) as c:
+            began = time.perf_counter()
+            task_id = c.post(f"/v1/functions/{FUNCTION}/tasks", json={"i": i}).json()[
+                "task_id"]
+            task = c.get(f"/v1/tasks/{task_id}", params={"wait": WAIT_S}).json()
+            seen.append((time.perf_counter() - began) * 1000)
         if task["status"] != "succeeded":
             raise RuntimeError(f"task {task_id} ended {task['status']}: {task.get('error')}")
-        latencies.append((task["finished_at"] - task["created_at"]) * 1000)
-    return latencies
+        stored.append((task["finished_at"] - task["created_at"]) * 1000)
+    return stored, seen
 
 
 def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: int,
@@ -155,10 +163,17 @@ def bench_end_to_end(tasks: int, batch: int, max_instances: int, idle_samples: i
         wait_all(fb, warmup)
         say(f"e2e: warmed up {sum(len(f.instances(FUNCTION)) for f in fbs)} instances")
 
-        idle = idle_latency(fb, idle_samples)
+        idle, waited = idle_latency(fb, idle_samples)
         emit("tasks.idle.latency.p50", percentile(idle, 50), "ms", **params | {
             "tasks": idle_samples})
         emit("tasks.idle.latency.p99", percentile(idle, 99), "ms", **params | {
+            "tasks": idle_samples})
+        # the client's wait: a task another server ran is seen by re-reading it
+        emit("tasks.idle.client_wait.p50", percentile(waited, 50), "ms", **params | {
+            "tasks": idle_samples})
+        emit("tasks.idle.client_wait.p99", percentile(waited, 99), "ms", **params | {
+            "tasks": idle_samples})
+        emit("tasks.idle.client_wait.max", max(waited), "ms", **params | {
             "tasks": idle_samples})
 
         events = [orjson.dumps({"i": i}) for i in range(tasks)]

@@ -29,6 +29,9 @@ from faasbox.registry import Registry
 from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
+# with several servers, a waiter re-reads its task after 5 ms, then twice as long each time
+# up to recheck_s (a task another server runs wakes nobody here)
+FIRST_RECHECK_S = 0.005
 # A function whose runs are short gets leased tasks held here, started the moment a run ends
 # (no lease round trip between two runs). Held longer than AHEAD_MAX_WAIT_S, one goes back.
 AHEAD_MAX_MS = 50.0
@@ -82,8 +85,8 @@ class TaskLifecycle:
         self.invoker = invoker
         self.policies = policies
         self.events = events
-        # a waiter reads its task again this often: with several servers, the one that
-        # finishes it may be another (one server wakes its waiters itself)
+        # a waiter reads its task again at most this far apart: with several servers, the
+        # one that finishes it may be another (one server wakes its waiters itself)
         self.recheck_s = math.inf
         self.clock = clock
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -375,8 +378,11 @@ class TaskLifecycle:
             await asyncio.wait({running})
 
     async def wait(self, task_id: str, timeout: float) -> TaskRow:
-        """The task once terminal, or as it is when ``timeout`` runs out (long poll)."""
+        """The task once terminal, or as it is when ``timeout`` runs out (long poll). A task
+        that ends on this server wakes it at once; one that ends on another server is seen
+        by re-reading it, soon at first and then less often (most tasks are short)."""
         deadline = self.clock.monotonic() + timeout
+        recheck = min(FIRST_RECHECK_S, self.recheck_s)
         while True:
             # registered before the read: a finish between the two still wakes us
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -387,10 +393,10 @@ class TaskLifecycle:
                 if row.terminal or left <= 0:
                     return row
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
-                async with asyncio.timeout(min(left, self.recheck_s)):
+                async with asyncio.timeout(min(left, recheck)):
                     await fut
             except TimeoutError:
-                pass
+                recheck = min(recheck * 2, self.recheck_s)
             finally:
                 waiters = self._waiters.get(task_id, [])
                 if fut in waiters:
