@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -297,6 +298,59 @@ def test_a_function_on_a_worker_cannot_reach_what_the_workers_share(workers: Wor
             else:
                 assert isinstance(seen[path], int) and seen[path] in (
                     errno.ENOENT, errno.EACCES), (path, seen[path])
+
+
+def test_a_dashboard_session_holds_on_every_worker(workers: Workers) -> None:
+    """Signed in through one worker, a browser's next connection may reach the other: the
+    session holds there, and a sign-out through either ends it on both."""
+    assert workers.wait_for(lambda: len(workers.alive()) == 2, what="two workers")
+    jar: dict[str, str] = {}
+
+    def fresh() -> httpx.Client:  # a new connection: either worker may take it
+        return httpx.Client(base_url=workers.url, timeout=30, cookies=dict(jar))
+
+    with fresh() as c:
+        token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
+        jar.update(c.cookies)
+    assert token is not None
+    with fresh() as c:
+        resp = c.post("/ui/login", data={"csrf": token.group(1), "key": workers.admin_key})
+        assert resp.status_code == 303 and resp.headers["location"] == "/ui/", resp.text
+        jar["faasbox_session"] = c.cookies["faasbox_session"]
+
+    def page_on(worker_ids: set[str]) -> str:
+        """A page over a new connection, and the id of the worker that served it."""
+        with fresh() as c:
+            c.headers["Authorization"] = f"Bearer {workers.admin_key}"
+            served = c.get("/v1/nodes").json()["self"]  # the same connection, the same worker
+            del c.headers["Authorization"]
+            page = c.get("/ui/functions")
+            assert page.status_code == 200, (served, page.status_code)
+            worker_ids.add(served)
+            return page.text
+
+    seen: set[str] = set()
+    for _ in range(400):
+        text = page_on(seen)
+        if len(seen) == 2:
+            break
+    assert seen == set(workers.alive().values())
+    csrf = re.search(r'name="csrf" value="([^"]+)"', text)
+    assert csrf is not None
+    with fresh() as c:
+        assert c.post("/ui/logout", data={"csrf": csrf.group(1)}).status_code == 303
+    gone: set[str] = set()
+    for _ in range(400):
+        with fresh() as c:
+            c.headers["Authorization"] = f"Bearer {workers.admin_key}"
+            served = c.get("/v1/nodes").json()["self"]
+            del c.headers["Authorization"]
+            resp = c.get("/ui/functions")
+            assert resp.status_code == 303 and resp.headers["location"] == "/ui/login"
+            gone.add(served)
+        if len(gone) == 2:
+            break
+    assert gone == seen
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

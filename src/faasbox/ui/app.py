@@ -197,6 +197,7 @@ async def switch_tenant(request: Request) -> Response:
         return _to_login()
     if principal.scope == "admin":
         session.tenant = None if wanted == principal.tenant else wanted
+        _sessions(request).save(session)
     return RedirectResponse(form.get("next") or "/ui/", status_code=303, headers=HEADERS)
 
 
@@ -424,5 +425,7 @@ async def static(name: str) -> Response:
 
 
 def install(app: FastAPI, platform: Platform) -> None:
-    app.state.ui_sessions = Sessions(load_secret(platform.settings.data))
+    # in the data dir the workers of --workers share (platform.home): one secret, one set
+    home = platform.home
+    app.state.ui_sessions = Sessions(load_secret(home), home / "ui-sessions")
     app.include_router(router)

@@ -2,34 +2,52 @@
 holds only a signed session id in an HttpOnly, SameSite=Strict cookie. Every POST form carries
 the session's CSRF token.
 
-The signing secret is made once per data dir (``<data>/ui.secret``, 0600). Sessions live in
-memory: a restarted server asks to sign in again.
+The signing secret is made once per data dir (``<data>/ui.secret``, 0600). Each session is
+also a file, ``<data>/ui-sessions/<id>`` (0600, in a 0700 folder that instances never see), so
+that every worker of ``faasbox server --workers`` (which share the supervisor's data dir) knows
+every session, whichever worker a browser's connection reaches, and a restarted server keeps
+them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 COOKIE = "faasbox_session"
 LOGIN_COOKIE = "faasbox_login"  # the CSRF token of the sign-in form (double submit)
 LIFETIME_S = 12 * 3600
 MAX_SESSIONS = 10_000
+SWEEP_S = 3600.0  # at most this often, a sign-in removes expired sessions' files
 
 
 def load_secret(data: Path) -> bytes:
     path = data / "ui.secret"
-    try:
-        text = path.read_text().strip()
-        if len(text) >= 64:
-            return bytes.fromhex(text)
-    except (OSError, ValueError):
-        pass
+    for _ in range(2):
+        try:
+            text = path.read_text().strip()
+            if len(text) >= 64:
+                return bytes.fromhex(text)
+        except (OSError, ValueError):
+            pass
+        secret = os.urandom(32)
+        try:  # servers that start together (--workers) keep the first one's
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            continue  # read it (or, if it is not a secret, replace it below)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex())
+        return secret
     secret = os.urandom(32)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -46,10 +64,18 @@ class Session:
     tenant: str | None = None  # an admin's chosen tenant (None: its own)
 
 
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
 class Sessions:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, folder: Path | None = None) -> None:
         self.secret = secret
         self.live: dict[str, Session] = {}
+        self.folder = folder
+        self._swept = 0.0
+        if folder is not None:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)
 
     def sign(self, value: str) -> str:
         mac = hmac.new(self.secret, value.encode(), hashlib.sha256).hexdigest()
@@ -66,25 +92,67 @@ class Sessions:
         """A new session for ``key`` and the cookie value that names it."""
         now = time.time()
         if len(self.live) >= MAX_SESSIONS:
-            for sid in [s.id for s in self.live.values() if now - s.created > LIFETIME_S]:
-                del self.live[sid]
+            for old in [s for s in self.live.values() if now - s.created > LIFETIME_S]:
+                self.drop(old)
             if len(self.live) >= MAX_SESSIONS:
-                oldest = min(self.live.values(), key=lambda s: s.created)
-                del self.live[oldest.id]
+                self.drop(min(self.live.values(), key=lambda s: s.created))
+        if self.folder is not None and now - self._swept > SWEEP_S:
+            self._swept = now
+            self._sweep(now)
         session = Session(secrets.token_urlsafe(24), key, secrets.token_urlsafe(24), now)
         self.live[session.id] = session
+        self.save(session)
         return session, self.sign(session.id)
 
     def get(self, cookie: str | None) -> Session | None:
         sid = self.unsign(cookie)
-        session = self.live.get(sid) if sid else None
+        if not sid or not SESSION_ID.fullmatch(sid):
+            return None
+        # another worker's sign-in, sign-out or tenant choice: the file says what is current
+        session = self._load(sid) if self.folder is not None else self.live.get(sid)
         if session is not None and time.time() - session.created > LIFETIME_S:
-            del self.live[session.id]
+            self.drop(session)
             return None
         return session
 
+    def save(self, session: Session) -> None:
+        """Write ``session`` where the other workers find it (after any change)."""
+        if self.folder is None:
+            return
+        path = self.folder / session.id
+        tmp = self.folder / f".{session.id}.{os.getpid()}"
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(dataclasses.asdict(session)))
+        os.replace(tmp, path)
+
+    def _load(self, sid: str) -> Session | None:
+        assert self.folder is not None
+        try:
+            fd = os.open(self.folder / sid, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                data = orjson.loads(f.read())
+            session = Session(**data)
+        except (OSError, ValueError, TypeError):
+            self.live.pop(sid, None)  # signed out (or expired) on another worker
+            return None
+        self.live[sid] = session
+        return session
+
+    def _sweep(self, now: float) -> None:
+        """Remove the files of expired sessions (a file is written at sign-in and on each
+        change, so one untouched for a session's lifetime is expired)."""
+        assert self.folder is not None
+        for path in self.folder.iterdir():
+            with contextlib.suppress(OSError):
+                if now - path.lstat().st_mtime > LIFETIME_S:
+                    path.unlink()
+
     def drop(self, session: Session) -> None:
         self.live.pop(session.id, None)
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / session.id)
 
 
 def same(a: str | None, b: str | None) -> bool:
