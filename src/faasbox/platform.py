@@ -142,6 +142,8 @@ class Platform:
         self.jobs = JobService(self.trigger_store, self.queue, self.dispatcher, self.tasks,
                                self.registry, self.events, self.clock,
                                sweep_interval_s=max(1.0, settings.reap_interval_s))
+        if self.cluster.shared:  # a job may end on another server
+            self.jobs.recheck_s = 1.0
         self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)

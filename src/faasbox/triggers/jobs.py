@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any, Literal
 
 import orjson
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
+from faasbox.dispatcher.lifecycle import FIRST_RECHECK_S
 from faasbox.events import Events, TaskFinished, TasksEnqueued
 from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.registry import Registry
@@ -95,6 +97,7 @@ class JobService:
         self._stopping: set[str] = set()
         self._kick = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.recheck_s = math.inf  # with several servers, a job may end on another (wait)
         self._loop: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -298,15 +301,23 @@ class JobService:
         return job
 
     async def wait(self, job_id: str, timeout: float) -> JobRow:
-        """The job once it ended, or as it is when ``timeout`` runs out (long poll)."""
+        """The job once it ended, or as it is when ``timeout`` runs out (long poll). A job
+        that ends on this server wakes it at once; one that ends on another server is seen
+        by reading it again, soon at first and then less often (``recheck_s`` apart at most)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
+        deadline = self.clock.monotonic() + timeout
+        recheck = min(FIRST_RECHECK_S, self.recheck_s)
         try:
             job = await self.get(job_id)
-            if not job.terminal:
+            while not job.terminal and not fut.done():
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    break
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await fut
+                    async with asyncio.timeout(min(left, recheck)):
+                        await asyncio.shield(fut)
+                recheck = min(recheck * 2, self.recheck_s)
                 job = await self.get(job_id)
             return job
         finally:
