@@ -382,7 +382,8 @@ class TaskLifecycle:
         that ends on this server wakes it at once; one that ends on another server is seen
         by re-reading it, soon at first and then less often (most tasks are short)."""
         deadline = self.clock.monotonic() + timeout
-        recheck = min(FIRST_RECHECK_S, self.recheck_s)
+        # one server wakes its waiters itself: no re-reads (recheck_s is infinite)
+        recheck = FIRST_RECHECK_S if math.isfinite(self.recheck_s) else math.inf
         while True:
             # registered before the read: a finish between the two still wakes us
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

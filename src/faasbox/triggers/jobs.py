@@ -307,7 +307,8 @@ class JobService:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         deadline = self.clock.monotonic() + timeout
-        recheck = min(FIRST_RECHECK_S, self.recheck_s)
+        # one server wakes its waiters itself, once the job's end is whole: no re-reads
+        recheck = FIRST_RECHECK_S if math.isfinite(self.recheck_s) else math.inf
         try:
             job = await self.get(job_id)
             while not job.terminal and not fut.done():
