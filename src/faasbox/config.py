@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from faasbox import errors
 
 
 def _default_node_memory_mb() -> int:
@@ -128,3 +131,16 @@ def _coerce(kind: type, raw: Any) -> Any:
     if kind is bool:
         return str(raw).lower() in {"1", "true", "yes", "on"}
     return kind(raw)
+
+
+def lock_data_dir(data: Path) -> int:
+    """One server per data dir (the queue's leases assume it; a ``--workers`` supervisor holds
+    its own): the open lock file, whose closing releases it. Raises Unavailable when another
+    server holds it."""
+    fd = os.open(data / "server.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise errors.Unavailable(f"another faasbox server is using {data}") from None
+    return fd

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 from collections import Counter
@@ -19,7 +18,7 @@ from faasbox.autoscaler import ScalerConfig, make_policy
 from faasbox.clock import Clock, SystemClock
 from faasbox.cluster import Cluster
 from faasbox.codestore import CodeStore
-from faasbox.config import Settings
+from faasbox.config import Settings, lock_data_dir
 from faasbox.delivery.destinations import DestinationService
 from faasbox.delivery.operations import TaskOperations
 from faasbox.delivery.topics import Topics
@@ -127,8 +126,6 @@ class Platform:
         self.cluster = Cluster(self.store.db, SqlClusterStore(self.store), self.clock,
                                f"http://{settings.host}:{settings.port}",
                                settings.server_timeout_s, self._server_info)
-        if self.cluster.shared:
-            self.tasks.recheck_s = 1.0
         self.dispatcher = Dispatcher(
             self.queue, self.registry, self.scheduler, self.tasks, self.policies,
             self.admission, self.events, self.clock, self.cluster,
@@ -142,8 +139,8 @@ class Platform:
         self.jobs = JobService(self.trigger_store, self.queue, self.dispatcher, self.tasks,
                                self.registry, self.events, self.clock,
                                sweep_interval_s=max(1.0, settings.reap_interval_s))
-        if self.cluster.shared:  # a job may end on another server
-            self.jobs.recheck_s = 1.0
+        if self.cluster.shared:  # a task or job may end on another server: long polls re-read
+            self.tasks.recheck_s = self.jobs.recheck_s = 1.0
         self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
                                        self.tasks, self.jobs, self.registry, self.events,
                                        self.clock)
@@ -383,17 +380,7 @@ class Platform:
             self._lock_fd = None
 
     def _lock_data_dir(self) -> None:
-        """One server per data dir: the queue's leases assume it. Raises Unavailable when
-        another server holds it."""
-        path = self.settings.data / "server.lock"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise errors.Unavailable(
-                f"another faasbox server is using {self.settings.data}") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_data_dir(self.settings.data)
 
 
 def scaling_options(settings: Settings) -> dict[str, Any]:

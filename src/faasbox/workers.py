@@ -16,7 +16,6 @@ server's do. SIGTERM or SIGINT stops every worker (gracefully, then SIGKILL afte
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import selectors
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faasbox import errors
+from faasbox.config import lock_data_dir
 from faasbox.store.url import redact
 
 log = logging.getLogger("faasbox.workers")
@@ -57,8 +57,6 @@ class Supervisor:
     def __init__(self, count: int, host: str, port: int, data: Path, store_url: str,
                  log_level: str, insecure_no_auth: bool, deploy: Path | None,
                  node_memory_mb: int) -> None:
-        if count < 1:
-            raise errors.InvalidRequest("--workers must be at least 1")
         self.count = count
         self.host = host
         self.port = port
@@ -80,13 +78,7 @@ class Supervisor:
     def _prepare(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         self.data.chmod(0o711)  # as a server's data dir: instances may traverse to code/
-        fd = os.open(self.data / "server.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise errors.Unavailable(f"another faasbox server is using {self.data}") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_data_dir(self.data)  # no single server on it meanwhile
         (self.data / "workers").mkdir(exist_ok=True)
         (self.data / "workers").chmod(0o711)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from faasbox import errors
@@ -29,8 +29,6 @@ from faasbox.registry import Registry
 from faasbox.store.queue import ERROR_CATEGORY, Failure, TaskQueue, TaskRow, backoff_s
 
 GIVE_BACK_DELAY_S = 1.0
-# with several servers, a waiter re-reads its task after 5 ms, then twice as long each time
-# up to recheck_s (a task another server runs wakes nobody here)
 FIRST_RECHECK_S = 0.005
 # A function whose runs are short gets leased tasks held here, started the moment a run ends
 # (no lease round trip between two runs). Held longer than AHEAD_MAX_WAIT_S, one goes back.
@@ -75,6 +73,17 @@ def _average(averages: dict[str, float], function: str, value: float) -> None:
     """Move ``function``'s moving average toward ``value`` (a fifth of the way)."""
     last = averages.get(function)
     averages[function] = value if last is None else 0.8 * last + 0.2 * value
+
+
+def recheck_delays(most_s: float) -> Iterator[float]:
+    """How long a long poll waits for its wake-up before it reads again. One server wakes its
+    waiters itself (``most_s`` infinite: never). With several servers, what it waits for may
+    end on another, which wakes nobody here: after 5 ms, then twice as long each time, up to
+    ``most_s`` (most tasks are short)."""
+    delay = FIRST_RECHECK_S if math.isfinite(most_s) else math.inf
+    while True:
+        yield delay
+        delay = min(delay * 2, most_s)
 
 
 class TaskLifecycle:
@@ -378,12 +387,9 @@ class TaskLifecycle:
             await asyncio.wait({running})
 
     async def wait(self, task_id: str, timeout: float) -> TaskRow:
-        """The task once terminal, or as it is when ``timeout`` runs out (long poll). A task
-        that ends on this server wakes it at once; one that ends on another server is seen
-        by re-reading it, soon at first and then less often (most tasks are short)."""
+        """The task once terminal, or as it is when ``timeout`` runs out (long poll)."""
         deadline = self.clock.monotonic() + timeout
-        # one server wakes its waiters itself: no re-reads (recheck_s is infinite)
-        recheck = FIRST_RECHECK_S if math.isfinite(self.recheck_s) else math.inf
+        delays = recheck_delays(self.recheck_s)
         while True:
             # registered before the read: a finish between the two still wakes us
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -394,10 +400,10 @@ class TaskLifecycle:
                 if row.terminal or left <= 0:
                     return row
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
-                async with asyncio.timeout(min(left, recheck)):
+                async with asyncio.timeout(min(left, next(delays))):
                     await fut
             except TimeoutError:
-                recheck = min(recheck * 2, self.recheck_s)
+                pass
             finally:
                 waiters = self._waiters.get(task_id, [])
                 if fut in waiters:

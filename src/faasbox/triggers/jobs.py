@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from faasbox import background, errors
 from faasbox.clock import Clock
 from faasbox.dispatcher import Dispatcher, TaskLifecycle
-from faasbox.dispatcher.lifecycle import FIRST_RECHECK_S
+from faasbox.dispatcher.lifecycle import recheck_delays
 from faasbox.events import Events, TaskFinished, TasksEnqueued
 from faasbox.invoker import new_id, new_task_id, new_trace_id
 from faasbox.registry import Registry
@@ -301,14 +301,11 @@ class JobService:
         return job
 
     async def wait(self, job_id: str, timeout: float) -> JobRow:
-        """The job once it ended, or as it is when ``timeout`` runs out (long poll). A job
-        that ends on this server wakes it at once; one that ends on another server is seen
-        by reading it again, soon at first and then less often (``recheck_s`` apart at most)."""
+        """The job once it ended, or as it is when ``timeout`` runs out (long poll)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         deadline = self.clock.monotonic() + timeout
-        # one server wakes its waiters itself, once the job's end is whole: no re-reads
-        recheck = FIRST_RECHECK_S if math.isfinite(self.recheck_s) else math.inf
+        delays = recheck_delays(self.recheck_s)
         try:
             job = await self.get(job_id)
             while not job.terminal and not fut.done():
@@ -316,9 +313,8 @@ class JobService:
                 if left <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, recheck)):
+                    async with asyncio.timeout(min(left, next(delays))):
                         await asyncio.shield(fut)
-                recheck = min(recheck * 2, self.recheck_s)
                 job = await self.get(job_id)
             return job
         finally:

@@ -3,7 +3,7 @@ holds only a signed session id in an HttpOnly, SameSite=Strict cookie. Every POS
 the session's CSRF token.
 
 The signing secret is made once per data dir (``<data>/ui.secret``, 0600). Each session is
-also a file, ``<data>/ui-sessions/<id>`` (0600, in a 0700 folder that instances never see), so
+a file, ``<data>/ui-sessions/<id>`` (0600, in a 0700 folder that instances never see), so
 that every worker of ``faasbox server --workers`` (which share the supervisor's data dir) knows
 every session, whichever worker a browser's connection reaches, and a restarted server keeps
 them.
@@ -33,23 +33,18 @@ SWEEP_S = 3600.0  # at most this often, a sign-in removes expired sessions' file
 
 def load_secret(data: Path) -> bytes:
     path = data / "ui.secret"
-    for _ in range(2):
-        try:
-            text = path.read_text().strip()
-            if len(text) >= 64:
-                return bytes.fromhex(text)
-        except (OSError, ValueError):
-            pass
-        secret = os.urandom(32)
-        try:  # servers that start together (--workers) keep the first one's
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            continue  # read it (or, if it is not a secret, replace it below)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.hex())
-        return secret
+    with contextlib.suppress(OSError, ValueError):
+        text = path.read_text().strip()
+        if len(text) >= 64:
+            return bytes.fromhex(text)
     secret = os.urandom(32)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    # a missing file is made exclusively: servers that start together (--workers) keep the
+    # first one's; a file that holds no secret is replaced
+    flags = os.O_WRONLY | (os.O_TRUNC if path.exists() else os.O_CREAT | os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return load_secret(data)
     with os.fdopen(fd, "w") as f:
         f.write(secret.hex())
     return secret
@@ -68,14 +63,14 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class Sessions:
-    def __init__(self, secret: bytes, folder: Path | None = None) -> None:
+    """The sessions, one file each in ``folder``: what every server on the folder sees."""
+
+    def __init__(self, secret: bytes, folder: Path) -> None:
         self.secret = secret
-        self.live: dict[str, Session] = {}
         self.folder = folder
         self._swept = 0.0
-        if folder is not None:
-            folder.mkdir(mode=0o700, exist_ok=True)
-            folder.chmod(0o700)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
 
     def sign(self, value: str) -> str:
         mac = hmac.new(self.secret, value.encode(), hashlib.sha256).hexdigest()
@@ -91,68 +86,53 @@ class Sessions:
     def create(self, key: str) -> tuple[Session, str]:
         """A new session for ``key`` and the cookie value that names it."""
         now = time.time()
-        if len(self.live) >= MAX_SESSIONS:
-            for old in [s for s in self.live.values() if now - s.created > LIFETIME_S]:
-                self.drop(old)
-            if len(self.live) >= MAX_SESSIONS:
-                self.drop(min(self.live.values(), key=lambda s: s.created))
-        if self.folder is not None and now - self._swept > SWEEP_S:
+        if now - self._swept > SWEEP_S:
             self._swept = now
             self._sweep(now)
+        files = [p for p in self.folder.iterdir() if SESSION_ID.fullmatch(p.name)]
+        if len(files) >= MAX_SESSIONS:  # the oldest goes
+            with contextlib.suppress(OSError):
+                min(files, key=lambda p: p.lstat().st_mtime).unlink()
         session = Session(secrets.token_urlsafe(24), key, secrets.token_urlsafe(24), now)
-        self.live[session.id] = session
         self.save(session)
         return session, self.sign(session.id)
 
     def get(self, cookie: str | None) -> Session | None:
+        """The session the cookie names, as its file says now (a sign-out or tenant choice
+        through another server included)."""
         sid = self.unsign(cookie)
         if not sid or not SESSION_ID.fullmatch(sid):
             return None
-        # another worker's sign-in, sign-out or tenant choice: the file says what is current
-        session = self._load(sid) if self.folder is not None else self.live.get(sid)
-        if session is not None and time.time() - session.created > LIFETIME_S:
+        try:
+            fd = os.open(self.folder / sid, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                session = Session(**orjson.loads(f.read()))
+        except (OSError, ValueError, TypeError):
+            return None
+        if time.time() - session.created > LIFETIME_S:
             self.drop(session)
             return None
         return session
 
     def save(self, session: Session) -> None:
-        """Write ``session`` where the other workers find it (after any change)."""
-        if self.folder is None:
-            return
-        path = self.folder / session.id
+        """Write ``session`` (after any change) where every server finds it."""
         tmp = self.folder / f".{session.id}.{os.getpid()}"
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(dataclasses.asdict(session)))
-        os.replace(tmp, path)
-
-    def _load(self, sid: str) -> Session | None:
-        assert self.folder is not None
-        try:
-            fd = os.open(self.folder / sid, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as f:
-                data = orjson.loads(f.read())
-            session = Session(**data)
-        except (OSError, ValueError, TypeError):
-            self.live.pop(sid, None)  # signed out (or expired) on another worker
-            return None
-        self.live[sid] = session
-        return session
+        os.replace(tmp, self.folder / session.id)
 
     def _sweep(self, now: float) -> None:
         """Remove the files of expired sessions (a file is written at sign-in and on each
         change, so one untouched for a session's lifetime is expired)."""
-        assert self.folder is not None
         for path in self.folder.iterdir():
             with contextlib.suppress(OSError):
                 if now - path.lstat().st_mtime > LIFETIME_S:
                     path.unlink()
 
     def drop(self, session: Session) -> None:
-        self.live.pop(session.id, None)
-        if self.folder is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.folder / session.id)
+        with contextlib.suppress(OSError):
+            os.unlink(self.folder / session.id)
 
 
 def same(a: str | None, b: str | None) -> bool:

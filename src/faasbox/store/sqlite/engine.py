@@ -40,7 +40,6 @@ def migrations() -> list[tuple[int, str]]:
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -49,7 +48,10 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the schema scripts not yet applied; returns the schema version."""
+    """Turn the file to WAL (kept in the file; SQLite may refuse it at once to a second server
+    doing it at the same time, so it is done here, in turn) and apply the schema scripts not
+    yet applied; returns the schema version."""
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
         " applied_at REAL NOT NULL DEFAULT (julianday('now')))"
@@ -83,7 +85,6 @@ class SqliteDatabase(Database):
         self.shared = shared
         self._lock_fd = -1  # the writers' lock file (shared only)
         self._owners_fd = -1  # held while open: alone (exclusive) or shared
-        self._migrated = False  # this store migrated the file (its first connection is done)
         self._channel: Channel | None = None
         self._outbox: list[str] = []  # committed messages, sent at the end of the loop's turn
 
@@ -177,24 +178,14 @@ class SqliteDatabase(Database):
         self._lock_fd = self._owners_fd = -1
 
     def connect(self) -> sqlite3.Connection:
-        if self._lock_fd >= 0 and not self._migrated:
-            # a new file's first connections turn it to WAL, which SQLite may refuse at once
-            # ("database is locked") to a server that does it while another does: in turn
-            self.lock_writes(blocking=True)
-            try:
-                return connect(self.path, self.synchronous)
-            finally:
-                self.unlock_writes()
         return connect(self.path, self.synchronous)
 
     def migrate(self, conn: sqlite3.Connection) -> int:
         self.lock_writes(blocking=True)  # servers that start together migrate in turn
         try:
-            version = migrate(conn)
+            return migrate(conn)
         finally:
             self.unlock_writes()
-        self._migrated = True
-        return version
 
     inline_writes = True
     checkpoints = True
