@@ -1,10 +1,11 @@
 """This server among the servers that share one store.
 
 - **Membership**: every server writes a heartbeat (``servers`` table) every
-  ``HEARTBEAT_S``; a server silent for ``dead_after_s`` is dead, and only its leases (and
-  leases past their deadline) are taken back by the others, once their own heartbeats have
-  gone through steadily for ``dead_after_s``. On a store that is not shared (SQLite in the
-  data dir: one server) every other owner is a previous run of this server.
+  ``HEARTBEAT_S``, on a fixed beat and aside from its queued writes (``write_aside``: a
+  busy server is not taken for dead); a server silent for ``dead_after_s`` is dead, and only
+  its leases (and leases past their deadline) are taken back by the others, once their own
+  heartbeats have gone through steadily for ``dead_after_s``. On a store that is not shared
+  (SQLite in the data dir: one server) every other owner is a previous run of this server.
 - **Store health**: a heartbeat that cannot be written marks the store lost: this server
   stops leasing tasks and ``/healthz`` says so, until a heartbeat is written again.
 - **Messages**: what one server changes, the others hear through the store (PostgreSQL
@@ -118,8 +119,11 @@ class Cluster:
 
     async def _heartbeat_loop(self) -> None:
         last_forget = 0.0
+        due = self.clock.monotonic()
         while True:
-            await self.clock.sleep(HEARTBEAT_S)
+            # on a fixed beat: a slow write does not push the next one later
+            due = max(due + HEARTBEAT_S, self.clock.monotonic())
+            await self.clock.sleep(due - self.clock.monotonic())
             try:
                 await self._beat()
                 if self.store_error is not None:

@@ -31,7 +31,7 @@ from tests.conftest import (
 
 NOOP = {"main.py": "def handler(event, context):\n    return event\n"}
 TERMINAL = {"succeeded", "failed", "dead", "expired", "cancelled"}
-FAST = {"FAASBOX_SERVER_TIMEOUT_S": "2", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
+FAST = {"FAASBOX_SERVER_TIMEOUT_S": "3", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
 _dbs = iter(range(10**6))
 
 

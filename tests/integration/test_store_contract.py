@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -131,6 +132,36 @@ def test_only_leases_of_servers_without_a_recent_heartbeat_are_taken_back(
         names = [s.id for s in await servers.servers()]
         assert names == ["dead", "alive"]
         assert await servers.forget(now - 30) == 1
+
+    run(backend, body)
+
+
+def test_a_heartbeat_does_not_wait_behind_the_queued_writes(backend: Backend) -> None:
+    """On a database server a heartbeat has a connection of its own: a busy writer does not
+    make this server look dead. SQLite's one writer takes it in turn."""
+    async def body(store: SqlStore) -> None:
+        servers = SqlClusterStore(store)
+        held, entered = threading.Event(), threading.Event()
+
+        def hold(conn: Any) -> None:  # runs on the writer thread until released
+            entered.set()
+            held.wait(30)
+
+        busy = asyncio.ensure_future(store.write(hold))
+        assert await asyncio.to_thread(entered.wait, 30)
+        queued = asyncio.ensure_future(servers.heartbeat("me", 1.0, 2.0, None, {}))
+        if backend.name == "postgres":
+            await asyncio.wait_for(queued, 30)  # while the writer is still held
+            assert not busy.done()
+            assert [(s.id, s.heartbeat_at) for s in await servers.servers()] == [("me", 2.0)]
+        else:
+            await asyncio.sleep(0.2)
+            assert not queued.done()  # behind the group that holds the writer
+        held.set()
+        await busy
+        await queued
+        await servers.heartbeat("me", 1.0, 3.0, None, {})
+        assert [s.heartbeat_at for s in await servers.servers()] == [3.0]
 
     run(backend, body)
 

@@ -33,7 +33,7 @@ from tests.integration.test_cluster import submit_batch
 
 SLEEPY = {"main.py": "import time\n\ndef handler(event, context):\n"
                      "    time.sleep(0.01)\n    return event\n"}
-ENV = {"FAASBOX_SERVER_TIMEOUT_S": "2", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
+ENV = {"FAASBOX_SERVER_TIMEOUT_S": "3", "FAASBOX_ACQUIRE_TIMEOUT_S": "30"}
 
 
 def children(pid: int) -> list[int]:

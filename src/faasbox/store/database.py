@@ -27,6 +27,10 @@ SQL that both backends run (``store/relational/``). An engine runs them:
   disk when any of its writes is durable, and the log is written in order, so a durable write
   also makes every write before it durable.
 - **Reads** run on a small thread pool, each thread with its own connection.
+- **Aside**: a write that must not wait behind the queued groups (a server's heartbeat: under
+  load a group of a database server's writes takes a round trip each, and a heartbeat queued
+  behind two of them made a busy server look dead) runs alone on a connection of its own
+  where the backend allows one (``side_writes``), else as an ordinary write.
 - **Placeholders** are ``?``; an engine whose driver wants another style translates (once per
   statement text). The few statements that differ by dialect ask :class:`Dialect`.
 
@@ -127,6 +131,8 @@ class Database(abc.ABC):
         self._recent: deque[float] = deque(maxlen=QUIET_WRITES)  # when the last writes came
         self._opened: list[Any] = []  # the readers' connections, closed with the store
         self._opened_lock = threading.Lock()
+        self._aside: ThreadPoolExecutor | None = None  # side_writes: one thread, one connection
+        self._aside_conn: Any = None
 
     # -- what a backend provides ----------------------------------------------------------
     @abc.abstractmethod
@@ -155,6 +161,13 @@ class Database(abc.ABC):
     # (an embedded database: no network wait)
     inline_writes = False
     quiet_window_s = QUIET_WINDOW_S
+
+    # writes aside run on a connection of their own (a database server, whose connections
+    # write side by side); else they join the writer's queue
+    side_writes = False
+
+    def aside_connection(self, conn: Any) -> None:  # noqa: B027 - most backends need none
+        """Set up the connection of writes aside (once, after it is made)."""
 
     def writer_connection(self, conn: Any) -> None:  # noqa: B027 - most backends need none
         """Set up the writer's connection (once, before its first group)."""
@@ -224,6 +237,12 @@ class Database(abc.ABC):
             self._writer.conn.close()
         self._writer = None
         self._readers.shutdown(wait=True)
+        if self._aside is not None:
+            self._aside.shutdown(wait=True)
+            self._aside = None
+            with contextlib.suppress(Exception):
+                self._aside_conn.close()
+            self._aside_conn = None
         with self._opened_lock:
             for conn in self._opened:
                 with contextlib.suppress(Exception):
@@ -293,6 +312,32 @@ class Database(abc.ABC):
         batch = [(fn, fut, durable, single) for fn, fut in writes]
         if not self._commit_here(writer, batch):
             writer.put(batch)
+
+    async def write_aside(self, fn: Callable[[Any], T]) -> T:
+        """Run the one-statement write ``fn`` now, not behind the queued groups: alone, on a
+        connection of its own (``side_writes``), else as an ordinary write that need not reach
+        the disk. Its own transaction: it neither waits for the writer nor sees its groups."""
+        if not self.side_writes:
+            return await self.write(fn, durable=False, single=True)
+        if self._aside is None:
+            self._aside = ThreadPoolExecutor(1, thread_name_prefix="faasbox-store-aside")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._aside, self._write_aside, fn)
+
+    def _write_aside(self, fn: Callable[[Any], T]) -> T:
+        try:
+            conn = self._aside_conn
+            if conn is None or self.broken(conn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                self._aside_conn = None
+                conn = self.connect()
+                self.aside_connection(conn)
+                self._aside_conn = conn
+            return fn(conn)
+        except Exception as exc:
+            raise self.unavailable(exc) from exc
 
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:

@@ -223,6 +223,12 @@ class PostgresDatabase(Database):
         if not durable:  # commit without waiting for the WAL flush (see store/database.py)
             conn.execute("SET LOCAL synchronous_commit TO off")
 
+    side_writes = True
+
+    def aside_connection(self, conn: PgConn) -> None:
+        # its writes (heartbeats) need not wait for the log's flush, as the writer's hot ones
+        conn.execute("SET synchronous_commit TO off")
+
     def broken(self, conn: Any) -> bool:
         raw = getattr(conn, "raw", None)
         return raw is None or bool(raw.closed) or raw.broken

@@ -36,7 +36,7 @@ class SqlClusterStore:
                 " heartbeat_at = excluded.heartbeat_at, url = excluded.url,"
                 " info = excluded.info", (server, started_at, now, url, text))
 
-        await self.store.write(tx, durable=False, single=True)
+        await self.store.write_aside(tx)  # not behind a busy server's queued writes
 
     async def leave(self, server: str) -> None:
         """This server stops: its row goes (its leases were given back)."""

@@ -70,6 +70,10 @@ class SqlStore(Store):
                     single: bool = False) -> T:
         return await self.submit(fn, durable, single)
 
+    async def write_aside(self, fn: Callable[[Any], T]) -> T:
+        """A one-statement write that goes before the queued ones (a heartbeat)."""
+        return await self.db.write_aside(fn)
+
     def write_later(self, fn: WriteFn, durable: bool = True,
                     single: bool = False) -> asyncio.Future[Any]:
         if self._records:
