@@ -51,6 +51,7 @@ STATE = {"main.py": """
         return {
             "pid": os.getpid(), "import_pid": IMPORT_PID, "counter": COUNTER[0],
             "random": random.random(), "uid": os.getuid(), "cwd": os.getcwd(),
+            "cwd_uid": os.stat(".").st_uid,
             "home": os.environ.get("HOME"), "tmpdir": os.environ.get("TMPDIR"),
             "pgid": os.getpgid(0), "sid": os.getsid(0), "cgroups": cgroups,
             "sockets": channels(),
@@ -101,7 +102,10 @@ def check_sandbox(server: Server, name: str, out: dict[str, Any]) -> None:
     assert len(out["sockets"]) == 1, out["sockets"]
     if server.feature("unprivileged uid"):
         assert out["uid"] >= 200000
-        assert os.stat(out["cwd"]).st_uid == out["uid"]
+        assert out["cwd_uid"] == out["uid"]
+    # a template's child makes its scratch in its template's tmpfs: none on the node's disk
+    on_disk = os.path.isdir(out["cwd"])
+    assert on_disk is not (inst["start_mode"] == "template" and server.feature("mount namespace"))
     if server.feature("memory limit"):
         memory = next(line for line in out["cgroups"].splitlines() if ":memory:" in line)
         assert memory.endswith(f"/{own}"), memory
@@ -738,3 +742,19 @@ def test_template_cgroup_allows_for_its_children_after_the_import(template: Serv
     with open(limit) as f:
         # memory_mb + 4 MB for each child it may have at once (max_instances + 1 spare)
         assert int(f.read()) == (128 + 4 * (5 + 1)) * 2**20
+
+
+def test_without_a_mount_namespace_template_children_get_scratch_dirs_on_disk(
+        make_server: Any) -> None:
+    """No tmpfs of the template's to make them in: the node makes each child's scratch dir
+    on its disk, owned by the child's uid, and removes it when the instance stops."""
+    srv = make_server(env={"FAASBOX_START_MODE": "template",
+                           "FAASBOX_SANDBOX_DISABLE": "mount namespace"})
+    assert not srv.feature("mount namespace")
+    srv.deploy("t-disk", STATE, max_instances=2, idle_ttl_s=1)
+    outs = burst(srv, "t-disk", 2, {"sleep": 0.3})
+    assert {instance_of(srv, "t-disk", o["pid"])["start_mode"] for o in outs} == {"template"}
+    for out in outs:
+        check_sandbox(srv, "t-disk", out)  # its scratch dir is on disk
+    srv.wait_for(lambda: not srv.instances("t-disk"), what="the instances to stop")
+    assert not any(os.path.exists(o["cwd"]) for o in outs)

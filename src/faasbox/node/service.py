@@ -120,5 +120,7 @@ class NodeService:
             self.env.release_uid(inst.uid)  # a template's children share its uid: it releases
         with contextlib.suppress(OSError):
             inst.output_path.unlink()
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: shutil.rmtree(inst.scratch, ignore_errors=True))
+        if inst.start_mode != startmode.TEMPLATE or not self.env.scratch_in_template:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: shutil.rmtree(inst.scratch, ignore_errors=True))
+        # else its scratch was in its template's tmpfs, which removes it

@@ -120,7 +120,8 @@ class Spares:
                       self.env.instance_cgroup(function, version, template.spec, sid))
         try:
             await in_thread(self.env.prepare_process, spare.scratch, template.uid,
-                            spare.cgroup, template.spec.memory_mb)
+                            spare.cgroup, template.spec.memory_mb,
+                            not self.env.scratch_in_template)
             env = self.env.variables(function, version, template.spec, spare.scratch)
             spare.proc, spare.sock = await self._fork_child(
                 template.zygote, sid, template.uid, spare.scratch, spare.output_path, env,

@@ -149,7 +149,7 @@ class Starter:
 
     async def _fork(self, inst: Instance, zygote: Zygote, paths: list[str],
                     template: bool = False) -> socket.socket:
-        self.env.prepare(inst)
+        self.env.prepare(inst, template_child=template)
         env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
         # a template's child inherits the template's confinement; it only makes its scratch
         plan: dict[str, object] = (
