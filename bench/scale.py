@@ -13,6 +13,11 @@ the first request is sent:
   scale.instances      distinct instances (pids) that served the burst
   scale.to_zero        after the last response, until no instance is left (the function has
                        ``idle_ttl_s`` 0, so this is how fast idle instances are stopped)
+  scale.server_cpu_per_start  the server's CPU from the first request until all are busy,
+                       per call (its share of a cold start): steadier than the times on a
+                       noisy machine (read every 20 ms: the first reading after all_busy)
+  scale.host_cpu_per_start    the same for the whole machine's busy CPU (the server, the
+                       templates' forks, the new instances, the kernel)
 
 Rounds are independent (the bench waits for zero instances before each). Figures are the
 median over ``--rounds`` (``all_busy`` also as max), per start mode (``--start-mode``, default
@@ -26,12 +31,13 @@ import http.client
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import orjson
 
-from common import FaasboxServer, emit, say
+from common import FaasboxServer, cpu_seconds, emit, host_busy_seconds, say
 
 HANDLER = """
 import os, time
@@ -87,9 +93,21 @@ class Burst:
 
 def one_round(fb: FaasboxServer, burst: Burst, name: str, hold: float) -> dict[str, float]:
     burst.connect()
+    readings: list[tuple[float, float, float]] = []
+    reading = threading.Event()
+
+    def read_cpu() -> None:  # until the first answer: the hold keeps them all busy till then
+        while not reading.wait(0.02):
+            readings.append((time.time(), cpu_seconds(fb.pid), host_busy_seconds()))
+
+    readings.append((time.time(), cpu_seconds(fb.pid), host_busy_seconds()))
+    reader = threading.Thread(target=read_cpu, daemon=True)
+    reader.start()
     sent = time.time()
     results = burst.send()
     done = time.time()
+    reading.set()
+    reader.join()
     bad = [(status, body) for status, body in results if status != 200]
     if bad:
         raise RuntimeError(f"{len(bad)} calls failed: {bad[0][0]} {bad[0][1][:300]!r}")
@@ -97,12 +115,16 @@ def one_round(fb: FaasboxServer, burst: Burst, name: str, hold: float) -> dict[s
     began = sorted(v[1] for v in values)
     if began[-1] - began[0] >= hold:
         say(f"warning: the first handler ended before the last began (hold {hold} s too short)")
+    _, server0, host0 = readings[0]
+    _, server1, host1 = next((r for r in readings if r[0] >= began[-1]), readings[-1])
     return {
         "first_busy": began[0] - sent,
         "all_busy": began[-1] - sent,
         "burst_wall": done - sent,
         "instances": float(len({v[0] for v in values})),
         "to_zero": wait_zero(fb, name),
+        "server_cpu_per_start": (server1 - server0) / len(results) * 1000,
+        "host_cpu_per_start": (host1 - host0) / len(results) * 1000,
     }
 
 
@@ -147,7 +169,8 @@ def measure(args: argparse.Namespace, mode: str) -> None:
         finally:
             burst.close()
         for key, unit in (("first_busy", "s"), ("all_busy", "s"), ("burst_wall", "s"),
-                          ("instances", "count"), ("to_zero", "s")):
+                          ("instances", "count"), ("to_zero", "s"),
+                          ("server_cpu_per_start", "ms"), ("host_cpu_per_start", "ms")):
             emit(f"scale.{key}", statistics.median(r[key] for r in rounds), unit, **params)
         emit("scale.all_busy.max", max(r["all_busy"] for r in rounds), "s", **params)
 
