@@ -6,6 +6,7 @@ spawned instance, a fork-server instance, a template's instance)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -86,6 +87,15 @@ def procs(event):
             pass
     return {"pids": len(pids), "uids": sorted(uids), "me": os.getuid(),
             "see_1": os.path.exists("/proc/1/status")}
+
+def cgroups(event):
+    """Every file under the cgroup tree this instance can see, and what a read of another
+    instance's memory use gives."""
+    seen = []
+    for dirpath, dirs, files in os.walk("/sys/fs/cgroup"):
+        seen += [os.path.join(dirpath, n) for n in dirs + files]
+    return {"seen": seen[:50], "other": _errno(lambda: open(event["other"]).read()),
+            "own": open("/proc/self/cgroup").read()}
 
 def identity(event):
     status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
@@ -280,6 +290,20 @@ def test_tmpfs_is_capped_by_ephemeral_storage(moded: Server) -> None:
 def test_host_processes_are_hidden(moded: Server) -> None:
     out = call(moded, "attack", action="procs")
     assert out["uids"] == [out["me"]] and not out["see_1"], out
+    still_serves(moded, "attack")
+
+
+def test_other_instances_cgroups_are_hidden(moded: Server) -> None:
+    """The host's cgroup tree names every instance (tenant.function) and shows its memory:
+    an instance sees none of it, not even another instance's files by their path."""
+    assert moded.feature("memory limit")
+    call(moded, "other")
+    files = [f for d in cgroup_dirs(moded.data) if d.name.startswith("default.other-")
+             for f in (d / "memory.usage_in_bytes", d / "memory.current") if f.exists()]
+    assert files  # there, on the host
+    out = call(moded, "attack", action="cgroups", other=str(files[0]))
+    assert out["seen"] == [] and out["other"] == errno.ENOENT, out
+    assert "/default.attack-" in out["own"]  # its own cgroup, by /proc/self/cgroup only
     still_serves(moded, "attack")
 
 

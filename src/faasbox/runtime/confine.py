@@ -2,8 +2,9 @@
 
 The node (spawn) or a zygote (fork) starts the process as root; :func:`confine` then, in this
 order: unshares its own mount, IPC, UTS and (unless ``network`` is ``host``) network namespace;
-makes every inherited mount read-only and ``nosuid``; mounts one private tmpfs of
-``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
+makes every inherited mount read-only and ``nosuid``; hides the host's cgroup tree
+(``/sys/fs/cgroup``: every instance's name and memory) under an empty tmpfs; mounts one
+private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
 binds the version's code and packages back read-only (nothing else of the data dir is
 visible); mounts a ``/proc`` of its own with ``hidepid=invisible``; brings its loopback up;
 drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the seccomp filter.
@@ -33,6 +34,8 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 NEW_NAMESPACES = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
                   | CLONE_NEWPID | CLONE_NEWNET)
+
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -250,6 +253,11 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates to the host
         read_only_tree("/")
+        # the host's cgroup tree names every instance (tenant.function) and shows its
+        # memory: an empty tmpfs over it
+        if os.path.isdir(CGROUP_ROOT):
+            mount("faasbox", CGROUP_ROOT, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=4k,nr_inodes=16,mode=0555")
         size = int(plan.get("tmpfs_mb", 512))
         mount("faasbox", data_dir, "tmpfs", MS_NOSUID | MS_NODEV,
               f"size={size}m,mode=0755,nr_inodes={max(1024, size * 256)}")
