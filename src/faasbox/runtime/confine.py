@@ -4,8 +4,8 @@ The node (spawn) or a zygote (fork) starts the process as root; :func:`confine` 
 order: unshares its own mount, IPC, UTS and (unless ``network`` is ``host``) network namespace;
 makes every inherited mount read-only and ``nosuid``; hides the host's cgroup tree
 (``/sys/fs/cgroup``: every instance's name and memory) under an empty tmpfs; mounts one
-private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``, ``/var/tmp`` and ``/dev/shm``;
-binds the version's code and packages back read-only (nothing else of the data dir is
+private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``,
+``/var/tmp`` and ``/dev/shm``; binds the version's code and packages back read-only (nothing else of the data dir is
 visible); mounts a ``/proc`` of its own with ``hidepid=invisible``; brings its loopback up;
 drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the seccomp filter.
 
