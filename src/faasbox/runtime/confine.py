@@ -5,9 +5,9 @@ order: unshares its own mount, IPC, UTS and (unless ``network`` is ``host``) net
 makes every inherited mount read-only and ``nosuid``; hides the host's cgroup tree
 (``/sys/fs/cgroup``: every instance's name and memory) under an empty tmpfs; mounts one
 private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``,
-``/var/tmp`` and ``/dev/shm``; binds the version's code and packages back read-only (nothing else of the data dir is
-visible); mounts a ``/proc`` of its own with ``hidepid=invisible``; brings its loopback up;
-drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the seccomp filter.
+``/var/tmp`` and ``/dev/shm``; binds the version's code and packages back read-only
+(nothing else of the data dir is visible); mounts a ``/proc`` of its own with
+``hidepid=invisible``; brings its loopback up; drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the seccomp filter.
 
 ``plan`` (a dict, JSON on the wire) says which of these to do; the node leaves out what
 :func:`probe` found impossible on this machine. A process that is not root (a template's child,
