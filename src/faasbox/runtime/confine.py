@@ -7,7 +7,8 @@ makes every inherited mount read-only and ``nosuid``; hides the host's cgroup tr
 private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``,
 ``/var/tmp`` and ``/dev/shm``; binds the version's code and packages back read-only
 (nothing else of the data dir is visible); mounts a ``/proc`` of its own with
-``hidepid=invisible``; brings its loopback up; drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the seccomp filter.
+``hidepid=invisible``; brings its loopback up; drops to its uid (no supplementary groups);
+sets ``no_new_privs``; loads the seccomp filter.
 
 ``plan`` (a dict, JSON on the wire) says which of these to do; the node leaves out what
 :func:`probe` found impossible on this machine. A process that is not root (a template's child,
