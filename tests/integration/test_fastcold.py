@@ -757,4 +757,6 @@ def test_without_a_mount_namespace_template_children_get_scratch_dirs_on_disk(
     for out in outs:
         check_sandbox(srv, "t-disk", out)  # its scratch dir is on disk
     srv.wait_for(lambda: not srv.instances("t-disk"), what="the instances to stop")
-    assert not any(os.path.exists(o["cwd"]) for o in outs)
+    # removed once the stop is done (after the instance has left the listing)
+    srv.wait_for(lambda: not any(os.path.exists(o["cwd"]) for o in outs),
+                 what="their scratch dirs to go")
