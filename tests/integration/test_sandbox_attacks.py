@@ -94,8 +94,16 @@ def cgroups(event):
     seen = []
     for dirpath, dirs, files in os.walk("/sys/fs/cgroup"):
         seen += [os.path.join(dirpath, n) for n in dirs + files]
+    def content(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError as exc:
+            return exc.errno
     return {"seen": seen[:50], "other": _errno(lambda: open(event["other"]).read()),
-            "own": open("/proc/self/cgroup").read()}
+            "own": open("/proc/self/cgroup").read(),
+            "locks": content("/proc/locks"), "firmware": os.listdir("/sys/firmware")
+            if os.path.isdir("/sys/firmware") else []}
 
 def identity(event):
     status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
@@ -293,7 +301,7 @@ def test_host_processes_are_hidden(moded: Server) -> None:
     still_serves(moded, "attack")
 
 
-def test_other_instances_cgroups_are_hidden(moded: Server) -> None:
+def test_other_instances_cgroups_and_the_hosts_locks_are_hidden(moded: Server) -> None:
     """The host's cgroup tree names every instance (tenant.function) and shows its memory:
     an instance sees none of it, not even another instance's files by their path."""
     assert moded.feature("memory limit")
@@ -304,6 +312,9 @@ def test_other_instances_cgroups_are_hidden(moded: Server) -> None:
     out = call(moded, "attack", action="cgroups", other=str(files[0]))
     assert out["seen"] == [] and out["other"] == errno.ENOENT, out
     assert "/default.attack-" in out["own"]  # its own cgroup, by /proc/self/cgroup only
+    # the server's locks (one per live instance's uid) and the host's firmware tables
+    assert Path("/proc/locks").read_text()  # there, on the host
+    assert out["locks"] == "" and out["firmware"] == [], out
     still_serves(moded, "attack")
 
 

@@ -32,7 +32,8 @@ UID_LOCK_DIR = Path("/run/faasbox/uids")  # host-wide uid leases (FAASBOX_UID_LO
 CGROUP_REMOVE_WAIT_S = 2.0
 # what runtime/confine.py's probe tries, as reported (feature name -> probe keys needed)
 CONFINE_FEATURES = {
-    "mount namespace": ("mount namespace", "private mounts", "read-only root", "tmpfs"),
+    "mount namespace": ("mount namespace", "private mounts", "read-only root", "tmpfs",
+                        "masked paths"),
     "private /proc": ("mount namespace", "private mounts", "private /proc"),
     "network namespace": ("network namespace",),
     "no_new_privs": ("no_new_privs",),

@@ -2,13 +2,13 @@
 
 The node (spawn) or a zygote (fork) starts the process as root; :func:`confine` then, in this
 order: unshares its own mount, IPC, UTS and (unless ``network`` is ``host``) network namespace;
-makes every inherited mount read-only and ``nosuid``; hides the host's cgroup tree
-(``/sys/fs/cgroup``: every instance's name and memory) under an empty tmpfs; mounts one
-private tmpfs of ``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``,
-``/var/tmp`` and ``/dev/shm``; binds the version's code and packages back read-only
-(nothing else of the data dir is visible); mounts a ``/proc`` of its own with
-``hidepid=invisible``; brings its loopback up; drops to its uid (no supplementary groups);
-sets ``no_new_privs``; loads the seccomp filter.
+makes every inherited mount read-only and ``nosuid``; mounts one private tmpfs of
+``tmpfs_mb`` over the data dir and binds its parts to ``/tmp``, ``/var/tmp`` and
+``/dev/shm``; binds the version's code and packages back read-only (nothing else of the data
+dir is visible); mounts a ``/proc`` of its own with ``hidepid=invisible``; masks what tells of
+the host or of other instances (the cgroup tree, ``/proc/locks``, …: :func:`mask`); brings
+its loopback up; drops to its uid (no supplementary groups); sets ``no_new_privs``; loads the
+seccomp filter.
 
 ``plan`` (a dict, JSON on the wire) says which of these to do; the node leaves out what
 :func:`probe` found impossible on this machine. A process that is not root (a template's child,
@@ -36,7 +36,11 @@ CLONE_NEWNET = 0x40000000
 NEW_NAMESPACES = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
                   | CLONE_NEWPID | CLONE_NEWNET)
 
-CGROUP_ROOT = "/sys/fs/cgroup"
+# covered in an instance's mount namespace (the paths container runtimes mask, and more)
+MASKED_DIRS = ("/sys/fs/cgroup", "/sys/firmware", "/sys/devices/virtual/powercap",
+               "/proc/acpi", "/proc/asound", "/proc/scsi")
+MASKED_FILES = ("/proc/locks", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug")
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -244,6 +248,21 @@ def confine(plan: dict[str, Any]) -> None:
         load_filter(compile_filter())
 
 
+def mask() -> None:
+    """Cover what tells of the host or of other instances: an empty read-only tmpfs over
+    ``MASKED_DIRS`` (the cgroup tree names every instance, ``tenant.function-…``, and shows
+    its memory), ``/dev/null`` over ``MASKED_FILES`` (``/proc/locks`` lists the server's
+    locks, one per live instance's uid)."""
+    for path in MASKED_DIRS:
+        if os.path.isdir(path):
+            mount("faasbox", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=4k,nr_inodes=16,mode=0555")
+    for path in MASKED_FILES:
+        if os.path.exists(path):
+            mount("/dev/null", path, None, MS_BIND)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
 def _mounts(plan: dict[str, Any], uid: int | None) -> None:
     data_dir = str(plan["data_dir"])
     scratch = str(plan["scratch"])
@@ -254,11 +273,6 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates to the host
         read_only_tree("/")
-        # the host's cgroup tree names every instance (tenant.function) and shows its
-        # memory: an empty tmpfs over it
-        if os.path.isdir(CGROUP_ROOT):
-            mount("faasbox", CGROUP_ROOT, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "size=4k,nr_inodes=16,mode=0555")
         size = int(plan.get("tmpfs_mb", 512))
         mount("faasbox", data_dir, "tmpfs", MS_NOSUID | MS_NODEV,
               f"size={size}m,mode=0755,nr_inodes={max(1024, size * 256)}")
@@ -298,6 +312,7 @@ def _mounts(plan: dict[str, Any], uid: int | None) -> None:
                 os.chmod(parent, 0o700)
         if plan.get("proc"):
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+        mask()
     finally:
         for _, fd in keep + writable:
             os.close(fd)
@@ -330,6 +345,7 @@ def probe() -> dict[str, str | None]:
                                        "size=1m"))
         attempt("private /proc", lambda: mount("proc", "/proc", "proc",
                                                MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2"))
+        attempt("masked paths", mask)
     attempt("no_new_privs", no_new_privs)
     if found["seccomp"] is None:
         attempt("seccomp", lambda: load_filter(compile_filter()))
