@@ -760,3 +760,16 @@ def test_without_a_mount_namespace_template_children_get_scratch_dirs_on_disk(
     # removed once the stop is done (after the instance has left the listing)
     srv.wait_for(lambda: not any(os.path.exists(o["cwd"]) for o in outs),
                  what="their scratch dirs to go")
+
+
+def test_auto_mode_makes_a_template_at_once_under_a_burst(make_server: Any) -> None:
+    """Four callers at once on a version never started: from the third cold start under way,
+    the template is made at once and the burst's starts wait for it (each would otherwise
+    import the function in a fork server's child of its own). The 1 s import keeps the four
+    starts under way together."""
+    srv = make_server(env={"FAASBOX_START_MODE": "auto"})
+    srv.deploy("a-burst", STATE, max_instances=4, env={"IMPORT_S": "1"})
+    outs = burst(srv, "a-burst", 4, {"sleep": 0.5})
+    modes = sorted(instance_of(srv, "a-burst", o["pid"])["start_mode"] for o in outs)
+    assert modes.count("template") >= 2, modes
+    assert len({o["pid"] for o in outs}) == 4

@@ -31,6 +31,14 @@ def test_template_due() -> None:
     assert startmode.template_awaited("auto", ahead=True)
     assert not startmode.template_due("forkserver", 1, ahead=True)
     assert not startmode.template_awaited("forkserver", ahead=True)
+    # a burst (several cold starts under way at once): made at once, and waited for
+    burst = startmode.BURST_COLD_STARTS
+    assert not startmode.template_due("auto", 1, under_way=burst - 1)
+    assert not startmode.template_awaited("auto", under_way=burst - 1)
+    assert startmode.template_due("auto", 1, under_way=burst)
+    assert startmode.template_awaited("auto", under_way=burst)
+    assert not startmode.template_due("forkserver", 1, under_way=burst)
+    assert not startmode.template_awaited("spawn", under_way=burst)
 
 
 def test_check_mode() -> None:

@@ -48,11 +48,18 @@ class NodeService:
 
     async def boot(self, inst: Instance, paths: list[str]) -> None:
         """Start, sandbox and load; on failure the instance is stopped and cleaned up."""
+        key = (inst.function, inst.version)
+        under_way = self.starter.under_way
+        under_way[key] += 1  # a burst of cold starts makes a template at once (startmode)
         try:
             await self._boot(inst, paths)
         except BaseException:
             await self.stop(inst)
             raise
+        finally:
+            under_way[key] -= 1
+            if not under_way[key]:
+                del under_way[key]
 
     async def _boot(self, inst: Instance, paths: list[str]) -> None:
         parent = await self.starter.start(inst, paths)

@@ -97,6 +97,8 @@ class Starter:
         self._templates: dict[Key, asyncio.Task[Template | None]] = {}
         self._refused: dict[Key, str] = {}
         self._cold_starts: collections.Counter[Key] = collections.Counter()
+        # instances of each version starting now, from their start to their load's end
+        self.under_way: collections.Counter[Key] = collections.Counter()
         self._provided: dict[tuple[str, ...], set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -247,13 +249,16 @@ class Starter:
             notes.append(f"template: {refused}")
             return None
         task = self._templates.get(key)
+        under_way = self.under_way[key]
         if task is None:
-            if not startmode.template_due(self.mode, self._cold_starts[key], inst.ahead):
+            if not startmode.template_due(self.mode, self._cold_starts[key], inst.ahead,
+                                          under_way):
                 return None
             task = asyncio.create_task(self._make_template(inst.function, inst.version,
                                                            inst.spec, paths))
             self._templates[key] = task
-        if not task.done() and not startmode.template_awaited(self.mode, inst.ahead):
+        if not task.done() and not startmode.template_awaited(self.mode, inst.ahead,
+                                                              under_way):
             return None
         template = await asyncio.shield(task)
         if template is None:
