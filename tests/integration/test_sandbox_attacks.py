@@ -102,8 +102,10 @@ def cgroups(event):
             return exc.errno
     return {"seen": seen[:50], "other": _errno(lambda: open(event["other"]).read()),
             "own": open("/proc/self/cgroup").read(),
-            "locks": content("/proc/locks"), "firmware": os.listdir("/sys/firmware")
-            if os.path.isdir("/sys/firmware") else []}
+            "locks": content("/proc/locks"), "cgroup_counts": content("/proc/cgroups"),
+            "seqnum": content("/sys/kernel/uevent_seqnum"),
+            "links": os.listdir("/sys/class/net") if os.path.isdir("/sys/class/net") else [],
+            "firmware": os.listdir("/sys/firmware") if os.path.isdir("/sys/firmware") else []}
 
 def identity(event):
     status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
@@ -301,7 +303,7 @@ def test_host_processes_are_hidden(moded: Server) -> None:
     still_serves(moded, "attack")
 
 
-def test_other_instances_cgroups_and_the_hosts_locks_are_hidden(moded: Server) -> None:
+def test_what_tells_of_other_instances_is_hidden(moded: Server) -> None:
     """The host's cgroup tree names every instance (tenant.function) and shows its memory:
     an instance sees none of it, not even another instance's files by their path."""
     assert moded.feature("memory limit")
@@ -312,9 +314,13 @@ def test_other_instances_cgroups_and_the_hosts_locks_are_hidden(moded: Server) -
     out = call(moded, "attack", action="cgroups", other=str(files[0]))
     assert out["seen"] == [] and out["other"] == errno.ENOENT, out
     assert "/default.attack-" in out["own"]  # its own cgroup, by /proc/self/cgroup only
-    # the server's locks (one per live instance's uid) and the host's firmware tables
-    assert Path("/proc/locks").read_text()  # there, on the host
-    assert out["locks"] == "" and out["firmware"] == [], out
+    # the server's locks (one per live instance's uid), the host's count of cgroups and of
+    # device events (instances starting), its network links (every egress instance's, with
+    # byte counters), its firmware tables
+    assert Path("/proc/locks").read_text() and Path("/proc/cgroups").read_text()  # on the host
+    assert os.listdir("/sys/class/net")
+    assert out["locks"] == "" and out["cgroup_counts"] == "" and out["seqnum"] == "", out
+    assert out["links"] == [] and out["firmware"] == [], out
     still_serves(moded, "attack")
 
 

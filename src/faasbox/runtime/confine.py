@@ -37,10 +37,14 @@ NEW_NAMESPACES = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | 
                   | CLONE_NEWPID | CLONE_NEWNET)
 
 # covered in an instance's mount namespace (the paths container runtimes mask, and more)
+# (the host's sysfs lists every egress instance's link with its byte counters, and
+# /proc/cgroups and uevent_seqnum count instances starting and stopping)
 MASKED_DIRS = ("/sys/fs/cgroup", "/sys/firmware", "/sys/devices/virtual/powercap",
+               "/sys/class/net", "/sys/devices/virtual/net",
                "/proc/acpi", "/proc/asound", "/proc/scsi")
-MASKED_FILES = ("/proc/locks", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug")
+MASKED_FILES = ("/proc/locks", "/proc/cgroups", "/sys/kernel/uevent_seqnum", "/proc/kcore",
+                "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug")
 
 MS_RDONLY = 1
 MS_NOSUID = 2
