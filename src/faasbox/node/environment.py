@@ -278,23 +278,23 @@ class InstanceEnvironment:
         await cg.destroy()
         self.cpusets.release(name)
 
-    @property
-    def scratch_in_template(self) -> bool:
-        """Whether a template's children make their scratch dirs in the template's own tmpfs
-        (its mount namespace): then the node makes none on its disk for them."""
-        return self.features.enabled and self.features.mount_ns
+    def scratch_on_disk(self, template_child: bool) -> bool:
+        """Whether the node makes a process's scratch dir on its disk: not for a template's
+        child in a mount namespace, which makes its own in the template's tmpfs (a mkdir and
+        later an rmtree on the node's disk: costly in a burst)."""
+        return not (template_child and self.features.enabled and self.features.mount_ns)
 
     def prepare(self, inst: Instance, template_child: bool = False) -> None:
         """Make the instance's scratch dir (owned by its uid) and cgroup."""
         self.prepare_process(inst.scratch, inst.uid, inst.cgroup, inst.memory_mb,
-                             on_disk=not (template_child and self.scratch_in_template))
+                             self.scratch_on_disk(template_child))
 
     @staticmethod
     def prepare_process(scratch: Path, uid: int | None, cgroup: Cgroup | None,
                         memory_mb: int, on_disk: bool = True) -> None:
         """A process's scratch dir (owned by ``uid``; ``on_disk`` False: the process makes
         its own in a tmpfs) and its cgroup (``memory_mb``)."""
-        if on_disk:  # a mkdir and later an rmtree on the node's disk: costly in a burst
+        if on_disk:
             scratch.mkdir(mode=0o700, exist_ok=True)
             if uid is not None:
                 os.chown(scratch, uid, uid)

@@ -48,18 +48,12 @@ class NodeService:
 
     async def boot(self, inst: Instance, paths: list[str]) -> None:
         """Start, sandbox and load; on failure the instance is stopped and cleaned up."""
-        key = (inst.function, inst.version)
-        under_way = self.starter.under_way
-        under_way[key] += 1  # a burst of cold starts makes a template at once (startmode)
         try:
-            await self._boot(inst, paths)
+            with self.starter.booting(inst):  # a burst makes a template at once (startmode)
+                await self._boot(inst, paths)
         except BaseException:
             await self.stop(inst)
             raise
-        finally:
-            under_way[key] -= 1
-            if not under_way[key]:
-                del under_way[key]
 
     async def _boot(self, inst: Instance, paths: list[str]) -> None:
         parent = await self.starter.start(inst, paths)
@@ -127,7 +121,7 @@ class NodeService:
             self.env.release_uid(inst.uid)  # a template's children share its uid: it releases
         with contextlib.suppress(OSError):
             inst.output_path.unlink()
-        if inst.start_mode != startmode.TEMPLATE or not self.env.scratch_in_template:
+        if self.env.scratch_on_disk(template_child=inst.start_mode == startmode.TEMPLATE):
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: shutil.rmtree(inst.scratch, ignore_errors=True))
         # else its scratch was in its template's tmpfs, which removes it

@@ -121,7 +121,7 @@ class Spares:
         try:
             await in_thread(self.env.prepare_process, spare.scratch, template.uid,
                             spare.cgroup, template.spec.memory_mb,
-                            not self.env.scratch_in_template)
+                            self.env.scratch_on_disk(template_child=True))
             env = self.env.variables(function, version, template.spec, spare.scratch)
             spare.proc, spare.sock = await self._fork_child(
                 template.zygote, sid, template.uid, spare.scratch, spare.output_path, env,

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,24 @@ class Starter:
         self._refused: dict[Key, str] = {}
         self._cold_starts: collections.Counter[Key] = collections.Counter()
         # instances of each version starting now, from their start to their load's end
-        self.under_way: collections.Counter[Key] = collections.Counter()
+        self._under_way: collections.Counter[Key] = collections.Counter()
         self._provided: dict[tuple[str, ...], set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- one instance -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def booting(self, inst: Instance) -> Iterator[None]:
+        """``inst`` is under way, from its start to its load's end (a burst of a version's
+        cold starts under way at once makes its template at once: startmode)."""
+        key = (inst.function, inst.version)
+        self._under_way[key] += 1
+        try:
+            yield
+        finally:
+            self._under_way[key] -= 1
+            if not self._under_way[key]:
+                del self._under_way[key]
+
     async def start(self, inst: Instance, paths: list[str]) -> socket.socket:
         """Give ``inst`` a running process; returns the node's end of its socket."""
         notes: list[str] = []
@@ -249,7 +263,7 @@ class Starter:
             notes.append(f"template: {refused}")
             return None
         task = self._templates.get(key)
-        under_way = self.under_way[key]
+        under_way = self._under_way[key]
         if task is None:
             if not startmode.template_due(self.mode, self._cold_starts[key], inst.ahead,
                                           under_way):

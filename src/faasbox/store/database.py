@@ -129,10 +129,9 @@ class Database(abc.ABC):
         self._checkpointer: Checkpointer | None = None
         self._unflushed: set[asyncio.Future[Any]] = set()
         self._recent: deque[float] = deque(maxlen=QUIET_WRITES)  # when the last writes came
-        self._opened: list[Any] = []  # the readers' connections, closed with the store
+        self._opened: list[Any] = []  # the threads' connections, closed with the store
         self._opened_lock = threading.Lock()
-        self._aside: ThreadPoolExecutor | None = None  # side_writes: one thread, one connection
-        self._aside_conn: Any = None
+        self._aside: ThreadPoolExecutor | None = None  # side_writes: a thread of their own
 
     # -- what a backend provides ----------------------------------------------------------
     @abc.abstractmethod
@@ -240,9 +239,6 @@ class Database(abc.ABC):
         if self._aside is not None:
             self._aside.shutdown(wait=True)
             self._aside = None
-            with contextlib.suppress(Exception):
-                self._aside_conn.close()
-            self._aside_conn = None
         with self._opened_lock:
             for conn in self._opened:
                 with contextlib.suppress(Exception):
@@ -326,16 +322,7 @@ class Database(abc.ABC):
 
     def _write_aside(self, fn: Callable[[Any], T]) -> T:
         try:
-            conn = self._aside_conn
-            if conn is None or self.broken(conn):
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                self._aside_conn = None
-                conn = self.connect()
-                self.aside_connection(conn)
-                self._aside_conn = conn
-            return fn(conn)
+            return fn(self._connection(self.aside_connection))
         except Exception as exc:
             raise self.unavailable(exc) from exc
 
@@ -360,7 +347,9 @@ class Database(abc.ABC):
         if self._unflushed:
             await asyncio.gather(*list(self._unflushed), return_exceptions=True)
 
-    def _reader(self) -> Any:
+    def _connection(self, setup: Callable[[Any], None] | None = None) -> Any:
+        """This thread's own connection (a reader's, or the writes aside's), made again when
+        lost; ``setup`` runs on a new one. Closed with the store."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self.broken(conn):
             if conn is not None:
@@ -368,6 +357,8 @@ class Database(abc.ABC):
                     conn.close()
             self._local.conn = None
             conn = self.connect()
+            if setup is not None:
+                setup(conn)
             self._local.conn = conn
             with self._opened_lock:
                 self._opened = [c for c in self._opened if c is not None and not self.broken(c)]
@@ -376,7 +367,7 @@ class Database(abc.ABC):
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         try:
-            return fn(self._reader())
+            return fn(self._connection())
         except Exception as exc:
             raise self.unavailable(exc) from exc
 
