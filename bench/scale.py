@@ -10,7 +10,7 @@ the first request is sent:
   scale.all_busy       until the last handler runs: then all ``burst`` execute at once (the
                        hold keeps the first ones busy until then; the bench checks it)
   scale.burst_wall     until the last response arrives (includes the hold)
-  scale.instances      distinct instances (pids) that served the burst
+  scale.instances      distinct instances that served the burst
   scale.to_zero        after the last response, until no instance is left (the function has
                        ``idle_ttl_s`` 0, so this is how fast idle instances are stopped)
   scale.server_cpu_per_start  the server's CPU from the first request until all are busy,
@@ -45,7 +45,7 @@ import os, time
 def handler(event, context):
     began = time.time()
     time.sleep(event["hold"])
-    return [os.getpid(), began]
+    return [context.instance_id, began]
 """
 
 

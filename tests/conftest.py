@@ -351,6 +351,13 @@ class Server:
         assert resp.status_code == 200, resp.text
         return list(resp.json()["instances"])
 
+    def pid_of(self, name: str, instance: str) -> int:
+        """The host's pid of a live instance, by its id (``context.instance_id``: inside,
+        an instance is pid 1 of its own pid namespace)."""
+        found = [i["pid"] for i in self.instances(name) if i["id"] == instance]
+        assert found, f"no live instance {instance} of {name}"
+        return int(found[0])
+
     def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
         """Poll the server until ``predicate()`` is truthy (a bounded wait on server state)."""
         deadline = time.monotonic() + timeout

@@ -51,8 +51,8 @@ ALPHA = {"main.py": """
         if "scratch" in event:  # a file in the instance's private scratch dir (its cwd)
             with open("secret.txt", "w") as f:
                 f.write(event["scratch"])
-            return {"path": os.path.abspath("secret.txt"), "pid": os.getpid()}
-        return {"code": "A", "pid": os.getpid()}
+            return {"path": os.path.abspath("secret.txt"), "instance": context.instance_id}
+        return {"code": "A", "instance": context.instance_id}
 """}
 PROBE = {"main.py": """
     import os, urllib.error, urllib.request
@@ -130,7 +130,8 @@ PROBE = {"main.py": """
             out["write"] = {"main.py": write(__file__),
                             "new file": write(os.path.join(here, "planted.py"))}
         if event.get("scan"):
-            out["scan"] = [p for p in scan(event["scan"]) if p != os.getpid()]
+            me = int(os.readlink("/proc/self"))  # its pid in the /proc it sees
+            out["scan"] = [p for p in scan(event["scan"]) if p != me]
         stolen = out["read"].get(event.get("steal", ""), "")
         if api and stolen.startswith("read:"):  # a key read where it should not be: use it
             out["with_stolen_key"] = call(api + "/v1/tenants", key=stolen[5:].strip())
@@ -222,9 +223,9 @@ def _alpha_instance(w: World) -> tuple[str, int]:
     """A file with A's secret in the scratch dir of a live instance of alpha, and its pid."""
     resp = w.a.post("/v1/functions/alpha/invoke", json={"scratch": w.secret})
     assert resp.status_code == 200, resp.text
-    scratch, pid = resp.json()["path"], resp.json()["pid"]
+    scratch, instance = resp.json()["path"], resp.json()["instance"]
     listed = w.a.get("/v1/functions/alpha/instances").json()["instances"]
-    assert pid in [i["pid"] for i in listed]  # alive while B looks
+    [pid] = [i["pid"] for i in listed if i["id"] == instance]  # alive while B looks
     return scratch, pid
 
 

@@ -49,6 +49,7 @@ STATE = {"main.py": """
         with open("/proc/self/cgroup") as f:
             cgroups = f.read()
         return {
+            "instance": context.instance_id,
             "pid": os.getpid(), "import_pid": IMPORT_PID, "counter": COUNTER[0],
             "random": random.random(), "uid": os.getuid(), "cwd": os.getcwd(),
             "cwd_uid": os.stat(".").st_uid,
@@ -86,12 +87,26 @@ def burst(server: Server, name: str, n: int, event: Any) -> list[Any]:
     return [r.json() for r in responses]
 
 
-def instance_of(server: Server, name: str, pid: int) -> dict[str, Any]:
-    return next(i for i in server.instances(name) if i["pid"] == pid)
+# Inside, pids are of the instance's own pid namespace (a forked or spawned instance is pid 1,
+# a template's children 2, 3, ... under it): instances are told apart by ``instance``
+# (context.instance_id), and the host's pids come from the API.
+def instance_of(server: Server, name: str, instance: str) -> dict[str, Any]:
+    return next(i for i in server.instances(name) if i["id"] == instance)
+
+
+def host_pid(server: Server, name: str, out: dict[str, Any]) -> int:
+    return int(instance_of(server, name, out["instance"])["pid"])
+
+
+def template_pid(pid: int) -> int:
+    """The host's pid of the template (or fork server) that forked process ``pid``."""
+    found = parent_and_uid(pid)
+    assert found is not None
+    return found[0]
 
 
 def check_sandbox(server: Server, name: str, out: dict[str, Any]) -> None:
-    inst = instance_of(server, name, out["pid"])
+    inst = instance_of(server, name, out["instance"])
     # its own session and process group, its own scratch dir as cwd, HOME and TMPDIR
     assert out["pgid"] == out["pid"] and out["sid"] == out["pid"]
     # a template's spare child was named before it became this instance
@@ -117,7 +132,7 @@ def test_fork_server_instance_serves_in_its_sandbox(forkserver: Server) -> None:
     resp = forkserver.invoke("f-state")
     assert resp.status_code == 200 and resp.headers["x-faasbox-cold-start"] == "true"
     out = resp.json()
-    inst = instance_of(forkserver, "f-state", out["pid"])
+    inst = instance_of(forkserver, "f-state", out["instance"])
     assert inst["start_mode"] == "fork" and inst["start_fallback"] is None
     # the module was imported in the instance itself
     assert out["import_pid"] == out["pid"] and out["counter"] == 42
@@ -128,7 +143,7 @@ def test_fork_server_instance_serves_in_its_sandbox(forkserver: Server) -> None:
 def test_fork_server_instances_differ(forkserver: Server) -> None:
     forkserver.deploy("f-two", STATE, max_instances=2)
     a, b = burst(forkserver, "f-two", 2, {"sleep": 0.5})
-    assert a["pid"] != b["pid"] and a["random"] != b["random"]
+    assert a["instance"] != b["instance"] and a["random"] != b["random"]
     if forkserver.feature("unprivileged uid"):
         assert a["uid"] != b["uid"]  # each forked instance has a uid of its own
 
@@ -166,7 +181,8 @@ def test_a_module_the_fork_server_did_not_preload_is_the_functions_own(
 
 def test_killed_forked_instance_is_instance_crashed(forkserver: Server) -> None:
     forkserver.deploy("f-kill", STATE)
-    pid = forkserver.invoke("f-kill").json()["pid"]
+    first = forkserver.invoke("f-kill").json()
+    pid = host_pid(forkserver, "f-kill", first)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         busy = pool.submit(forkserver.invoke, "f-kill", {"sleep": 5})
         forkserver.wait_for(
@@ -178,7 +194,7 @@ def test_killed_forked_instance_is_instance_crashed(forkserver: Server) -> None:
     err = crashed.json()["error"]
     assert err["code"] == "instance_crashed" and "SIGKILL" in err["message"]
     again = forkserver.invoke("f-kill")
-    assert again.status_code == 200 and again.json()["pid"] != pid
+    assert again.status_code == 200 and again.json()["instance"] != first["instance"]
     assert again.headers["x-faasbox-cold-start"] == "true"
 
 
@@ -222,11 +238,11 @@ def test_fork_server_death_is_survived(make_server: Any) -> None:
     srv.wait_for(lambda: fork_servers(srv) == [], what="the fork server to be gone")
     # the running instance carries on
     again = srv.invoke("f-die")
-    assert again.status_code == 200 and again.json()["pid"] == out["pid"]
+    assert again.status_code == 200 and again.json()["instance"] == out["instance"]
     # a new instance gets a new fork server
     srv.deploy("f-die2", STATE)
     fresh = srv.invoke("f-die2").json()
-    assert instance_of(srv, "f-die2", fresh["pid"])["start_mode"] == "fork"
+    assert instance_of(srv, "f-die2", fresh["instance"])["start_mode"] == "fork"
     assert fork_servers(srv) not in ([], [forkserver])
 
 
@@ -235,13 +251,13 @@ def test_template_instances_share_the_import_not_the_process(template: Server) -
     deployed = template.deploy("t-state", STATE, max_instances=3, env={"IMPORT_S": "1"})
     assert deployed.json()["load_check_ms"] >= 1000  # the import takes 1 s
     outs = burst(template, "t-state", 3, {"sleep": 0.5})
-    modes = {instance_of(template, "t-state", o["pid"])["start_mode"] for o in outs}
+    modes = {instance_of(template, "t-state", o["instance"])["start_mode"] for o in outs}
     assert modes == {"template"}
     # module globals as after import, in a process other than the one that imported
-    assert len({o["import_pid"] for o in outs}) == 1
+    assert len({template_pid(host_pid(template, "t-state", o)) for o in outs}) == 1
     assert all(o["import_pid"] != o["pid"] for o in outs)
     assert all(o["counter"] == 42 for o in outs)  # the template's rehearsal never calls it
-    assert len({o["pid"] for o in outs}) == 3
+    assert len({o["instance"] for o in outs}) == len({o["pid"] for o in outs}) == 3
     # random is reseeded per instance
     assert len({o["random"] for o in outs}) == 3
     for out in outs:
@@ -250,7 +266,7 @@ def test_template_instances_share_the_import_not_the_process(template: Server) -
         assert len({o["uid"] for o in outs}) == 1  # a template's children share its uid
     # the import ran once, in the template: an instance's own load does not take the 1 s
     # the import takes (it is near instant, but a loaded machine can stretch that)
-    inits = [instance_of(template, "t-state", o["pid"])["init_ms"] for o in outs]
+    inits = [instance_of(template, "t-state", o["instance"])["init_ms"] for o in outs]
     assert all(ms < 1000 for ms in inits), inits
 
 
@@ -265,6 +281,7 @@ FORKED = {"main.py": """
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             squares = sorted(pool.map(lambda n: n * n, range(4)))
         return {
+            "instance": context.instance_id,
             "pid": os.getpid(), "random": random.random(), "hooked": HOOKED,
             "bare": getattr(sys.modules["__main__"], "bare_fork", None),
             "main": threading.current_thread() is threading.main_thread(),
@@ -276,8 +293,9 @@ FORKED = {"main.py": """
 
 def forked_burst(server: Server, name: str) -> list[dict[str, Any]]:
     outs = burst(server, name, 2, {})
-    modes = {instance_of(server, name, o["pid"])["start_mode"] for o in outs}
+    modes = {instance_of(server, name, o["instance"])["start_mode"] for o in outs}
     assert modes == {"template"}
+    assert outs[0]["instance"] != outs[1]["instance"]
     assert outs[0]["pid"] != outs[1]["pid"] and outs[0]["random"] != outs[1]["random"]
     for out in outs:  # what the interpreter's own after-fork work would have set up
         assert out["main"] and out["native_id"] and out["threads"] == [0, 1, 4, 9]
@@ -312,6 +330,7 @@ def test_a_standard_modules_hook_keeps_the_bare_fork_and_a_namesakes_does_not(
             def handler(event, context):
                 time.sleep(0.3)
                 return {"pid": os.getpid(), "hooked": logging.HOOKED,
+                        "instance": context.instance_id,
                         "bare": getattr(sys.modules["__main__"], "bare_fork", None)}
         """,
         "logging.py": """
@@ -321,7 +340,7 @@ def test_a_standard_modules_hook_keeps_the_bare_fork_and_a_namesakes_does_not(
         """,
     }, max_instances=2)
     outs = burst(template, "t-namesake", 2, {})
-    assert {instance_of(template, "t-namesake", o["pid"])["start_mode"] for o in outs} == {
+    assert {instance_of(template, "t-namesake", o["instance"])["start_mode"] for o in outs} == {
         "template"}
     for out in outs:
         assert out["bare"] is False and out["hooked"] == [out["pid"]], out
@@ -341,21 +360,22 @@ def test_async_and_concurrent_handlers_run_from_a_template(template: Server) -> 
         import asyncio, os
         async def handler(event, context):
             await asyncio.sleep(0.01)
-            return {"pid": os.getpid()}
+            return {"instance": context.instance_id}
     """})
     out = template.invoke("t-async")
     assert out.status_code == 200, out.text
-    assert instance_of(template, "t-async", out.json()["pid"])["start_mode"] == "template"
+    assert instance_of(template, "t-async", out.json()["instance"])["start_mode"] == "template"
     template.deploy("t-pool", {"main.py": """
         import os, threading, time
         def handler(event, context):
             time.sleep(0.3)
-            return {"pid": os.getpid(), "thread": threading.current_thread().name}
+            return {"instance": context.instance_id,
+                    "thread": threading.current_thread().name}
     """}, concurrency=3, max_instances=1)
     answers = burst(template, "t-pool", 3, None)
-    assert len({a["pid"] for a in answers}) == 1  # one instance ran the three at once
+    assert len({a["instance"] for a in answers}) == 1  # one instance ran the three at once
     assert all(a["thread"].startswith("faasbox-handler") for a in answers)
-    assert instance_of(template, "t-pool", answers[0]["pid"])["start_mode"] == "template"
+    assert instance_of(template, "t-pool", answers[0]["instance"])["start_mode"] == "template"
 
 
 def test_template_instance_is_oom_killed(template: Server) -> None:
@@ -382,20 +402,22 @@ def test_template_instance_is_oom_killed(template: Server) -> None:
 def test_killed_template_instance_and_next_cold_start(template: Server) -> None:
     template.deploy("t-kill", STATE)
     first = template.invoke("t-kill").json()
+    pid = host_pid(template, "t-kill", first)
+    tpid = template_pid(pid)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         busy = pool.submit(template.invoke, "t-kill", {"sleep": 5})
         template.wait_for(
             lambda: any(i["state"] == "busy" for i in template.instances("t-kill")),
             what="a busy instance")
-        os.kill(first["pid"], signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         crashed = busy.result()
     assert crashed.status_code == 500
     assert crashed.json()["error"]["code"] == "instance_crashed"
     again = template.invoke("t-kill")
     assert again.status_code == 200 and again.headers["x-faasbox-cold-start"] == "true"
     out = again.json()
-    assert out["import_pid"] == first["import_pid"]  # the same template forked it
-    assert instance_of(template, "t-kill", out["pid"])["start_mode"] == "template"
+    assert template_pid(host_pid(template, "t-kill", out)) == tpid  # the same template
+    assert instance_of(template, "t-kill", out["instance"])["start_mode"] == "template"
 
 
 def test_module_level_thread_falls_back_to_fork_server(template: Server) -> None:
@@ -405,12 +427,12 @@ def test_module_level_thread_falls_back_to_fork_server(template: Server) -> None
         threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
         def handler(event, context):
             return {"pid": os.getpid(), "import_pid": IMPORT_PID,
-                    "threads": threading.active_count()}
+                    "instance": context.instance_id, "threads": threading.active_count()}
     """})
     out = template.invoke("t-thread").json()
     # imported in the instance itself, so its thread runs there
     assert out["import_pid"] == out["pid"] and out["threads"] == 2
-    inst = instance_of(template, "t-thread", out["pid"])
+    inst = instance_of(template, "t-thread", out["instance"])
     assert inst["start_mode"] == "fork"
     assert "threads" in inst["start_fallback"]
 
@@ -420,10 +442,9 @@ def test_module_level_socket_refuses_the_template(template: Server) -> None:
         import os, socket
         CONN = socket.socketpair()  # a connection every forked instance would share
         def handler(event, context):
-            return os.getpid()
+            return context.instance_id
     """})
-    pid = template.invoke("t-socket").json()
-    inst = instance_of(template, "t-socket", pid)
+    inst = instance_of(template, "t-socket", template.invoke("t-socket").json())
     assert inst["start_mode"] == "fork" and "socket" in inst["start_fallback"]
 
 
@@ -432,10 +453,16 @@ FORGED_FORKED = {"main.py": """
     import json, os, socket, sys
     VICTIM = int(os.environ["VICTIM"])
 
+    def victim():
+        try:
+            return [os.pidfd_open(VICTIM)]
+        except OSError:  # not in this pid namespace
+            return []
+
     def forge(sock, message, fds=None):
         # a pidfd of the victim with every "forked" report, or one unasked for
         if message.get("t") == "forked" and os.environ.get("HOW") == "reply":
-            fds = [os.pidfd_open(VICTIM)]
+            fds = victim()
         socket.send_fds(sock, [json.dumps(message).encode()], fds or [])
 
     for module in (sys.modules.get("__main__"), sys.modules.get("faasbox.runtime.zygote")):
@@ -448,12 +475,18 @@ FORGED_FORKED = {"main.py": """
                     except OSError:
                         continue
                     if s.type == socket.SOCK_SEQPACKET:
-                        forge(s, {"t": "forked", "id": "nobody", "pid": VICTIM},
-                              [os.pidfd_open(VICTIM)])
+                        forge(s, {"t": "forked", "id": "nobody", "pid": VICTIM}, victim())
                     s.close()
 
     def handler(event, context):
-        return os.getpid()
+        try:
+            os.kill(VICTIM, 0)
+            named = True
+        except ProcessLookupError:
+            named = False
+        except PermissionError:
+            named = True
+        return {"instance": context.instance_id, "victim_named": named}
 """}
 
 
@@ -466,7 +499,9 @@ def test_template_cannot_make_the_node_kill_another_process(template: Server,
         template.deploy(name, FORGED_FORKED, env={"VICTIM": str(victim.pid), "HOW": how})
         resp = template.invoke(name)
         assert resp.status_code == 200, resp.text
-        inst = instance_of(template, name, resp.json())
+        inst = instance_of(template, name, resp.json()["instance"])
+        if template.feature("pid namespace"):  # it cannot even name a process outside
+            assert resp.json()["victim_named"] is False
         assert template.http.delete(f"/v1/functions/{name}").status_code in (200, 204)
         template.wait_for(lambda: not os.path.exists(f"/proc/{inst['pid']}"),
                           what="the instance stopped")
@@ -498,8 +533,14 @@ def test_spawn_mode(make_server: Any) -> None:
     srv.deploy("s-state", STATE)
     out = srv.invoke("s-state").json()
     assert out["import_pid"] == out["pid"] and out["counter"] == 42
-    inst = instance_of(srv, "s-state", out["pid"])
+    inst = instance_of(srv, "s-state", out["instance"])
     assert inst["start_mode"] == "spawn" and inst["start_fallback"] is None
+    if srv.feature("pid namespace"):
+        # pid 1 of its namespace, forked by the process the server spawned, which waits
+        assert out["pid"] == 1
+        waiter = template_pid(inst["pid"])
+        assert srv.proc is not None and template_pid(waiter) == srv.proc.pid
+        assert children(waiter) == {inst["pid"]}
 
 
 def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any) -> None:
@@ -508,11 +549,12 @@ def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any
     seen = []
     for _ in range(6):
         out = srv.invoke("a-state").json()
-        seen.append(instance_of(srv, "a-state", out["pid"])["start_mode"])
+        seen.append(instance_of(srv, "a-state", out["instance"])["start_mode"])
         if seen[-1] == "template":
             break
-        os.kill(out["pid"], signal.SIGKILL)
-        srv.wait_for(lambda: all(i["pid"] != out["pid"] for i in srv.instances("a-state")),  # noqa: B023
+        os.kill(host_pid(srv, "a-state", out), signal.SIGKILL)
+        srv.wait_for(lambda: all(i["id"] != out["instance"]  # noqa: B023
+                                 for i in srv.instances("a-state")),
                      what="the killed instance cleared")
     assert seen[:2] == ["fork", "fork"], seen
     assert seen[-1] == "template", seen
@@ -530,7 +572,7 @@ def test_auto_mode_starts_instances_ahead_of_demand_from_a_template(make_server:
     # a caller's first cold start still forks from the fork server (it does not wait)
     srv.deploy("a-cold", STATE)
     out = srv.invoke("a-cold").json()
-    assert instance_of(srv, "a-cold", out["pid"])["start_mode"] == "fork"
+    assert instance_of(srv, "a-cold", out["instance"])["start_mode"] == "fork"
 
 
 def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
@@ -543,10 +585,10 @@ def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
                            "FAASBOX_KEEPALIVE_ARGS": "ttl_s=600"})
     srv.deploy("a-swap", STATE, idle_ttl_s=600)
     first = burst(srv, "a-swap", 3, {"sleep": 0.5})  # three cold starts: the second makes
-    assert len({o["pid"] for o in first}) == 3       # the template in the background
+    assert len({o["instance"] for o in first}) == 3  # the template in the background
     # a fork-server child imported the module itself (a template's child found it imported);
     # the swap may be done already, so the instances list cannot tell
-    forked = {o["pid"] for o in first if o["import_pid"] == o["pid"]}
+    forked = {o["instance"] for o in first if o["import_pid"] == o["pid"]}
     assert forked, "the burst started no fork-server instance"
 
     seen: list[Any] = []
@@ -561,27 +603,39 @@ def test_auto_mode_replaces_idle_fork_server_instances_by_template_children(
         srv.wait_for(swapped, timeout=30, what="the forked instances replaced by template children")
     except AssertionError:
         raise AssertionError(f"not swapped: {seen}") from None
-    assert not forked & {i["pid"] for i in srv.instances("a-swap")}
-    for pid in forked:  # the old processes are gone
-        srv.wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}"), what=f"{pid} stopped")
+    assert not forked & {i["id"] for i in srv.instances("a-swap")}
+    if srv.feature("memory limit"):  # the old processes are gone (found by their cgroups)
+        srv.wait_for(lambda: not processes_in(forked), what=f"{forked} stopped")
     # the replacements serve
     out = srv.invoke("a-swap").json()
-    assert instance_of(srv, "a-swap", out["pid"])["start_mode"] == "template"
+    assert instance_of(srv, "a-swap", out["instance"])["start_mode"] == "template"
+
+
+def processes_in(instances: set[str]) -> list[int]:
+    """Live processes in the memory cgroups of ``instances`` (by their ids)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                lines = [line.strip() for line in f if ":memory:" in line]
+        except OSError:
+            continue
+        if any(line.rsplit("/", 1)[-1] in instances for line in lines):
+            found.append(int(entry))
+    return found
 
 
 def test_templates_are_retired_by_a_new_version_and_by_delete(template: Server) -> None:
-    def template_pid(name: str) -> int:
+    def template_of(name: str) -> int:
         out = template.invoke(name, {}).json()
-        assert instance_of(template, name, out["pid"])["start_mode"] == "template"
-        found = parent_and_uid(out["pid"])
-        assert found is not None
-        return found[0]
+        assert instance_of(template, name, out["instance"])["start_mode"] == "template"
+        return template_pid(host_pid(template, name, out))
 
     template.deploy("t-retire", STATE, idle_ttl_s=1)
-    first = template_pid("t-retire")
+    first = template_of("t-retire")
     # version 2 (a deploy of the same code and spec would make none): version 1's template goes
     template.deploy("t-retire", STATE, idle_ttl_s=1, env={"VERSION": "2"})
-    second = template_pid("t-retire")
+    second = template_of("t-retire")
     assert second != first
     template.wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=20,
                       what="version 1's template to exit")
@@ -642,18 +696,18 @@ def cold_start_beside(server: Server, name: str) -> dict[str, Any]:
 def test_a_spare_child_serves_the_next_cold_start(template: Server) -> None:
     template.deploy("t-spare", STATE, max_instances=3)
     first = template.invoke("t-spare").json()
-    tpid = first["import_pid"]
-    assert instance_of(template, "t-spare", first["pid"])["spare"] is None  # forked on demand
+    tpid = template_pid(host_pid(template, "t-spare", first))
+    assert instance_of(template, "t-spare", first["instance"])["spare"] is None  # on demand
     spare = one_spare(template, "t-spare", tpid)
     # sandboxed before it is handed out: the template's uid, its own cgroup (below)
     found = parent_and_uid(spare)
     assert found is not None and found == (tpid, first["uid"])
     out = cold_start_beside(template, "t-spare")
-    assert out["pid"] == spare
-    inst = instance_of(template, "t-spare", spare)
+    inst = instance_of(template, "t-spare", out["instance"])
+    assert inst["pid"] == spare
     assert inst["start_mode"] == "template" and inst["spare"] is not None
     assert inst["spare"].startswith("tmpl-")
-    assert out["import_pid"] == tpid and out["counter"] == 42
+    assert out["import_pid"] != out["pid"] and out["counter"] == 42
     check_sandbox(template, "t-spare", out)
     # the spare it was is replaced
     assert one_spare(template, "t-spare", tpid) != spare
@@ -662,13 +716,13 @@ def test_a_spare_child_serves_the_next_cold_start(template: Server) -> None:
 def test_a_killed_spare_is_replaced_not_handed_out(template: Server) -> None:
     template.deploy("t-spare-kill", STATE, max_instances=3)
     first = template.invoke("t-spare-kill").json()
-    tpid = first["import_pid"]
+    tpid = template_pid(host_pid(template, "t-spare-kill", first))
     dead = one_spare(template, "t-spare-kill", tpid)
     os.kill(dead, signal.SIGKILL)
     template.wait_for(lambda: dead not in children(tpid), what="the template to reap the spare")
     out = cold_start_beside(template, "t-spare-kill")
-    assert out["pid"] != dead
-    inst = instance_of(template, "t-spare-kill", out["pid"])
+    inst = instance_of(template, "t-spare-kill", out["instance"])
+    assert inst["pid"] != dead
     assert inst["start_mode"] == "template" and inst["spare"] is None  # forked on demand
     check_sandbox(template, "t-spare-kill", out)
     assert one_spare(template, "t-spare-kill", tpid) != dead  # and a new spare is made
@@ -676,7 +730,7 @@ def test_a_killed_spare_is_replaced_not_handed_out(template: Server) -> None:
 
 def test_spares_go_with_their_template(template: Server) -> None:
     template.deploy("t-spare-del", STATE, max_instances=2)
-    tpid = template.invoke("t-spare-del").json()["import_pid"]
+    tpid = template_pid(host_pid(template, "t-spare-del", template.invoke("t-spare-del").json()))
     spare = one_spare(template, "t-spare-del", tpid)
     assert template.http.delete("/v1/functions/t-spare-del").status_code == 204
     for pid in (spare, tpid):
@@ -695,7 +749,8 @@ def test_spares_are_never_shared_across_tenants(template: Server) -> None:
             client = clients(template, make_key(template, tenant, "developer"))
             tenant_deploy(template, client, "same", STATE, max_instances=3)
             first = client.post("/v1/functions/same/invoke", json={}).json()
-            spare = one_spare_of(template, client, first["import_pid"])
+            tpid = template_pid(tenant_pid(client, first))
+            spare = one_spare_of(template, client, tpid)
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 busy = pool.submit(client.post, "/v1/functions/same/invoke",
                                    json={"sleep": 3})
@@ -703,11 +758,11 @@ def test_spares_are_never_shared_across_tenants(template: Server) -> None:
                     i["state"] == "busy" for i in tenant_instances(c)), what="a busy instance")
                 second = client.post("/v1/functions/same/invoke", json={}).json()
                 assert busy.result().status_code == 200
-            assert second["pid"] == spare, (tenant, first["pid"], spare, second["pid"],
-                                             tenant_instances(client))
-            outs[tenant] = (first, second)
-        (a1, a2), (b1, b2) = outs["sa"], outs["sb"]
-        assert a1["import_pid"] == a2["import_pid"] != b1["import_pid"] == b2["import_pid"]
+            assert tenant_pid(client, second) == spare, (tenant, first, spare, second,
+                                                         tenant_instances(client))
+            outs[tenant] = (first, second, tpid)
+        (a1, a2, ta), (b1, b2, tb) = outs["sa"], outs["sb"]
+        assert ta != tb
         if template.feature("unprivileged uid"):
             assert a1["uid"] == a2["uid"] != b1["uid"] == b2["uid"]
     finally:
@@ -718,6 +773,10 @@ def tenant_instances(client: Any) -> list[dict[str, Any]]:
     resp = client.get("/v1/functions/same/instances")
     assert resp.status_code == 200, resp.text
     return list(resp.json()["instances"])
+
+
+def tenant_pid(client: Any, out: dict[str, Any]) -> int:
+    return int(next(i["pid"] for i in tenant_instances(client) if i["id"] == out["instance"]))
 
 
 def one_spare_of(server: Server, client: Any, template_pid: int) -> int:
@@ -733,7 +792,7 @@ def test_template_cgroup_allows_for_its_children_after_the_import(template: Serv
     if not template.feature("memory limit"):
         pytest.skip("faasbox doctor reports no memory limit on this machine")
     template.deploy("t-allow", STATE, memory_mb=128, max_instances=5)
-    tpid = template.invoke("t-allow").json()["import_pid"]
+    tpid = template_pid(host_pid(template, "t-allow", template.invoke("t-allow").json()))
     with open(f"/proc/{tpid}/cgroup") as f:
         path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
     limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
@@ -753,7 +812,7 @@ def test_without_a_mount_namespace_template_children_get_scratch_dirs_on_disk(
     assert not srv.feature("mount namespace")
     srv.deploy("t-disk", STATE, max_instances=2, idle_ttl_s=1)
     outs = burst(srv, "t-disk", 2, {"sleep": 0.3})
-    assert {instance_of(srv, "t-disk", o["pid"])["start_mode"] for o in outs} == {"template"}
+    assert {instance_of(srv, "t-disk", o["instance"])["start_mode"] for o in outs} == {"template"}
     for out in outs:
         check_sandbox(srv, "t-disk", out)  # its scratch dir is on disk
     srv.wait_for(lambda: not srv.instances("t-disk"), what="the instances to stop")
@@ -770,6 +829,6 @@ def test_auto_mode_makes_a_template_at_once_under_a_burst(make_server: Any) -> N
     srv = make_server(env={"FAASBOX_START_MODE": "auto"})
     srv.deploy("a-burst", STATE, max_instances=4, env={"IMPORT_S": "1"})
     outs = burst(srv, "a-burst", 4, {"sleep": 0.5})
-    modes = sorted(instance_of(srv, "a-burst", o["pid"])["start_mode"] for o in outs)
+    modes = sorted(instance_of(srv, "a-burst", o["instance"])["start_mode"] for o in outs)
     assert modes.count("template") >= 2, modes
-    assert len({o["pid"] for o in outs}) == 4
+    assert len({o["instance"] for o in outs}) == 4

@@ -59,15 +59,15 @@ def test_concurrency_per_instance(server: Server) -> None:
         ALL_IN = asyncio.Event()
         async def handler(event, context):
             if event == "start":
-                return os.getpid()
+                return context.instance_id
             ARRIVED[0] += 1
             if ARRIVED[0] == 4:
                 ALL_IN.set()
             try:
                 await asyncio.wait_for(ALL_IN.wait(), 20)
             except asyncio.TimeoutError:
-                return [os.getpid(), "alone"]
-            return [os.getpid(), "together"]
+                return [context.instance_id, "alone"]
+            return [context.instance_id, "together"]
     """}, concurrency=4, max_instances=1)
     pid = server.invoke("i-conc", "start").json()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

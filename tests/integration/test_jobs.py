@@ -17,7 +17,8 @@ SHARD = {"main.py": """
             raise ValueError(f"shard {context.shard['index']} is bad")
         time.sleep(event.get("sleep", 0))
         return {"index": context.shard["index"], "count": context.shard["count"],
-                "pid": os.getpid(), "attempt": context.attempt, "trace": context.trace_id}
+                "instance": context.instance_id, "attempt": context.attempt,
+                "trace": context.trace_id}
 """}
 
 REDUCE = {"main.py": """
@@ -138,7 +139,7 @@ def test_killed_instance_mid_shard_is_rerun(server: Server) -> None:
     assert done["status"] == "succeeded"
     assert [r["index"] for r in done["results"]] == [0, 1, 2]
     assert done["shards"][1]["attempts"] == 2 and done["results"][1]["attempt"] == 2
-    assert done["results"][1]["pid"] != inst["pid"]
+    assert done["results"][1]["instance"] != inst["id"]
 
 
 def test_cancel_a_job(server: Server) -> None:

@@ -17,7 +17,7 @@ SLEEPER = {"main.py": """
     import os, time
     def handler(event, context):
         time.sleep((event or {}).get("sleep", 0))
-        return os.getpid()
+        return context.instance_id
 """}
 # holds its instance until the file ``event["gate"]`` exists (at most 100 s); the gate's dir
 # (a gate_dir()) must be visible inside the instance
@@ -29,7 +29,7 @@ GATED = {"main.py": """
         deadline = time.monotonic() + 100
         while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
             time.sleep(0.02)
-        return os.getpid()
+        return context.instance_id
 """}
 
 
@@ -105,8 +105,7 @@ def test_waiting_call_gets_the_freed_instance(server: Server) -> None:
 
 def test_idle_ttl_scales_to_zero(server: Server) -> None:
     server.deploy("l-ttl", SLEEPER, idle_ttl_s=1)
-    pid = server.invoke("l-ttl").json()
-    assert len(server.instances("l-ttl")) == 1
+    pid = server.pid_of("l-ttl", server.invoke("l-ttl").json())
     server.wait_for(lambda: server.instances("l-ttl") == [], timeout=10, what="scale to zero")
     # out of the list at once, stopped in the background
     server.wait_for(lambda: not process_alive(pid), what="the instance process to exit")
@@ -202,16 +201,16 @@ def test_os_exit_is_a_clear_error_and_next_call_works(server: Server) -> None:
 
 def test_killed_idle_instance_is_replaced(server: Server) -> None:
     server.deploy("l-kill", SLEEPER)
-    pid = server.invoke("l-kill").json()
-    os.kill(pid, signal.SIGKILL)
+    first = server.invoke("l-kill").json()
+    os.kill(server.pid_of("l-kill", first), signal.SIGKILL)
     server.wait_for(lambda: server.instances("l-kill") == [], what="the dead instance cleared")
     resp = server.invoke("l-kill")
-    assert resp.status_code == 200 and resp.json() != pid
+    assert resp.status_code == 200 and resp.json() != first
 
 
 def test_deleting_a_function_stops_its_instances(server: Server) -> None:
     server.deploy("l-del", SLEEPER)
-    pid = server.invoke("l-del").json()
+    pid = server.pid_of("l-del", server.invoke("l-del").json())
     assert server.http.delete("/v1/functions/l-del").status_code == 204
 
     server.wait_for(lambda: not process_alive(pid), what="the instance process to exit")

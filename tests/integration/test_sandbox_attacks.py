@@ -22,6 +22,7 @@ import pytest
 
 import faasbox
 from faasbox.node.sandbox import detect
+from faasbox.node.zygote import parent_and_uid
 from tests.conftest import ERRNO_OF, Server, open_tempdir, remove_tree
 
 pytestmark = [
@@ -54,7 +55,7 @@ def fs(event):
     out["write_etc"] = _errno(lambda: open("/etc/faasbox-attack", "w").write("x"))
     out["write_usr"] = _errno(lambda: open("/usr/faasbox-attack", "w").write("x"))
     for d in ("/tmp", "/var/tmp", "/dev/shm", os.getcwd()):
-        mark = os.path.join(d, f"mark-{os.getpid()}")
+        mark = os.path.join(d, f"mark-{os.path.basename(os.getcwd())}")
         out[f"write {d}"] = _errno(lambda: open(mark, "w").write("x"))
     out["tmp_listing"] = sorted(os.listdir("/tmp"))
     out["cwd"] = os.getcwd()
@@ -85,8 +86,26 @@ def procs(event):
                         uids.add(int(line.split()[1]))
         except OSError:
             pass
-    return {"pids": len(pids), "uids": sorted(uids), "me": os.getuid(),
-            "see_1": os.path.exists("/proc/1/status")}
+    pid1_uid = None  # a template (pid 1 of its children) is not dumpable: hidden
+    if os.path.exists("/proc/1/status"):
+        with open("/proc/1/status") as f:
+            pid1_uid = [int(l.split()[1]) for l in f if l.startswith("Uid:")][0]
+    return {"pids": len(pids), "uids": sorted(uids), "me": os.getuid(), "pid1_uid": pid1_uid}
+
+def neighbours(event):
+    """What system calls that check no permission tell of another instance, by its host pid
+    and uid, and which pids answer at all."""
+    pid = event["pid"]
+    ctypes.set_errno(0)
+    libc.getpriority(2, event["uid"])  # PRIO_USER
+    prio_user = ctypes.get_errno()
+    def answers(p):
+        return libc.kill(p, 0) == 0 or ctypes.get_errno() == errno.EPERM
+    return {"kill": _sys(libc.kill(pid, 0)), "sid": _errno(lambda: os.getsid(pid)),
+            "sched": _errno(lambda: os.sched_getscheduler(pid)),
+            "affinity": _errno(lambda: os.sched_getaffinity(pid)),
+            "prio_user": prio_user, "me": os.getpid(),
+            "answering": [p for p in range(1, max(pid, 1 << 15) + 1000) if answers(p)]}
 
 def cgroups(event):
     """Every file under the cgroup tree this instance can see, and what a read of another
@@ -161,7 +180,7 @@ def daemon(event):
     pid = int(os.read(r, 32))
     os.close(r)
     os.wait()
-    return {"daemon": pid, "me": os.getpid()}
+    return {"daemon": pid, "me": CONTEXT[0].instance_id}
 
 def flood(event):
     chunk = b"y" * 65536
@@ -177,9 +196,12 @@ def hog(event):
 def sleep(event):
     time.sleep(event["s"])
 
+CONTEXT = [None]
+
 def handler(event, context):
+    CONTEXT[0] = context
     if event.get("action") == "ping":
-        return {"pong": True, "pid": os.getpid()}
+        return {"pong": True, "pid": os.getpid(), "instance": context.instance_id}
     return globals()[event["action"]](event)
 '''}
 
@@ -240,6 +262,7 @@ def started_as(srv: Server, name: str, pid: int) -> str:
 def test_protections_are_reported_active(moded: Server) -> None:
     rows = {r["feature"]: r for r in moded.node()["sandbox"]}
     for feature in ("mount namespace", "private tmpfs", "private /proc", "network namespace",
+                    "pid namespace",
                     "no_new_privs", "seccomp", "host-unique uids", "output cap"):
         assert rows[feature]["active"], rows[feature]
 
@@ -299,7 +322,34 @@ def test_tmpfs_is_capped_by_ephemeral_storage(moded: Server) -> None:
 
 def test_host_processes_are_hidden(moded: Server) -> None:
     out = call(moded, "attack", action="procs")
-    assert out["uids"] == [out["me"]] and not out["see_1"], out
+    # pid 1 is the instance itself, or its template (the same uid, hidden), not the host's init
+    assert out["uids"] == [out["me"]], out
+    if moded.env["FAASBOX_START_MODE"] == "template":
+        assert out["pid1_uid"] is None, out
+    else:
+        assert out["pid1_uid"] == out["me"], out
+    still_serves(moded, "attack")
+
+
+def test_other_instances_cannot_be_named_by_pid_or_uid(moded: Server) -> None:
+    """kill(pid, 0), getsid, sched_getscheduler, sched_getaffinity and getpriority(PRIO_USER)
+    check no permission: in the host's pid namespace they would tell of another tenant's
+    instances by pid or uid (that they run, and when they start and stop)."""
+    call(moded, "other")
+    [other] = moded.instances("other")
+    uid = parent_and_uid(other["pid"])
+    assert uid is not None
+    out = call(moded, "attack", action="neighbours", pid=other["pid"], uid=uid[1])
+    esrch = errno.ESRCH
+    assert (out["kill"], out["sid"], out["sched"], out["affinity"], out["prio_user"]) == (
+        esrch, esrch, esrch, esrch, esrch), out
+    # only its own namespace answers: itself as pid 1, or its template and the template's
+    # other children (the same version: trusted, docs/sandbox.md)
+    assert other["pid"] not in out["answering"] and 1 in out["answering"], out
+    if moded.env["FAASBOX_START_MODE"] == "template":
+        assert out["me"] != 1 and len(out["answering"]) <= 4, out
+    else:
+        assert out["me"] == 1 and out["answering"] == [1], out
     still_serves(moded, "attack")
 
 
@@ -339,13 +389,16 @@ def test_identity_and_seccomp(moded: Server) -> None:
 
 def test_a_daemon_dies_with_its_instance(moded: Server) -> None:
     out = call(moded, "attack", action="daemon")
-    assert not gone(out["daemon"])
-    [inst] = [i["id"] for i in moded.instances("attack") if i["pid"] == out["me"]]
-    assert inst in {d.name for d in cgroup_dirs(moded.data)}
+    inst = out["me"]
+    # on the host, by the instance's cgroup (its pids inside are of its own namespace)
+    pids = {int(p) for d in cgroup_dirs(moded.data) if d.name == inst
+            for p in (d / "cgroup.procs").read_text().split()}
+    [host_pid] = [i["pid"] for i in moded.instances("attack") if i["id"] == inst]
+    assert host_pid in pids and len(pids) >= 2 and not any(gone(p) for p in pids), pids
     # the invocation times out: its instance is killed, and with it everything it started
     resp = moded.invoke("attack", {"action": "sleep", "s": 30})
     assert resp.status_code == 504, resp.text
-    moded.wait_for(lambda: gone(out["daemon"]), what="the daemon to die")
+    moded.wait_for(lambda: all(gone(p) for p in pids), what="the daemon to die")
     moded.wait_for(lambda: inst not in {d.name for d in cgroup_dirs(moded.data)},
                    what="the killed instance's cgroup to go")
     still_serves(moded, "attack")
@@ -432,6 +485,7 @@ def test_doctor_lists_each_protection(tmp_path: Path) -> None:
                               + os.environ["PATH"]})
     rows = {r["feature"]: r for r in json.loads(out.stdout)["sandbox"]}
     for feature in ("mount namespace", "private tmpfs", "private /proc", "network namespace",
+                    "pid namespace",
                     "network egress", "no_new_privs", "seccomp", "host-unique uids",
                     "output cap", "memory limit", "unprivileged uid"):
         assert feature in rows and rows[feature]["detail"], feature
@@ -452,6 +506,31 @@ def test_without_namespaces_instances_use_the_host_network(make_server: Any) -> 
     assert ident["seccomp"] == "0" and ident["no_new_privs"] == "1"
     assert ident["unshare_net"] == 1  # still refused: not root
     assert detect(srv.data, "auto").net_ns  # the machine itself has them
+
+
+# -- degraded: no pid namespace --------------------------------------------------------------
+def test_without_a_pid_namespace_instances_share_the_hosts(make_server: Any) -> None:
+    srv = make_server(env={"FAASBOX_SANDBOX_DISABLE": "pid namespace",
+                           "FAASBOX_START_MODE": "spawn"})
+    rows = {r["feature"]: r for r in srv.node()["sandbox"]}
+    assert not rows["pid namespace"]["active"]
+    assert "FAASBOX_SANDBOX_DISABLE" in rows["pid namespace"]["detail"]
+    assert "named by pid" in rows["pid namespace"]["detail"]
+    srv.deploy("attack", ATTACK)
+    srv.deploy("other", {"main.py": "def handler(e, c):\n    return 1\n"})
+    call(srv, "other")
+    [other] = srv.instances("other")
+    uid = parent_and_uid(other["pid"])
+    assert uid is not None
+    out = call(srv, "attack", action="neighbours", pid=other["pid"], uid=uid[1])
+    assert out["kill"] == errno.EPERM and out["prio_user"] == 0, out  # there, as documented
+    # the process spawned is the instance itself, with no process waiting for it
+    [inst] = srv.instances("attack")
+    assert out["me"] == inst["pid"] and other["pid"] in out["answering"]
+    assert srv.proc is not None
+    found = parent_and_uid(inst["pid"])
+    assert found is not None and found[0] == srv.proc.pid
+    assert detect(srv.data, "auto").confine >= {"pid namespace"}  # the machine has them
 
 
 # -- egress, against a test host in a network namespace of the test's own --------------------

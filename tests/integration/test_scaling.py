@@ -29,7 +29,7 @@ SLEEPY = {"main.py": """
                 time.sleep(0.02)
         else:
             time.sleep(event.get("sleep", 1.0))
-        return os.getpid()
+        return context.instance_id
 """}
 # the autoscaler alone decides when instances go: the keep-alive policy keeps nothing
 # (fixed, 0 s), the windows are short, and the grace period is 2 s

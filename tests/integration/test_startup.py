@@ -13,7 +13,7 @@ PID = {"main.py": """
     import os
     def handler(event, context):
         open(os.path.join(os.environ["TMPDIR"], "mark"), "w").write("x")
-        return os.getpid()
+        return context.instance_id
 """}
 
 

@@ -316,11 +316,11 @@ class InstanceEnvironment:
         }
 
     def load_message(self, function: str, version: int, spec: FunctionSpec,
-                     paths: list[str]) -> dict[str, Any]:
+                     paths: list[str], instance: str) -> dict[str, Any]:
         limits = rlimits(self.features, spec.memory_mb) if self.features.enabled else {}
         return {
             "rlimits": limits,
-            "t": "load", "handler": spec.handler, "paths": paths,
+            "t": "load", "handler": spec.handler, "paths": paths, "instance": instance,
             "function": display(function), "version": version,
             "memory_mb": spec.memory_mb, "concurrency": spec.concurrency,
         }

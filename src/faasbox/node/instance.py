@@ -35,6 +35,7 @@ class Process(Protocol):
     """An instance's process: spawned by the node, or forked by a zygote (node/zygote.py)."""
 
     pid: int
+    worker_pid: int  # the instance proper (a spawned one may wait for it in a pid namespace)
 
     def open_pidfd(self) -> int: ...
 
@@ -102,7 +103,7 @@ class Instance:
     # -- life -------------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.proc.worker_pid if self.proc else None
 
     @property
     def free_slots(self) -> int:

@@ -36,6 +36,7 @@ CONFINE_FEATURES = {
                         "masked paths"),
     "private /proc": ("mount namespace", "private mounts", "private /proc"),
     "network namespace": ("network namespace",),
+    "pid namespace": ("pid namespace",),
     "no_new_privs": ("no_new_privs",),
     "seccomp": ("seccomp",),
 }
@@ -92,6 +93,7 @@ class SandboxFeatures:
             "read_only": read_only, "tmpfs_mb": tmpfs_mb, "template": template,
             "mount": self.mount_ns, "proc": self.mount_ns and "private /proc" in c,
             "network": network if self.net_ns else "host",
+            "pid": "pid namespace" in c,
             "no_new_privs": "no_new_privs" in c, "seccomp": "seccomp" in c,
         }
 
@@ -131,6 +133,10 @@ class SandboxFeatures:
              "hidepid=invisible: only its own processes"
              if self.mount_ns and "private /proc" in self.confine
              else self._why("private /proc" if self.mount_ns else "mount namespace")),
+            ("pid namespace", "pid namespace" in self.confine,
+             "pid 1 of a namespace of its own: no pid or uid names another's processes"
+             if "pid namespace" in self.confine else self._why("pid namespace")
+             + "; other instances can be named by pid (kill 0, getpriority)"),
             ("network namespace", self.net_ns,
              "network none (loopback only) by default; egress on request"
              if self.net_ns else self._why("network namespace")

@@ -15,7 +15,7 @@ from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
 from faasbox.node.starter import Starter
-from faasbox.node.zygote import in_thread
+from faasbox.node.zygote import SpawnedProcess, in_thread
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,21 @@ class NodeService:
         # template's spare said hello and was put in its cgroup before it was handed out.
         if inst.spare is None:
             await inst.expect("hello", HELLO_TIMEOUT_S)
+            if isinstance(inst.proc, SpawnedProcess):
+                inst.proc.find_worker()
             if inst.cgroup is not None:
                 # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
                 await in_thread(inst.cgroup.add, inst.pid)
+                if inst.proc is not None and inst.proc.pid != inst.pid:
+                    await in_thread(inst.cgroup.add, inst.proc.pid)  # what waits for it
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
             slot = network.slot_of(inst.uid, self.env.uid_base)
             self._egress[inst.id] = (slot, list(inst.spec.network_allow))
             await network.attach(inst.pid, slot, list(inst.spec.network_allow))  # type: ignore[arg-type]
         try:
-            inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths))
+            inst.send(self.env.load_message(inst.function, inst.version, inst.spec, paths,
+                                              inst.id))
         except RuntimeError:  # the transport closed: the process died after its hello
             raise errors.InitError("the instance died before it could load the function",
                                    output=inst.output_tail() or None) from None

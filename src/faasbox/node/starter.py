@@ -352,7 +352,7 @@ class Starter:
                 template.egress = (network.slot_of(template.uid, node.uid_base),
                                    list(spec.network_allow))
                 await network.attach(proc.pid, *template.egress)
-            template.zygote.send(node.load_message(function, version, spec, paths))
+            template.zygote.send(node.load_message(function, version, spec, paths, tid))
             reply = await template.zygote.expect(INIT_TIMEOUT_S)
             if reply.get("t") != "ready":
                 raise Refused(reply.get("reason") or (

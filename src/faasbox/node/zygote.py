@@ -46,9 +46,26 @@ EXIT_REPORT_TIMEOUT_S = 5.0
 class SpawnedProcess:
     """An instance or fork server the node started itself (its child)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], pid_namespace: bool = False) -> None:
         self.popen = popen
         self.pid = popen.pid
+        # the instance proper: in a pid namespace of its own, the process started forks it and
+        # waits (runtime/confine.py: become_pid_one)
+        self.worker_pid = popen.pid
+        self._forks_worker = pid_namespace
+
+    def find_worker(self) -> None:
+        """Once the instance has said hello (before any user code): its worker's pid, the
+        only child of the process started, when that forked it into a pid namespace."""
+        if not self._forks_worker:
+            return
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return
+        if len(children) == 1:
+            self.worker_pid = int(children[0])
 
     def open_pidfd(self) -> int:
         return os.pidfd_open(self.pid)
@@ -95,7 +112,7 @@ async def spawn(environment: InstanceEnvironment, inst: Instance,
             pass_fds=(child.fileno(),), cwd=inst.scratch, env=env,
             process_group=0,
         ))))
-    inst.proc = SpawnedProcess(proc)
+    inst.proc = SpawnedProcess(proc, pid_namespace=bool(plan.get("pid")) and os.geteuid() == 0)
     inst.start_mode = SPAWN
     return parent
 
@@ -144,7 +161,7 @@ class ForkedProcess:
     zygote (None when the zygote died before it could report it)."""
 
     def __init__(self, pid: int, pidfd: int, exit_code: asyncio.Future[int | None]) -> None:
-        self.pid = pid
+        self.pid = self.worker_pid = pid
         self._pidfd = pidfd
         self._exit_code = exit_code
 
@@ -286,11 +303,14 @@ class Zygote:
 
     def _on_forked(self, message: dict[str, Any], fds: list[int]) -> None:
         fut = self._forks.get(str(message.get("id")))
-        pid = message.get("pid")
+        # The pid the zygote names is in its own pid namespace (a template is pid 1 of one):
+        # it only keys the exit report. The node's pid of the child is the pidfd's.
+        named = message.get("pid")
+        pid = pidfd_pid(fds[0]) if len(fds) == 1 else None
         # A template runs user code, which can send any message with a pidfd of any process
-        # (pidfd_open needs no permission): only a pidfd of the pid named, a child of this
-        # zygote, is signalled or kept; anything else is closed untouched.
-        ours = len(fds) == 1 and isinstance(pid, int) and self._is_child(pid, fds[0])
+        # (pidfd_open needs no permission): only a pidfd of a child of this zygote is
+        # signalled or kept; anything else is closed untouched.
+        ours = isinstance(named, int) and pid is not None and self._is_child(pid)
         if not ours or fut is None or fut.done():
             for fd in fds:
                 if ours:  # nobody waits for this child (the request timed out): end it
@@ -301,15 +321,15 @@ class Zygote:
                 fut.set_exception(errors.Unavailable(
                     f"the {self.kind} named a process that is not (or no longer) its child"))
             return
-        assert isinstance(pid, int)  # checked in ``ours``
+        assert isinstance(pid, int) and isinstance(named, int)  # checked in ``ours``
         exit_code: asyncio.Future[int | None] = self.loop.create_future()
-        self._exits[pid] = exit_code
+        self._exits[named] = exit_code
         fut.set_result(ForkedProcess(pid, fds[0], exit_code))
 
-    def _is_child(self, pid: int, pidfd: int) -> bool:
-        """``pidfd`` refers to process ``pid``, and that is a child of this zygote."""
+    def _is_child(self, pid: int) -> bool:
+        """Process ``pid`` is a child of this zygote."""
         found = parent_and_uid(pid)
-        return pidfd_pid(pidfd) == pid and found is not None and found[0] == self.pid
+        return found is not None and found[0] == self.pid
 
     def _closed(self) -> None:
         if not self.alive:

@@ -13,10 +13,18 @@ seccomp filter.
 ``plan`` (a dict, JSON on the wire) says which of these to do; the node leaves out what
 :func:`probe` found impossible on this machine. A process that is not root (a template's child,
 which shares its template's namespaces, uid and filter) only makes and enters its scratch dir.
+
+With ``pid`` in the plan the process is also pid 1 of a pid namespace of its own, so that no
+system call names another tenant's processes (``kill(pid, 0)``, ``getpriority(PRIO_USER)``, …
+see only the namespace). A namespace takes effect for a process's *children*, so whoever
+forks it makes the namespace first: a zygote forks inside :func:`pid_namespace_for_child`; a
+spawned instance forks itself once (:func:`become_pid_one`), its first process staying behind
+to wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -24,6 +32,7 @@ import fcntl
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
@@ -60,6 +69,7 @@ AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -102,6 +112,10 @@ def _check(result: int, what: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(libc().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(libc().setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -218,6 +232,71 @@ def load_filter(program: bytes) -> None:
     _check(libc().prctl(PR_SET_SECCOMP, u(SECCOMP_MODE_FILTER), pbuf, u(0), u(0)), "seccomp")
 
 
+# -- pid namespaces ----------------------------------------------------------------------------
+_own_pid_ns: int | None = None  # a zygote's fd of its own pid namespace, to return to
+_waited_on = False  # this process is a spawned instance's pid 1 (become_pid_one)
+
+
+@contextlib.contextmanager
+def pid_namespace_for_child() -> Iterator[None]:
+    """The fork made inside makes a child that is pid 1 of a new pid namespace (the caller,
+    root, stays where it is and returns to its own namespace for its later children)."""
+    global _own_pid_ns
+    if _own_pid_ns is None:
+        _own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    unshare(CLONE_NEWPID)
+    try:
+        yield
+    finally:
+        if os.getpid() != 1:  # in the parent (the child is pid 1 and has nowhere to return)
+            setns(_own_pid_ns, CLONE_NEWPID)
+
+
+def forget_pid_namespace() -> None:
+    """In a zygote's child: close the zygote's handle on its pid namespace."""
+    global _own_pid_ns
+    if _own_pid_ns is not None:
+        os.close(_own_pid_ns)
+        _own_pid_ns = None
+
+
+def become_pid_one() -> None:
+    """Fork into a new pid namespace: returns in the child (pid 1); the first process stays
+    behind, holding nothing, waits for it and exits as it did (a spawned instance)."""
+    global _waited_on
+    unshare(CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        _waited_on = True
+        parent_death_kills()
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, 65536)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        import signal
+
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def parent_death_kills() -> None:
+    """SIGKILL this process when its parent dies (cleared by a change of uid: set again)."""
+    u = ctypes.c_ulong
+    libc().prctl(PR_SET_PDEATHSIG, u(9), u(0), u(0), u(0))
+
+
 # -- the sequence ----------------------------------------------------------------------------
 def confine(plan: dict[str, Any]) -> None:
     """Apply ``plan`` to this process (see the module doc); raises OSError on any failure,
@@ -248,6 +327,8 @@ def confine(plan: dict[str, Any]) -> None:
         os.setresuid(uid, uid, uid)
     if plan.get("no_new_privs"):
         no_new_privs()
+    if _waited_on:
+        parent_death_kills()  # again: the change of uid cleared it
     if plan.get("seccomp"):
         load_filter(compile_filter())
 
@@ -350,10 +431,21 @@ def probe() -> dict[str, str | None]:
         attempt("private /proc", lambda: mount("proc", "/proc", "proc",
                                                MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2"))
         attempt("masked paths", mask)
+    attempt("pid namespace", _new_pid)
     attempt("no_new_privs", no_new_privs)
     if found["seccomp"] is None:
         attempt("seccomp", lambda: load_filter(compile_filter()))
     return found
+
+
+def _new_pid() -> None:
+    with pid_namespace_for_child():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if os.getpid() == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(errno.EINVAL, "a child in a new pid namespace is not its pid 1")
 
 
 def main() -> None:

@@ -81,9 +81,10 @@ class Context:
 
     def __init__(
         self, request_id: str, function_name: str, version: int, memory_limit_mb: int,
-        deadline: float, extra: dict[str, Any], log: LogBuffer,
+        deadline: float, extra: dict[str, Any], log: LogBuffer, instance_id: str = "",
     ) -> None:
         self.request_id = request_id
+        self.instance_id = instance_id
         self.function_name = function_name
         self.version = version
         self.memory_limit_mb = memory_limit_mb

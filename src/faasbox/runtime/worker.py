@@ -93,7 +93,7 @@ class Worker:
         deadline = time.monotonic() + header.get("timeout_ms", 3_600_000) / 1000
         ctx = Context(
             header["id"], self.spec["function"], self.spec["version"], self.spec["memory_mb"],
-            deadline, header, log,
+            deadline, header, log, self.spec.get("instance", ""),
         )
         return ctx, log
 
@@ -305,10 +305,13 @@ def main(argv: list[str]) -> None:
     itself before it says hello (runtime/confine.py); if that fails it exits at once."""
     sock = socket.socket(fileno=int(argv[1]))
     if len(argv) > 2:
-        from faasbox.runtime.confine import confine
+        from faasbox.runtime.confine import become_pid_one, confine
 
         try:
-            confine(orjson.loads(argv[2]))
+            plan = orjson.loads(argv[2])
+            if plan.get("pid") and os.geteuid() == 0:
+                become_pid_one()  # the process that stays behind never returns
+            confine(plan)
         except OSError as exc:
             print(f"faasbox: cannot confine the instance: {exc}", file=sys.stderr, flush=True)
             os._exit(1)

@@ -22,6 +22,7 @@ a retired zygote (or one whose node went away) exits once its last child has.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
@@ -196,6 +197,21 @@ class Zygote:
 
             shutil.rmtree(scratch, ignore_errors=True)
         self._report({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+        if os.getpid() == 1:
+            self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        """As pid 1 of its namespace (a template), reap what its dead children left running
+        and the kill of their cgroups ended: their exits are nobody else's to collect."""
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if found is None or found.si_pid in self.children.values():
+                return  # nothing exited, or a child of its own (reaped by its pidfd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(found.si_pid, 0)
 
     def _fork(self, message: dict[str, Any], fds: list[int]) -> None:
         if len(fds) != 2:
@@ -207,8 +223,11 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         bare = _bare_fork_allowed()
+        plan = message.get("confine")
+        own_ns = isinstance(plan, dict) and bool(plan.get("pid")) and self.role == "forkserver"
         try:
-            pid = _fork_bare() if bare else os.fork()
+            with confine.pid_namespace_for_child() if own_ns else contextlib.nullcontext():
+                pid = _fork_bare() if bare else os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -241,6 +260,7 @@ class Zygote:
                 os.close(pidfd)
             self.children.clear()
             self.ctl.close()
+            confine.forget_pid_namespace()
             sandbox_self(message, out_fd)
             sock = socket.socket(fileno=sock_fd)
             if message["t"] == "template":
