@@ -282,11 +282,12 @@ def become_pid_one() -> None:
             os._exit(1)
         except InterruptedError:
             continue
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
+    if os.WIFSIGNALED(status):  # killed by a signal: the same end, for the node to report
         import signal
 
-        signal.signal(sig, signal.SIG_DFL)
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
