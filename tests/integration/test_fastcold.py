@@ -539,8 +539,10 @@ def test_spawn_mode(make_server: Any) -> None:
         # pid 1 of its namespace, forked by the process the server spawned, which waits
         assert out["pid"] == 1
         waiter = template_pid(inst["pid"])
-        assert srv.proc is not None and template_pid(waiter) == srv.proc.pid
-        assert children(waiter) == {inst["pid"]}
+        assert srv.proc is not None and parent_and_uid(waiter) == (srv.proc.pid, out["uid"])
+        assert children(waiter) == {inst["pid"]}  # not root, and holding nothing else:
+        assert {os.readlink(f"/proc/{waiter}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{waiter}/fd")} == {"/dev/null"}
 
 
 def test_auto_mode_makes_a_template_after_the_second_cold_start(make_server: Any) -> None:

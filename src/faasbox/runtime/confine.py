@@ -260,9 +260,10 @@ def forget_pid_namespace() -> None:
         _own_pid_ns = None
 
 
-def become_pid_one() -> None:
+def become_pid_one(uid: int | None = None) -> None:
     """Fork into a new pid namespace: returns in the child (pid 1); the first process stays
-    behind, holding nothing, waits for it and exits as it did (a spawned instance)."""
+    behind, holding nothing, as ``uid``, waits for it and exits as it did (a spawned
+    instance)."""
     global _waited_on
     unshare(CLONE_NEWPID)
     pid = os.fork()
@@ -274,6 +275,10 @@ def become_pid_one() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.closerange(3, 65536)
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
     while True:
         try:
             _, status = os.waitpid(pid, 0)

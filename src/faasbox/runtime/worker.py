@@ -310,7 +310,7 @@ def main(argv: list[str]) -> None:
         try:
             plan = orjson.loads(argv[2])
             if plan.get("pid") and os.geteuid() == 0:
-                become_pid_one()  # the process that stays behind never returns
+                become_pid_one(plan.get("uid"))  # the process that stays behind never returns
             confine(plan)
         except OSError as exc:
             print(f"faasbox: cannot confine the instance: {exc}", file=sys.stderr, flush=True)
