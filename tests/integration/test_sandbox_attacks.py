@@ -92,6 +92,20 @@ def procs(event):
             pid1_uid = [int(l.split()[1]) for l in f if l.startswith("Uid:")][0]
     return {"pids": len(pids), "uids": sorted(uids), "me": os.getuid(), "pid1_uid": pid1_uid}
 
+def untie(event):
+    """Try to end what waits for this instance (a spawned one's first process) and to outlive
+    it: no signal at its parent's death, SIGTERM to its whole process group, a new session."""
+    import signal
+    libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+    if os.getpid() == 1:  # (a template's child is not: it would end itself)
+        os.kill(0, signal.SIGTERM)  # ignored by a pid 1 itself
+    setsid = _errno(os.setsid)
+    return {"setsid": setsid, "instance": CONTEXT[0].instance_id}
+
+def environ(event):
+    return {"now": {k: os.environ.get(k) for k in event["keys"]},
+            "gmtoff": time.localtime().tm_gmtoff, "instance": CONTEXT[0].instance_id}
+
 def neighbours(event):
     """What system calls that check no permission tell of another instance, by its host pid
     and uid, and which pids answer at all."""
@@ -374,6 +388,38 @@ def test_what_tells_of_other_instances_is_hidden(moded: Server) -> None:
     still_serves(moded, "attack")
 
 
+def test_the_functions_variables_never_reach_an_exec_as_root(moded: Server) -> None:
+    """A spawned instance is root until it confines itself: had the function's LD_PRELOAD been
+    in the environment it was started with, the loader would have run the function's code as
+    root before the sandbox. The function's variables are set at load, before its import."""
+    env = {"LD_PRELOAD": "/nonexistent/evil.so", "TZ": "XYZ-3", "MY_VAR": "mine"}
+    moded.deploy("envy", ATTACK, env=env)
+    out = call(moded, "envy", action="environ", keys=sorted(env))
+    assert out["now"] == env and out["gmtoff"] == 3 * 3600, out
+    # what the process was exec'd with (for a forked one, its fork server's), from the host
+    pid = moded.pid_of("envy", out["instance"])
+    at_exec = {v.split(b"=", 1)[0].decode()
+               for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if v}
+    assert "PATH" in at_exec and not set(env) & at_exec, at_exec
+
+
+def test_an_instance_cannot_end_what_waits_for_it(moded: Server) -> None:
+    """SIGTERM to its process group, no parent-death signal: a spawned instance's first
+    process (outside its namespace, waiting for it) is out of reach, and a timeout still
+    ends the instance with everything in it."""
+    moded.deploy("untie", ATTACK, timeout_s=3)
+    first = call(moded, "untie", action="untie")
+    again = call(moded, "untie", action="ping")
+    assert again["instance"] == first["instance"]  # still there, still itself
+    pid = moded.pid_of("untie", first["instance"])
+    parent = parent_and_uid(pid)  # what waits for it (spawn) or its zygote: still there
+    assert parent is not None and parent[0] != 1 and not gone(parent[0]), parent
+    resp = moded.invoke("untie", {"action": "sleep", "s": 30})
+    assert resp.status_code == 504, resp.text
+    moded.wait_for(lambda: gone(pid), what="the timed-out instance to die")
+    still_serves(moded, "untie")
+
+
 def test_identity_and_seccomp(moded: Server) -> None:
     out = call(moded, "attack", action="identity")
     assert out["uid"] == out["euid"] and out["uid"] >= 200000 and out["groups"] == []
@@ -415,7 +461,8 @@ def test_oom_leaves_no_cgroup_behind(moded: Server) -> None:
     resp = moded.invoke("attack", {"action": "hog"})
     assert resp.status_code == 500 and "out_of_memory" in resp.text, resp.text
     names = lambda: {d.name for d in cgroup_dirs(moded.data)}  # noqa: E731
-    live = lambda: {i["id"] for f in ("attack", "other") for i in moded.instances(f)}  # noqa: E731
+    functions = [f["name"] for f in moded.http.get("/v1/functions").json()["functions"]]
+    live = lambda: {i["id"] for f in functions for i in moded.instances(f)}  # noqa: E731
     moded.wait_for(lambda: {n for n in names() if not n.startswith("tmpl-")} <= live(),
                    what="the OOM-killed instance's cgroup to go")
     still_serves(moded, "attack")

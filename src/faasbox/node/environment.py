@@ -35,6 +35,13 @@ RUNTIME_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 UID_RANGE = 60000
+
+
+def function_env(spec: FunctionSpec) -> dict[str, str]:
+    """The function's own variables that the runtime's do not override (set by the worker at
+    ``load``, before the function is imported)."""
+    return {k: v for k, v in spec.env.items() if k not in RUNTIME_ENV and k not in (
+        "HOME", "TMPDIR")}
 GROUP_PREFIX = "grp-"
 
 
@@ -302,10 +309,11 @@ class InstanceEnvironment:
             cgroup.create(memory_mb)
 
     def variables(self, function: str, version: int, spec: FunctionSpec,
-                  scratch: Path) -> dict[str, str]:
-        """The environment variables of an instance process."""
+                  scratch: Path, own: bool = True) -> dict[str, str]:
+        """The environment variables of an instance process; without the function's ``own``
+        (``env`` of its spec) for a process that execs as root: it gets them at ``load``."""
         return {
-            **spec.env,
+            **(spec.env if own else {}),
             **RUNTIME_ENV,
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
@@ -319,7 +327,7 @@ class InstanceEnvironment:
                      paths: list[str], instance: str) -> dict[str, Any]:
         limits = rlimits(self.features, spec.memory_mb) if self.features.enabled else {}
         return {
-            "rlimits": limits,
+            "rlimits": limits, "env": function_env(spec),
             "t": "load", "handler": spec.handler, "paths": paths, "instance": instance,
             "function": display(function), "version": version,
             "memory_mb": spec.memory_mb, "concurrency": spec.concurrency,

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from faasbox import errors
 from faasbox.node.calls import Call, Deadlines, InvokeResult, Stopping, TimedOut
 from faasbox.node.cgroups import Cgroup
-from faasbox.node.zygote import ForkedProcess, in_thread
+from faasbox.node.zygote import ForkedProcess, SpawnedProcess, in_thread
 from faasbox.runtime import protocol
 from faasbox.spec import FunctionSpec
 
@@ -276,9 +276,14 @@ class Instance:
     async def kill_all(self) -> None:
         """:meth:`kill`, then every process in its cgroup, off the event loop (a cgroup v1
         kill freezes the group and waits for it to freeze)."""
-        if self.proc is None or self.exited.is_set():
+        if self.proc is None:
             return
-        self.kill()
+        if self.exited.is_set():
+            # a spawned instance's worker may outlive the process that waited for it
+            if not (isinstance(self.proc, SpawnedProcess) and self.proc.waits):
+                return
+        else:
+            self.kill()
         if self.cgroup is not None:
             await in_thread(self.cgroup.kill_all)
 

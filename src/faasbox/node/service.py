@@ -15,7 +15,7 @@ from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
 from faasbox.node.starter import Starter
-from faasbox.node.zygote import SpawnedProcess, in_thread
+from faasbox.node.zygote import ForkedProcess, SpawnedProcess, in_thread
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class NodeService:
             await inst.expect("hello", HELLO_TIMEOUT_S)
             if isinstance(inst.proc, SpawnedProcess):
                 inst.proc.find_worker()
+            elif isinstance(inst.proc, ForkedProcess) and not inst.proc.running():
+                # its zygote reaps it: once exited, its pid may be another process's
+                raise errors.InitError("the instance exited before it was put in its cgroup")
             if inst.cgroup is not None:
                 # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
                 await in_thread(inst.cgroup.add, inst.pid)

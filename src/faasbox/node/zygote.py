@@ -54,18 +54,26 @@ class SpawnedProcess:
         self.worker_pid = popen.pid
         self._forks_worker = pid_namespace
 
+    @property
+    def waits(self) -> bool:
+        """The process started only waits for the instance proper (``worker_pid``)."""
+        return self._forks_worker
+
     def find_worker(self) -> None:
         """Once the instance has said hello (before any user code): its worker's pid, the
-        only child of the process started, when that forked it into a pid namespace."""
+        only child of the process started, when that forked it into a pid namespace; raises
+        InitError if there is not exactly one (the cgroup and network must reach it)."""
         if not self._forks_worker:
             return
         try:
             with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
                 children = f.read().split()
-        except OSError:
-            return
-        if len(children) == 1:
-            self.worker_pid = int(children[0])
+        except OSError as exc:
+            raise errors.InitError(f"cannot find the instance's process: {exc}") from None
+        if len(children) != 1:
+            raise errors.InitError(
+                f"the instance's first process has {len(children)} children, not 1")
+        self.worker_pid = int(children[0])
 
     def open_pidfd(self) -> int:
         return os.pidfd_open(self.pid)
@@ -101,7 +109,10 @@ async def spawn(environment: InstanceEnvironment, inst: Instance,
     starts as the server's user and confines itself (runtime/confine.py) before it says
     hello: namespaces, mounts, its uid, no_new_privs, seccomp."""
     environment.prepare(inst)
-    env = environment.variables(inst.function, inst.version, inst.spec, inst.scratch)
+    # not the function's own variables: the loader would honour LD_PRELOAD and the like in a
+    # process that is root until it confines itself (the worker sets them at load)
+    env = environment.variables(inst.function, inst.version, inst.spec, inst.scratch,
+                                own=False)
     plan = environment.plan(inst.spec, inst.uid, inst.scratch, paths)
     sink = environment.output(inst.id, inst.output_path)
     proc, parent = await with_socket(sink, lambda child: popen_in_thread(lambda: (

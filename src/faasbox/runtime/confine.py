@@ -249,7 +249,12 @@ def pid_namespace_for_child() -> Iterator[None]:
         yield
     finally:
         if os.getpid() != 1:  # in the parent (the child is pid 1 and has nowhere to return)
-            setns(_own_pid_ns, CLONE_NEWPID)
+            try:
+                setns(_own_pid_ns, CLONE_NEWPID)
+            except OSError:
+                # every later child would land in this namespace: end here (a zygote's end
+                # closes its control socket; the node starts a new one and drops the child)
+                os._exit(70)
 
 
 def forget_pid_namespace() -> None:
@@ -270,6 +275,7 @@ def become_pid_one(uid: int | None = None) -> None:
     if pid == 0:
         _waited_on = True
         parent_death_kills()
+        os.setsid()  # out of the waiter's group: kill(0, sig) must not reach it
         return
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):

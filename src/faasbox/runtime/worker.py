@@ -205,11 +205,18 @@ def _echo(event: Any, context: Context) -> Any:
 
 
 def import_handler(spec: dict[str, Any]) -> Callable[..., Any]:
-    """Set the rlimits of ``spec`` on this process, put its paths first on ``sys.path`` and
-    import its handler. In an instance forked from a snapshot template the module is already
-    imported (and the paths and limits already set), so this returns at once."""
+    """Set the rlimits and the function's environment variables of ``spec`` on this process,
+    put its paths first on ``sys.path`` and import its handler. In an instance forked from a
+    snapshot template the module is already imported (and the paths and limits already set),
+    so this returns at once."""
     for name, value in spec.get("rlimits", {}).items():
         resource.setrlimit(getattr(resource, name), (value, value))
+    env: dict[str, str] = spec.get("env") or {}
+    for key, value in env.items():  # a spawned instance starts without them
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+    if "TZ" in env:  # read when ``time`` was imported (in a zygote, before the fork)
+        time.tzset()
     for path in reversed(spec.get("paths", [])):
         if path not in sys.path:
             sys.path.insert(0, path)

@@ -187,6 +187,11 @@ class Zygote:
             pass  # the node has gone; keep reaping
 
     def _reap(self, pidfd: int, pid: int) -> None:
+        self._reap_child(pidfd, pid)
+        if os.getpid() == 1:
+            self._reap_orphans()
+
+    def _reap_child(self, pidfd: int, pid: int) -> None:
         self.selector.unregister(pidfd)
         os.close(pidfd)
         del self.children[pidfd]
@@ -197,8 +202,6 @@ class Zygote:
 
             shutil.rmtree(scratch, ignore_errors=True)
         self._report({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
-        if os.getpid() == 1:
-            self._reap_orphans()
 
     def _reap_orphans(self) -> None:
         """As pid 1 of its namespace (a template), reap what its dead children left running
@@ -208,8 +211,12 @@ class Zygote:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if found is None or found.si_pid in self.children.values():
-                return  # nothing exited, or a child of its own (reaped by its pidfd)
+            if found is None:
+                return
+            tracked = [fd for fd, pid in self.children.items() if pid == found.si_pid]
+            if tracked:  # a child of its own, exited: reaped and reported as such
+                self._reap_child(tracked[0], found.si_pid)
+                continue
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(found.si_pid, 0)
 
