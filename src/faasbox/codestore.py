@@ -177,6 +177,9 @@ VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
 LOCAL_PREFIXES = (".", "/", "~", "file:")
 FILE_OPTIONS = ("-e", "--editable", "-r", "--requirement", "-c", "--constraint", "-f",
                 "--find-links", "--index-url", "-i", "--extra-index-url")
+# the pip options a requirements.txt line may start with, spelled out (pip also takes any
+# unambiguous prefix of an option, "--extra-ind", which a list of refused names would miss)
+ALLOWED_OPTIONS = ("--no-index", "--pre", "--prefer-binary", "--only-binary")
 
 
 def check_requirements(lines: list[str], source_builds: bool = False) -> None:
@@ -198,6 +201,11 @@ def check_requirements(lines: list[str], source_builds: bool = False) -> None:
                 f"requirements.txt: {raw!r} is a source tree: building it runs its code;"
                 " ship a wheel, or set source_builds: true in the spec")
         target = line.split("@", 1)[1].strip() if "@" in line else line
+        option = first.split("=", 1)[0]
+        if line.startswith("-") and option not in ALLOWED_OPTIONS and option not in FILE_OPTIONS:
+            raise errors.InvalidSpec(
+                f"requirements.txt: {raw!r}: the pip option {option!r} is not allowed; allowed: "
+                + ", ".join(ALLOWED_OPTIONS))
         if line.startswith(FILE_OPTIONS) or line.split()[0] in FILE_OPTIONS:
             raise errors.InvalidSpec(
                 f"requirements.txt: {raw!r}: pip options that read files or other indexes are "
@@ -315,12 +323,22 @@ def tree_hash(root: Path) -> str:
 
 
 def _make_readable(root: Path) -> None:
-    """Code and packages are read by instances running under other uids."""
+    """Code and packages are read by instances running under other uids. A build wrote them:
+    a symbolic link in there (to /etc/shadow, say) is never followed, nor swapped in midway
+    (each entry is opened relative to its folder's fd, without following links)."""
     root.chmod(0o755)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o755)
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            mode = os.stat(p).st_mode
-            os.chmod(p, 0o755 if mode & stat.S_IXUSR else 0o644)
+    for _, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in dirnames + filenames:
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    os.chmod(f"/proc/self/fd/{fd}", 0o755)
+                elif stat.S_ISREG(mode):
+                    os.chmod(f"/proc/self/fd/{fd}", 0o755 if mode & stat.S_IXUSR else 0o644)
+                # links, fifos, sockets: left as they are
+            finally:
+                os.close(fd)

@@ -104,6 +104,26 @@ def test_requirements_installed_per_version(server: Server) -> None:
     assert f"packages/{body['packages']}" in result["where"]
 
 
+def test_a_pip_of_the_functions_own_is_not_what_installs(server: Server) -> None:
+    """pip runs with the code folder as its cwd: ``python -m pip`` would import a ``pip/`` of
+    the function's own from there (as the build's uid, or as the server's user where builds
+    cannot be sandboxed). The real pip installs; the fake one never runs."""
+    folder = server.folder("d-fakepip", {
+        "main.py": """
+            import tinydep
+            def handler(event, context):
+                return tinydep.ANSWER
+        """,
+        "requirements.txt": "--no-index\n./tinydep-1.0-py3-none-any.whl\n",
+        "pip/__init__.py": "",
+        "pip/__main__.py": "import sys\nprint('FAKE PIP RAN')\nsys.exit(0)\n",
+    })
+    (folder / "tinydep-1.0-py3-none-any.whl").write_bytes(_wheel("tinydep", "ANSWER = 7\n"))
+    body = server.deploy("d-fakepip", folder=folder).json()  # the fake would install nothing
+    assert body["packages"]
+    assert server.invoke("d-fakepip").json() == 7
+
+
 def test_failed_dependency_install_fails_the_deploy(server: Server) -> None:
     resp = server.deploy("d-baddeps", {
         "main.py": "def handler(e, c):\n    return 1\n",

@@ -81,11 +81,43 @@ def test_requirements_key(tmp_path: Path) -> None:
     assert store.requirements_key(c) != store.requirements_key(d)  # in the code: per code
     for bad in (b"../w.whl\n", b"./a/../../w.whl\n", b"/abs/pkg\n", b"~/pkg\n", b"file:///x.whl\n", b"git+https://h/r.git\n",
                 b"pkg @ git+https://h/r.git\n", b"pkg @ file:///x\n", b"-e .\n",
-                b"-r other.txt\n", b"--extra-index-url https://x\n"):
+                b"-r other.txt\n", b"--extra-index-url https://x\n",
+                # pip takes a prefix of an option: "--extra-ind" is "--extra-index-url"
+                b"--extra-ind https://x\n", b"--find-l /root\n", b"--no-binary :all:\n",
+                b"--index=https://x\n"):
         sha = asyncio.run(store.put_zip(_zip({"main.py": bad, "requirements.txt": bad})))
         with pytest.raises(errors.InvalidSpec) as err:
             store.requirements_key(sha)
         assert err.value.status == 422, bad
+
+
+def test_the_allowed_pip_options_pass() -> None:
+    codestore.check_requirements(["--no-index", "--prefer-binary", "--only-binary=:all:",
+                                  "--pre", "six==1.16.0 --hash=sha256:" + "0" * 64])
+
+
+def test_what_a_build_leaves_is_made_readable_without_following_links(tmp_path: Path) -> None:
+    """A build's output is made readable by the root server: a link in it (to a file of the
+    host) is left alone, its target untouched."""
+    victim = tmp_path / "shadow"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    out = tmp_path / "out"
+    (out / "pkg").mkdir(parents=True)
+    (out / "pkg" / "mod.py").write_text("x = 1")
+    (out / "pkg" / "mod.py").chmod(0o600)
+    (out / "pkg" / "tool").write_text("#!/bin/sh")
+    (out / "pkg" / "tool").chmod(0o700)
+    (out / "pkg").chmod(0o700)
+    (out / "to-file").symlink_to(victim)
+    (out / "to-dir").symlink_to(tmp_path)
+    tmp_path.chmod(0o700)
+    codestore._make_readable(out)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "pkg").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "pkg" / "mod.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "pkg" / "tool").stat().st_mode) == 0o755
 
 
 def test_servers_sharing_the_cache_each_store_the_same_package(tmp_path: Path) -> None:

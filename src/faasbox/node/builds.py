@@ -49,8 +49,9 @@ class BuildSandbox:
         """Run ``pip install ARGS`` for ``code`` into ``target``; ``(exit code, output)``,
         exit code None when it ran past ``timeout_s`` (and was killed)."""
         if self.reason is not None:
-            return await _run([sys.executable, "-m", "pip", "install", *args], code, None,
-                              timeout_s)
+            # -I: the code folder (the cwd) is not on sys.path: a pip/ in it would run
+            return await _run([sys.executable, "-I", "-m", "pip", "install", *args], code,
+                              None, timeout_s)
         uid = self.env.allocate_uid()
         name = f"build-{os.urandom(4).hex()}"
         cgroup = self.env.cgroup(name) if self.env.features.cgroup_dirs else None

@@ -38,7 +38,10 @@ def main() -> None:
                  "NO_PROXY"):
         if name in os.environ:
             env[name] = os.environ[name]
-    os.execve(sys.executable, [sys.executable, "-m", "pip", "install", *sys.argv[2:]], env)
+    # -I: not the code folder (the cwd) first on sys.path, where a pip/ of the function's own
+    # would run instead of pip
+    os.execve(sys.executable, [sys.executable, "-I", "-m", "pip", "install", *sys.argv[2:]],
+              env)
 
 
 if __name__ == "__main__":
