@@ -511,6 +511,50 @@ def test_template_cannot_make_the_node_kill_another_process(template: Server,
         victim.wait()
 
 
+BAD_READY = {"main.py": """
+    import sys
+    zygote = sys.modules.get("faasbox.runtime.zygote") or sys.modules.get("__main__")
+    if hasattr(zygote, "Zygote"):  # in a template: its "ready" says init_ms is not a number
+        real = zygote.send
+        def send(sock, message, fds=None):
+            if message.get("t") == "ready":
+                message = {**message, "init_ms": "soon"}
+            real(sock, message, fds)
+        zygote.send = send
+
+    def handler(event, context):
+        return context.instance_id
+"""}
+
+
+def test_a_templates_malformed_ready_leaks_nothing(template: Server) -> None:
+    """A template runs user code, which can say anything in its messages: a ``ready`` whose
+    init_ms is not a number still leaves a template the node knows, and retires with it."""
+    if not template.feature("memory limit"):
+        pytest.skip("templates are found by their cgroups; no memory limit on this machine")
+    template.deploy("t-badms", BAD_READY)
+    instance = template.invoke("t-badms").json()
+    assert instance_of(template, "t-badms", instance)["start_mode"] == "template"
+    assert template_processes("t-badms")
+    assert template.http.delete("/v1/functions/t-badms").status_code == 204
+    template.wait_for(lambda: not template_processes("t-badms"), timeout=20,
+                      what="the deleted function's template to exit")
+
+
+def template_processes(function: str) -> list[int]:
+    """Live processes in a template cgroup of ``function`` (tenant default)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                if any(":memory:" in line and f"/tmpl-default.{function}-" in line
+                       for line in f):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def test_load_error_under_template_mode_is_an_init_error(template: Server) -> None:
     template.deploy("t-broken", {"main.py": """
         import os

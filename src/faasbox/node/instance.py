@@ -242,7 +242,10 @@ class Instance:
         if code is None:
             how = "exited (its exit code was lost with the process that forked it)"
         elif code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal
+                how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}"
         tail = self.output_tail()

@@ -15,7 +15,7 @@ from faasbox.node.environment import InstanceEnvironment
 from faasbox.node.instance import Instance
 from faasbox.node.sandbox import SandboxFeatures
 from faasbox.node.starter import Starter
-from faasbox.node.zygote import ForkedProcess, SpawnedProcess, in_thread
+from faasbox.node.zygote import ForkedProcess, SpawnedProcess, in_thread, reported_ms
 from faasbox.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class NodeService:
                 f"the function failed to load: {reply.get('type')}: {reply.get('message')}",
                 type=reply.get("type"), traceback=reply.get("traceback"),
             )
-        inst.init_ms = reply.get("init_ms")
+        inst.init_ms = reported_ms(reply.get("init_ms"))
         inst.ordered = reply.get("ordered") is True
         inst.state = "idle"
         self.starter.started(inst)

@@ -132,6 +132,8 @@ class Spares:
             if hello.get("t") != "hello":
                 raise errors.Unavailable(f"a spare sent {str(hello.get('t'))[:40]!r}, not hello")
             if spare.cgroup is not None:
+                if not spare.proc.running():  # reaped by its template: the pid may be reused
+                    raise errors.Unavailable("a spare exited before its hello was answered")
                 await in_thread(spare.cgroup.add, spare.proc.pid)
         except BaseException:
             self.drop(spare)

@@ -42,6 +42,7 @@ from faasbox.node.zygote import (
     ForkedProcess,
     Zygote,
     is_child_of,
+    reported_ms,
     spawn,
     start_fork_server,
     with_socket,
@@ -166,7 +167,10 @@ class Starter:
     async def _fork(self, inst: Instance, zygote: Zygote, paths: list[str],
                     template: bool = False) -> socket.socket:
         self.env.prepare(inst, template_child=template)
-        env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch)
+        # a fork-server child is root until it confines itself: the function's own variables
+        # are set by its worker at load (a template's child is not root, and has them)
+        env = self.env.variables(inst.function, inst.version, inst.spec, inst.scratch,
+                                 own=template)
         # a template's child inherits the template's confinement; it only makes its scratch
         plan: dict[str, object] = (
             {"uid": inst.uid, "scratch": str(inst.scratch)} if template
@@ -330,7 +334,7 @@ class Starter:
                 os.chown(template.scratch, template.uid, template.uid)
             if template.cgroup is not None:
                 template.cgroup.create(spec.memory_mb)
-            env = node.variables(function, version, spec, template.scratch)
+            env = node.variables(function, version, spec, template.scratch, own=False)
             plan = node.plan(spec, template.uid, template.scratch, paths, template=True)
             sink = node.output(tid, template.output_path)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -355,8 +359,10 @@ class Starter:
             template.zygote.send(node.load_message(function, version, spec, paths, tid))
             reply = await template.zygote.expect(INIT_TIMEOUT_S)
             if reply.get("t") != "ready":
-                raise Refused(reply.get("reason") or (
-                    f"the function failed to load: {reply.get('type')}: {reply.get('message')}"))
+                raise Refused(str(reply.get("reason") or (
+                    f"the function failed to load: {reply.get('type')}: {reply.get('message')}"
+                ))[:500])
+            template.init_ms = reported_ms(reply.get("init_ms"))
             if template.cgroup is not None:
                 # the import ran under memory_mb; from now on the template only forks, and
                 # what its children copy before their move is charged here
@@ -371,7 +377,6 @@ class Starter:
             else:
                 self._cleanup(template)
             raise
-        template.init_ms = float(reply.get("init_ms", 0.0))
         template.last_used = asyncio.get_running_loop().time()
         template.spec = spec
         self._arm(template)

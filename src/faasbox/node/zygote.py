@@ -308,7 +308,7 @@ class Zygote:
         elif kind == "exit":
             exit_fut = self._exits.pop(message.get("pid", -1), None)
             if exit_fut is not None and not exit_fut.done():
-                exit_fut.set_result(message.get("code"))
+                exit_fut.set_result(exit_code(message.get("code")))
         elif not self._control.done():
             self._control.set_result(message)
 
@@ -395,6 +395,23 @@ async def start_fork_server(output_path: Path, env: dict[str, str]) -> Zygote:
         raise
     zygote.modules = frozenset(hello.get("modules", ()))
     return zygote
+
+
+def exit_code(value: object) -> int | None:
+    """An exit code a zygote reported (a template's is user code's word): an int from -64
+    (killed by a signal) to 255, else None (unknown)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -64 <= value <= 255:
+        return value
+    return None
+
+
+def reported_ms(value: object) -> float:
+    """A duration a process reported (user code may send anything): a finite number of ms
+    from 0 to a day, else 0."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and (
+            0 <= value <= 86_400_000):
+        return float(value)
+    return 0.0
 
 
 def is_child_of(zygote: Zygote | None, uid: int | None, pid: int | None) -> bool:
