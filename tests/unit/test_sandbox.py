@@ -67,3 +67,24 @@ def test_rlimits_fall_back_when_cgroups_are_missing() -> None:
     assert "RLIMIT_DATA" not in rlimits(with_cgroups, 256)
     assert "RLIMIT_NPROC" not in rlimits(with_cgroups, 256)
     assert rlimits(with_cgroups, 256)["RLIMIT_CORE"] == 0
+
+
+def test_egress_slots_are_leased_host_wide(tmp_path: Path) -> None:
+    """Two servers with other uid bases (or one whose uids wrapped past the slot count) whose
+    instances' uids map to one slot: the second gets the next free one, never the first's
+    (whose link and addresses it would otherwise take over)."""
+    from faasbox.node.environment import InstanceEnvironment
+    from faasbox.node.network import SLOTS
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    feats = SandboxFeatures(uid_lock_dir=locks)
+    a = InstanceEnvironment(tmp_path / "a", feats, uid_base=200000)
+    b = InstanceEnvironment(tmp_path / "b", feats, uid_base=210000)
+    first = a.lease_slot(200005)
+    assert first == 5
+    second = b.lease_slot(210005)  # slot 5 of its own base: held by a
+    assert second != first and 0 <= second < SLOTS
+    assert a.lease_slot(200005 + SLOTS) not in (first, second)  # a's own uids wrapping
+    a.release_slot(first)
+    assert b.lease_slot(210005) == first  # free again

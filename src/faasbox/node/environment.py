@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faasbox
+from faasbox import errors
+from faasbox.node import network
 from faasbox.node.cgroups import Cgroup
 from faasbox.node.cpusets import CpuSets
 from faasbox.node.instance import Instance
@@ -69,6 +71,7 @@ class InstanceEnvironment:
         self._uids_in_use: set[int] = set()
         self._next_uid = 0
         self._uid_leases: dict[int, int] = {}  # uid -> fd of its host-wide lock file
+        self._slot_leases: dict[int, int] = {}  # egress slot -> fd of its lock file (or -1)
         self.sinks: dict[str, OutputSink] = {}  # instance or template id -> its output
         self._warned_network = False
 
@@ -95,6 +98,8 @@ class InstanceEnvironment:
         self.cpusets.close()
         for uid in list(self._uid_leases):
             self.release_uid(uid)
+        for slot in list(self._slot_leases):
+            self.release_slot(slot)
 
     def _clear_stale_cgroups(self) -> None:
         """Kill and remove instance groups that a server on this data dir left behind when it
@@ -126,20 +131,50 @@ class InstanceEnvironment:
         raise RuntimeError(f"every uid from {self.uid_base} on is in use on this host")
 
     def _lease(self, uid: int) -> bool:
-        """Hold ``uid`` host-wide: an exclusive flock on its lock file, which every server on
-        this host takes before it uses the uid, and which the kernel drops when this server
-        dies (its instances' cgroups are killed by the next server on this data dir)."""
+        """Hold ``uid`` host-wide (:meth:`_lock`)."""
+        fd = self._lock(str(uid))
+        if fd is None:
+            return False
+        if fd >= 0:
+            self._uid_leases[uid] = fd
+        return True
+
+    def _lock(self, name: str) -> int | None:
+        """An exclusive flock on lock file ``name``, which every server on this host takes
+        before it uses what it names, and which the kernel drops when this server dies (its
+        instances' cgroups are killed by the next server on this data dir): its fd, -1 where
+        there are no host-wide locks, None when another holds it."""
         lock_dir = self.features.uid_lock_dir
         if lock_dir is None:
-            return True
-        fd = os.open(lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return -1
+        fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            return False
-        self._uid_leases[uid] = fd
-        return True
+            return None
+        return fd
+
+    def lease_slot(self, uid: int) -> int:
+        """An egress slot (a /30 and a link name: node/network.py) that no other instance on
+        this host holds, host-wide like uids: the one of ``uid`` if free, else the next free
+        one (uids wrap over more numbers than there are slots, and servers may have other
+        uid bases)."""
+        start = network.slot_of(uid, self.uid_base)
+        for i in range(network.SLOTS):
+            slot = (start + i) % network.SLOTS
+            if slot in self._slot_leases:
+                continue
+            fd = self._lock(f"slot-{slot}")
+            if fd is not None:
+                self._slot_leases[slot] = fd
+                return slot
+        raise errors.Unavailable("every network egress slot is in use on this host")
+
+    def release_slot(self, slot: int) -> None:
+        fd = self._slot_leases.pop(slot, None)
+        if fd is not None and fd >= 0:
+            os.close(fd)
 
     def release_uid(self, uid: int) -> None:
         self._uids_in_use.discard(uid)

@@ -77,7 +77,7 @@ class NodeService:
                     await in_thread(inst.cgroup.add, inst.proc.pid)  # what waits for it
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
-            slot = network.slot_of(inst.uid, self.env.uid_base)
+            slot = self.env.lease_slot(inst.uid)
             self._egress[inst.id] = (slot, list(inst.spec.network_allow))
             await network.attach(inst.pid, slot, list(inst.spec.network_allow))  # type: ignore[arg-type]
         try:
@@ -125,6 +125,7 @@ class NodeService:
         egress = self._egress.pop(inst.id, None)
         if egress is not None:
             await network.detach(*egress)
+            self.env.release_slot(egress[0])
         if inst.uid is not None and inst.start_mode != startmode.TEMPLATE:
             self.env.release_uid(inst.uid)  # a template's children share its uid: it releases
         with contextlib.suppress(OSError):

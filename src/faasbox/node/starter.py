@@ -353,7 +353,7 @@ class Starter:
             if template.cgroup is not None:
                 template.cgroup.add(proc.pid)
             if plan.get("network") == "egress" and template.uid is not None:
-                template.egress = (network.slot_of(template.uid, node.uid_base),
+                template.egress = (node.lease_slot(template.uid),
                                    list(spec.network_allow))
                 await network.attach(proc.pid, *template.egress)
             template.zygote.send(node.load_message(function, version, spec, paths, tid))
@@ -405,6 +405,10 @@ class Starter:
         if template.zygote is not None:
             template.zygote.retire()
 
+    async def _detach(self, egress: tuple[int, list[str]]) -> None:
+        await network.detach(*egress)
+        self.env.release_slot(egress[0])  # after: a new holder must not lose its rules
+
     async def _watch(self, template: Template) -> None:
         """Clean up after a template once its process is gone (retired, killed, crashed)."""
         assert template.zygote is not None
@@ -424,7 +428,8 @@ class Starter:
                 self._spawn_task(template.cgroup.destroy())
         self.env.close_output(template.id)
         if template.egress is not None:
-            self._spawn_task(network.detach(*template.egress))
+            self._spawn_task(self._detach(template.egress))
+            template.egress = None
         if template.zygote is not None and isinstance(template.zygote.process, ForkedProcess):
             template.zygote.process.close()
         shutil.rmtree(template.scratch, ignore_errors=True)
