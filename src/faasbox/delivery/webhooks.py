@@ -27,7 +27,8 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -44,6 +45,10 @@ INTERNAL_NAMES = ("localhost", ".localhost", ".internal", ".local")
 
 class WebhookRefused(ValueError):
     """A webhook target the server does not send to (a private address)."""
+
+
+class WebhookUnreachable(OSError):
+    """A webhook host that does not resolve now (retried)."""
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -67,9 +72,15 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: float = 300.0,
 
 
 def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-            or ip.is_multicast or ip.is_unspecified)
+    """Not a public unicast address: private, loopback, link-local, shared (100.64/10: carrier
+    NAT, some clouds' metadata), reserved, multicast, or an IPv6 address that carries such an
+    IPv4 one (mapped, 6to4, Teredo)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if any(v4 is not None and _private(str(v4)) for v4 in inner):
+            return True
+    return not ip.is_global or ip.is_multicast
 
 
 def check_url(url: str, allow_private: bool) -> None:
@@ -90,23 +101,42 @@ def check_url(url: str, allow_private: bool) -> None:
                              " (FAASBOX_WEBHOOK_ALLOW_PRIVATE allows it)")
 
 
-async def resolve_check(url: str, allow_private: bool) -> None:
-    """At delivery time: every address the host resolves to must be public (unless allowed)."""
+async def resolve_check(url: str, allow_private: bool) -> str | None:
+    """At delivery time: every address the host resolves to must be public (unless allowed).
+    Returns the address to connect to (None: let the client resolve): the request goes to
+    the address checked, not to what a second lookup of the name says (DNS rebinding)."""
     check_url(url, allow_private)
     if allow_private:
-        return
+        return None
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # the request itself fails as a connection error (retried)
+    except OSError as exc:
+        raise WebhookUnreachable(f"cannot resolve the webhook host {host}") from exc
+    if not infos:
+        raise WebhookUnreachable(f"the webhook host {host} has no address")
     for info in infos:
         if _private(str(info[4][0])):
-            raise WebhookRefused(f"webhook host {host} resolves to the private address"
-                                 f" {info[4][0]}")
+            # not which address: that would map the operator's internal names for a tenant
+            raise WebhookRefused(f"webhook host {host} resolves to a private address")
+    return str(infos[0][4][0])
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` with its host replaced by ``address``, and the Host header and TLS server name
+    (certificate check included) of the original host: ``(url, headers, extensions)``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    shown = f"[{host}]" if ":" in host else host
+    headers = {"Host": shown if parts.port is None else f"{shown}:{parts.port}"}
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return target, headers, extensions
 
 
 class Webhooks:
@@ -221,15 +251,21 @@ class Webhooks:
         error: str | None = None
         retry = False
         try:
-            await resolve_check(row.target, self.allow_private)
-            async with self._client.stream("POST", row.target, content=row.body,
-                                           headers=headers, timeout=timeout) as resp:
+            target, extensions = row.target, dict[str, Any]()
+            address = await resolve_check(row.target, self.allow_private)
+            if address is not None:
+                target, host_header, extensions = pinned(row.target, address)
+                headers.update(host_header)
+            async with self._client.stream("POST", target, content=row.body, headers=headers,
+                                           timeout=timeout, extensions=extensions) as resp:
                 code = resp.status_code
             if not 200 <= code < 300:
                 error = f"HTTP {code}"
                 retry = code >= 500 or code == 429
         except WebhookRefused as exc:
             error = str(exc)
+        except WebhookUnreachable as exc:
+            error, retry = str(exc), True
         except httpx.TimeoutException:
             error, retry = f"no response within {timeout:g} s", True
         except (httpx.TransportError, OSError) as exc:
