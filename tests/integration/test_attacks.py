@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -544,6 +545,13 @@ def test_a_tenant_key_cannot_raise_its_own_privileges(world: World) -> None:
     assert world.a.get("/v1/whoami").status_code == 200
 
 
+def wait_for_status(client: Any, workflow_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/workflows/{workflow_id}").json()["status"] == "running":
+        assert time.monotonic() < deadline, "the workflow did not finish"
+        time.sleep(0.05)
+
+
 def test_a_reused_tenant_name_does_not_inherit_the_old_tenants_records(world: World) -> None:
     server = world.server
     make_tenant(server, "kreuse")
@@ -552,11 +560,25 @@ def test_a_reused_tenant_name_does_not_inherit_the_old_tenants_records(world: Wo
         old = pool(server, make_key(server, "kreuse", "developer"))
         deploy(server, old, "fn", ALPHA, env={"SECRET": "old"})
         record = old.post("/v1/functions/fn/invoke", json={}).headers["x-faasbox-request-id"]
+        # and what is the tenant's beside its functions: a workflow run (its input and result),
+        # a definition, a topic, a webhook signing secret
+        flow = old.post("/v1/workflows", json={"chain": ["fn"], "input": {"x": "old"}}).json()
+        assert old.put("/v1/workflow-definitions/old-def",
+                       json={"chain": ["fn"]}).status_code == 200
+        assert old.post("/v1/topics", json={"name": "old-topic"}).status_code == 201
+        old_secret = old.get("/v1/webhook-secret").json()["secret"]
+        wait_for_status(old, flow["workflow_id"])
         assert old.delete("/v1/functions/fn").status_code == 204
         assert server.http.delete("/v1/tenants/kreuse").status_code == 204
         make_tenant(server, "kreuse")
         new = pool(server, make_key(server, "kreuse", "developer"))
         assert new.get(f"/v1/invocations/{record}").status_code == 404
         assert record not in new.get("/v1/invocations").text
+        assert new.get(f"/v1/workflows/{flow['workflow_id']}").status_code == 404
+        assert new.get("/v1/workflows").json()["workflows"] == []
+        assert new.get("/v1/workflow-definitions").json()["definitions"] == []
+        assert new.get("/v1/topics").json()["topics"] == []
+        # the old team knew the secret: the new one's receivers must not trust it
+        assert new.get("/v1/webhook-secret").json()["secret"] != old_secret
     finally:
         pool.close()

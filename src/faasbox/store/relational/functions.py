@@ -158,10 +158,16 @@ class SqlStore(Store):
         lo, hi = prefix_range(tenant)
 
         def tx(conn: Conn) -> None:
+            conn.execute("DELETE FROM delivery_attempts WHERE delivery_id IN"
+                         " (SELECT id FROM deliveries WHERE tenant = ?)", (tenant,))
+            for table in ("deliveries", "webhook_secrets", "workflows"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
             for table, column in (("invocations", "function"), ("tasks", "function"),
                                   ("jobs", "function"), ("triggers", "function"),
-                                  ("task_policies", "function"), ("versions", "function"),
-                                  ("functions", "name")):
+                                  ("task_policies", "function"), ("queue_state", "function"),
+                                  ("subscriptions", "topic"), ("subscriptions", "function"),
+                                  ("topics", "name"), ("workflow_definitions", "name"),
+                                  ("versions", "function"), ("functions", "name")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} >= ? AND {column} < ?",
                              (lo, hi))
 
