@@ -308,3 +308,28 @@ def test_records_and_listing_pages_by_cursor(backend: Backend) -> None:
 
     run(backend, body)
 
+
+
+def test_due_deliveries_skip_receivers_with_no_room(backend: Backend) -> None:
+    """A receiver's backlog (oldest first) is passed over while it has no room, whatever
+    its URL holds (a LIKE pattern's wildcards are matched literally)."""
+    from faasbox.store.relational.delivery import DeliveryRow, SqlDeliveryStore
+
+    def row(i: int, target: str) -> DeliveryRow:
+        return DeliveryRow(f"d{i}", f"t{i}", "default", "success", 0, "webhook", target,
+                           {"type": "webhook", "url": target}, b"{}", "pending", 0,
+                           float(i), 0.0, 1e12)
+
+    async def body(store: SqlStore) -> None:
+        d = SqlDeliveryStore(store)
+        busy = "http://slow_host:8080"
+        await d.add_deliveries(
+            [row(i, f"{busy}/in") for i in range(5)] + [row(5, busy), row(6, f"{busy}?x=1"),
+                                                      row(7, "http://slowXhost:8080/in"),
+                                                      row(8, "https://slow_host:8080/in")])
+        assert [r.id for r in await d.due(100.0, 3, set())] == ["d0", "d1", "d2"]
+        due = await d.due(100.0, 10, {"d0"}, frozenset({busy}))
+        # other receivers: "_" is not a wildcard (slowXhost), another scheme
+        assert [r.id for r in due] == ["d7", "d8"]
+
+    run(backend, body)

@@ -203,7 +203,8 @@ class Webhooks:
         now = self.clock.now()
         blocked: set[str] = set()  # due, but no room: an attempt ending wakes the loop
         if room > 0:
-            for row in await self.store.due(now, room * 2, set(self._inflight)):
+            full = frozenset(h for h, n in self._hosts.items() if n >= self.per_host)
+            for row in await self.store.due(now, room * 2, set(self._inflight), full):
                 parts = urlsplit(row.target)
                 host = f"{parts.scheme}://{parts.netloc}"  # one receiver
                 if len(self._inflight) >= self.concurrency or self._hosts[host] >= self.per_host:

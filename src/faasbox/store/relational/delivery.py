@@ -119,12 +119,25 @@ class SqlDeliveryStore:
 
         return await self.store.write(tx)
 
-    async def due(self, now: float, limit: int, skip: set[str]) -> list[DeliveryRow]:
+    async def due(self, now: float, limit: int, skip: set[str],
+                  skip_receivers: frozenset[str] = frozenset()) -> list[DeliveryRow]:
+        """Pending deliveries due by ``now``, oldest first, but those in ``skip`` and those
+        to ``skip_receivers`` (``scheme://host[:port]``: receivers with no room, whose backlog
+        must not fill the window and hold up every other receiver)."""
+        not_to = ""
+        args: list[object] = [now]
+        for receiver in sorted(skip_receivers):
+            like = receiver.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            not_to += (" AND NOT (target = ? OR target LIKE ? ESCAPE '\\'"
+                       " OR target LIKE ? ESCAPE '\\')")
+            args += [receiver, like + "/%", like + "?%"]
+
         def q(conn: Conn) -> list[DeliveryRow]:
             out = []
             for r in conn.execute(
                     f"SELECT {_D_COLUMNS} FROM deliveries WHERE status = 'pending'"
-                    " AND due_at <= ? ORDER BY due_at LIMIT ?", (now, limit + len(skip))):
+                    f" AND due_at <= ?{not_to} ORDER BY due_at LIMIT ?",
+                    (*args, limit + len(skip))):
                 if r["id"] not in skip:
                     out.append(_delivery(r))
             return out[:limit]
