@@ -64,3 +64,24 @@ def test_servers_starting_together_keep_one_secret(tmp_path: Path) -> None:
     (tmp_path / "ui.secret").write_text("not a secret")
     replaced = load_secret(tmp_path)
     assert replaced != first and load_secret(tmp_path) == replaced
+
+
+def test_one_keys_sign_ins_never_sign_anyone_else_out(tmp_path: Path) -> None:
+    """A hostile key signs in again and again: its own oldest sessions go (at most
+    ``per_key``), and when the folder is full, the key holding the most loses its oldest."""
+    sessions = Sessions(load_secret(tmp_path), tmp_path / "ui-sessions", max_sessions=12,
+                        per_key=8)
+    _, victim = sessions.create("fbx_victim")
+    _, other = sessions.create("fbx_other")
+    cookies = []
+    for _ in range(40):
+        cookies.append(sessions.create("fbx_hostile")[1])
+        time.sleep(0.002)  # distinct mtimes: the oldest is well defined
+    assert sessions.get(victim) is not None and sessions.get(other) is not None
+    live = [c for c in cookies if sessions.get(c) is not None]
+    assert live == cookies[-8:]  # its own newest 8
+    # many keys fill the folder: the one holding the most gives way, not the victim
+    for i in range(4):
+        sessions.create(f"fbx_k{i}")
+    assert len(list((tmp_path / "ui-sessions").iterdir())) <= 12
+    assert sessions.get(victim) is not None

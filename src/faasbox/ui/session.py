@@ -28,6 +28,8 @@ COOKIE = "faasbox_session"
 LOGIN_COOKIE = "faasbox_login"  # the CSRF token of the sign-in form (double submit)
 LIFETIME_S = 12 * 3600
 MAX_SESSIONS = 10_000
+PER_KEY = 32  # sessions of one key at once: its own oldest goes first
+TAG = 16  # a session id starts with this many characters naming its key (an HMAC, not a hash)
 SWEEP_S = 3600.0  # at most this often, a sign-in removes expired sessions' files
 
 
@@ -65,9 +67,12 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 class Sessions:
     """The sessions, one file each in ``folder``: what every server on the folder sees."""
 
-    def __init__(self, secret: bytes, folder: Path) -> None:
+    def __init__(self, secret: bytes, folder: Path, max_sessions: int = MAX_SESSIONS,
+                 per_key: int = PER_KEY) -> None:
         self.secret = secret
         self.folder = folder
+        self.max_sessions = max_sessions
+        self.per_key = per_key
         self._swept = 0.0
         folder.mkdir(mode=0o700, exist_ok=True)
         folder.chmod(0o700)
@@ -89,13 +94,26 @@ class Sessions:
         if now - self._swept > SWEEP_S:
             self._swept = now
             self._sweep(now)
+        tag = hmac.new(self.secret, b"key:" + key.encode(), hashlib.sha256).hexdigest()[:TAG]
         files = [p for p in self.folder.iterdir() if SESSION_ID.fullmatch(p.name)]
-        if len(files) >= MAX_SESSIONS:  # the oldest goes
-            with contextlib.suppress(OSError):
-                min(files, key=lambda p: p.lstat().st_mtime).unlink()
-        session = Session(secrets.token_urlsafe(24), key, secrets.token_urlsafe(24), now)
+        mine = [p for p in files if p.name.startswith(tag)]
+        if len(mine) >= self.per_key:
+            self._evict(mine)
+        elif len(files) >= self.max_sessions:
+            # the oldest of the key that holds the most: one key's sign-ins cannot sign
+            # everyone else out
+            by_key: dict[str, list[Path]] = {}
+            for p in files:
+                by_key.setdefault(p.name[:TAG], []).append(p)
+            self._evict(max(by_key.values(), key=len))
+        session = Session(tag + secrets.token_urlsafe(24), key, secrets.token_urlsafe(24), now)
         self.save(session)
         return session, self.sign(session.id)
+
+    @staticmethod
+    def _evict(files: list[Path]) -> None:
+        with contextlib.suppress(OSError):
+            min(files, key=lambda p: p.lstat().st_mtime).unlink()
 
     def get(self, cookie: str | None) -> Session | None:
         """The session the cookie names, as its file says now (a sign-out or tenant choice
