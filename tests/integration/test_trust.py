@@ -30,6 +30,11 @@ FORGER = {"main.py": """
             body = b'"' + b"x" * (60 * 2**20) + b'"'
             sock.sendall(frame({"t": "result", "id": context.request_id, "ok": True,
                                 "duration_ms": 1}, body))
+        elif event["how"] == "fat":  # its own result, with what the worker never sends
+            sock.sendall(frame({"t": "result", "id": context.request_id, "ok": False,
+                                "logs": "y" * (3 * 2**20), "duration_ms": 1,
+                                "error": {"type": "X", "message": {"m": [1]},
+                                          "traceback": 5}}))
         elif event["how"] == "garbage":
             sock.sendall(struct.pack(">II", 40, 500) + b"\\xff" * 36)
         elif event["how"] == "header":
@@ -65,6 +70,21 @@ def test_a_forged_huge_result_kills_the_instance_before_it_is_read(server: Serve
         assert all(i["state"] != "idle" for i in server.instances("tr-forge"))
     ok = server.invoke("tr-forge", {"how": "none"})  # the next call gets a new instance
     assert ok.status_code == 200 and ok.json() == "ok"
+
+
+def test_a_results_text_fields_are_checked_and_cut(server: Server) -> None:
+    """3 MiB of logs and an error message that is not text, in a result the function wrote
+    itself: the record keeps text, cut, and the task's end is written like any other."""
+    server.deploy("tr-fat", FORGER)
+    resp = server.invoke("tr-fat", {"how": "fat"})
+    assert resp.status_code == 500, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "function_error" and err["message"] == "", err
+    rec = server.http.get(f"/v1/invocations/{resp.headers['x-faasbox-request-id']}").json()
+    assert rec["status"] == "failed" and len(rec["logs"]) < 71_000, len(rec["logs"])
+    task = server.http.post("/v1/functions/tr-fat/tasks", json={"how": "fat"}).json()
+    assert wait(server, task["task_id"])["status"] in ("failed", "dead")
+    assert server.invoke("tr-fat", {"how": "none"}).json() == "ok"
 
 
 def test_durations_are_the_nodes_own(server: Server) -> None:

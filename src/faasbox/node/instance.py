@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 OUTPUT_TAIL = 4096
+TEXT_LIMIT = 70_000  # characters of logs or of an error text kept from a reply
 
 
 class Process(Protocol):
@@ -375,23 +376,23 @@ class Instance:
         rss = reply.get("peak_rss_kb")
         rss_kb = float(rss) if isinstance(rss, int | float) else 0.0
         self.peak_rss_mb = min(max(0.0, rss_kb / 1024), float(self.memory_mb))
-        logs = reply.get("logs")
-        logs = logs if isinstance(logs, str) else ""
+        logs = _text(reply.get("logs")) or ""
         if reply.get("ok") is True:
             return InvokeResult(body, duration_ms, logs, self.peak_rss_mb)
         err = reply.get("error")
         err = err if isinstance(err, dict) else {}
-        kind = err.get("type")
+        kind = _text(err.get("type"), 200)
         if kind == "MemoryError":
             exc: errors.InvocationError = errors.OutOfMemory(
                 f"the handler ran out of memory (limit {self.memory_mb} MB)"
             )
             self.state = "stopping"  # not reused: its heap may be in any state
         elif kind == "ResponseTooLarge":
-            exc = errors.ResponseTooLarge(err.get("message", ""), type=kind)
+            exc = errors.ResponseTooLarge(_text(err.get("message")) or "", type=kind)
         else:
             exc = errors.FunctionError(
-                err.get("message", ""), type=kind, traceback=err.get("traceback"),
+                _text(err.get("message")) or "", type=kind,
+                traceback=_text(err.get("traceback")),
             )
         exc.duration_ms = duration_ms
         exc.logs = logs
@@ -460,3 +461,11 @@ def current_rss_mb(pid: int) -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _text(value: object, limit: int = TEXT_LIMIT) -> str | None:
+    """A text field of a reply (the worker's word, so anything): a string cut to ``limit``
+    characters (the worker keeps logs and error texts under 64 KiB itself), else None."""
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= limit else value[:limit] + " [cut by the node]"
