@@ -304,6 +304,34 @@ def test_kill_9_with_deliveries_due_then_all_delivered_after_restart(make_server
 
 
 # -- 4: topics ------------------------------------------------------------------------------
+def test_a_topic_that_feeds_itself_stops_at_the_hop_limit(srv: Server) -> None:
+    """A subscriber whose every success publishes twice to its own topic would double its
+    tasks at each hop: the trace stops at the hop limit (16 chained tasks), as chains do."""
+    srv.deploy("d-loop", ECHO)
+    assert srv.http.post("/v1/topics", json={"name": "loop"}).status_code == 201
+    assert srv.http.post("/v1/topics/loop/subscriptions",
+                         json={"function": "d-loop"}).status_code == 201
+    set_policy(srv, "d-loop", destinations={"on_success": [
+        {"type": "topic", "name": "loop"}, {"type": "topic", "name": "loop"}]})
+    resp = srv.http.post("/v1/topics/loop/publish", json={"message": {"n": 0}})
+    assert resp.status_code == 202, resp.text
+
+    def tasks() -> list[dict[str, Any]]:
+        body = srv.http.get("/v1/tasks", params={"function": "d-loop", "limit": 1000}).json()
+        return list(body["tasks"])
+
+    def stopped() -> bool:
+        return any(d["status"] == "failed" and "the limit" in (d["error"] or "")
+                   for t in tasks() if t["status"] == "succeeded"
+                   for d in deliveries(srv, t["task_id"]))
+
+    srv.wait_for(stopped, timeout=60, what="a publish refused at the hop limit")
+    srv.wait_for(lambda: all(t["status"] in TERMINAL for t in tasks()),
+                 what="the last tasks to end")
+    # 16 and what was under way when it was reached (each ended task published at most 2)
+    assert len(tasks()) <= 16 + 2 * 8, len(tasks())
+
+
 def test_topic_fan_out_to_three_subscribers_with_a_filter(srv: Server) -> None:
     for name in ("d-sub-a", "d-sub-b", "d-sub-c"):
         srv.deploy(name, ECHO)

@@ -44,7 +44,7 @@ MAX_HOPS = 16  # chained and destination tasks in one trace
 FAILURE_SWEEP_S = 2.0
 FAILURE_LOOKBACK_S = 86400.0
 PURGE_EVERY_S = 60.0
-HOP_SOURCES = ("chain", "destination")
+HOP_SOURCES = ("chain", "destination", "topic")  # a topic's subscriber may publish again
 
 
 class DestinationService:
@@ -190,6 +190,9 @@ class DestinationService:
         row.finished_at = now
         if dest.type == "topic":
             row.target = qualify(tenant_of(task.function), dest.name)
+            if not await self._hops_left(task.trace_id, dest.name):
+                raise errors.FaasboxError(f"not published: {self.max_hops} chained tasks in"
+                                          " this trace already (the limit)")
             message_id, tasks = await self.topics.publish(
                 row.target, row.body, f"{task.id}:{condition}:{row.position}", task.trace_id)
             row.status, row.outcome = "delivered", {"message_id": message_id, "tasks": tasks}
