@@ -50,6 +50,23 @@ def wait_job(server: Server, job_id: str, timeout: float = 60, **params: Any) ->
         assert time.monotonic() < deadline, body["progress"]
 
 
+def test_shard_results_too_large_for_reduce_fail_the_job_unread(server: Server) -> None:
+    """Twelve results of 5.9 MB (over reduce's 64 MiB): the store counts them, and the job
+    fails with a clear error, without the server reading them all into one event."""
+    server.deploy("j-fat", {"main.py": """
+        def handler(event, context):
+            return "x" * 5_900_000
+    """}, max_instances=2)
+    server.deploy("j-fat-reduce", REDUCE)
+    job = start_job(server, function="j-fat", shards={"count": 12}, reduce="j-fat-reduce")
+    done = wait_job(server, job["job_id"], results="false")
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "reduce_input_too_large", done["error"]
+    # the store's count of the twelve results ('"x...x"': 5,900,002 bytes each), not the size
+    # of an event built from them
+    assert "70800024 bytes" in done["error"]["message"], done["error"]
+
+
 def test_hundred_shards_each_result_once_then_reduce_once(server: Server) -> None:
     server.deploy("j-shard", SHARD, max_instances=4)
     server.deploy("j-reduce", REDUCE)

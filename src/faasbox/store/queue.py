@@ -251,6 +251,10 @@ class TaskQueue(abc.ABC):
         """A job's shard tasks in shard order, with results (events left out)."""
 
     @abc.abstractmethod
+    async def job_results_size(self, job_id: str) -> int:
+        """The bytes of a job's shard results in all, counted by the store (none read)."""
+
+    @abc.abstractmethod
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         """Tasks of one trace, oldest first (events left out)."""
 

@@ -239,13 +239,18 @@ class JobService:
                                 error_message=f"reduce {display(spec.reduce)} {task.status}:"
                                 f" {task.error_code}: {task.error_message}")
             return
-        results = [orjson.Fragment(t.result or b"null")
-                   for t in await self.queue.job_tasks(job.id)]
-        event = orjson.dumps({"job_id": job.id, "function": display(job.function),
-                              "results": results})
-        if len(event) > MAX_REDUCE_EVENT:
+        # counted by the store first: thousands of results of megabytes each are never read
+        size = await self.queue.job_results_size(job.id)
+        event = b""
+        if size <= MAX_REDUCE_EVENT:
+            results = [orjson.Fragment(t.result or b"null")
+                       for t in await self.queue.job_tasks(job.id)]
+            event = orjson.dumps({"job_id": job.id, "function": display(job.function),
+                                  "results": results})
+            size = len(event)
+        if size > MAX_REDUCE_EVENT:
             await self._end(job, "failed", error_code="reduce_input_too_large",
-                            error_message=f"the shard results are {len(event)} bytes; reduce"
+                            error_message=f"the shard results are {size} bytes; reduce"
                             f" takes at most {MAX_REDUCE_EVENT}")
             return
         new = NewTask(new_task_id(), event, f"job:{job.id}:reduce", job.trace_id, source="reduce",

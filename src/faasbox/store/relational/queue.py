@@ -246,6 +246,15 @@ class SqlTaskQueue(TaskQueue):
 
         return await self.store.read(q)
 
+    async def job_results_size(self, job_id: str) -> int:
+        def q(conn: Conn) -> int:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(result)), 0) FROM tasks WHERE job_id = ?"
+                " AND source = 'shard'", (job_id,)).fetchone()
+            return int(row[0])
+
+        return await self.store.read(q)
+
     async def by_trace(self, trace_id: str) -> list[TaskRow]:
         def q(conn: Conn) -> list[TaskRow]:
             return [task_row(r) for r in conn.execute(
