@@ -333,3 +333,21 @@ def test_due_deliveries_skip_receivers_with_no_room(backend: Backend) -> None:
         assert [r.id for r in due] == ["d7", "d8"]
 
     run(backend, body)
+
+
+def test_a_jobs_result_bytes_are_counted_by_the_store(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        made = await q.enqueue(F, [task(i, source="shard", job_id="j1", shard_index=i,
+                                        shard_count=3) for i in range(3)], None, POLICY, now,
+                               3600)
+        assert len(made) == 3
+        assert await q.job_results_size("j1") == 0
+        for leased in await q.lease(F, 3, now, 60, "a"):
+            assert await q.succeed(leased.id, leased.attempts, b'"' + b"x" * 1000 + b'"',
+                                   "i", now + 1)
+        assert await q.job_results_size("j1") == 3 * 1002
+        assert await q.job_results_size("other") == 0
+
+    run(backend, body)
