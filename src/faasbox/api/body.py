@@ -13,6 +13,9 @@ from faasbox import errors
 from faasbox.payload import MAX_EVENT
 
 _JSON = (b"content-type", b"application/json")
+# the most a model-bound body (jobs, workflows, publish, triggers, policies) may be: an event
+# of MAX_EVENT and room for the rest; FastAPI reads such a body whole before it is validated
+MODEL_BODY_LIMIT = 16 * 2**20
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -41,11 +44,15 @@ class JSONBodyRoute(APIRoute):
             return handler
 
         async def json_body_handler(request: Request) -> Response:
+            body = await read_capped(request, MODEL_BODY_LIMIT)  # the 413 is ours
+
+            async def replay() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            headers = request.scope["headers"]
             if not is_json_media_type(request.headers.get("content-type")):
-                headers = [h for h in request.scope["headers"] if h[0] != b"content-type"]
-                request = Request({**request.scope, "headers": [*headers, _JSON]},
-                                  request.receive)
-            return await handler(request)
+                headers = [*(h for h in headers if h[0] != b"content-type"), _JSON]
+            return await handler(Request({**request.scope, "headers": headers}, replay))
 
         return json_body_handler
 
