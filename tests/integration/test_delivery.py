@@ -460,6 +460,21 @@ def test_cancel_by_filter_delays_and_priority(srv: Server) -> None:
 
 
 # -- 8: workflows ---------------------------------------------------------------------------
+def test_a_map_over_more_than_10000_items_fails_the_workflow(srv: Server) -> None:
+    """A step that returns a list of 10,001 items for the next to map over: the map would
+    make 10,001 tasks in one write; the workflow fails instead, saying why."""
+    srv.deploy("w-many", {"main.py": "def handler(e, c):\n    return list(range(10_001))\n"})
+    srv.deploy("w-each", ECHO)
+    resp = srv.http.post("/v1/workflows", json={"chain": ["w-many", {"map": "w-each"}]})
+    assert resp.status_code == 202, resp.text
+    wf_id = resp.json()["workflow_id"]
+    done = srv.wait_for(lambda: (lambda b: b if b["status"] != "running" else None)(
+        srv.http.get(f"/v1/workflows/{wf_id}").json()), what="the workflow to end")
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "map_input_too_large", done["error"]
+    assert srv.http.get("/v1/tasks", params={"function": "w-each"}).json()["tasks"] == []
+
+
 def test_workflow_chain_with_a_group_of_10_and_a_chord_callback(srv: Server) -> None:
     srv.deploy("w-range", {"main.py": "def handler(e, c):\n    return list(range(e['n']))\n"})
     srv.deploy("w-square", {"main.py": "def handler(e, c):\n    return e * e\n"})

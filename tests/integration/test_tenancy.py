@@ -281,7 +281,17 @@ def test_queue_limit(server: Server, clients: Clients) -> None:
     deploy(server, dev, "fn", ECHO)
     _over(dev.post("/v1/functions/fn/tasks:batch", json=[1, 2]), 429, "queue_full")
     _over(dev.post("/v1/jobs", json={"function": "fn", "shards": [1, 2]}), 429, "queue_full")
-    assert dev.get("/v1/tasks").json()["tasks"] == []  # nothing of the refused batch
+    # and every other way a request makes tasks: a workflow's first stage, a publish to a
+    # topic with two subscribers
+    _over(dev.post("/v1/workflows", json={"chain": [{"map": "fn"}], "input": [1, 2]}), 429,
+          "queue_full")
+    deploy(server, dev, "fn2", ECHO)
+    assert dev.post("/v1/topics", json={"name": "t"}).status_code == 201
+    for fn in ("fn", "fn2"):
+        assert dev.post("/v1/topics/t/subscriptions", json={"function": fn}).status_code == 201
+    _over(dev.post("/v1/topics/t/publish", json={"message": 1}), 429, "queue_full")
+    assert dev.get("/v1/tasks").json()["tasks"] == []  # nothing of the refused requests
+    assert dev.get("/v1/workflows").json()["workflows"] == []
 
 
 def test_tenant_concurrency_limit(server: Server, clients: Clients) -> None:

@@ -16,7 +16,13 @@ from faasbox.api.tasks import _task
 from faasbox.delivery.destinations import deliveries_view
 from faasbox.delivery.topics import check_topic
 from faasbox.delivery.webhooks import SIGNATURE_HEADER
-from faasbox.delivery.workflows import WorkflowNotFound, WorkflowSpec, parse_spec
+from faasbox.delivery.workflows import (
+    MAX_MAP,
+    WorkflowNotFound,
+    WorkflowSpec,
+    first_stage_tasks,
+    parse_spec,
+)
 from faasbox.payload import EventTooLarge, encode_event
 from faasbox.platform import Platform
 from faasbox.spec import check_name
@@ -288,8 +294,11 @@ async def publish(topic: str, body: PublishBody, request: Request,
         raise errors.PayloadTooLarge(str(exc)) from None
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    message_id, tasks = await p.topics.publish(_topic(request, topic), message,
-                                               body.message_id, trace_id_of(traceparent))
+    qualified = _topic(request, topic)
+    # one task per subscriber at most: within the tenant's rate and queue, as for tasks
+    p.admit_tasks(tenant_of(request), max(1, len(await p.delivery_store.subscriptions(qualified))))
+    message_id, tasks = await p.topics.publish(qualified, message, body.message_id,
+                                               trace_id_of(traceparent))
     return {"message_id": message_id, "tasks": tasks}
 
 
@@ -331,6 +340,7 @@ async def run_workflow(
         raise errors.PayloadTooLarge(str(exc)) from None
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
+    p.admit_tasks(tenant, min(first_stage_tasks(spec, event), 1 + MAX_MAP))
     row, created = await p.workflows.run(tenant, spec, event, body.name, idempotency_key,
                                          trace_id_of(traceparent))
     if not created:

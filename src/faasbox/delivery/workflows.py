@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_STEPS = 32
 MAX_GROUP = 1000
+MAX_MAP = 10_000  # tasks one map stage may make (one per item of its input)
 SWEEP_S = 2.0
 
 
@@ -77,6 +78,15 @@ class WorkflowSpec(BaseModel):
     @classmethod
     def _failure(cls, v: str | None) -> str | None:
         return None if v is None else _fn(v)
+
+
+def first_stage_tasks(spec: WorkflowSpec, event: bytes) -> int:
+    """How many tasks the workflow's first stage makes from ``event`` (for admission)."""
+    first = stages(spec.chain)[0]
+    if first["kind"] != "map":
+        return len(first["functions"])
+    items = orjson.loads(event)
+    return len(items) if isinstance(items, list) else 1
 
 
 def stages(chain: list[Any]) -> list[dict[str, Any]]:
@@ -249,6 +259,12 @@ class Workflows:
                     wf.id, "failed", self.clock.now(), error_code="map_input_not_a_list",
                     error_message=f"stage {wf.stage} maps {stage['functions'][0]} over its"
                     " input, which is not a JSON array")
+                return True
+            if len(items) > MAX_MAP:
+                await self.store.end_workflow(
+                    wf.id, "failed", self.clock.now(), error_code="map_input_too_large",
+                    error_message=f"stage {wf.stage} maps {stage['functions'][0]} over"
+                    f" {len(items)} items; a map takes at most {MAX_MAP}")
                 return True
             members = [(stage["functions"][0], orjson.dumps(item)) for item in items]
         else:
