@@ -143,7 +143,7 @@ class Platform:
             self.tasks.recheck_s = self.jobs.recheck_s = 1.0
         self.triggers = TriggerService(self.trigger_store, self.queue, self.dispatcher,
                                        self.tasks, self.jobs, self.registry, self.events,
-                                       self.clock)
+                                       self.clock, admit=self.admit_tasks)
         self._delivery(settings)
         self.meter = Meter(UsageStore(self.store), self.instances, self.clock,
                            flush_s=settings.metering_flush_s,

@@ -292,6 +292,13 @@ def test_queue_limit(server: Server, clients: Clients) -> None:
     _over(dev.post("/v1/topics/t/publish", json={"message": 1}), 429, "queue_full")
     assert dev.get("/v1/tasks").json()["tasks"] == []  # nothing of the refused requests
     assert dev.get("/v1/workflows").json()["workflows"] == []
+    # nor a cron trigger's job of two shards, every second: its fires are skipped
+    resp = dev.post("/v1/functions/fn/triggers", json={
+        "name": "big", "cron": "* * * * * *", "job": {"shards": {"count": 2}}})
+    assert resp.status_code == 201, resp.text
+    view = server.wait_for(lambda: (lambda v: v if v["skipped"] >= 2 else None)(
+        dev.get("/v1/functions/fn/triggers/big").json()), what="two fires skipped")
+    assert view["fires"] == 0 and dev.get("/v1/jobs").json()["jobs"] == []
 
 
 def test_tenant_concurrency_limit(server: Server, clients: Clients) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from faasbox.registry import Registry
 from faasbox.spec import check_name
 from faasbox.store.queue import TaskQueue
 from faasbox.store.triggers import TriggerRow, TriggerStore
-from faasbox.tenancy.names import display, within
+from faasbox.tenancy.names import display, tenant_of, within
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
 
@@ -39,8 +40,9 @@ class TriggerService:
     def __init__(
         self, store: TriggerStore, queue: TaskQueue, dispatcher: Dispatcher,
         tasks: TaskLifecycle, jobs: JobService, registry: Registry, events: Events,
-        clock: Clock,
+        clock: Clock, admit: Callable[[str, int], None] | None = None,
     ) -> None:
+        self.admit = admit  # the tenant's rate and max_queued_tasks, as for submitted tasks
         self.store = store
         self.queue = queue
         self.dispatcher = dispatcher
@@ -102,6 +104,8 @@ class TriggerService:
         last_run, last_fire = row.last_run, row.last_fire_at
         # a fire queued behind a run that has ended since
         while pending and not await self._active(row, last_run):
+            if not self._admitted(row):
+                break  # still queued: tried again at the next fire
             last_run = await self._start(row, last_fire or now, after=last_run)
             pending -= 1
             fired += 1
@@ -117,6 +121,10 @@ class TriggerService:
                     continue
                 if overlap == "replace":
                     await self._cancel(row, last_run)
+            if not self._admitted(row):
+                skipped += 1
+                last_fire = t
+                continue
             last_run = await self._start(row, t)
             last_fire = t
             fired += 1
@@ -134,6 +142,22 @@ class TriggerService:
             row.fires += fired
             row.skipped += skipped + fire.missed
             self._tell_schedule(row.function)
+
+    def _admitted(self, row: TriggerRow) -> bool:
+        """Whether the tenant's rate and queue take this fire's tasks (a job's shards); a
+        fire they do not take is skipped, and logged."""
+        if self.admit is None:
+            return True
+        shards = row.spec.job.shards if row.spec.job is not None else None
+        n = 1 if shards is None else len(shards) if isinstance(shards, list) else int(
+            shards.get("count", 1))
+        try:
+            self.admit(tenant_of(row.function), n)
+        except errors.OverLimit as exc:
+            log.warning("trigger %s/%s: fire skipped: %s", display(row.function), row.name,
+                        exc.message)
+            return False
+        return True
 
     async def _start(self, row: TriggerRow, scheduled: float, after: str | None = None) -> str:
         """Enqueue one fire (idempotently); the id of the task or job it made. A fire that
