@@ -34,7 +34,11 @@ EXCLUDED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cach
 
 
 def zip_folder(folder: Path) -> bytes:
-    """The deploy archive of a function folder (what the CLI uploads)."""
+    """The deploy archive of a function folder (what the CLI uploads). A link is followed only
+    to a file inside the folder: one to a file outside it (``~/.ssh/id_rsa``,
+    ``/proc/self/environ`` and the deploy key in it) would upload that file to the function;
+    it is refused (InvalidSpec), as is anything that is not a file (a fifo would block)."""
+    top = folder.resolve()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for root, dirs, files in os.walk(folder):
@@ -43,7 +47,15 @@ def zip_folder(folder: Path) -> bytes:
                 if name.endswith(".pyc"):
                     continue
                 path = Path(root) / name
-                zf.write(path, path.relative_to(folder).as_posix())
+                rel = path.relative_to(folder).as_posix()
+                real = path.resolve()
+                if not real.is_relative_to(top):
+                    raise errors.InvalidSpec(
+                        f"{rel} is a link to {real}, outside the function's folder: copy the"
+                        " file in (a deploy never uploads files from outside the folder)")
+                if not real.is_file():
+                    raise errors.InvalidSpec(f"{rel} is not a regular file")
+                zf.write(real, rel)
     return buf.getvalue()
 
 

@@ -299,6 +299,15 @@ def test_queue_limit(server: Server, clients: Clients) -> None:
     view = server.wait_for(lambda: (lambda v: v if v["skipped"] >= 2 else None)(
         dev.get("/v1/functions/fn/triggers/big").json()), what="two fires skipped")
     assert view["fires"] == 0 and dev.get("/v1/jobs").json()["jobs"] == []
+    # nor a redrive of two dead tasks at once
+    assert dev.delete("/v1/functions/fn/triggers/big").status_code == 204
+    deploy(server, dev, "bad", {"main.py": "def handler(e, c):\n    raise ValueError(e)\n"})
+    assert dev.put("/v1/functions/bad/task-policy", json={"max_attempts": 1}).status_code == 200
+    for n in range(2):
+        task = dev.post("/v1/functions/bad/tasks", json=n).json()
+        assert wait_task(dev, task["task_id"])["status"] == "dead"
+    _over(dev.post("/v1/tasks:redrive", json={"function": "bad"}), 429, "queue_full")
+    assert dev.post("/v1/tasks:redrive", json={"function": "x" * 5000}).status_code == 422
 
 
 def test_tenant_concurrency_limit(server: Server, clients: Clients) -> None:

@@ -166,3 +166,23 @@ def test_an_install_waits_for_another_servers_and_a_cancelled_wait_holds_nothing
         asyncio.run(main())
     finally:
         os.close(other)
+
+
+def test_a_deploy_never_uploads_a_file_from_outside_the_folder(tmp_path: Path) -> None:
+    """A hostile repository deployed by CI: a link in the function's folder to a key of the
+    machine, or to /proc/self/environ (the deploy key), is refused; a link inside is kept."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE")
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "main.py").write_text("def handler(e, c):\n    return 1\n")
+    (fn / "shared.py").symlink_to(fn / "main.py")  # inside: its content goes in
+    names = zipfile.ZipFile(io.BytesIO(zip_folder(fn))).namelist()
+    assert sorted(names) == ["main.py", "shared.py"]
+    for target in (secret, Path("/proc/self/environ")):
+        (fn / "notes.txt").unlink(missing_ok=True)
+        (fn / "notes.txt").symlink_to(target)
+        with pytest.raises(errors.InvalidSpec) as err:
+            zip_folder(fn)
+        assert "outside the function's folder" in err.value.message
+

@@ -108,6 +108,8 @@ class TaskSelection(BaseModel):
 
 
 def _filter(request: Request, body: TaskSelection, default: tuple[str, ...]) -> TaskFilter:
+    if body.function is not None:
+        check_name(body.function)  # 422: a name, not 5 MB of anything for the audit log
     statuses = tuple([body.status] if isinstance(body.status, str) else body.status or default)
     bad = [s for s in statuses if s not in STATUSES]
     if bad:
@@ -125,7 +127,8 @@ def _filter(request: Request, body: TaskSelection, default: tuple[str, ...]) -> 
 async def redrive(body: TaskSelection, request: Request) -> dict[str, Any]:
     p = _platform(request)
     where = _filter(request, body, ("dead",))
-    pairs = await p.operations.redrive(where)
+    tenant = tenant_of(request)
+    pairs = await p.operations.redrive(where, lambda n: p.admit_tasks(tenant, n))
     _audit(request, "task.redrive", body.function or "*",
            {"count": len(pairs), "status": list(where.statuses)})
     return {"redriven": len(pairs),

@@ -59,13 +59,18 @@ class TaskOperations:
         self.dispatcher.notify(function, self.clock.now())
 
     # -- redrive ----------------------------------------------------------------------------
-    async def redrive(self, where: TaskFilter) -> list[tuple[TaskRow, TaskRow]]:
+    async def redrive(self, where: TaskFilter, admit: Callable[[int], None] | None = None,
+                      ) -> list[tuple[TaskRow, TaskRow]]:
+        """Submit the matching dead tasks again; ``admit(n)`` first (the tenant's rate and
+        queue, as for tasks submitted: it raises to refuse)."""
         if not where.statuses or not set(where.statuses) <= set(REDRIVABLE):
             raise errors.InvalidRequest(f"redrive takes status {', '.join(REDRIVABLE)}")
         found = [t for t in await self.queue.find(where, MAX_BATCH)
                  if t.source != "shard" and t.redriven_to is None]
         if not found:
             return []
+        if admit is not None:
+            admit(len(found))
         policies = {f: await self.policies.of_function(f) for f in {t.function for t in found}}
         pairs = await self.queue.redrive([t.id for t in found], policies, self.clock.now())
         by_function = Counter(new.function for _, new in pairs)
