@@ -17,7 +17,7 @@ FAASBOX = [sys.executable, "-m", "faasbox"]
 
 
 def cli(server: Server, *args: str, key: str | None = "admin", ok: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """``faasbox ARGS`` with ``key`` in FAASBOX_API_KEY ("admin": the server's; None: no key
     in the environment, so the CLI finds one itself). Nothing of the caller's own faasbox
     set-up leaks in: no key or tenant from the environment, an empty config home, no local
@@ -30,7 +30,7 @@ def cli(server: Server, *args: str, key: str | None = "admin", ok: bool = True,
     if key is not None:
         full["FAASBOX_API_KEY"] = server.admin_key if key == "admin" else key
     proc = subprocess.run([*FAASBOX, *args], capture_output=True, text=True, env=full,
-                          timeout=120)
+                          timeout=120, input=stdin)
     assert "Traceback" not in proc.stderr, proc.stderr
     if ok:
         assert proc.returncode == 0, proc.stderr
@@ -148,9 +148,11 @@ def test_login_writes_a_private_profile_that_later_commands_use(server: Server) 
         f"tenant ct-login, developer key {ident}")
     assert json.loads(cli(server, "ls", "--json", key=None, env=env).stdout) == {
         "functions": []}
-    # a second profile for another URL leaves the first in place
-    cli(server, "login", "--url", server.url + "/", "--api-key", server.admin_key,
-        "--profile", "admin", key=None, env=env)
+    # a second profile for another URL leaves the first in place; the key from stdin (not on
+    # the command line, where ps shows it); a file made readable meanwhile is private again
+    profile.chmod(0o644)
+    cli(server, "login", "--url", server.url + "/", "--profile", "admin", key=None, env=env,
+        stdin=server.admin_key + "\n")
     assert stat.S_IMODE(profile.stat().st_mode) == 0o600
     text = profile.read_text()
     assert key in text and server.admin_key in text

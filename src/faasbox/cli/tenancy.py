@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import typer
@@ -157,10 +158,17 @@ def key_revoke(tenant: str, key_id: str, url: str = UrlOpt) -> None:
 @app.command()
 def login(
     url: str = UrlOpt,
-    api_key: str = typer.Option(..., "--api-key", help="The key to keep for this URL."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="The key to keep for this URL (else read from stdin, or asked"
+        " for without echo: a key on the command line shows in ps and the shell's history)."),
     profile: str = typer.Option("default", "--profile", help="Profile name."),
 ) -> None:
     """Check a key against a server and keep it in ~/.config/faasbox/config.toml."""
+    if api_key is None:
+        api_key = (typer.prompt("API key", hide_input=True) if sys.stdin.isatty()
+                   else sys.stdin.readline()).strip()
+        if not api_key:
+            raise CliError("no API key given (--api-key, stdin, or the prompt)")
     me = Client(url, api_key=api_key).json("GET", "/v1/whoami")
     profiles = read_profiles()
     profiles[profile] = {"url": url.rstrip("/"), "api_key": api_key}
@@ -172,6 +180,7 @@ def login(
         lines.extend(f"{k} = {json.dumps(str(v))}" for k, v in values.items())
         lines.append("")
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines))
     out.print(f"[green]logged in[/] to {url} as a {me['scope']} key of tenant {me['tenant']}"
