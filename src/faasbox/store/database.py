@@ -311,18 +311,10 @@ class Database(abc.ABC):
 
     async def write_aside(self, fn: Callable[[Any], T]) -> T:
         """Run the one-statement write ``fn`` now, not behind the queued groups: alone, on a
-        connection of its own (``side_writes``: its own transaction, which neither waits for
-        the writer nor sees its groups), else (one writer per file) in the writer's next group,
-        ahead of what is queued, without waiting for the disk."""
+        connection of its own (``side_writes``), else as an ordinary write that need not reach
+        the disk. Its own transaction: it neither waits for the writer nor sees its groups."""
         if not self.side_writes:
-            writer = self._writer
-            if writer is None:
-                raise RuntimeError("store is not open")
-            fut: asyncio.Future[T] = writer.loop.create_future()
-            item: Write = (fn, fut, False, True)
-            if not self._commit_here(writer, [item]):
-                writer.put_urgent(item)
-            return await fut
+            return await self.write(fn, durable=False, single=True)
         if self._aside is None:
             self._aside = ThreadPoolExecutor(1, thread_name_prefix="faasbox-store-aside")
         loop = asyncio.get_running_loop()

@@ -21,7 +21,6 @@ MAX_GROUP = 512
 CHECKPOINT_EVERY = 256  # groups
 STOP = object()
 CHECKPOINT = object()  # the short step of a checkpoint, on the writer thread
-WAKE = object()  # an urgent write is waiting (Writer.put_urgent)
 
 WriteFn = Callable[[Any], Any]
 Write = tuple[WriteFn, "asyncio.Future[Any]", bool, bool]  # fn, its future, durable, single
@@ -38,9 +37,6 @@ class Writer(threading.Thread):
         self.loop = loop
         self.checkpointer = checkpointer
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # writes that go in the next group, ahead of what is queued (a heartbeat); each has a
-        # WAKE in the inbox, so that an idle writer sees it
-        self.urgent: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.commits = 0
         self.lock = threading.Lock()  # held while a group runs (here, or inline)
         self.put_items = 0  # inbox items put (by the event loop's thread only)
@@ -49,11 +45,6 @@ class Writer(threading.Thread):
     def put(self, item: Any) -> None:
         self.put_items += 1
         self.inbox.put(item)
-
-    def put_urgent(self, item: Any) -> None:
-        """``item`` goes in the next group, however many writes are queued before it."""
-        self.urgent.put(item)
-        self.put(WAKE)
 
     def idle(self) -> bool:
         """Nothing queued or running (asked from the event loop's thread)."""
@@ -80,11 +71,6 @@ class Writer(threading.Thread):
                 except OSError as exc:  # no turn to be had: the group fails, the writer lives
                     failure = exc
                 batch, taken = self._gather(first)
-                if not batch:  # only WAKEs, whose writes went in an earlier group
-                    self.done_items += taken
-                    if failure is None:
-                        self.db.unlock_writes()
-                    continue
                 if failure is not None:
                     outcomes = [(False, self.db.unavailable(failure))] * len(batch)
                 else:
@@ -100,16 +86,11 @@ class Writer(threading.Thread):
         """A group: ``first`` and what else is queued, up to ``MAX_GROUP`` writes; returns it
         and the inbox items it took."""
         batch: list[Write] = []
-        while True:  # the urgent ones first
-            try:
-                batch.append(self.urgent.get_nowait())
-            except queue.Empty:
-                break
         item, taken = first, 1
         while True:
             if isinstance(item, list):  # submit_all
                 batch.extend(item)
-            elif item is not WAKE:
+            else:
                 batch.append(item)
             if len(batch) >= MAX_GROUP:
                 break
