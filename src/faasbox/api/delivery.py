@@ -297,11 +297,11 @@ async def publish(topic: str, body: PublishBody, request: Request,
         raise errors.PayloadTooLarge(str(exc)) from None
     except ValueError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    qualified = _topic(request, topic)
-    # one task per subscriber at most: within the tenant's rate and queue, as for tasks
-    p.admit_tasks(tenant_of(request), max(1, len(await p.delivery_store.subscriptions(qualified))))
-    message_id, tasks = await p.topics.publish(qualified, message, body.message_id,
-                                               trace_id_of(traceparent))
+    tenant = tenant_of(request)
+    # one task per matching subscriber: within the tenant's rate and queue, as for tasks
+    message_id, tasks = await p.topics.publish(_topic(request, topic), message, body.message_id,
+                                               trace_id_of(traceparent),
+                                               lambda n: p.admit_tasks(tenant, n))
     return {"message_id": message_id, "tasks": tasks}
 
 

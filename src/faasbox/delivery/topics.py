@@ -10,6 +10,7 @@ reach into nested objects); a message that is not an object matches only an empt
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -80,9 +81,10 @@ class Topics:
 
     async def publish(
         self, topic: str, message: bytes, message_id: str | None = None,
-        trace_id: str | None = None,
+        trace_id: str | None = None, admit: Callable[[int], None] | None = None,
     ) -> tuple[str, list[dict[str, Any]]]:
-        """Enqueue the message for every matching subscriber; (message id, the tasks)."""
+        """Enqueue the message for every matching subscriber; (message id, the tasks).
+        ``admit(n)`` first, with the number of tasks it will make (it raises to refuse)."""
         await self.require(topic)
         message_id = message_id or new_id()
         if not 0 < len(message_id) <= MESSAGE_ID_MAX:
@@ -90,9 +92,10 @@ class Topics:
         decoded = orjson.loads(message)
         key = f"topic:{display(topic)}:{message_id}"
         out = []
-        for sub in await self.store.subscriptions(topic):
-            if not matches(sub.filter, decoded):
-                continue
+        subs = [s for s in await self.store.subscriptions(topic) if matches(s.filter, decoded)]
+        if admit is not None:
+            admit(len(subs))
+        for sub in subs:
             new = NewTask(new_task_id(), message, key, trace_id or new_trace_id(), source="topic")
             [(row, created)] = await self.dispatcher.enqueue(sub.function, [new])
             out.append({"function": display(sub.function), "task_id": row.id,

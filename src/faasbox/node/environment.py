@@ -37,6 +37,7 @@ RUNTIME_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 UID_RANGE = 60000
+GROUP_PREFIX = "grp-"
 
 
 def function_env(spec: FunctionSpec) -> dict[str, str]:
@@ -44,7 +45,6 @@ def function_env(spec: FunctionSpec) -> dict[str, str]:
     ``load``, before the function is imported)."""
     return {k: v for k, v in spec.env.items() if k not in RUNTIME_ENV and k not in (
         "HOME", "TMPDIR")}
-GROUP_PREFIX = "grp-"
 
 
 def group_cgroup_name(tenant: str, group: str) -> str:

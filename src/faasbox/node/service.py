@@ -72,9 +72,16 @@ class NodeService:
                 raise errors.InitError("the instance exited before it was put in its cgroup")
             if inst.cgroup is not None:
                 # a cgroup v1 move waits for an RCU grace period (ms): not on the loop
-                await in_thread(inst.cgroup.add, inst.pid)
-                if inst.proc is not None and inst.proc.pid != inst.pid:
-                    await in_thread(inst.cgroup.add, inst.proc.pid)  # what waits for it
+                # (and a spawned instance's first process, which waits for it)
+                cgroup = inst.cgroup
+                pids = {p for p in (inst.pid, inst.proc and inst.proc.pid)
+                        if isinstance(p, int)}
+
+                def move() -> None:
+                    for pid in pids:
+                        cgroup.add(pid)
+
+                await in_thread(move)
         if (inst.start_mode != startmode.TEMPLATE and inst.uid is not None
                 and self.env.network(inst.spec) == "egress"):
             slot = self.env.lease_slot(inst.uid)

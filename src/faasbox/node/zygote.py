@@ -52,18 +52,13 @@ class SpawnedProcess:
         # the instance proper: in a pid namespace of its own, the process started forks it and
         # waits (runtime/confine.py: become_pid_one)
         self.worker_pid = popen.pid
-        self._forks_worker = pid_namespace
-
-    @property
-    def waits(self) -> bool:
-        """The process started only waits for the instance proper (``worker_pid``)."""
-        return self._forks_worker
+        self.waits = pid_namespace  # the process started only waits for ``worker_pid``
 
     def find_worker(self) -> None:
         """Once the instance has said hello (before any user code): its worker's pid, the
         only child of the process started, when that forked it into a pid namespace; raises
         InitError if there is not exactly one (the cgroup and network must reach it)."""
-        if not self._forks_worker:
+        if not self.waits:
             return
         try:
             with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:

@@ -29,6 +29,7 @@ from faasbox.store.triggers import TriggerRow, TriggerStore
 from faasbox.tenancy.names import display, tenant_of, within
 from faasbox.triggers.cron import TriggerSpec, fire_event, plan
 from faasbox.triggers.jobs import JobService, JobSpec
+from faasbox.triggers.shards import shard_count
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,7 @@ class TriggerService:
         fire they do not take is skipped, and logged."""
         if self.admit is None:
             return True
-        shards = row.spec.job.shards if row.spec.job is not None else None
-        n = 1 if shards is None else len(shards) if isinstance(shards, list) else int(
-            shards.get("count", 1))
+        n = 1 if row.spec.job is None else shard_count(row.spec.job.shards)
         try:
             self.admit(tenant_of(row.function), n)
         except errors.OverLimit as exc:

@@ -25,3 +25,8 @@ def shard_events(shards: list[Any] | dict[str, Any]) -> list[bytes]:
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SHARDS:
         raise ValueError(f"shards.count must be an integer from 1 to {MAX_SHARDS}")
     return [encode_event(shards.get("params"), "shards.params")] * count
+
+
+def shard_count(shards: list[Any] | dict[str, Any]) -> int:
+    """How many shards ``shards`` (checked when its job or trigger was made) gives."""
+    return len(shards) if isinstance(shards, list) else int(shards.get("count", 1))
