@@ -187,6 +187,8 @@ class Zygote:
             pass  # the node has gone; keep reaping
 
     def _reap(self, pidfd: int, pid: int) -> None:
+        if self.children.get(pidfd) != pid:
+            return  # reaped already, by _reap_orphans, in this round of the selector
         self._reap_child(pidfd, pid)
         if os.getpid() == 1:
             self._reap_orphans()
