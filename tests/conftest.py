@@ -252,6 +252,9 @@ def write_function(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+NO_BURST_AHEAD = "burst_ahead=0"
+
+
 class Server:
     """A running ``faasbox server`` and a client for it."""
 
@@ -263,6 +266,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FAASBOX_REAP_INTERVAL_S": "0.2", **(env or {})}
+        if not {"FAASBOX_KEEPALIVE_POLICY", "FAASBOX_KEEPALIVE_ARGS"} & set(env or {}):
+            # a cold start starts only its own instance, so that tests can count them;
+            # tests/integration/test_burst_ahead.py runs the default
+            self.env["FAASBOX_KEEPALIVE_ARGS"] = NO_BURST_AHEAD
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data.parent / f"server-{self.port}.log"
         self.http = httpx.Client(base_url=self.url, timeout=120)

@@ -9,7 +9,9 @@ The model (see docs/elasticity.md):
 * one instance serves one invocation at a time; an arrival takes the idle loaded instance
   that finished its last execution most recently (so surplus instances age out), or
   cold-starts one, which adds ``cold_start_s`` to its latency and keeps the instance busy
-  that long (busy, not idle);
+  that long (busy, not idle); a policy with ``ahead`` starts more instances beside a cold
+  start, ready ``cold_start_s`` later (a call that takes one still starting waits for the
+  rest of its start and counts as a cold start);
 * when an instance goes idle the policy's :class:`~faasbox.autoscaler.base.Windows` decide
   when it is released and re-loaded; an arrival cancels a pending pre-warm by cold-starting
   that slot; a pre-warmed instance is ready at its pre-warm time (its start is not billed);
@@ -134,6 +136,7 @@ class ReplayStats:
     cold_starts: int = 0
     instance_starts: int = 0
     prewarm_starts: int = 0
+    ahead_starts: int = 0
     wasted_mb_s: float = 0.0
     loads: list[float] = field(default_factory=list)
     unloads: list[float] = field(default_factory=list)
@@ -143,13 +146,13 @@ class ReplayStats:
         return 100.0 * self.cold_starts / self.invocations if self.invocations else 0.0
 
 
-_END, _RELOAD, _UNLOAD = 0, 1, 2
+_END, _RELOAD, _UNLOAD, _READY = 0, 1, 2, 3
 _BUSY, _IDLE, _PENDING, _GONE = 0, 1, 2, 3
 
 
 class _Instance:
-    __slots__ = ("gen", "idle_since", "keepalive_s", "last_end", "reload_keep_s", "reload_s",
-                 "state")
+    __slots__ = ("gen", "idle_since", "keepalive_s", "last_end", "ready_at", "reload_keep_s",
+                 "reload_s", "state")
 
     def __init__(self) -> None:
         self.gen = 0
@@ -159,6 +162,7 @@ class _Instance:
         self.keepalive_s = 0.0
         self.reload_s = 0.0  # after a hold: load again this long after the release
         self.reload_keep_s = 0.0
+        self.ready_at = 0.0  # started ahead: loaded and starting until then
 
 
 class _Replay:
@@ -176,6 +180,8 @@ class _Replay:
         # entries whose instance changed since (gen) are skipped when popped
         self.idle: list[tuple[float, int, _Instance, int]] = []
         self.pending: list[_Instance] = []  # released, waiting for their pre-warm
+        self.ahead = getattr(policy, "ahead", None)
+        self.in_flight = 0  # calls running or starting
 
     def push(self, t: float, kind: int, inst: _Instance) -> None:
         self.seq += 1
@@ -188,17 +194,22 @@ class _Replay:
             if gen != inst.gen:
                 continue  # cancelled by a later arrival
             if kind == _END:
+                self.in_flight -= 1
                 self.on_idle(inst, te)
             elif kind == _RELOAD and inst.state == _PENDING:
                 self.load_idle(inst, te, prewarm=True)
             elif kind == _UNLOAD and inst.state == _IDLE:
                 self.release(inst, te)
+            elif kind == _READY and inst.state == _PENDING:
+                inst.ready_at = 0.0
+                self.load_idle(inst, te, prewarm=False)
 
     def arrive(self, t: float, duration_s: float) -> None:
         self.run_until(t)
         self.policy.on_invocation(self.fn, t)
         st = self.stats
         st.invocations += 1
+        self.in_flight += 1
         inst = self.pop_idle()
         if inst is not None:
             st.wasted_mb_s += (t - inst.idle_since) * self.mb
@@ -206,12 +217,33 @@ class _Replay:
         else:
             inst = _pop_pending(self.pending) or _Instance()
             st.cold_starts += 1
-            st.instance_starts += 1
-            st.loads.append(t)
-            busy_s = self.cold_start_s + duration_s
+            if inst.ready_at > t:  # started ahead and still starting: wait for the rest
+                busy_s = inst.ready_at - t + duration_s
+                inst.ready_at = 0.0
+            else:
+                st.instance_starts += 1
+                st.loads.append(t)
+                busy_s = self.cold_start_s + duration_s
+            if self.ahead is not None:
+                self.start_ahead(t, self.ahead(self.fn, t, self.in_flight))
         inst.state = _BUSY
         inst.gen += 1
         self.push(t + busy_s, _END, inst)
+
+    def start_ahead(self, t: float, keeps: tuple[float, ...]) -> None:
+        """Start an instance for each keep-alive in ``keeps``, ready ``cold_start_s`` later."""
+        st = self.stats
+        for keep in keeps:
+            inst = _Instance()
+            inst.state = _PENDING
+            inst.last_end = t
+            inst.keepalive_s = keep
+            inst.ready_at = t + self.cold_start_s
+            self.pending.append(inst)
+            self.push(inst.ready_at, _READY, inst)
+            st.instance_starts += 1
+            st.ahead_starts += 1
+            st.loads.append(t)
 
     def pop_idle(self) -> _Instance | None:
         idle = self.idle
@@ -366,6 +398,7 @@ def _run(
         "wasted_memory_mb_s": sum(s.wasted_mb_s for s in per_fn),
         "instance_starts": sum(s.instance_starts for s in per_fn),
         "prewarm_starts": sum(s.prewarm_starts for s in per_fn),
+        "ahead_starts": sum(s.ahead_starts for s in per_fn),
         "peak_instances": _peak(loads, unloads),
         "sim_wall_s": time.perf_counter() - started,
     }

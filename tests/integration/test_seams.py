@@ -15,7 +15,7 @@ from faasbox.events import FunctionDeleted, InvocationFinished
 from faasbox.platform import Platform
 from faasbox.spec import FunctionSpec
 from faasbox.triggers.cron import TriggerSpec
-from tests.conftest import open_tempdir, write_function
+from tests.conftest import NO_BURST_AHEAD, open_tempdir, write_function
 
 SLOW = {"main.py": """
     import time
@@ -29,7 +29,8 @@ def test_a_deleted_function_leaves_no_pool_behind() -> None:
     root = open_tempdir()
 
     async def main() -> None:
-        p = Platform(Settings(data=root / "data", reap_interval_s=0.1, acquire_timeout_s=5))
+        p = Platform(Settings(data=root / "data", reap_interval_s=0.1, acquire_timeout_s=5,
+                              keepalive_args=NO_BURST_AHEAD))
         await p.start()
         finished: list[str] = []
         deleted: list[str] = []

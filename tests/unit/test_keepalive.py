@@ -144,6 +144,25 @@ def test_faasbox_without_history_keeps_a_bursts_higher_levels_shorter() -> None:
     assert fourth.keepalive_s < third.keepalive_s < second.keepalive_s < first.keepalive_s
 
 
+def test_faasbox_starts_instances_ahead_of_a_rising_burst_worth_their_memory() -> None:
+    policy = FaasboxPolicy(burst_ahead=2, ahead_keep_s=60.0, ahead_from=2)
+    policy.set_memory("small", 128)
+    policy.set_memory("huge", 10_000)
+    policy.on_invocation("small", 0)
+    for i in range(1000):  # a busy function: a cold start of it is worth less
+        policy.on_invocation("huge", i * 0.1)
+    assert policy.ahead("small", 0, 1) == ()  # a lone call: no burst yet
+    assert policy.ahead("small", 0, 2) == (60.0, 60.0)  # kept at most ahead_keep_s
+    # an unused instance never costs more idle memory than a cold start of it is worth
+    keep = policy.cold_value("huge", 100) / 10_000
+    assert keep < 60.0
+    assert policy.ahead("huge", 100, 5) == pytest.approx((keep, keep))
+    assert FaasboxPolicy(burst_ahead=0).ahead("small", 0, 9) == ()
+    assert len(FaasboxPolicy(burst_ahead=3, max_levels=4).ahead("small", 0, 2)) == 2
+    with pytest.raises(ValueError):
+        FaasboxPolicy(burst_ahead=-1)
+
+
 def test_faasbox_rarely_called_functions_are_worth_more() -> None:
     policy = FaasboxPolicy()
     for i in range(100):

@@ -218,3 +218,45 @@ def test_faasbox_is_ahead_of_hybrid_on_dev() -> None:
     assert ours["cold_start_pct_overall"] < hybrid["cold_start_pct_overall"]
     fixed_p75 = ours["baseline"]["cold_start_pct"]["p75"]
     assert ours["cold_start_pct"]["p75"] <= 0.53 * fixed_p75
+
+
+class Ahead:
+    """Keep every instance 1000 s; beside each cold start, start ``n`` more kept ``keep_s``."""
+
+    name = "ahead"
+
+    def __init__(self, n: int, keep_s: float = 30.0) -> None:
+        self.n = n
+        self.keep_s = keep_s
+        self.in_flight: list[int] = []
+
+    def on_invocation(self, fn: str, now: float) -> None:
+        return None
+
+    def windows(self, fn: str, now: float) -> Windows:
+        return Windows(0.0, 1000.0)
+
+    def ahead(self, fn: str, now: float, in_flight: int) -> tuple[float, ...]:
+        self.in_flight.append(in_flight)
+        return (self.keep_s,) * self.n
+
+
+def test_instances_started_ahead_serve_the_rest_of_a_rising_burst() -> None:
+    ft = FunctionTrace("f", "app", (6,), (30_000.0,) * 7, 100.0)  # 30-s calls at 5, 15, ... s
+    alone = replay(ft, Ahead(0), cold_start_s=0.0)
+    assert (alone.cold_starts, alone.ahead_starts) == (3, 0)  # the calls at 5, 15 and 25 s
+    policy = Ahead(2)
+    stats = replay(ft, policy, cold_start_s=0.0)
+    assert (stats.cold_starts, stats.ahead_starts, stats.instance_starts) == (1, 2, 3)
+    assert policy.in_flight == [1]
+    # started at 5 s, idle until the calls at 15 and 25 s took them
+    assert stats.wasted_mb_s == pytest.approx(alone.wasted_mb_s + (10.0 + 20.0) * 100.0)
+
+
+def test_a_call_that_takes_an_instance_still_starting_is_cold_and_waits_the_rest() -> None:
+    ft = FunctionTrace("f", "app", (2,), (1000.0,) * 7, 100.0)  # 1-s calls at 15 and 45 s
+    stats = replay(ft, Ahead(1), cold_start_s=40.0)
+    # 15 s: cold, ready at 55, ends at 56; one more starts, ready at 55. 45 s: takes it while
+    # it starts (cold), ends at 56, and starts one more (ready at 85). The trace ends at 86.
+    assert (stats.cold_starts, stats.ahead_starts, stats.instance_starts) == (2, 2, 3)
+    assert stats.wasted_mb_s == pytest.approx((30.0 + 30.0 + 1.0) * 100.0)

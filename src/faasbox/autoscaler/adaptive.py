@@ -46,6 +46,14 @@ the gaps it leaves) and changes what is learned and what is decided:
 6. **Known fires.** ``set_schedule(fn, next_fire)`` tells the policy when a cron trigger fires
    next; the level-1 instance is then always loaded over ``[fire - lead, fire + lead]``.
 
+7. **Bursts.** A call that finds no idle instance cold-starts one, and with it ``burst_ahead``
+   more (:meth:`FaasboxPolicy.ahead`): when a function's concurrency rises past what it had
+   loaded, the next calls of the burst find these ready instead of each starting its own. An
+   instance started ahead that no call takes is kept ``min(ahead_keep_s, V_f / MB_f)``: it
+   never wastes more memory than one cold start of the function is worth. A call that takes
+   one still starting counts as a cold start and starts its own ``burst_ahead`` more, so a
+   steep burst doubles or triples its instances at each step, as a panicking autoscaler does.
+
 Without history (fewer than ``min_samples`` gaps at the level and in the prior) the policy
 keeps the level-1 instance for the ski-rental break-even ``V_f / MB_f`` (at most ``range_s``),
 which costs at most twice the best choice made in hindsight, and the level-k instance for
@@ -243,7 +251,7 @@ class FaasboxPolicy:
         min_release_s: float = 30.0,
         margin: float = 0.0,
         min_samples: int = 10,
-        cold_value_mb_s: float = 5.0e7,
+        cold_value_mb_s: float = 2.0e7,
         fairness: float = 0.75,
         min_rate_per_h: float = 1.0 / 24,
         rate_window_s: float = 24 * 3600.0,
@@ -255,6 +263,9 @@ class FaasboxPolicy:
         schedule_lead_s: float = 5.0,
         cold_start_s: float = 0.5,
         default_memory_mb: float = 128.0,
+        burst_ahead: int = 2,
+        ahead_keep_s: float = 60.0,
+        ahead_from: int = 1,
         max_levels: int = 1024,
         recompute_growth: float = 0.1,
         sweep_s: float = 600.0,
@@ -280,6 +291,11 @@ class FaasboxPolicy:
         self.schedule_lead_s = schedule_lead_s
         self.cold_start_s = cold_start_s
         self.default_memory_mb = default_memory_mb
+        if burst_ahead < 0 or ahead_keep_s < 0:
+            raise ValueError("need burst_ahead >= 0 and ahead_keep_s >= 0")
+        self.burst_ahead = int(burst_ahead)
+        self.ahead_keep_s = ahead_keep_s
+        self.ahead_from = int(ahead_from)
         self.max_levels = int(max_levels)
         self.recompute_growth = recompute_growth
         self.sweep_s = sweep_s
@@ -323,6 +339,20 @@ class FaasboxPolicy:
 
     def windows(self, fn: str, now: float) -> Windows:
         return self.released(fn, now)()
+
+    def ahead(self, fn: str, now: float, in_flight: int) -> tuple[float, ...]:
+        """A call of ``fn`` cold-starts at ``now`` with ``in_flight`` calls of ``fn`` running or
+        starting, itself included: the keep-alive of each instance to start beside it, for the
+        rest of a rising burst (``burst_ahead`` of them from ``ahead_from`` calls in flight,
+        each kept at most what a cold start is worth in idle memory)."""
+        st = self._function(fn)
+        if self.burst_ahead <= 0 or not self.ahead_from <= in_flight < self.max_levels:
+            return ()
+        mb = self._memory_mb.get(fn, self.default_memory_mb)
+        keep = min(self.ahead_keep_s, self._value(st, now) / mb)
+        if keep <= 0:
+            return ()
+        return (keep,) * min(self.burst_ahead, self.max_levels - in_flight)
 
     def released(self, fn: str, now: float) -> Callable[[], Windows]:
         """What :meth:`windows` does, in two steps: learn the release now; the function

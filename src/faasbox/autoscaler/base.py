@@ -35,6 +35,12 @@ class KeepAlivePolicy(Protocol):
     steps, learning the release at once and computing the windows only when called (the
     platform calls it only for an instance that went idle, not for one that took its next
     call at once). Without it, the platform calls ``windows``.
+
+    And ``ahead(fn, now, in_flight) -> tuple[float, ...]``: a call of ``fn`` found no idle
+    instance and cold-starts at ``now``, with ``in_flight`` calls of ``fn`` running or waiting
+    (itself included); start one more instance beside it for each value returned, kept idle
+    that many seconds if no call takes it (the rest of a burst that is rising). Without it, a
+    cold start starts only its own instance.
     """
 
     name: str

@@ -25,6 +25,9 @@ The rules (docs/elasticity.md, "The live platform"):
   in ``prewarm_s``" is stopped (its ``keep_until`` is the hold), and a new one is started
   ``cold_start_s`` before that moment and kept ``keepalive_s`` (at most ``idle_ttl_s``). A
   cold start cancels one pending pre-warm.
+* **bursts**: a call that cold-starts also starts the instances the policy's ``ahead`` asks
+  for (free room only), each idle for its keep-alive (at most ``idle_ttl_s``) if no call
+  takes it.
 * **known fires**: ``fire_times`` get ``instances`` warm from ``fire - lead`` (``lead`` =
   observed cold start + ``lead_margin_s``) until the fire's calls are done (or ``no_show_s``
   after the fire when none came); then the function's idle instances may go.
@@ -147,6 +150,8 @@ class FunctionPlanner:
         # instance that goes idle): see KeepAlivePolicy
         self._released: Callable[[str, float], Callable[[], Windows]] = getattr(
             self.policy, "released", _at_once(self.policy))
+        self._ahead: Callable[[str, float, int], tuple[float, ...]] | None = getattr(
+            self.policy, "ahead", None)
 
     @property
     def autoscaler(self) -> Autoscaler:
@@ -213,6 +218,15 @@ class FunctionPlanner:
             self.cold_times.append(now)
             if self.pending:
                 self.pending.pop()  # the slot it was pre-warmed for is taken by this start
+
+    def ahead(self, now: float, in_flight: int) -> tuple[float, ...]:
+        """A call cold-starts at ``now`` with ``in_flight`` calls running or waiting, itself
+        included: the keep-alive (s) of each instance to start beside it, as the policy asks
+        (none for a function with ``idle_ttl_s`` 0)."""
+        if self._ahead is None or self.idle_ttl_s <= 0:
+            return ()
+        return tuple(min(keep, self.idle_ttl_s)
+                     for keep in self._ahead(self.name, now, max(1, in_flight)))
 
     def released(self, now: float) -> Callable[[float | None], IdleWindow]:
         """An invocation ended at ``now`` (the policy learns it now). The function returned

@@ -415,6 +415,7 @@ class Instance:
             "start_mode": self.start_mode,
             "start_fallback": self.start_fallback,
             "spare": self.spare,
+            "started_ahead": self.ahead,
             "memory_mb": self.memory_mb,
         }
 

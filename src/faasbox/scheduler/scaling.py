@@ -20,7 +20,6 @@ from faasbox import background, errors
 from faasbox.autoscaler.planner import Observation, Plan
 from faasbox.clock import Clock
 from faasbox.events import ScheduleChanged
-from faasbox.node import Instance
 from faasbox.node.startmode import FORK
 from faasbox.registry import Registry
 from faasbox.resources import Node
@@ -208,7 +207,7 @@ class ScalingLoop:
 
     async def _swap(self, pool: Pool, row: VersionRow, node: Node, keep_s: float) -> None:
         try:
-            await self._warm_up(pool, row, node, keep_s)
+            await self.scheduler.warm_up(pool, row, node, keep_s)
         finally:
             pool.swapping -= 1
 
@@ -243,18 +242,6 @@ class ScalingLoop:
         if node is None:
             return False
         pool.starting += 1
-        self.pools.spawn(self._warm_up(pool, row, node, keep_s))
+        self.pools.spawn(self.scheduler.warm_up(pool, row, node, keep_s))
         return True
 
-    async def _warm_up(self, pool: Pool, row: VersionRow, node: Node,
-                       keep_s: float) -> Instance | None:
-        pool.starting -= 1
-        try:
-            inst = await self.pools.start(pool, row, node, ahead=True)
-        except errors.FaasboxError as exc:
-            log.warning("cannot start an instance of %s ahead of demand: %s", row.function, exc)
-            self.scheduler.pump(pool)
-            return None
-        pool.idle[inst.id] = pool.planner.started_window(self.clock.now(), keep_s)
-        self.scheduler.give_back(inst)
-        return inst

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from faasbox import errors
 from faasbox.clock import Clock
@@ -24,6 +25,8 @@ from faasbox.resources import Node
 from faasbox.scheduler.instances import InstancePools, Pool, Waiter
 from faasbox.store import VersionRow
 from faasbox.tenancy.names import display, tenant_of
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -65,7 +68,9 @@ class Scheduler:
         if not pool.waiters:
             node = self.instances.make_room(pool, row, preempt)
             if node is not None:
-                return await self._cold(pool, row, node), True
+                inst = await self._cold(pool, row, node)
+                self._start_ahead(pool, row)
+                return inst, True
             if row.spec.service_group is not None and self.instances.group_of(row) is None:
                 raise errors.Unavailable(f"service group {row.spec.service_group!r} of"
                                          f" {display(row.function)!r} does not exist")
@@ -189,6 +194,37 @@ class Scheduler:
             pool.starting += 1  # counted now: the task that starts it runs later
             self.instances.spawn(self._cold_for(pool, waiter, node))
 
+    def _start_ahead(self, pool: Pool, row: VersionRow) -> None:
+        """Start the instances the keep-alive policy wants beside a cold start that succeeded
+        (the rest of a rising burst: :meth:`FunctionPlanner.ahead`), from free room only; a
+        function whose instances fail to start does not start more of them."""
+        for keep_s in pool.planner.ahead(self.clock.now(), pool.demand):
+            self.instances.spawn(self._ahead(pool, row, keep_s))
+
+    async def _ahead(self, pool: Pool, row: VersionRow, keep_s: float) -> None:
+        if not self.instances.serves(pool):
+            return
+        node = self.instances.reserve_free(pool, row)
+        if node is not None:
+            pool.starting += 1
+            await self.warm_up(pool, row, node, keep_s)
+
+    async def warm_up(self, pool: Pool, row: VersionRow, node: Node,
+                      keep_s: float) -> Instance | None:
+        """Start an instance ahead of demand on ``node`` (reserved, counted in
+        ``pool.starting``) and make it idle, kept ``keep_s`` (at most ``idle_ttl_s``)."""
+        pool.starting -= 1
+        try:
+            inst = await self.instances.start(pool, row, node, ahead=True)
+        except errors.FaasboxError as exc:
+            log.warning("cannot start an instance of %s ahead of demand: %s", row.function, exc)
+            self.pump(pool)
+            return None
+        pool.idle[inst.id] = pool.planner.started_window(self.clock.now(), keep_s,
+                                                         ttl=inst.spec.idle_ttl_s)
+        self.give_back(inst)
+        return inst
+
     async def _cold_for(self, pool: Pool, waiter: Waiter, node: Node) -> None:
         pool.starting -= 1
         try:
@@ -198,6 +234,7 @@ class Scheduler:
                 waiter.future.set_exception(exc)
                 waiter.future.exception()
             return
+        self._start_ahead(pool, waiter.version)
         if waiter.future.done():  # the caller gave up meanwhile: keep the instance
             pool.idle[inst.id] = pool.planner.started_window(
                 self.clock.now(), ttl=inst.spec.idle_ttl_s)
