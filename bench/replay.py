@@ -29,8 +29,10 @@ every time constant* are scaled instead:
   kept at >= 0.05 s (3 trace seconds) so the loop does not eat the 2 cores;
 * the keep-alive policy, through ``FAASBOX_KEEPALIVE_ARGS``: ``fixed`` ttl_s 600 -> 10 s (and
   the functions' ``idle_ttl_s`` 10 s); ``hybrid`` bin 60 s -> 1 s, range 4 h -> 240 s;
-  ``faasbox`` every time parameter (bins, range, rate window and floor, new-level cap, period
-  tolerance and leads, cold start) divided by ``speed``; its calls-per-hour are counted per
+  ``faasbox`` every time parameter (range, rate window and floor, new-level cap, shortest
+  release, period tolerance and leads, cold start, the keep-alive of instances started ahead)
+  divided by ``speed``; its bins are relative (each 10 % wider) but the first is [0, 1 s)
+  whatever the speed, so gaps under ``speed`` trace seconds share one bin; its calls-per-hour are counted per
   real hour, i.e. ``speed`` times the trace's, so ``min_rate_per_h`` is multiplied by ``speed``
   and ``cold_value_mb_s`` by ``speed ** (fairness - 1)``, which makes every cold-start value
   ``V_f`` (MB*s) exactly 1/``speed`` of the trace-time one. Functions of the histogram
@@ -212,8 +214,9 @@ def policy_args(policy: str, c: float) -> dict[str, float]:
         return {"bin_s": h.bin_s / c, "range_s": h.range_s / c}
     if policy == "faasbox":
         p = FaasboxPolicy()
-        times = ("bin_s", "range_s", "rate_window_s", "rate_floor_s", "new_level_cap_s",
-                 "period_tol_s", "period_lead_s", "schedule_lead_s", "cold_start_s")
+        times = ("range_s", "rate_window_s", "rate_floor_s", "new_level_cap_s",
+                 "min_release_s", "period_tol_s", "period_lead_s", "schedule_lead_s",
+                 "cold_start_s", "ahead_keep_s")
         out = {k: float(getattr(p, k)) / c for k in times}
         out["min_rate_per_h"] = p.min_rate_per_h * c
         out["cold_value_mb_s"] = p.cold_value_mb_s * c ** (p.fairness - 1)

@@ -7,8 +7,9 @@ Prints one JSON line per figure (``common.emit``), e.g.::
 
 The figures are per-function cold-start percentages summarised across functions (p50, p75,
 p90, mean), wasted memory (idle loaded MB·s) absolute and normalised to the ``fixed`` 600 s
-policy, instance starts, the peak of loaded instances, and the simulator's own wall time (the
-policy's replay, and the whole call with trace loading and the baseline replay).
+policy, instance starts (and of them those started ahead beside a cold start), the peak of
+loaded instances, and the simulator's own wall time (the policy's replay, and the whole call
+with trace loading and the baseline replay).
 Only ``dev/`` is for tuning; pass ``--trace .../eval`` to judge once.
 
 ``--folds K`` adds cross-validated figures: the functions are split into K folds (function
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("sim.wasted_memory_mb_s", r["wasted_memory_mb_s"], "MB*s", **params)
         emit("sim.normalized_memory", r["normalized_memory"], "x", **params)
         emit("sim.instance_starts", r["instance_starts"], "count", **params)
+        emit("sim.ahead_starts", r["ahead_starts"], "count", **params)
         emit("sim.peak_instances", r["peak_instances"], "count", **params)
         emit("sim.sim_wall_s", r["sim_wall_s"], "s", **params)
         emit("sim.total_wall_s", r["total_wall_s"], "s", **params)
