@@ -32,12 +32,12 @@ every time constant* are scaled instead:
   ``faasbox`` every time parameter (range, rate window and floor, new-level cap, shortest
   release, period tolerance and leads, cold start, the keep-alive of instances started ahead)
   divided by ``speed``; its bins are relative (each 10 % wider) but the first is [0, 1 s)
-  whatever the speed, so gaps under ``speed`` trace seconds share one bin; its calls-per-hour are counted per
-  real hour, i.e. ``speed`` times the trace's, so ``min_rate_per_h`` is multiplied by ``speed``
-  and ``cold_value_mb_s`` by ``speed ** (fairness - 1)``, which makes every cold-start value
-  ``V_f`` (MB*s) exactly 1/``speed`` of the trace-time one. Functions of the histogram
-  policies get ``idle_ttl_s`` = the range (4 h -> 240 s): the simulator has no such cap and it
-  never binds within the run.
+  whatever the speed, so gaps under ``speed`` trace seconds share one bin; its calls-per-hour
+  are counted per real hour, i.e. ``speed`` times the trace's, so ``min_rate_per_h`` is
+  multiplied by ``speed`` and ``cold_value_mb_s`` by ``speed ** (fairness - 1)``, which makes
+  every cold-start value ``V_f`` (MB*s) exactly 1/``speed`` of the trace-time one. Functions
+  of the histogram policies get ``idle_ttl_s`` = the range (4 h -> 240 s): the simulator has
+  no such cap and it never binds within the run.
 
 What is **not** compressed: the autoscaler's 1 s window buckets (not a setting: both windows
 are one bucket = 60 trace seconds), a cold start (a real process start or fork, tens to
