@@ -475,6 +475,25 @@ def test_a_map_over_more_than_10000_items_fails_the_workflow(srv: Server) -> Non
     assert srv.http.get("/v1/tasks", params={"function": "w-each"}).json()["tasks"] == []
 
 
+def test_a_stage_output_too_large_for_the_next_step_is_counted_not_read(srv: Server) -> None:
+    """A map of three 3 MB results: the next step's input would be over 6 MiB. The workflow
+    fails saying so, with the store's count of the results (9,000,006 bytes: the list built
+    from them would be 4 bytes more), and the next step never runs."""
+    srv.deploy("w-three", {"main.py": "def handler(e, c):\n    return [0, 1, 2]\n"})
+    srv.deploy("w-fat", {"main.py": "def handler(e, c):\n    return 'x' * 3_000_000\n"})
+    srv.deploy("w-after", ECHO)
+    resp = srv.http.post("/v1/workflows",
+                         json={"chain": ["w-three", {"map": "w-fat"}, "w-after"]})
+    assert resp.status_code == 202, resp.text
+    wf_id = resp.json()["workflow_id"]
+    done = srv.wait_for(lambda: (lambda b: b if b["status"] != "running" else None)(
+        srv.http.get(f"/v1/workflows/{wf_id}").json()), what="the workflow to end")
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "step_output_too_large", done["error"]
+    assert "stage 1 is 9000006 bytes" in done["error"]["message"], done["error"]
+    assert srv.http.get("/v1/tasks", params={"function": "w-after"}).json()["tasks"] == []
+
+
 def test_workflow_chain_with_a_group_of_10_and_a_chord_callback(srv: Server) -> None:
     srv.deploy("w-range", {"main.py": "def handler(e, c):\n    return list(range(e['n']))\n"})
     srv.deploy("w-square", {"main.py": "def handler(e, c):\n    return e * e\n"})

@@ -65,6 +65,19 @@ def test_shard_results_too_large_for_reduce_fail_the_job_unread(server: Server) 
     # the store's count of the twelve results ('"x...x"': 5,900,002 bytes each), not the size
     # of an event built from them
     assert "70800024 bytes" in done["error"]["message"], done["error"]
+    # and read back a page at a time: two of them fit in a page's 16 MiB, a third would not
+    pages, start = [], 0
+    while start is not None:
+        page = server.http.get(f"/v1/jobs/{job['job_id']}",
+                               params={"results_from": start}).json()
+        assert page["results_from"] == start
+        pages.append([len(r) for r in page["results"]])
+        start = page["results_next"]
+    assert pages == [[5_900_000] * 2] * 6
+    past = server.http.get(f"/v1/jobs/{job['job_id']}", params={"results_from": 12}).json()
+    assert (past["results"], past["results_next"]) == ([], None)
+    assert server.http.get(f"/v1/jobs/{job['job_id']}",
+                           params={"results_from": -1}).status_code == 422
 
 
 def test_hundred_shards_each_result_once_then_reduce_once(server: Server) -> None:
@@ -75,6 +88,7 @@ def test_hundred_shards_each_result_once_then_reduce_once(server: Server) -> Non
     done = wait_job(server, job["job_id"], shards="true")
     assert done["status"] == "succeeded", done.get("error")
     assert [r["index"] for r in done["results"]] == list(range(100))
+    assert (done["results_from"], done["results_next"]) == (0, None)  # one page holds them
     assert {r["count"] for r in done["results"]} == {100}
     assert done["progress"]["succeeded"] == 100 and done["progress"]["done"] == 100
     assert done["result"] == {"job": job["job_id"], "n": 100, "sum": sum(range(100))}

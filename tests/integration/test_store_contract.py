@@ -351,3 +351,30 @@ def test_a_jobs_result_bytes_are_counted_by_the_store(backend: Backend) -> None:
         assert await q.job_results_size("other") == 0
 
     run(backend, body)
+
+
+def test_a_jobs_results_are_read_a_page_at_a_time(backend: Backend) -> None:
+    async def body(store: SqlStore) -> None:
+        q = SqlTaskQueue(store)
+        now = time.time()
+        await q.enqueue(F, [task(i, source="shard", job_id="j2", shard_index=i,
+                                 shard_count=5) for i in range(5)], None, POLICY, now, 3600)
+        for leased in await q.lease(F, 5, now, 60, "a"):
+            size = 5000 if leased.shard_index == 3 else 1000
+            assert await q.succeed(leased.id, leased.attempts, b'"' + b"x" * size + b'"',
+                                   "i", now + 1)
+
+        async def page(first: int, shards: int, max_bytes: int) -> list[int]:
+            rows = await q.job_results_page("j2", first, shards, max_bytes)
+            assert all(r.result is not None for r in rows)
+            return [r.shard_index for r in rows]
+
+        assert await page(0, 10, 10**6) == [0, 1, 2, 3, 4]
+        assert await page(1, 2, 10**6) == [1, 2]
+        assert await page(0, 10, 3 * 1002) == [0, 1, 2]  # the fourth would pass the bytes
+        assert await page(3, 10, 100) == [3]  # a page always has its first result
+        assert await page(5, 10, 10**6) == []
+        assert await page(0, 10, 10**6) == [0, 1, 2, 3, 4]
+        assert [t.result for t in await q.job_tasks("j2", results=False)] == [None] * 5
+
+    run(backend, body)

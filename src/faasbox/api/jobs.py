@@ -77,13 +77,16 @@ async def create_job(
 async def get_job(
     job_id: str, request: Request,
     wait: float = Query(0, ge=0, le=MAX_WAIT_S),
-    results: bool = Query(True, description="include the shard results"),
+    results: bool = Query(True, description="include the shard results (one page)"),
+    results_from: int = Query(0, ge=0, le=2**31,
+                              description="the first shard of the page (results_next)"),
     shards: bool = Query(False, description="include each shard's status and timings"),
 ) -> dict[str, Any]:
     p = _platform(request)
     await _job(p, request, job_id)
     job = await p.jobs.wait(job_id, wait) if wait > 0 else await p.jobs.get(job_id)
-    return await job_view(p.queue, job, results=results, shards=shards)
+    return await job_view(p.queue, job, results=results, shards=shards,
+                          results_from=results_from)
 
 
 @router.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first",

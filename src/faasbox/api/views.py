@@ -11,6 +11,11 @@ from faasbox.store.queue import TaskQueue, TaskRow
 from faasbox.store.triggers import JobRow, TriggerRow
 from faasbox.tenancy.names import display
 
+# a job's shard results come in pages: at most this many shards, and this many bytes of
+# results (counted by the store before any is read; a page always has its first result)
+RESULTS_PAGE_SHARDS = 1000
+RESULTS_PAGE_BYTES = 16 * 2**20
+
 
 def task_view(row: TaskRow) -> dict[str, Any]:
     """The API's view of a task."""
@@ -41,12 +46,15 @@ def task_view(row: TaskRow) -> dict[str, Any]:
 
 async def job_view(queue: TaskQueue, job: JobRow, results: bool = True, shards: bool = False,
                    counts: dict[str, int] | None = None,
-                   started: dict[str, float] | None = None) -> dict[str, Any]:
+                   started: dict[str, float] | None = None,
+                   results_from: int = 0) -> dict[str, Any]:
     """The API's view of a job; ``counts``: its shards by status, ``started``: when the
-    first shard of each job started (a listing's ``jobs_started``), if already read."""
+    first shard of each job started (a listing's ``jobs_started``), if already read. The
+    shard results are one page from shard ``results_from`` (``results_next``: where the
+    next page starts, None after the last)."""
     if counts is None:
         counts = await queue.job_counts(job.id)
-    tasks = await queue.job_tasks(job.id) if results or shards else []
+    tasks = await queue.job_tasks(job.id, results=False) if shards else []
     if tasks:
         starts = [t.started_at for t in tasks if t.started_at is not None]
         started_at = min(starts) if starts else None
@@ -72,8 +80,13 @@ async def job_view(queue: TaskQueue, job: JobRow, results: bool = True, shards: 
                                               "cancelled"))
     view["progress"]["done"] = done
     if results:
+        page = await queue.job_results_page(job.id, results_from, RESULTS_PAGE_SHARDS,
+                                            RESULTS_PAGE_BYTES)
         view["results"] = [orjson.loads(t.result) if t.status == "succeeded" and t.result
-                           is not None else None for t in tasks]
+                           is not None else None for t in page]
+        view["results_from"] = results_from
+        end = results_from + len(page)
+        view["results_next"] = end if page and end < job.shard_count else None
     if shards:
         view["shards"] = [
             {"index": t.shard_index, "task_id": t.id, "status": t.status,

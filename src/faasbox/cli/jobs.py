@@ -288,7 +288,13 @@ def job_status(
 ) -> None:
     """Show a job: status, times, shard progress, result or error (the default)."""
     params = {"results": str(results).lower(), "shards": str(shards).lower()}
-    job = Client(url).json("GET", f"/v1/jobs/{job_id}", params=params)
+    client = Client(url)
+    job = client.json("GET", f"/v1/jobs/{job_id}", params=params)
+    while job.get("results_next") is not None:  # the server gives results a page at a time
+        page = client.json("GET", f"/v1/jobs/{job_id}", params={
+            "results": "true", "results_from": str(job["results_next"])})
+        job["results"].extend(page["results"])
+        job["results_next"] = page["results_next"]
     print_json(job) if as_json else print_job(job)
 
 

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 32
 MAX_GROUP = 1000
 MAX_MAP = 10_000  # tasks one map stage may make (one per item of its input)
+MAX_RESULT = 64 * 2**20  # the last stage's output, the workflow's result
 SWEEP_S = 2.0
 
 
@@ -218,9 +219,9 @@ class Workflows:
         if wf is None or wf.terminal:
             return
         plan: list[dict[str, Any]] = wf.spec["stages"]
-        tasks = await self.store.workflow_tasks(workflow_id)
         while True:
-            mine = [t for t in tasks if t[1] == wf.stage]
+            # the current stage only, and its results only once they are all in and counted
+            mine = await self.store.workflow_tasks(workflow_id, wf.stage, results=False)
             if not mine:
                 started = await self._start_stage(wf, plan[wf.stage])
                 if started:
@@ -232,18 +233,27 @@ class Workflows:
                 return
             if any(t[3] not in TERMINAL for t in mine):
                 return
-            ordered = [t[4] or b"null" for t in sorted(mine, key=lambda t: t[2] or 0)]
-            out_bytes = (ordered[0] if plan[wf.stage]["kind"] == "single" and ordered
-                         else orjson.dumps([orjson.Fragment(r) for r in ordered]))
-            if wf.stage + 1 == len(plan):
-                await self.store.end_workflow(wf.id, "succeeded", self.clock.now(),
-                                              result=out_bytes)
-                return
-            if len(out_bytes) > MAX_EVENT:
+            last = wf.stage + 1 == len(plan)
+            limit = MAX_RESULT if last else MAX_EVENT
+            size = await self.store.workflow_results_size(workflow_id, wf.stage)
+            if mine and size <= limit:
+                mine = await self.store.workflow_tasks(workflow_id, wf.stage)
+                ordered = [t[4] or b"null" for t in sorted(mine, key=lambda t: t[2] or 0)]
+                out_bytes = (ordered[0] if plan[wf.stage]["kind"] == "single" and ordered
+                             else orjson.dumps([orjson.Fragment(r) for r in ordered]))
+                size = len(out_bytes)
+            elif not mine:
+                out_bytes = b"[]"
+            if size > limit:
+                what = "the workflow's result" if last else "a step's input"
                 await self.store.end_workflow(
                     wf.id, "failed", self.clock.now(), error_code="step_output_too_large",
-                    error_message=f"the output of stage {wf.stage} is {len(out_bytes)} bytes;"
-                    f" a step takes at most {MAX_EVENT}")
+                    error_message=f"the output of stage {wf.stage} is {size} bytes;"
+                    f" {what} is at most {limit}")
+                return
+            if last:
+                await self.store.end_workflow(wf.id, "succeeded", self.clock.now(),
+                                              result=out_bytes)
                 return
             if not await self.store.advance_workflow(wf.id, wf.stage + 1, out_bytes):
                 return
@@ -299,7 +309,7 @@ class Workflows:
             await self.store.set_failure_task(wf.id, row.id)
 
     async def _cancel_tasks(self, workflow_id: str) -> None:
-        ids = tuple(t[0] for t in await self.store.workflow_tasks(workflow_id)
+        ids = tuple(t[0] for t in await self.store.workflow_tasks(workflow_id, results=False)
                     if t[3] not in TERMINAL)
         if ids:
             await self.queue.cancel_where(TaskFilter(ids=ids, statuses=(
@@ -307,7 +317,7 @@ class Workflows:
 
     # -- views ------------------------------------------------------------------------------
     async def view(self, wf: WorkflowRow) -> dict[str, Any]:
-        tasks = await self.store.workflow_tasks(wf.id)
+        tasks = await self.store.workflow_tasks(wf.id, results=False)
         plan = wf.spec["stages"]
         counts: dict[str, int] = {}
         shown = []

@@ -247,8 +247,16 @@ class TaskQueue(abc.ABC):
         out), in one query."""
 
     @abc.abstractmethod
-    async def job_tasks(self, job_id: str) -> list[TaskRow]:
-        """A job's shard tasks in shard order, with results (events left out)."""
+    async def job_tasks(self, job_id: str, results: bool = True) -> list[TaskRow]:
+        """A job's shard tasks in shard order, with results unless ``results`` is False
+        (events left out)."""
+
+    @abc.abstractmethod
+    async def job_results_page(self, job_id: str, first: int, max_shards: int,
+                               max_bytes: int) -> list[TaskRow]:
+        """A job's shard tasks from shard index ``first`` in shard order, with results: at
+        most ``max_shards``, and no more than ``max_bytes`` of results in all, counted by the
+        store before any is read (but always the first one)."""
 
     @abc.abstractmethod
     async def job_results_size(self, job_id: str) -> int:

@@ -219,7 +219,7 @@ class JobService:
             await self._reduce(job, spec)
 
     async def _failure_message(self, job_id: str, failed: int) -> str:
-        first = next((t for t in await self.queue.job_tasks(job_id)
+        first = next((t for t in await self.queue.job_tasks(job_id, results=False)
                       if t.status in FAILED), None)
         msg = f"{failed} shard{'s' if failed != 1 else ''} failed"
         if first is not None:

@@ -435,14 +435,32 @@ class SqlDeliveryStore:
 
         await self.store.write(tx)
 
-    async def workflow_tasks(self, workflow_id: str) -> list[tuple[str, int, int | None, str,
-                                                                   bytes | None, str | None,
-                                                                   str | None, str]]:
-        """(task id, stage, member, status, result, error code, error message, function)."""
+    async def workflow_tasks(
+        self, workflow_id: str, stage: int | None = None, results: bool = True,
+    ) -> list[tuple[str, int, int | None, str, bytes | None, str | None, str | None, str]]:
+        """(task id, stage, member, status, result, error code, error message, function), of
+        one ``stage`` or all; with ``results`` False the results are left out (None)."""
+        result = "result" if results else "NULL"
+        where = "workflow_id = ?"
+        args: list[Any] = [workflow_id]
+        if stage is not None:
+            where += " AND workflow_step = ?"
+            args.append(stage)
+
         def q(conn: Conn) -> list[Any]:
             return [tuple(r) for r in conn.execute(
-                "SELECT id, workflow_step, shard_index, status, result, error_code,"
-                " error_message, function FROM tasks WHERE workflow_id = ?"
-                " ORDER BY workflow_step, shard_index", (workflow_id,))]
+                f"SELECT id, workflow_step, shard_index, status, {result}, error_code,"
+                f" error_message, function FROM tasks WHERE {where}"
+                " ORDER BY workflow_step, shard_index", args)]
+
+        return await self.store.read(q)
+
+    async def workflow_results_size(self, workflow_id: str, stage: int) -> int:
+        """The bytes of one stage's results in all, counted by the store (none read)."""
+        def q(conn: Conn) -> int:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(result)), 0) FROM tasks WHERE workflow_id = ?"
+                " AND workflow_step = ?", (workflow_id, stage)).fetchone()
+            return int(row[0])
 
         return await self.store.read(q)

@@ -24,6 +24,7 @@ from faasbox.store.relational.tasks import (
     COLUMNS,
     LIGHT_COLUMNS,
     RUNNABLE,
+    WITHOUT_RESULT_COLUMNS,
     insert_tasks,
     lease_sql,
     task_filter,
@@ -238,11 +239,35 @@ class SqlTaskQueue(TaskQueue):
 
         return await self.store.read(q) if job_ids else {}
 
-    async def job_tasks(self, job_id: str) -> list[TaskRow]:
+    async def job_tasks(self, job_id: str, results: bool = True) -> list[TaskRow]:
+        columns = LIGHT_COLUMNS if results else WITHOUT_RESULT_COLUMNS
+
         def q(conn: Conn) -> list[TaskRow]:
             return [task_row(r) for r in conn.execute(
-                f"SELECT {LIGHT_COLUMNS} FROM tasks WHERE job_id = ? AND source = 'shard'"
+                f"SELECT {columns} FROM tasks WHERE job_id = ? AND source = 'shard'"
                 " ORDER BY shard_index", (job_id,)).fetchall()]
+
+        return await self.store.read(q)
+
+    async def job_results_page(self, job_id: str, first: int, max_shards: int,
+                               max_bytes: int) -> list[TaskRow]:
+        def q(conn: Conn) -> list[TaskRow]:
+            sizes = conn.execute(
+                "SELECT shard_index, COALESCE(LENGTH(result), 0) FROM tasks WHERE job_id = ?"
+                " AND source = 'shard' AND shard_index >= ? ORDER BY shard_index LIMIT ?",
+                (job_id, first, max_shards)).fetchall()
+            if not sizes:
+                return []
+            last, total = sizes[0][0], 0
+            for index, size in sizes:
+                total += int(size)
+                if total > max_bytes and index != sizes[0][0]:
+                    break
+                last = index
+            return [task_row(r) for r in conn.execute(
+                f"SELECT {LIGHT_COLUMNS} FROM tasks WHERE job_id = ? AND source = 'shard'"
+                " AND shard_index BETWEEN ? AND ? ORDER BY shard_index",
+                (job_id, first, last)).fetchall()]
 
         return await self.store.read(q)
 

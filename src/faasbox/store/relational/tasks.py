@@ -14,6 +14,8 @@ from faasbox.store.relational.functions import tenant_range, where_clause
 COLUMNS = ", ".join(TaskRow.__dataclass_fields__)
 # the same columns with the event left out (listings of many tasks)
 LIGHT_COLUMNS = COLUMNS.replace("event,", "x'' AS event,")
+# and the result too (a job's shards listed: thousands of results of megabytes each)
+WITHOUT_RESULT_COLUMNS = LIGHT_COLUMNS.replace("result,", "NULL AS result,")
 RUNNABLE = "('queued', 'retry_wait')"
 
 
