@@ -14,6 +14,7 @@ from faasbox.config import Settings
 from faasbox.events import FunctionDeleted, InvocationFinished
 from faasbox.platform import Platform
 from faasbox.spec import FunctionSpec
+from faasbox.tenancy.model import Limits, TenantSpec
 from faasbox.triggers.cron import TriggerSpec
 from tests.conftest import NO_BURST_AHEAD, open_tempdir, write_function
 
@@ -79,6 +80,46 @@ def test_trigger_and_pool_go_with_their_function() -> None:
             assert p.triggers.list("f") == []
             assert await p.trigger_store.list_triggers("f") == []
             assert "f" not in p.instances.pools
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_reserved_start_counts_against_the_tenants_memory_before_it_begins() -> None:
+    """A waiter's cold start runs in a task of its own, after its room was reserved: two
+    reservations made before either start begins must not both fit a tenant with room for
+    one (else pumping several functions' waiters at once overran max_memory_mb)."""
+    root = open_tempdir()
+
+    async def main() -> None:
+        p = Platform(Settings(data=root / "data", reap_interval_s=0.1,
+                              keepalive_args=NO_BURST_AHEAD))
+        await p.start()
+        try:
+            await p.tenancy.create_tenant(
+                TenantSpec(name="team", limits=Limits(max_memory_mb=256)), None)
+            folder = write_function(root / "f", SLOW)
+            rows = []
+            for name in ("team/a", "team/b"):
+                await p.registry.deploy(name, FunctionSpec(handler="main:handler",
+                                                           memory_mb=192), zip_folder(folder))
+                rows.append(await p.registry.resolve(name, None))
+            pools = [p.instances.pool(r.function) for r in rows]
+            first = p.instances.make_room(pools[0], rows[0])
+            assert first is not None and p.instances.tenant_mb("team") == 192
+            assert p.instances.make_room(pools[1], rows[1]) is None  # 384 > 256
+            assert p.instances.reserve_free(pools[1], rows[1]) is None
+            inst = await p.instances.start(pools[0], rows[0], first)  # the reservation's own
+            assert (p.instances.memory["team"], p.instances.reserved["team"]) == (192, 0)
+            p.instances.retire(pools[0], inst)
+            assert p.instances.tenant_mb("team") == 0
+            second = p.instances.make_room(pools[1], rows[1])
+            assert second is not None
+            p.instances.retire(pools[1], await p.instances.start(pools[1], rows[1], second))
         finally:
             await p.close()
 

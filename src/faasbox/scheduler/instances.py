@@ -95,8 +95,10 @@ class InstancePools:
         self.lead_margin_s = lead_margin_s
         self.tenant_memory_mb = tenant_memory_mb  # a tenant's memory limit (0: none)
         self.events = events or Events()
-        # tenant -> memory_mb of its instances outside service groups
+        # tenant -> memory_mb of its instances outside service groups, and of the starts
+        # reserved and not yet begun (a waiter's start runs in a task of its own, later)
         self.memory: Counter[str] = Counter()
+        self.reserved: Counter[str] = Counter()
         self.pools: dict[str, Pool] = {}
         self.groups: dict[str, GroupState] = {}  # service groups by "<tenant>/<group>"
         self._placement: dict[str, Node] = {}  # instance id -> node holding its memory
@@ -164,7 +166,7 @@ class InstancePools:
         while True:
             node = self.resources.reserve(row.spec.memory_mb)
             if node is not None:
-                return node
+                return self._reserved(row, node)
             shared = self._shared()
             victim = self._idle_victim(shared, exclude_version=None)
             if victim is None and preempt:
@@ -184,7 +186,15 @@ class InstancePools:
             return self._group_room(row, evict=False)
         if not self._tenant_room(row, evict=False):
             return None
-        return self.resources.reserve(row.spec.memory_mb)
+        node = self.resources.reserve(row.spec.memory_mb)
+        return None if node is None else self._reserved(row, node)
+
+    def _reserved(self, row: VersionRow, node: Node) -> Node:
+        """``node`` was reserved for a start of ``row``: it counts against the tenant's memory
+        from now (``start`` turns it into the instance's)."""
+        if node.parent is None:
+            self.reserved[tenant_of(row.function)] += row.spec.memory_mb
+        return node
 
     def _group_room(self, row: VersionRow, evict: bool, preempt: bool = False) -> Node | None:
         """Reserve in the row's service group, under the group's max_instances (evicting the
@@ -240,7 +250,7 @@ class InstancePools:
         (evicting the tenant's own idle instances outside groups when ``evict``)."""
         tenant = tenant_of(row.function)
         limit = self.tenant_memory_mb(tenant)
-        while limit and self.memory[tenant] + row.spec.memory_mb > limit:
+        while limit and self.tenant_mb(tenant) + row.spec.memory_mb > limit:
             if not evict:
                 return False
             mine = [i for i in self._shared() if tenant_of(i.function) == tenant]
@@ -256,7 +266,11 @@ class InstancePools:
             return False  # a group's instances count against the group
         tenant = tenant_of(row.function)
         limit = self.tenant_memory_mb(tenant)
-        return bool(limit) and self.memory[tenant] + row.spec.memory_mb > limit
+        return bool(limit) and self.tenant_mb(tenant) + row.spec.memory_mb > limit
+
+    def tenant_mb(self, tenant: str) -> int:
+        """The memory a tenant's instances outside service groups hold or have reserved."""
+        return self.memory[tenant] + self.reserved[tenant]
 
     # -- service groups -----------------------------------------------------------------------
     def add_group(self, key: str, spec: ServiceGroupSpec) -> GroupState:
@@ -337,6 +351,8 @@ class InstancePools:
         """Start an instance on ``node`` (already reserved); it is in the pool, ``starting``,
         from the first moment, and comes back holding one slot for the caller (``ahead``: no
         caller, it is started ahead of demand)."""
+        if node.parent is None:
+            self.reserved[tenant_of(row.function)] -= row.spec.memory_mb
         if not self.serves(pool):
             self.resources.release(node, row.spec.memory_mb)
             raise errors.Unavailable(f"function {display(row.function)!r} is no longer served here")
