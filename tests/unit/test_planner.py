@@ -312,3 +312,17 @@ def test_a_hold_keeps_the_instance_then_it_goes_until_its_prewarm() -> None:
     assert p.expired(window, 6.0) == "soft"
     p.retired(window, 6.0, "soft")
     assert len(p.pending) == 1 and p.pending[0].start_at == pytest.approx(51.0 - p.cold_start_s)
+
+
+def test_a_cold_start_asks_for_room_for_burst_ahead_more_calls() -> None:
+    policy = FaasboxPolicy(burst_ahead=2, ahead_keep_s=60.0)
+    one = planner(policy)
+    policy.on_invocation("f", 0.0)
+    assert one.ahead(0.0, 1, 1) == (60.0, 60.0)  # one call per instance: two more
+    assert one.ahead(0.0, 3, 4) == (60.0,)  # a start already under way counts
+    assert planner(FixedKeepAlive(600.0)).ahead(0.0, 1, 1) == ()  # no ahead in the policy
+    four = planner(policy, concurrency=4)
+    assert four.ahead(0.0, 1, 1) == ()  # its own instance has room for three more calls
+    assert four.ahead(0.0, 4, 1) == (60.0,)  # full: room for two more takes one instance
+    assert planner(policy, idle_ttl_s=0).ahead(0.0, 1, 1) == ()
+    assert planner(policy, idle_ttl_s=10).ahead(0.0, 1, 1) == (10.0, 10.0)  # capped

@@ -219,14 +219,18 @@ class FunctionPlanner:
             if self.pending:
                 self.pending.pop()  # the slot it was pre-warmed for is taken by this start
 
-    def ahead(self, now: float, in_flight: int) -> tuple[float, ...]:
+    def ahead(self, now: float, in_flight: int, live: int) -> tuple[float, ...]:
         """A call cold-starts at ``now`` with ``in_flight`` calls running or waiting, itself
-        included: the keep-alive (s) of each instance to start beside it, as the policy asks
-        (none for a function with ``idle_ttl_s`` 0)."""
+        included, and ``live`` instances (its own included): the keep-alive (s) of each
+        instance to start beside it (none for a function with ``idle_ttl_s`` 0). The policy
+        asks for room for that many more calls; an instance takes ``concurrency`` of them."""
         if self._ahead is None or self.idle_ttl_s <= 0:
             return ()
-        return tuple(min(keep, self.idle_ttl_s)
-                     for keep in self._ahead(self.name, now, max(1, in_flight)))
+        in_flight = max(1, in_flight)
+        keeps = self._ahead(self.name, now, in_flight)
+        per = max(1, round(self.scaler.target_concurrency))
+        wanted = -(-(in_flight + len(keeps)) // per) - live
+        return tuple(min(keep, self.idle_ttl_s) for keep in keeps[:max(0, wanted)])
 
     def released(self, now: float) -> Callable[[float | None], IdleWindow]:
         """An invocation ended at ``now`` (the policy learns it now). The function returned

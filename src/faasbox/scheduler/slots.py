@@ -198,7 +198,8 @@ class Scheduler:
         """Start the instances the keep-alive policy wants beside a cold start that succeeded
         (the rest of a rising burst: :meth:`FunctionPlanner.ahead`), from free room only; a
         function whose instances fail to start does not start more of them."""
-        for keep_s in pool.planner.ahead(self.clock.now(), pool.demand):
+        live = len(pool.latest(row.version)) + pool.starting
+        for keep_s in pool.planner.ahead(self.clock.now(), pool.demand, live):
             self.instances.spawn(self._ahead(pool, row, keep_s))
 
     async def _ahead(self, pool: Pool, row: VersionRow, keep_s: float) -> None:
