@@ -14,7 +14,7 @@ from faasbox.config import Settings
 from faasbox.events import FunctionDeleted, InvocationFinished
 from faasbox.platform import Platform
 from faasbox.spec import FunctionSpec
-from faasbox.tenancy.model import Limits, TenantSpec
+from faasbox.tenancy.model import KeySpec, Limits, TenantSpec
 from faasbox.triggers.cron import TriggerSpec
 from tests.conftest import NO_BURST_AHEAD, open_tempdir, write_function
 
@@ -120,6 +120,37 @@ def test_a_reserved_start_counts_against_the_tenants_memory_before_it_begins() -
             second = p.instances.make_room(pools[1], rows[1])
             assert second is not None
             p.instances.retire(pools[1], await p.instances.start(pools[1], rows[1], second))
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_reload_racing_a_revocation_does_not_bring_the_key_back(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """The server reloads tenants and keys from the store (every few seconds, and when
+    another server changes them). A reload that read the store before a revocation was written
+    must not put the revoked key back."""
+    root = open_tempdir()
+    store = {} if backend == "sqlite" else {"store_url": request.getfixturevalue("pg_url")}
+
+    async def main() -> None:
+        p = Platform(Settings(data=root / "data", reap_interval_s=0.1, **store))
+        await p.start()
+        try:
+            tenancy = p.tenancy
+            await tenancy.create_tenant(TenantSpec(name="team"), None)
+            for _ in range(20):
+                row, key = await tenancy.create_key("team", KeySpec(scope="developer"), None)
+                assert tenancy.authenticate(key) is not None
+                await asyncio.gather(tenancy.revoke_key("team", row.id, None), tenancy.load())
+                assert tenancy.authenticate(key) is None
+                await tenancy.load()
+                assert tenancy.authenticate(key) is None
         finally:
             await p.close()
 

@@ -7,6 +7,7 @@ key is gone from memory when the revocation commits: the next request with it is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -45,11 +46,16 @@ class Tenancy:
         self.tenants: dict[str, TenantRow] = {}
         self._keys: dict[str, KeyRow] = {}
         self._limits: dict[str, EffectiveLimits] = {}
+        # a reload and a change made here take turns: a reload that read the store before a
+        # revocation was written would otherwise bring the revoked key back until the next
+        self._turn = asyncio.Lock()
 
     async def load(self) -> None:
-        self.tenants = {t.name: t for t in await self.store.list_tenants()}
-        self._keys = {k.id: k for k in await self.store.list_keys(None)}
-        self._limits.clear()
+        async with self._turn:
+            tenants = {t.name: t for t in await self.store.list_tenants()}
+            self._keys = {k.id: k for k in await self.store.list_keys(None)}
+            self.tenants = tenants
+            self._limits.clear()
 
     async def bootstrap(self, data: Path) -> Path:
         """Make sure ``<data>/admin.key`` holds a live admin key of the default tenant
@@ -109,10 +115,11 @@ class Tenancy:
     async def create_tenant(self, spec: TenantSpec, by: Principal | None) -> TenantRow:
         now = self.clock.now()
         row = TenantRow(spec.name, spec.weight, spec.limits, now, now)
-        if not await self.store.create_tenant(row):
-            raise errors.Conflict(f"tenant {spec.name!r} already exists")
-        self.tenants[row.name] = row
-        self._limits.pop(row.name, None)
+        async with self._turn:
+            if not await self.store.create_tenant(row):
+                raise errors.Conflict(f"tenant {spec.name!r} already exists")
+            self.tenants[row.name] = row
+            self._limits.pop(row.name, None)
         self._audit_by(by, row.name, "tenant.create", row.name,
                        {"weight": row.weight, "limits": spec.limits.model_dump(
                            exclude_none=True)})
@@ -130,9 +137,10 @@ class Tenancy:
                 raise errors.InvalidSpec(f"limits: {exc}") from None
         new = TenantRow(name, patch.weight if patch.weight is not None else row.weight,
                         limits, row.created_at, self.clock.now())
-        await self.store.update_tenant(new)
-        self.tenants[name] = new
-        self._limits.pop(name, None)
+        async with self._turn:
+            await self.store.update_tenant(new)
+            self.tenants[name] = new
+            self._limits.pop(name, None)
         self._audit_by(by, name, "tenant.update", name,
                        patch.model_dump(exclude_none=True))
         return new
@@ -141,12 +149,13 @@ class Tenancy:
         if name == DEFAULT_TENANT:
             raise errors.Conflict("the default tenant cannot be deleted")
         self.get(name)
-        if not await self.store.delete_tenant(name, self.clock.now()):
-            raise errors.NotFound(f"no tenant {name!r}")
-        self.tenants.pop(name, None)
-        self._limits.pop(name, None)
-        for key_id in [k for k, row in self._keys.items() if row.tenant == name]:
-            del self._keys[key_id]
+        async with self._turn:
+            if not await self.store.delete_tenant(name, self.clock.now()):
+                raise errors.NotFound(f"no tenant {name!r}")
+            self.tenants.pop(name, None)
+            self._limits.pop(name, None)
+            for key_id in [k for k, row in self._keys.items() if row.tenant == name]:
+                del self._keys[key_id]
         self._audit_by(by, name, "tenant.delete", name, {})
 
     # -- keys -------------------------------------------------------------------------------
@@ -164,8 +173,9 @@ class Tenancy:
         key_id, key, secret_hash = keys.new_key()
         row = KeyRow(key_id, tenant, spec.scope, spec.functions, spec.description,
                      secret_hash, self.clock.now())
-        await self.store.create_key(row)
-        self._keys[key_id] = row
+        async with self._turn:
+            await self.store.create_key(row)
+            self._keys[key_id] = row
         return key_id, key, row
 
     def list_keys(self, tenant: str) -> list[KeyRow]:
@@ -177,8 +187,10 @@ class Tenancy:
         row = self._keys.get(key_id)
         if row is None or row.tenant != tenant:
             raise errors.NotFound(f"tenant {tenant!r} has no key {key_id!r}")
-        del self._keys[key_id]  # refused from the next request on
-        await self.store.revoke_key(tenant, key_id, self.clock.now())
+        self._keys.pop(key_id, None)  # refused from the next request on
+        async with self._turn:
+            self._keys.pop(key_id, None)  # a reload that read the store before may be back
+            await self.store.revoke_key(tenant, key_id, self.clock.now())
         self._audit_by(by, tenant, "key.revoke", key_id, {})
 
     # -- audit ------------------------------------------------------------------------------
