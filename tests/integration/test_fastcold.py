@@ -420,6 +420,59 @@ def test_killed_template_instance_and_next_cold_start(template: Server) -> None:
     assert instance_of(template, "t-kill", out["instance"])["start_mode"] == "template"
 
 
+def children_of(pid: int) -> dict[int, int]:
+    """The processes whose parent is ``pid``: host pid -> pid in its own pid namespace."""
+    found: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(status["PPid"]) == pid:
+            found[int(entry)] = int(status["NSpid"].split()[-1])
+    return found
+
+
+ORPHAN = {"main.py": """
+    import os, time
+    def handler(event, context):
+        r, w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            orphan = os.fork()
+            if orphan == 0:  # orphaned at once: the template (pid 1) is its parent now
+                time.sleep(event["sleep"])
+                os._exit(0)
+            os.write(w, str(orphan).encode())
+            os._exit(0)
+        os.waitpid(middle, 0)
+        os.close(w)
+        return {"instance": context.instance_id, "orphan": int(os.read(r, 32) or 0)}
+"""}
+
+
+def test_a_template_reaps_what_its_childrens_processes_orphan_when_it_exits(
+        template: Server) -> None:
+    """A process an instance forked and left behind is the template's (pid 1 of their pid
+    namespace) when it exits, and the template reaps it then (it wakes on SIGCHLD), not only
+    when one of its own children next exits: no zombie waits meanwhile."""
+    template.deploy("t-orphan", ORPHAN)
+    resp = template.invoke("t-orphan", {"sleep": 3})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    pid = host_pid(template, "t-orphan", out)
+    tpid = template_pid(pid)
+    orphan = [h for h, ns in children_of(tpid).items() if ns == out["orphan"]]
+    assert len(orphan) == 1, (out, children_of(tpid))  # the template's now, still asleep
+    template.wait_for(lambda: orphan[0] not in children_of(tpid), timeout=30,
+                      what="the orphan reaped once it exited (no zombie left)")
+    assert pid in children_of(tpid)  # the instance itself lives on, and serves
+    assert template.invoke("t-orphan", {"sleep": 0}).status_code == 200
+
+
 def test_module_level_thread_falls_back_to_fork_server(template: Server) -> None:
     template.deploy("t-thread", {"main.py": """
         import os, threading, time

@@ -29,6 +29,7 @@ import gc
 import importlib
 import os
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -138,6 +139,9 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     return message, fds
 
 
+SIGCHLD_WAKE = "sigchld"  # the selector's data for a template's SIGCHLD wakeup pipe
+
+
 def loaded_top_level() -> list[str]:
     return sorted({name.partition(".")[0] for name in sys.modules})
 
@@ -150,6 +154,7 @@ class Zygote:
         self.scratch: dict[int, str] = {}  # pid -> scratch dir (a template's children)
         self.retiring = False
         self.selector = selectors.DefaultSelector()
+        self.sigchld: tuple[int, int] | None = None  # a template's SIGCHLD wakeup pipe
 
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> None:
@@ -158,6 +163,11 @@ class Zygote:
             for key, _ in self.selector.select():
                 if key.data is None:
                     self._on_control()
+                elif key.data == SIGCHLD_WAKE:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(key.fd, 512):
+                            pass
+                    self._reap_orphans()
                 else:
                     self._reap(key.fd, key.data)
 
@@ -204,6 +214,15 @@ class Zygote:
 
             shutil.rmtree(scratch, ignore_errors=True)
         self._report({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def _watch_orphans(self) -> None:
+        """As pid 1 of its namespace (a template), wake on every SIGCHLD: a process that its
+        children's processes orphaned is reaped when it exits, not at the next child's exit."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sigchld = (r, w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.selector.register(r, selectors.EVENT_READ, SIGCHLD_WAKE)
 
     def _reap_orphans(self) -> None:
         """As pid 1 of its namespace (a template), reap what its dead children left running
@@ -268,6 +287,12 @@ class Zygote:
             for pidfd in self.children:
                 os.close(pidfd)
             self.children.clear()
+            if self.sigchld is not None:  # the template's wakeup is not the child's
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in self.sigchld:
+                    os.close(fd)
+                self.sigchld = None
             self.ctl.close()
             confine.forget_pid_namespace()
             sandbox_self(message, out_fd)
@@ -312,6 +337,8 @@ class Zygote:
         worker.rehearse(spec)  # the per-call code specialized here, not in every child
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages in every child
+        if os.getpid() == 1:
+            self._watch_orphans()
         send(self.ctl, {"t": "ready", "init_ms": init_ms, "pid": os.getpid()})
         self.serve()
 
