@@ -199,7 +199,13 @@ class Scheduler:
         (the rest of a rising burst: :meth:`FunctionPlanner.ahead`), from free room only; a
         function whose instances fail to start does not start more of them."""
         live = len(pool.latest(row.version)) + pool.starting
-        for keep_s in pool.planner.ahead(self.clock.now(), pool.demand, live):
+        try:
+            keeps = pool.planner.ahead(self.clock.now(), pool.demand, live)
+        except Exception:  # the call has its instance: a policy's fault must not take it
+            log.exception("the keep-alive policy failed to plan starts ahead for %s",
+                          row.function)
+            return
+        for keep_s in keeps:
             self.instances.spawn(self._ahead(pool, row, keep_s))
 
     async def _ahead(self, pool: Pool, row: VersionRow, keep_s: float) -> None:
