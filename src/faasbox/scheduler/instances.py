@@ -268,6 +268,12 @@ class InstancePools:
         limit = self.tenant_memory_mb(tenant)
         return bool(limit) and self.tenant_mb(tenant) + row.spec.memory_mb > limit
 
+    def starting_ahead(self, tenant: str) -> bool:
+        """Whether instances of the tenant started ahead of demand are still starting (their
+        memory is the tenant's until they are up, idle and so evictable)."""
+        return any(i.ahead and i.state == "starting" and tenant_of(i.function) == tenant
+                   for i in self._shared())
+
     def tenant_mb(self, tenant: str) -> int:
         """The memory a tenant's instances outside service groups hold or have reserved."""
         return self.memory[tenant] + self.reserved[tenant]
