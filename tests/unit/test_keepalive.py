@@ -18,7 +18,7 @@ from faasbox.autoscaler import (
     make_policy,
     prewarm_plan,
 )
-from faasbox.autoscaler.adaptive import cheapest, smoothed
+from faasbox.autoscaler.gaps import cheapest, smoothed
 
 MIN = 60.0
 
