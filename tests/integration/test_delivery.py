@@ -460,16 +460,25 @@ def test_cancel_by_filter_delays_and_priority(srv: Server) -> None:
 
 
 # -- 8: workflows ---------------------------------------------------------------------------
+def run_workflow(srv: Server, body: dict[str, Any]) -> dict[str, Any]:
+    """Start a workflow and wait for its end: its view then."""
+    resp = srv.http.post("/v1/workflows", json=body)
+    assert resp.status_code == 202, resp.text
+    wf_id = resp.json()["workflow_id"]
+
+    def finished() -> dict[str, Any] | None:
+        view = dict(srv.http.get(f"/v1/workflows/{wf_id}").json())
+        return view if view["status"] != "running" else None
+
+    return dict(srv.wait_for(finished, timeout=60, what=f"workflow {wf_id} to end"))
+
+
 def test_a_map_over_more_than_10000_items_fails_the_workflow(srv: Server) -> None:
     """A step that returns a list of 10,001 items for the next to map over: the map would
     make 10,001 tasks in one write; the workflow fails instead, saying why."""
     srv.deploy("w-many", {"main.py": "def handler(e, c):\n    return list(range(10_001))\n"})
     srv.deploy("w-each", ECHO)
-    resp = srv.http.post("/v1/workflows", json={"chain": ["w-many", {"map": "w-each"}]})
-    assert resp.status_code == 202, resp.text
-    wf_id = resp.json()["workflow_id"]
-    done = srv.wait_for(lambda: (lambda b: b if b["status"] != "running" else None)(
-        srv.http.get(f"/v1/workflows/{wf_id}").json()), what="the workflow to end")
+    done = run_workflow(srv, {"chain": ["w-many", {"map": "w-each"}]})
     assert done["status"] == "failed", done
     assert done["error"]["code"] == "map_input_too_large", done["error"]
     assert srv.http.get("/v1/tasks", params={"function": "w-each"}).json()["tasks"] == []
@@ -482,12 +491,7 @@ def test_a_stage_output_too_large_for_the_next_step_is_counted_not_read(srv: Ser
     srv.deploy("w-three", {"main.py": "def handler(e, c):\n    return [0, 1, 2]\n"})
     srv.deploy("w-fat", {"main.py": "def handler(e, c):\n    return 'x' * 3_000_000\n"})
     srv.deploy("w-after", ECHO)
-    resp = srv.http.post("/v1/workflows",
-                         json={"chain": ["w-three", {"map": "w-fat"}, "w-after"]})
-    assert resp.status_code == 202, resp.text
-    wf_id = resp.json()["workflow_id"]
-    done = srv.wait_for(lambda: (lambda b: b if b["status"] != "running" else None)(
-        srv.http.get(f"/v1/workflows/{wf_id}").json()), what="the workflow to end")
+    done = run_workflow(srv, {"chain": ["w-three", {"map": "w-fat"}, "w-after"]})
     assert done["status"] == "failed", done
     assert done["error"]["code"] == "step_output_too_large", done["error"]
     assert "stage 1 is 9000006 bytes" in done["error"]["message"], done["error"]
@@ -502,32 +506,21 @@ def test_workflow_chain_with_a_group_of_10_and_a_chord_callback(srv: Server) -> 
     srv.deploy("w-alert", ECHO)
     srv.deploy("w-fail", FAIL)
     set_policy(srv, "w-fail", max_attempts=1)
-    resp = srv.http.post("/v1/workflows", json={
+    body = run_workflow(srv, {
         "chain": ["w-range", {"map": "w-square", "callback": "w-sum"}, "w-double"],
         "input": {"n": 10}})
-    assert resp.status_code == 202, resp.text
-    wf_id = resp.json()["workflow_id"]
-
-    def finished() -> dict[str, Any] | None:
-        body = dict(srv.http.get(f"/v1/workflows/{wf_id}").json())
-        return body if body["status"] != "running" else None
-
-    body = srv.wait_for(finished, timeout=60, what="the workflow")
     assert body["status"] == "succeeded" and body["result"] == 2 * sum(i * i for i in range(10))
     assert [len(s["tasks"]) for s in body["stages"]] == [1, 10, 1, 1]
     assert body["stages"][2]["callback"] is True
     assert body["progress"]["stages_done"] == 4 and body["progress"]["tasks"] == {
         "succeeded": 13}
     # a group of different functions: each gets the same input; its output is the list
-    resp = srv.http.post("/v1/workflows", json={
-        "chain": [{"group": ["w-double", "w-square", "w-double"]}], "input": 3})
-    wf_id = resp.json()["workflow_id"]
-    assert srv.wait_for(finished, what="the group")["result"] == [6, 9, 6]
+    assert run_workflow(srv, {"chain": [{"group": ["w-double", "w-square", "w-double"]}],
+                              "input": 3})["result"] == [6, 9, 6]
     # a failing step fails the workflow and runs on_failure
-    resp = srv.http.post("/v1/workflows", json={
-        "chain": ["w-double", "w-fail", "w-double"], "on_failure": "w-alert", "input": 1})
-    wf_id = resp.json()["workflow_id"]
-    failed = srv.wait_for(finished, what="the failure")
+    failed = run_workflow(srv, {"chain": ["w-double", "w-fail", "w-double"],
+                                "on_failure": "w-alert", "input": 1})
+    wf_id = failed["workflow_id"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "step_failed"
     alert = wait_task(srv, srv.wait_for(lambda: srv.http.get(
         f"/v1/workflows/{wf_id}").json()["failure_task_id"], what="on_failure"))
@@ -537,9 +530,7 @@ def test_workflow_chain_with_a_group_of_10_and_a_chord_callback(srv: Server) -> 
     resp = srv.http.put("/v1/workflow-definitions/squares", json={
         "chain": ["w-range", {"map": "w-square", "callback": "w-sum"}]})
     assert resp.status_code == 200, resp.text
-    wf_id = srv.http.post("/v1/workflows", json={"name": "squares",
-                                                 "input": {"n": 4}}).json()["workflow_id"]
-    assert srv.wait_for(finished, what="the named workflow")["result"] == 14
+    assert run_workflow(srv, {"name": "squares", "input": {"n": 4}})["result"] == 14
     for bad in ({"chain": []}, {"chain": [{"group": []}]}, {"chain": [{"map": "x",
                                                                        "group": ["y"]}]}):
         assert srv.http.post("/v1/workflows", json=bad).status_code == 422, bad
