@@ -261,18 +261,16 @@ class InstancePools:
         return True
 
     def over_tenant_memory(self, row: VersionRow) -> bool:
-        """The tenant's instances hold its whole memory limit (no start can fit)."""
+        """The tenant's instances hold its whole memory limit and none will give way: no
+        start can fit, nor will by waiting (an instance started ahead and still starting will
+        be idle, and so evictable, once it is up)."""
         if row.spec.service_group is not None:
             return False  # a group's instances count against the group
         tenant = tenant_of(row.function)
         limit = self.tenant_memory_mb(tenant)
-        return bool(limit) and self.tenant_mb(tenant) + row.spec.memory_mb > limit
-
-    def starting_ahead(self, tenant: str) -> bool:
-        """Whether instances of the tenant started ahead of demand are still starting (their
-        memory is the tenant's until they are up, idle and so evictable)."""
-        return any(i.ahead and i.state == "starting" and tenant_of(i.function) == tenant
-                   for i in self._shared())
+        return bool(limit) and self.tenant_mb(tenant) + row.spec.memory_mb > limit and not any(
+            i.ahead and i.state == "starting" and tenant_of(i.function) == tenant
+            for i in self._shared())
 
     def tenant_mb(self, tenant: str) -> int:
         """The memory a tenant's instances outside service groups hold or have reserved."""

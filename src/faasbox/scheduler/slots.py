@@ -74,9 +74,7 @@ class Scheduler:
             if row.spec.service_group is not None and self.instances.group_of(row) is None:
                 raise errors.Unavailable(f"service group {row.spec.service_group!r} of"
                                          f" {display(row.function)!r} does not exist")
-            if not pool.size() and self.instances.over_tenant_memory(row) and (
-                    not self.instances.starting_ahead(tenant_of(row.function))):
-                # (an instance started ahead holds the memory only while it starts: wait)
+            if not pool.size() and self.instances.over_tenant_memory(row):
                 raise errors.OverLimit(
                     "tenant_memory_exceeded", f"the tenant's instances hold all of its"
                     f" max_memory_mb ({self.instances.tenant_memory_mb(tenant_of(row.function))}"
