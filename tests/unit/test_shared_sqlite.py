@@ -15,7 +15,13 @@ import pytest
 
 from faasbox import errors
 from faasbox.store.database import QUIET_WRITES
-from faasbox.store.sqlite.channel import Channel, check_directory, directory_for
+from faasbox.store.sqlite.channel import (
+    MAX_MESSAGE,
+    Channel,
+    check_directory,
+    directory_for,
+    pack,
+)
 from faasbox.store.sqlite.engine import SqliteDatabase, migrations
 from faasbox.store.url import database_for
 
@@ -152,6 +158,45 @@ def test_servers_talk_where_the_path_is_too_long_for_a_socket_address(tmp_path: 
     finally:
         a.close()
         b.close()
+
+
+def test_a_commits_messages_past_one_datagram_arrive_whole(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    # 4,000 messages of 80 bytes: about 320 KB, five datagrams, none cut inside a message
+    messages = [f'{{"from":"a","kind":"tasks","key":"tenant/fn-{i:05d}-{"x" * 27}"}}'
+                for i in range(4000)]
+    assert len(pack(messages)) == 5
+    assert all(len(d) <= MAX_MESSAGE for d in pack(messages))
+
+    async def main() -> list[str]:
+        a, b = Channel(db), Channel(db)
+        a.open()
+        b.open()
+        heard: list[str] = []
+        done = asyncio.Event()
+
+        def hear(message: str) -> None:
+            heard.append(message)
+            if len(heard) == len(messages):
+                done.set()
+
+        try:
+            b.listen(hear)
+            a.send(messages)
+            await asyncio.wait_for(done.wait(), 30)
+            return heard
+        finally:
+            b.unlisten()
+            a.close()
+            b.close()
+
+    assert asyncio.run(main()) == messages
+
+
+def test_a_message_too_long_for_a_datagram_is_left_to_the_slow_poll() -> None:
+    assert pack(["a", "x" * (MAX_MESSAGE + 1), "b"]) == [b"a\nb"]
+    assert pack(["a\nb", "c"]) == [b"c"]
+    assert pack(["x" * MAX_MESSAGE, "y"]) == [b"x" * MAX_MESSAGE, b"y"]
 
 
 def test_the_socket_directory_must_be_this_users_own(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@ LISTEN/NOTIFY is to a shared PostgreSQL.
 
 Each server binds a Unix datagram socket in a directory beside the database file (mode 0700,
 like the file itself: only the servers' user reaches it). A message goes to every socket there
-but the sender's own, the messages of one commit in one datagram; a socket nobody holds any
+but the sender's own, the messages of one commit in as few datagrams as hold them (each at
+most ``MAX_MESSAGE`` bytes, cut between messages); a socket nobody holds any
 more (its server was killed) is removed by the first sender that finds it so. A server whose
 queue is full gets the datagram again a little later; one stopped for longer than
 ``RETRY_FOR_S`` misses it, and its slow poll covers what can be polled.
@@ -59,6 +60,29 @@ def check_directory(db: Path) -> int:
     return fd
 
 
+def pack(messages: list[str]) -> list[bytes]:
+    """``messages`` joined by newlines into datagrams of at most ``MAX_MESSAGE`` bytes, each
+    cut between two messages. A message too long for one datagram (or holding a newline) is
+    not sent: the receivers' slow poll covers it."""
+    datagrams: list[bytes] = []
+    parts: list[bytes] = []
+    size = -1
+    for message in messages:
+        data = message.encode()
+        if len(data) > MAX_MESSAGE or b"\n" in data:
+            log.warning("a message to the other servers is not sent (%d bytes): %.80r",
+                        len(data), message)
+            continue
+        if size + 1 + len(data) > MAX_MESSAGE:
+            datagrams.append(b"\n".join(parts))
+            parts, size = [], -1
+        parts.append(data)
+        size += 1 + len(data)
+    if parts:
+        datagrams.append(b"\n".join(parts))
+    return datagrams
+
+
 class Channel:
     """This server's socket among its peers'."""
 
@@ -111,13 +135,16 @@ class Channel:
         return self._peers
 
     def send(self, messages: list[str]) -> None:
-        """Send ``messages`` to every other server, in one datagram each (never blocks). A
-        server with no room yet gets them again a little later, for up to ``RETRY_FOR_S``."""
+        """Send ``messages`` to every other server, as few datagrams as hold them (never
+        blocks). A server with no room yet gets them again a little later, for up to
+        ``RETRY_FOR_S``."""
         if self.sock is None or not messages:
             return
-        data = "\n".join(messages).encode()[:MAX_MESSAGE]
+        datagrams = pack(messages)
         for peer in list(self._scan()):
-            self._send_to(peer, data, time.monotonic() + RETRY_FOR_S)
+            give_up_at = time.monotonic() + RETRY_FOR_S
+            for data in datagrams:
+                self._send_to(peer, data, give_up_at)
 
     def _send_to(self, peer: str, data: bytes, give_up_at: float) -> None:
         sock = self.sock
