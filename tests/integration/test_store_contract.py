@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from faasbox.store import InvocationRecord, SqlStore
+from faasbox.store.groupcommit import MAX_GROUP
 from faasbox.store.queue import Failure, NewTask, TaskPolicy
 from faasbox.store.relational.cluster import SqlClusterStore
 from faasbox.store.relational.queue import SqlTaskQueue
@@ -162,6 +163,40 @@ def test_a_heartbeat_does_not_wait_behind_the_queued_writes(backend: Backend) ->
         await queued
         await servers.heartbeat("me", 1.0, 3.0, None, {})
         assert [s.heartbeat_at for s in await servers.servers()] == [3.0]
+
+    run(backend, body)
+
+
+def test_a_heartbeat_goes_ahead_of_a_backlog_of_queued_writes(backend: Backend) -> None:
+    """Under a backlog of several groups, a write aside runs before the groups queued ahead
+    of it: on its own connection (PostgreSQL) or in the writer's next group (SQLite)."""
+    async def body(store: SqlStore) -> None:
+        db = store.db
+        held, entered = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def hold(conn: Any) -> None:
+            entered.set()
+            held.wait(30)
+
+        def queued(conn: Any) -> None:
+            order.append("queued")
+
+        def beat(conn: Any) -> None:
+            order.append("beat")
+            conn.execute("CREATE TABLE IF NOT EXISTS beats (n INTEGER)")
+
+        busy = asyncio.ensure_future(db.write(hold))
+        assert await asyncio.to_thread(entered.wait, 30)
+        backlog = [db.submit(queued, durable=False) for _ in range(3 * MAX_GROUP)]
+        beaten = asyncio.ensure_future(db.write_aside(beat))
+        await asyncio.sleep(0.05)
+        held.set()
+        await busy
+        await beaten
+        await asyncio.gather(*backlog)
+        assert len(order) == 3 * MAX_GROUP + 1
+        assert order.index("beat") < MAX_GROUP  # in the first group after the one held
 
     run(backend, body)
 

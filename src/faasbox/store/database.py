@@ -30,7 +30,8 @@ SQL that both backends run (``store/relational/``). An engine runs them:
 - **Aside**: a write that must not wait behind the queued groups (a server's heartbeat: under
   load a group of a database server's writes takes a round trip each, and a heartbeat queued
   behind two of them made a busy server look dead) runs alone on a connection of its own
-  where the backend allows one (``side_writes``), else as an ordinary write.
+  where the backend allows one (``side_writes``), else in the writer's next group, ahead
+  of the writes queued before it (SQLite: one writer; it waits for the group in progress).
 - **Placeholders** are ``?``; an engine whose driver wants another style translates (once per
   statement text). The few statements that differ by dialect ask :class:`Dialect`.
 
@@ -311,10 +312,16 @@ class Database(abc.ABC):
 
     async def write_aside(self, fn: Callable[[Any], T]) -> T:
         """Run the one-statement write ``fn`` now, not behind the queued groups: alone, on a
-        connection of its own (``side_writes``), else as an ordinary write that need not reach
-        the disk. Its own transaction: it neither waits for the writer nor sees its groups."""
+        connection of its own (``side_writes``; its own transaction: it neither waits for the
+        writer nor sees its groups), else in the writer's next group, ahead of the writes
+        queued before it (it waits only for the group being committed)."""
         if not self.side_writes:
-            return await self.write(fn, durable=False, single=True)
+            writer = self._writer
+            if writer is None:
+                raise RuntimeError("store is not open")
+            fut: asyncio.Future[T] = writer.loop.create_future()
+            writer.put_first((fn, fut, False, True))
+            return await fut
         if self._aside is None:
             self._aside = ThreadPoolExecutor(1, thread_name_prefix="faasbox-store-aside")
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ in :mod:`faasbox.store.database`, whose :class:`Database` owns one of each."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -21,6 +22,7 @@ MAX_GROUP = 512
 CHECKPOINT_EVERY = 256  # groups
 STOP = object()
 CHECKPOINT = object()  # the short step of a checkpoint, on the writer thread
+FIRST = object()  # wakes the writer for a write put first (``put_first``)
 
 WriteFn = Callable[[Any], Any]
 Write = tuple[WriteFn, "asyncio.Future[Any]", bool, bool]  # fn, its future, durable, single
@@ -37,6 +39,7 @@ class Writer(threading.Thread):
         self.loop = loop
         self.checkpointer = checkpointer
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.first: collections.deque[Write] = collections.deque()  # into the next group
         self.commits = 0
         self.lock = threading.Lock()  # held while a group runs (here, or inline)
         self.put_items = 0  # inbox items put (by the event loop's thread only)
@@ -45,6 +48,13 @@ class Writer(threading.Thread):
     def put(self, item: Any) -> None:
         self.put_items += 1
         self.inbox.put(item)
+
+    def put_first(self, item: Write) -> None:
+        """Queue ``item`` for the next group, ahead of the writes already queued (a
+        heartbeat: a server busy writing is not taken for dead). It waits only for the group
+        being committed."""
+        self.first.append(item)  # before its wakeup: whoever takes the wakeup finds it
+        self.put(FIRST)
 
     def idle(self) -> bool:
         """Nothing queued or running (asked from the event loop's thread)."""
@@ -71,6 +81,11 @@ class Writer(threading.Thread):
                 except OSError as exc:  # no turn to be had: the group fails, the writer lives
                     failure = exc
                 batch, taken = self._gather(first)
+                if not batch:  # wakeups of writes an earlier group took
+                    if failure is None:
+                        self.db.unlock_writes()
+                    self.done_items += taken
+                    continue
                 if failure is not None:
                     outcomes = [(False, self.db.unavailable(failure))] * len(batch)
                 else:
@@ -86,9 +101,12 @@ class Writer(threading.Thread):
         """A group: ``first`` and what else is queued, up to ``MAX_GROUP`` writes; returns it
         and the inbox items it took."""
         batch: list[Write] = []
+        self._take_first(batch)
         item, taken = first, 1
         while True:
-            if isinstance(item, list):  # submit_all
+            if item is FIRST:
+                self._take_first(batch)
+            elif isinstance(item, list):  # submit_all
                 batch.extend(item)
             else:
                 batch.append(item)
@@ -103,6 +121,10 @@ class Writer(threading.Thread):
                 break
             taken += 1
         return batch, taken
+
+    def _take_first(self, batch: list[Write]) -> None:
+        while self.first:
+            batch.append(self.first.popleft())
 
     def _connection(self) -> Any:
         if self.db.broken(self.conn):
