@@ -6,8 +6,9 @@
   its leases (and leases past their deadline) are taken back by the others, once their own
   heartbeats have gone through steadily for ``dead_after_s``. On a store that is not shared
   (SQLite in the data dir: one server) every other owner is a previous run of this server.
-- **Store health**: a heartbeat that cannot be written marks the store lost: this server
-  stops leasing tasks and ``/healthz`` says so, until a heartbeat is written again.
+- **Store health**: a heartbeat that cannot be written, or has not gone through in a third
+  of ``dead_after_s`` (a hung connection), marks the store lost: this server stops leasing
+  tasks and ``/healthz`` says so, until a heartbeat is written again.
 - **Messages**: what one server changes, the others hear through the store (PostgreSQL
   LISTEN/NOTIFY; a shared SQLite file: Unix sockets beside it): new tasks, cancels, deploys,
   tenancy and trigger changes. A slow poll (``POLL_S``) covers messages lost meanwhile.
@@ -73,6 +74,12 @@ class Cluster:
         self._steady_since: float | None = None  # since when they have, without a stall
 
     @property
+    def beat_timeout_s(self) -> float:
+        """A heartbeat slower than this marks the store lost, well before the others count
+        this server dead (``dead_after_s``)."""
+        return max(HEARTBEAT_S, self.dead_after_s / 3)
+
+    @property
     def shared(self) -> bool:
         return self.db.shared
 
@@ -125,7 +132,16 @@ class Cluster:
             due = max(due + HEARTBEAT_S, self.clock.monotonic())
             await self.clock.sleep(due - self.clock.monotonic())
             try:
-                await self._beat()
+                beat = asyncio.ensure_future(self._beat())
+                if not (await asyncio.wait({beat}, timeout=self.beat_timeout_s))[0]:
+                    # a hung connection or a stalled disk: the others will soon count this
+                    # server dead and take its leases back, so it takes no more meanwhile
+                    if self.store_error is None:
+                        log.error("a heartbeat has not gone through in %g s; not leasing"
+                                  " tasks until one does", self.beat_timeout_s)
+                    self.store_error = (f"a heartbeat has not gone through in"
+                                        f" {self.beat_timeout_s:g} s")
+                await beat  # the next one waits for it: none pile up behind a hung one
                 if self.store_error is not None:
                     log.warning("the store is back; leasing tasks again")
                 self.store_error = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -14,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from faasbox.clock import SystemClock
+from faasbox.cluster import Cluster
 from faasbox.store import InvocationRecord, SqlStore
 from faasbox.store.groupcommit import MAX_GROUP
 from faasbox.store.queue import Failure, NewTask, TaskPolicy
@@ -199,6 +203,53 @@ def test_a_heartbeat_goes_ahead_of_a_backlog_of_queued_writes(backend: Backend) 
         assert order.index("beat") < MAX_GROUP  # in the first group after the one held
 
     run(backend, body)
+
+
+def test_a_heartbeat_that_hangs_marks_the_store_lost_until_one_goes_through(
+        backend: Backend) -> None:
+    """A hung heartbeat (PostgreSQL: its backend stopped with SIGSTOP; SQLite: the writer held
+    in a group) stops this server leasing before the others count it dead, and it leases
+    again once the heartbeat goes through."""
+    async def body(store: SqlStore) -> None:
+        db = store.db
+        cluster = Cluster(db, SqlClusterStore(store), SystemClock(), "http://a", 3.0, dict)
+        await cluster.start()
+        held, entered = threading.Event(), threading.Event()
+        backend_pid = 0
+        try:
+            assert cluster.store_ok
+            if backend.name == "postgres":
+                backend_pid = await db.write_aside(
+                    lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+                os.kill(backend_pid, signal.SIGSTOP)
+            else:
+                def hold(conn: Any) -> None:
+                    entered.set()
+                    held.wait(60)
+
+                busy = asyncio.ensure_future(db.write(hold))
+                assert await asyncio.to_thread(entered.wait, 30)
+            assert await until(lambda: not cluster.store_ok)
+            assert cluster.store_error is not None and "heartbeat" in cluster.store_error
+        finally:
+            if backend_pid:
+                os.kill(backend_pid, signal.SIGCONT)
+            held.set()
+        if backend.name == "sqlite":
+            await busy
+        assert await until(lambda: cluster.store_ok)
+        await cluster.close()
+
+    run(backend, body)
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def test_cancel_queued_at_once_and_running_when_its_attempt_ends(backend: Backend) -> None:
