@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,10 @@ class Gate:
 
 # -- the API ----------------------------------------------------------------------------------
 def test_create_list_show_change_delete(server: Server) -> None:
+    # an hour-long window twelve hours from now (UTC): closed whenever the test runs
+    closed = f"0 {(time.gmtime().tm_hour + 12) % 24} * * *"
     made = group(server, "crud", memory_mb=512, cpus=1.5, min_instances=0, max_instances=4,
-                 schedule=[{"cron": "0 2 * * *", "duration_s": 3600, "instances": 2}])
+                 schedule=[{"cron": closed, "duration_s": 3600, "instances": 2}])
     assert made["memory_mb"] == 512 and made["cpus"] == 1.5 and made["tenant"] == "default"
     assert made["usage"] == {"instances": 0, "memory_mb": 0, "free_mb": 512, "idle": 0,
                              "busy": 0, "starting": 0}
@@ -116,7 +119,7 @@ def test_create_list_show_change_delete(server: Server) -> None:
     names = [g["name"] for g in server.http.get("/v1/service-groups").json()["service_groups"]]
     assert "crud" in names
     view = show(server, "crud")
-    assert view["functions"] == [] and view["schedule"][0]["cron"] == "0 2 * * *"
+    assert view["functions"] == [] and view["schedule"][0]["cron"] == closed
     node = server.http.get("/v1/status").json()["nodes"][0]
     assert node["service_groups_mb"] >= 512  # carved out of the node
 
