@@ -270,6 +270,32 @@ def test_template_instances_share_the_import_not_the_process(template: Server) -
     assert all(ms < 1000 for ms in inits), inits
 
 
+NUMPY = {"main.py": """
+    import os, time
+    import numpy
+    numpy.random.standard_normal()  # leaves a normal variate cached in the legacy state
+
+    def handler(event, context):
+        time.sleep(event.get("sleep", 0))
+        return {"instance": context.instance_id, "pid": os.getpid(),
+                "uniform": [float(x) for x in numpy.random.random(4)],
+                "normal": float(numpy.random.standard_normal())}
+"""}
+
+
+def test_numpys_random_state_is_reseeded_in_each_template_instance(template: Server) -> None:
+    template.deploy("t-numpy", NUMPY, max_instances=3)
+    outs = burst(template, "t-numpy", 3, {"sleep": 0.5})
+    assert {instance_of(template, "t-numpy", o["instance"])["start_mode"]
+            for o in outs} == {"template"}
+    assert len({o["pid"] for o in outs}) == 3
+    # neither the stream nor the variate cached at import is shared between siblings
+    assert len({tuple(o["uniform"]) for o in outs}) == 3
+    assert len({o["normal"] for o in outs}) == 3
+    for out in outs:  # a valid stream: draws spread over [0, 1)
+        assert all(0.0 <= x < 1.0 for x in out["uniform"]) and len(set(out["uniform"])) == 4
+
+
 FORKED = {"main.py": """
     import concurrent.futures, os, random, sys, threading
 

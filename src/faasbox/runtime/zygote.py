@@ -339,6 +339,8 @@ class Zygote:
             send(self.ctl, {"t": "refused", "reason": reason})
             return
         worker.rehearse(spec)  # the per-call code specialized here, not in every child
+        global numpy_state
+        numpy_state = numpy_state_in_place()
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages in every child
         if os.getpid() == 1:
@@ -386,6 +388,44 @@ def sandbox_self(message: dict[str, Any], out_fd: int) -> None:
         raise PermissionError(f"running as uid {os.getuid()}, not {uid}")
 
 
+MT_KEY_BYTES = 624 * 4  # numpy's MT19937 state: uint32 key[624], then int pos
+numpy_state = 0  # a template's: the address of numpy's legacy global state, to reseed in place
+
+
+def numpy_state_in_place() -> int:
+    """In a template: reseed numpy's legacy global state once here (no normal variate left
+    cached in it for the children), and return the address of its MT19937 key if a child can
+    reseed it by writing there: 0 if not (no numpy, another bit generator, a layout other
+    than the one checked here, read only). numpy.random.seed() in each child instead runs
+    enough Python (a SeedSequence) to copy 0.65 MB of pages shared with the template."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return 0
+    try:
+        numpy.random.seed()
+        generator = numpy.random.mtrand._rand._bit_generator
+        if type(generator).__name__ != "MT19937":
+            return 0
+        address = int(generator.ctypes.state_address)
+        state = generator.state["state"]
+        key = state["key"].astype("<u4").tobytes()
+        seen = ctypes.string_at(address, MT_KEY_BYTES)
+        pos = ctypes.c_int.from_address(address + MT_KEY_BYTES).value
+        return address if len(key) == MT_KEY_BYTES and seen == key and pos == state["pos"] else 0
+    except Exception:
+        return 0
+
+
+def reseed_numpy_in_place(address: int) -> None:
+    """A new MT19937 key from the kernel's random bytes, as numpy's own seeding from the OS
+    does; its top bit set, as ``init_by_array`` does (never the all-zero state). ``pos`` at
+    the end: the next draw twists the new key."""
+    key = bytearray(os.urandom(MT_KEY_BYTES))
+    key[3 if sys.byteorder == "little" else 0] |= 0x80
+    ctypes.memmove(address, bytes(key), MT_KEY_BYTES)
+    ctypes.c_int.from_address(address + MT_KEY_BYTES).value = 624
+
+
 def after_fork_in_instance() -> None:
     """Per-instance state that must not be shared with siblings (docs/sandbox.md)."""
     import random
@@ -394,7 +434,10 @@ def after_fork_in_instance() -> None:
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         try:
-            numpy.random.seed()  # the legacy global RandomState
+            if numpy_state:
+                reseed_numpy_in_place(numpy_state)
+            else:
+                numpy.random.seed()  # the legacy global RandomState
         except Exception as exc:  # a broken numpy must not stop the instance
             print(f"faasbox: could not reseed numpy: {exc}", file=sys.stderr)
     tempfile = sys.modules.get("tempfile")
